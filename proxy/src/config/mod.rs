@@ -1,0 +1,31 @@
+//! Gateway configuration: the TOML file model, its validation, and the internal model the
+//! rest of the crate uses (enums and durations, never raw strings).
+
+mod error;
+mod file;
+mod model;
+mod validate;
+
+pub use error::{ConfigError, ConfigIssue};
+pub use model::{
+    AdminSettings, Config, HashOn, HealthCheckSpec, LogFormat, LogSettings, PassiveSpec,
+    ProxySettings, RegistrySettings, RouteSpec, ServicePolicy, StrategyRef, StrategySpec,
+    BUILTIN_STRATEGIES,
+};
+
+use std::path::Path;
+
+/// Reads, parses and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates config text; `path` is used for messages and nothing else.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file = file::parse(path, text)?;
+    validate::validate(path, file)
+}

@@ -1,0 +1,165 @@
+//! The validated, internal configuration: what the gateway actually runs with.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+
+/// Strategy names that resolve without a `[strategies.*]` table.
+pub const BUILTIN_STRATEGIES: &[&str] = &["round-robin", "least-conn"];
+
+/// A complete, validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub source: PathBuf,
+    pub proxy: ProxySettings,
+    pub admin: AdminSettings,
+    pub registry: RegistrySettings,
+    pub log: LogSettings,
+    /// User strategies by name (`[strategies.NAME]`).
+    pub strategies: BTreeMap<String, StrategySpec>,
+    /// Routes in file order; the router sorts them by specificity.
+    pub routes: Vec<RouteSpec>,
+    /// Per-service policy by service name.
+    pub services: BTreeMap<String, ServicePolicy>,
+}
+
+/// `[proxy]`: the data-plane listeners and runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxySettings {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub upstream_keepalive_pool_size: usize,
+    pub work_stealing: bool,
+}
+
+/// `[admin]`: the admin listener and its bearer token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// `[registry]`: where instances come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistrySettings {
+    /// A TOML file of instances, re-read when it changes.
+    File { path: PathBuf },
+    /// etcd, watched under `prefix`.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+}
+
+/// Output format of the process log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`: process log format and level, and the access log switch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `sluice=debug,info`.
+    pub level: String,
+    pub access_log: bool,
+}
+
+/// `[strategies.NAME]`: a user strategy loaded from a WASM module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategySpec {
+    pub wasm: PathBuf,
+    /// Handed to the plugin as JSON at load.
+    pub config: serde_json::Value,
+    /// Tag names whose positions become the tag bits of each instance record.
+    pub tags: Vec<String>,
+}
+
+/// Which strategy a route uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StrategyRef {
+    RoundRobin,
+    LeastConn,
+    /// A `[strategies.NAME]` table.
+    Custom(String),
+}
+
+impl StrategyRef {
+    /// The name as written in config.
+    pub fn name(&self) -> &str {
+        match self {
+            StrategyRef::RoundRobin => "round-robin",
+            StrategyRef::LeastConn => "least-conn",
+            StrategyRef::Custom(name) => name,
+        }
+    }
+}
+
+/// What feeds the strategy's `request_hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(HeaderName),
+    ClientIp,
+    Path,
+}
+
+/// `[[routes]]`: one route, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSpec {
+    /// Label used in metrics and logs: `name`, or the hosts and prefix.
+    pub name: String,
+    pub path_prefix: String,
+    /// Lower-case host names without port; empty matches any host. `*.example.com` matches
+    /// any subdomain.
+    pub hosts: Vec<String>,
+    pub service: String,
+    pub strategy: StrategyRef,
+    pub hash_on: Option<HashOn>,
+    pub strip_prefix: bool,
+    /// Longest wait for the upstream's response header or next body chunk.
+    pub timeout: Duration,
+    /// Extra attempts on another instance after a connection failure.
+    pub retries: u32,
+}
+
+/// Active health check settings (`health_check = { ... }`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_after: u32,
+    pub unhealthy_after: u32,
+    pub wait_first: bool,
+}
+
+/// Passive outlier ejection settings (`passive = { ... }`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveSpec {
+    pub consecutive_failures: u32,
+    pub eject_for: Duration,
+}
+
+/// `[services.NAME]`: per-service policy.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServicePolicy {
+    pub health_check: Option<HealthCheckSpec>,
+    pub passive: Option<PassiveSpec>,
+    pub connect_timeout: Option<Duration>,
+    pub format: Option<String>,
+    pub key_prefix: Option<String>,
+}
+
+impl Config {
+    /// The policy of `service`, or the defaults.
+    pub fn service_policy(&self, service: &str) -> ServicePolicy {
+        self.services.get(service).cloned().unwrap_or_default()
+    }
+}

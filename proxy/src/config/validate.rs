@@ -1,0 +1,461 @@
+//! File model -> internal model: every value checked, every problem collected.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::file::{FileConfig, HealthCheckSection, PassiveSection, RouteSection};
+use super::model::*;
+use super::{ConfigError, ConfigIssue};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigIssue::new(key, reason));
+    }
+
+    fn duration(&mut self, key: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => match humantime::parse_duration(text) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.push(key, "duration must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.push(
+                        key,
+                        format!(
+                            "bad duration {text:?}: {e} (write e.g. \"500ms\", \"2s\", \"1m\")"
+                        ),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.push(
+                    key,
+                    format!("bad listen address {text:?}: write IP:PORT, e.g. \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigError> {
+    let mut issues = Issues::default();
+
+    let proxy = {
+        let p = &file.proxy;
+        let listen_text = p
+            .listen
+            .clone()
+            .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+        if listen_text.is_empty() {
+            issues.push("proxy.listen", "at least one listen address is required");
+        }
+        let listen = listen_text
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| issues.socket_addr(&format!("proxy.listen[{i}]"), a))
+            .collect();
+        let threads = p.threads.unwrap_or(2);
+        if threads == 0 {
+            issues.push("proxy.threads", "must be at least 1");
+        }
+        ProxySettings {
+            listen,
+            threads: threads.max(1),
+            grace_period: issues.duration(
+                "proxy.grace_period",
+                p.grace_period.as_deref(),
+                DEFAULT_GRACE_PERIOD,
+            ),
+            upstream_keepalive_pool_size: p.upstream_keepalive_pool_size.unwrap_or(128),
+            work_stealing: p.work_stealing.unwrap_or(true),
+        }
+    };
+
+    let admin = {
+        let listen_text = file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN);
+        let listen = issues
+            .socket_addr("admin.listen", listen_text)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+        let token = file.admin.token.clone().filter(|t| !t.is_empty());
+        if !listen.ip().is_loopback() && token.is_none() {
+            issues.push(
+                "admin.token",
+                format!("required because admin.listen {listen} is not a loopback address"),
+            );
+        }
+        AdminSettings { listen, token }
+    };
+
+    let registry = match file.registry.kind.as_deref().unwrap_or("file") {
+        "file" => {
+            if file.registry.endpoints.is_some() {
+                issues.push("registry.endpoints", "only used with kind = \"etcd\"");
+            }
+            match &file.registry.path {
+                Some(p) if !p.is_empty() => RegistrySettings::File {
+                    path: PathBuf::from(p),
+                },
+                _ => {
+                    issues.push("registry.path", "required when kind = \"file\"");
+                    RegistrySettings::File {
+                        path: PathBuf::new(),
+                    }
+                }
+            }
+        }
+        "etcd" => {
+            let endpoints = file
+                .registry
+                .endpoints
+                .clone()
+                .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]);
+            if endpoints.is_empty() {
+                issues.push(
+                    "registry.endpoints",
+                    "at least one etcd endpoint is required",
+                );
+            }
+            let prefix = file
+                .registry
+                .prefix
+                .clone()
+                .unwrap_or_else(|| "/services/".into());
+            if !prefix.ends_with('/') {
+                issues.push("registry.prefix", format!("{prefix:?} must end with '/'"));
+            }
+            RegistrySettings::Etcd { endpoints, prefix }
+        }
+        other => {
+            issues.push(
+                "registry.kind",
+                format!("unknown registry kind {other:?}: expected \"etcd\" or \"file\""),
+            );
+            RegistrySettings::File {
+                path: PathBuf::new(),
+            }
+        }
+    };
+
+    let log = LogSettings {
+        format: match file.log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                issues.push(
+                    "log.format",
+                    format!("unknown log format {other:?}: expected \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        },
+        level: file.log.level.clone().unwrap_or_else(|| "info".into()),
+        access_log: file.log.access_log.unwrap_or(false),
+    };
+    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+        issues.push("log.level", format!("bad log filter {:?}", log.level));
+    }
+
+    let mut strategies = std::collections::BTreeMap::new();
+    for (name, section) in &file.strategies {
+        let key = format!("strategies.{name}");
+        if BUILTIN_STRATEGIES.contains(&name.as_str()) {
+            issues.push(&key, format!("{name:?} is a built-in strategy name"));
+            continue;
+        }
+        let Some(wasm) = section.wasm.as_deref() else {
+            issues.push(
+                format!("{key}.wasm"),
+                "required: the path of the .wasm module",
+            );
+            continue;
+        };
+        let config = match &section.config {
+            None => serde_json::Value::Object(Default::default()),
+            Some(value) => match serde_json::to_value(value) {
+                Ok(v) => v,
+                Err(e) => {
+                    issues.push(
+                        format!("{key}.config"),
+                        format!("not representable as JSON: {e}"),
+                    );
+                    continue;
+                }
+            },
+        };
+        let wasm = PathBuf::from(wasm);
+        if let Err(e) = std::fs::metadata(&wasm) {
+            issues.push(
+                format!("{key}.wasm"),
+                format!("cannot read {}: {e}", wasm.display()),
+            );
+        }
+        // The WASM host arrives with the strategy issue; until then a user strategy cannot run,
+        // and saying so here beats failing at the first request.
+        issues.push(
+            format!("{key}.wasm"),
+            "WASM strategies are not supported by this build yet (built-in: round-robin, least-conn)",
+        );
+        strategies.insert(
+            name.clone(),
+            StrategySpec {
+                wasm,
+                config,
+                tags: section.tags.clone(),
+            },
+        );
+    }
+
+    let mut routes = Vec::with_capacity(file.routes.len());
+    for (i, section) in file.routes.iter().enumerate() {
+        if let Some(route) = validate_route(&mut issues, i, section, &file) {
+            routes.push(route);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in routes.iter().enumerate() {
+        let mut hosts = r.hosts.clone();
+        hosts.sort();
+        if !seen.insert((hosts, r.path_prefix.clone())) {
+            issues.push(
+                format!("routes[{i}]"),
+                format!(
+                    "duplicate route: another route has the same hosts and path_prefix {:?}",
+                    r.path_prefix
+                ),
+            );
+        }
+    }
+
+    let mut services = std::collections::BTreeMap::new();
+    for (name, section) in &file.services {
+        let key = format!("services.{name}");
+        let policy = ServicePolicy {
+            health_check: section
+                .health_check
+                .as_ref()
+                .map(|hc| validate_health_check(&mut issues, &key, hc)),
+            passive: section
+                .passive
+                .as_ref()
+                .map(|p| validate_passive(&mut issues, &key, p)),
+            connect_timeout: section.connect_timeout.as_deref().map(|t| {
+                issues.duration(
+                    &format!("{key}.connect_timeout"),
+                    Some(t),
+                    Duration::from_secs(1),
+                )
+            }),
+            format: section.format.clone(),
+            key_prefix: section.key_prefix.clone(),
+        };
+        if let Some(format) = &policy.format {
+            const FORMATS: &[&str] = &[
+                "auto",
+                "json",
+                "grpc-naming",
+                "kratos",
+                "go-zero",
+                "go-micro",
+            ];
+            if !FORMATS.contains(&format.as_str()) {
+                issues.push(
+                    format!("{key}.format"),
+                    format!("unknown format {format:?}: expected one of {FORMATS:?}"),
+                );
+            }
+        }
+        services.insert(name.clone(), policy);
+    }
+
+    if issues.0.is_empty() {
+        Ok(Config {
+            source: path.to_path_buf(),
+            proxy,
+            admin,
+            registry,
+            log,
+            strategies,
+            routes,
+            services,
+        })
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            issues: issues.0,
+        })
+    }
+}
+
+fn validate_route(
+    issues: &mut Issues,
+    i: usize,
+    section: &RouteSection,
+    file: &FileConfig,
+) -> Option<RouteSpec> {
+    let key = format!("routes[{i}]");
+    let path_prefix = match section.path_prefix.as_deref() {
+        Some(p) if p.starts_with('/') => p.to_string(),
+        Some(p) => {
+            issues.push(
+                format!("{key}.path_prefix"),
+                format!("{p:?} must start with '/'"),
+            );
+            return None;
+        }
+        None => "/".to_string(),
+    };
+    let service = match section.service.as_deref() {
+        Some(s) if !s.is_empty() => s.to_string(),
+        _ => {
+            issues.push(
+                format!("{key}.service"),
+                "required: the service this route sends to",
+            );
+            return None;
+        }
+    };
+    let strategy = match section.strategy.as_deref().unwrap_or("round-robin") {
+        "round-robin" => StrategyRef::RoundRobin,
+        "least-conn" => StrategyRef::LeastConn,
+        name if file.strategies.contains_key(name) => StrategyRef::Custom(name.to_string()),
+        name => {
+            let mut known: Vec<&str> = BUILTIN_STRATEGIES.to_vec();
+            known.extend(file.strategies.keys().map(String::as_str));
+            issues.push(
+                format!("{key}.strategy"),
+                format!("unknown strategy {name:?}: known are {known:?}"),
+            );
+            StrategyRef::RoundRobin
+        }
+    };
+    let hash_on = section.hash_on.as_deref().and_then(|h| match h {
+        "client_ip" => Some(HashOn::ClientIp),
+        "path" => Some(HashOn::Path),
+        other => match other.strip_prefix("header:") {
+            Some(name) => match HeaderName::from_bytes(name.trim().as_bytes()) {
+                Ok(header) => Some(HashOn::Header(header)),
+                Err(_) => {
+                    issues.push(format!("{key}.hash_on"), format!("bad header name {name:?}"));
+                    None
+                }
+            },
+            None => {
+                issues.push(
+                    format!("{key}.hash_on"),
+                    format!("unknown {other:?}: expected \"header:NAME\", \"client_ip\" or \"path\""),
+                );
+                None
+            }
+        },
+    });
+    let hosts: Vec<String> = section
+        .hosts
+        .iter()
+        .flatten()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    for (j, h) in hosts.iter().enumerate() {
+        if h.is_empty() || h.contains('/') || h.contains(' ') {
+            issues.push(format!("{key}.hosts[{j}]"), format!("bad host name {h:?}"));
+        }
+    }
+    let timeout = issues.duration(
+        &format!("{key}.timeout"),
+        section.timeout.as_deref(),
+        DEFAULT_ROUTE_TIMEOUT,
+    );
+    let name = section.name.clone().unwrap_or_else(|| {
+        if hosts.is_empty() {
+            path_prefix.clone()
+        } else {
+            format!("{}{}", hosts.join(","), path_prefix)
+        }
+    });
+    Some(RouteSpec {
+        name,
+        path_prefix,
+        hosts,
+        service,
+        strategy,
+        hash_on,
+        strip_prefix: section.strip_prefix.unwrap_or(false),
+        timeout,
+        retries: section.retries.unwrap_or(1),
+    })
+}
+
+fn validate_health_check(
+    issues: &mut Issues,
+    key: &str,
+    hc: &HealthCheckSection,
+) -> HealthCheckSpec {
+    let key = format!("{key}.health_check");
+    let path = hc.path.clone().unwrap_or_else(|| "/health".into());
+    if !path.starts_with('/') {
+        issues.push(
+            format!("{key}.path"),
+            format!("{path:?} must start with '/'"),
+        );
+    }
+    let spec = HealthCheckSpec {
+        path,
+        interval: issues.duration(
+            &format!("{key}.interval"),
+            hc.interval.as_deref(),
+            Duration::from_secs(2),
+        ),
+        timeout: issues.duration(
+            &format!("{key}.timeout"),
+            hc.timeout.as_deref(),
+            Duration::from_secs(1),
+        ),
+        healthy_after: hc.healthy_after.unwrap_or(2),
+        unhealthy_after: hc.unhealthy_after.unwrap_or(2),
+        wait_first: hc.wait_first.unwrap_or(false),
+    };
+    if spec.healthy_after == 0 {
+        issues.push(format!("{key}.healthy_after"), "must be at least 1");
+    }
+    if spec.unhealthy_after == 0 {
+        issues.push(format!("{key}.unhealthy_after"), "must be at least 1");
+    }
+    spec
+}
+
+fn validate_passive(issues: &mut Issues, key: &str, p: &PassiveSection) -> PassiveSpec {
+    let key = format!("{key}.passive");
+    let spec = PassiveSpec {
+        consecutive_failures: p.consecutive_failures.unwrap_or(5),
+        eject_for: issues.duration(
+            &format!("{key}.eject_for"),
+            p.eject_for.as_deref(),
+            Duration::from_secs(30),
+        ),
+    };
+    if spec.consecutive_failures == 0 {
+        issues.push(format!("{key}.consecutive_failures"), "must be at least 1");
+    }
+    spec
+}

@@ -1,0 +1,108 @@
+//! `sluice demo`: three echo upstreams on loopback registered in an in-memory registry, the
+//! gateway in front of them with the least-conn strategy, and what to `curl`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+use pingora::services::ServiceWithDependents as ServiceTrait;
+
+use crate::registry::{decode_value, MemoryRegistry};
+use crate::server::{BuildError, Parts};
+
+/// The demo's gateway config: one catch-all route to the `echo` service.
+pub const DEMO_CONFIG: &str = r#"
+[proxy]
+listen = ["127.0.0.1:8080"]
+threads = 2
+
+[admin]
+listen = "127.0.0.1:9901"
+
+[registry]
+kind = "file"
+path = "(demo: in-memory registry)"
+
+[log]
+access_log = true
+
+[[routes]]
+name = "echo"
+path_prefix = "/"
+service = "echo"
+strategy = "least-conn"
+"#;
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("cannot find a free loopback port: {0}")]
+    Port(#[from] std::io::Error),
+}
+
+/// An upstream that answers every request with its instance id.
+struct Echo {
+    id: String,
+}
+
+#[async_trait]
+impl ServeHttp for Echo {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let body = format!(
+            "hello from {} (you asked for {})\n",
+            self.id,
+            session.req_header().uri.path()
+        );
+        let mut response = Response::new(body.into_bytes());
+        let len = response.body().len();
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, len.into());
+        if let Ok(v) = self.id.parse() {
+            response.headers_mut().insert("x-instance-id", v);
+        }
+        response
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Builds the demo: the gateway parts plus the three echo services.
+pub fn build(
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Result<(Parts, Vec<Box<dyn ServiceTrait>>, Vec<String>), DemoError> {
+    let text = DEMO_CONFIG
+        .replace("127.0.0.1:8080", &listen.to_string())
+        .replace("127.0.0.1:9901", &admin.to_string());
+    let config = crate::config::parse(Path::new("(demo)"), &text)?;
+    let registry = MemoryRegistry::new();
+    let mut services: Vec<Box<dyn ServiceTrait>> = Vec::new();
+    let mut addresses = Vec::new();
+    for n in 1..=3 {
+        let id = format!("echo-{n}");
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let mut service = Service::new(format!("demo upstream {id}"), Echo { id: id.clone() });
+        service.threads = Some(1);
+        service.add_tcp(&addr);
+        services.push(Box::new(service));
+        // An address we just formatted from an IP and a port always decodes.
+        if let Ok(spec) = decode_value(&id, addr.as_bytes()) {
+            registry.upsert("echo", spec);
+        }
+        addresses.push(format!("{id} at {addr}"));
+    }
+    let parts = Parts::new(config, Arc::new(registry))?;
+    Ok((parts, services, addresses))
+}

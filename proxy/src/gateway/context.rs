@@ -1,0 +1,64 @@
+//! Per-request state carried through pingora's filters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Route;
+use crate::pool::InFlightGuard;
+
+/// Most attempts one request makes (first try plus retries) that are remembered for exclusion.
+const MAX_TRIED: usize = 8;
+
+/// Why the gateway itself answered instead of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalAnswer {
+    NoRoute,
+    NoInstance,
+}
+
+/// State of one request; dropping it ends the in-flight count of its current attempt.
+pub struct RequestCtx {
+    pub(crate) start: Instant,
+    pub(crate) route: Option<Arc<Route>>,
+    /// The attempt in flight; replaced on retry, dropped with the context on every path.
+    pub(crate) attempt: Option<InFlightGuard>,
+    pub(crate) upstream_addr: Option<SocketAddr>,
+    pub(crate) upstream_start: Option<Instant>,
+    pub(crate) upstream_elapsed: Option<std::time::Duration>,
+    pub(crate) local_answer: Option<LocalAnswer>,
+    pub(crate) request_hash: u64,
+    tried: [u64; MAX_TRIED],
+    tried_len: usize,
+    pub(crate) attempts: u32,
+}
+
+impl RequestCtx {
+    pub(crate) fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            route: None,
+            attempt: None,
+            upstream_addr: None,
+            upstream_start: None,
+            upstream_elapsed: None,
+            local_answer: None,
+            request_hash: 0,
+            tried: [0; MAX_TRIED],
+            tried_len: 0,
+            attempts: 0,
+        }
+    }
+
+    /// Instance keys tried so far.
+    pub(crate) fn tried(&self) -> &[u64] {
+        &self.tried[..self.tried_len]
+    }
+
+    pub(crate) fn remember_tried(&mut self, key: u64) {
+        if self.tried_len < MAX_TRIED {
+            self.tried[self.tried_len] = key;
+            self.tried_len += 1;
+        }
+    }
+}

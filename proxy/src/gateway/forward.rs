@@ -1,0 +1,99 @@
+//! What changes on the way upstream: the prefix strip and the `X-Forwarded-*` headers.
+
+use http::Uri;
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+use crate::config::RouteSpec;
+
+/// Rewrites the path when the route strips its prefix; `/users/1?q` -> `/1?q`, `/users` -> `/`.
+pub(crate) fn strip_prefix(route: &RouteSpec, request: &mut RequestHeader) -> Result<()> {
+    if !route.strip_prefix || route.path_prefix == "/" {
+        return Ok(());
+    }
+    let Some(rest) = request.uri.path().strip_prefix(route.path_prefix.as_str()) else {
+        return Ok(());
+    };
+    let mut path_and_query = String::with_capacity(rest.len() + 16);
+    if !rest.starts_with('/') {
+        path_and_query.push('/');
+    }
+    path_and_query.push_str(rest);
+    if let Some(query) = request.uri.query() {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let uri: Uri = path_and_query.parse().map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InternalError, "rewriting path", e)
+    })?;
+    request.set_uri(uri);
+    Ok(())
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.
+pub(crate) fn forwarded_headers(
+    request: &mut RequestHeader,
+    client_ip: Option<std::net::IpAddr>,
+    host: &str,
+    proto: &'static str,
+) -> Result<()> {
+    if let Some(ip) = client_ip {
+        let value = match request
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
+            _ => ip.to_string(),
+        };
+        request.insert_header("x-forwarded-for", value)?;
+    }
+    request.insert_header("x-forwarded-proto", proto)?;
+    if !host.is_empty() {
+        request.insert_header("x-forwarded-host", host)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, strip: bool) -> RouteSpec {
+        RouteSpec {
+            name: "r".into(),
+            path_prefix: prefix.into(),
+            hosts: vec![],
+            service: "s".into(),
+            strategy: crate::config::StrategyRef::RoundRobin,
+            hash_on: None,
+            strip_prefix: strip,
+            timeout: std::time::Duration::from_secs(1),
+            retries: 1,
+        }
+    }
+
+    fn path_after(prefix: &str, strip: bool, uri: &str) -> String {
+        let mut req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        strip_prefix(&route(prefix, strip), &mut req).unwrap();
+        req.uri.to_string()
+    }
+
+    #[test]
+    fn strips_prefix_and_keeps_query() {
+        assert_eq!(path_after("/users", true, "/users/1?q=2"), "/1?q=2");
+        assert_eq!(path_after("/users", true, "/users"), "/");
+        assert_eq!(path_after("/users/", true, "/users/x"), "/x");
+        assert_eq!(path_after("/users", false, "/users/1"), "/users/1");
+    }
+
+    #[test]
+    fn appends_forwarded_for() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-forwarded-for", "10.0.0.1").unwrap();
+        forwarded_headers(&mut req, Some([127, 0, 0, 1].into()), "example.com", "http").unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(req.headers["x-forwarded-proto"], "http");
+        assert_eq!(req.headers["x-forwarded-host"], "example.com");
+    }
+}

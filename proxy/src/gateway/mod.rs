@@ -1,0 +1,13 @@
+//! The data plane: the router (host + longest path prefix -> route), the pingora
+//! [`ProxyHttp`](pingora::proxy::ProxyHttp) implementation that picks an instance per request,
+//! rewrites and forwards it, and records metrics and the access log.
+
+mod context;
+pub use context::RequestCtx;
+mod forward;
+mod proxy;
+mod route_metrics;
+mod router;
+
+pub use proxy::Gateway;
+pub use router::{Route, Router, RouterError, DEFAULT_CONNECT_TIMEOUT};

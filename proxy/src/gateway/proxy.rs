@@ -1,0 +1,339 @@
+//! The pingora proxy: route, pick, forward, answer errors with a body that says why, record.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use super::context::{LocalAnswer, RequestCtx};
+use super::{forward, Route, Router};
+use crate::config::HashOn;
+use crate::strategy::PickRequest;
+
+/// The gateway's request handler; the router is swapped whole on reload.
+pub struct Gateway {
+    router: Arc<ArcSwap<Router>>,
+    access_log: bool,
+}
+
+impl Gateway {
+    pub fn new(router: Arc<ArcSwap<Router>>, access_log: bool) -> Self {
+        Self { router, access_log }
+    }
+}
+
+/// The request's host without port: `Host` header, else the URI authority (HTTP/2).
+fn request_host(req: &RequestHeader) -> &str {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("");
+    if let Some(rest) = raw.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    raw.split(':').next().unwrap_or(raw)
+}
+
+fn request_hash(hash_on: &HashOn, session: &Session) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // A fixed-key hasher: the same input hashes the same in every process and thread.
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    match hash_on {
+        HashOn::Header(name) => match session.req_header().headers.get(name) {
+            Some(v) => v.as_bytes().hash(&mut h),
+            None => return 0,
+        },
+        HashOn::ClientIp => match session.client_addr().and_then(|a| a.as_inet()) {
+            Some(addr) => addr.ip().hash(&mut h),
+            None => return 0,
+        },
+        HashOn::Path => session.req_header().uri.path().hash(&mut h),
+    }
+    h.finish()
+}
+
+async fn answer(session: &mut Session, status: u16, body: String) -> Result<()> {
+    let mut header = ResponseHeader::build(status, Some(3))?;
+    header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    header.insert_header("x-sluice-error", "1")?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(())
+}
+
+fn no_instance_body(route: &Route) -> String {
+    format!(
+        "sluice: no eligible instance of service \"{}\" (route \"{}\")\n",
+        route.spec.service, route.spec.name
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        let router = self.router.load();
+        let (host, path) = {
+            let req = session.req_header();
+            (request_host(req), req.uri.path())
+        };
+        let Some(route) = router.find(host, path).cloned() else {
+            let body = format!("sluice: no route for host \"{host}\" and path \"{path}\"\n");
+            ctx.local_answer = Some(LocalAnswer::NoRoute);
+            answer(session, 404, body).await?;
+            return Ok(true);
+        };
+        if route.slot.load().eligible_len() == 0 {
+            ctx.local_answer = Some(LocalAnswer::NoInstance);
+            let body = no_instance_body(&route);
+            ctx.route = Some(route);
+            answer(session, 503, body).await?;
+            return Ok(true);
+        }
+        if let Some(hash_on) = route.hash_on() {
+            ctx.request_hash = request_hash(hash_on, session);
+        }
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.clone() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route in context",
+            ));
+        };
+        let pool = route.slot.load();
+        let request = PickRequest {
+            hash: ctx.request_hash,
+            exclude: ctx.tried(),
+        };
+        let picked = route
+            .strategy
+            .pick(&pool, &request)
+            .filter(|&i| i < pool.eligible_len());
+        let Some(index) = picked else {
+            ctx.local_answer = Some(LocalAnswer::NoInstance);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no eligible instance",
+            ));
+        };
+        let member = pool.eligible(index);
+        let Some(socket) = member.socket else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "instance has no address",
+            ));
+        };
+        // Replacing the previous attempt's guard ends its in-flight count.
+        ctx.attempt = Some(member.live.start_request());
+        ctx.remember_tried(member.key);
+        ctx.attempts += 1;
+        ctx.upstream_addr = Some(socket);
+        ctx.upstream_start = Some(Instant::now());
+        let mut peer = HttpPeer::new(socket, false, String::new());
+        peer.options.connection_timeout = Some(route.connect_timeout);
+        peer.options.read_timeout = Some(route.spec.timeout);
+        peer.options.write_timeout = Some(route.spec.timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(route) = &ctx.route {
+            forward::strip_prefix(&route.spec, upstream_request)?;
+        }
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let host = request_host(session.req_header()).to_string();
+        forward::forwarded_headers(upstream_request, client_ip, &host, "http")
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let (Some(attempt), Some(start)) = (&ctx.attempt, ctx.upstream_start) {
+            let elapsed = start.elapsed();
+            ctx.upstream_elapsed = Some(elapsed);
+            attempt.live().observe_latency(elapsed);
+            attempt.live().record_success();
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(attempt) = &ctx.attempt {
+            attempt.live().record_failure();
+        }
+        let retries = ctx.route.as_ref().map_or(0, |r| r.spec.retries);
+        // Nothing reached the upstream: safe to retry any method on another instance.
+        e.set_retry(ctx.attempts <= retries);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if let Some(attempt) = &ctx.attempt {
+            attempt.live().record_failure();
+        }
+        let mut e = e.more_context(format!("peer: {peer}"));
+        let retries = ctx.route.as_ref().map_or(0, |r| r.spec.retries);
+        // Bytes may have reached the upstream: only idempotent methods are retried.
+        if ctx.attempts > retries
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let service = ctx.route.as_ref().map_or("", |r| r.spec.service.as_str());
+        let (code, reason) = match e.etype() {
+            ErrorType::HTTPStatus(503) if ctx.local_answer == Some(LocalAnswer::NoInstance) => {
+                let body = ctx
+                    .route
+                    .as_deref()
+                    .map(no_instance_body)
+                    .unwrap_or_default();
+                (503, body)
+            }
+            ErrorType::HTTPStatus(code) => (*code, format!("sluice: error {code}\n")),
+            _ => match e.esource() {
+                ErrorSource::Upstream => {
+                    let timed_out = matches!(
+                        e.etype(),
+                        ErrorType::ConnectTimedout
+                            | ErrorType::ReadTimedout
+                            | ErrorType::WriteTimedout
+                    );
+                    let addr = ctx.upstream_addr.map(|a| a.to_string()).unwrap_or_default();
+                    if timed_out {
+                        (
+                            504,
+                            format!("sluice: upstream {addr} of service \"{service}\" timed out\n"),
+                        )
+                    } else {
+                        (
+                            502,
+                            format!(
+                                "sluice: upstream {addr} of service \"{service}\" failed: {}\n",
+                                e.etype().as_str()
+                            ),
+                        )
+                    }
+                }
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                        (0, String::new())
+                    }
+                    _ => (400, "sluice: bad request\n".to_string()),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    (500, "sluice: internal error\n".to_string())
+                }
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            if let Err(write_error) = answer(session, code, reason).await {
+                tracing::debug!("could not send the error response: {write_error}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        // End the in-flight count now rather than whenever the context is dropped.
+        let attempt = ctx.attempt.take();
+        let elapsed = ctx.start.elapsed();
+        let status = match session.response_written() {
+            Some(resp) => resp.status.as_u16(),
+            // The client went away before any answer (nginx's 499).
+            None if e.is_some() => 499,
+            None => 0,
+        };
+        if let Some(route) = &ctx.route {
+            route.metrics.record(status, elapsed);
+        }
+        if self.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "sluice::access",
+                method = %req.method,
+                host = request_host(req),
+                path = req.uri.path(),
+                status,
+                route = ctx.route.as_ref().map_or("", |r| r.spec.name.as_str()),
+                service = ctx.route.as_ref().map_or("", |r| r.spec.service.as_str()),
+                instance = attempt.as_ref().map_or("", |a| a.live().id()),
+                upstream = %ctx.upstream_addr.map(|a| a.to_string()).unwrap_or_default(),
+                upstream_ms = ctx.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                total_ms = elapsed.as_secs_f64() * 1e3,
+                bytes_sent = session.as_downstream().body_bytes_sent(),
+                attempts = ctx.attempts,
+                error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+                "access"
+            );
+        }
+        drop(attempt);
+    }
+}

@@ -1,0 +1,51 @@
+//! Per-route metric handles resolved once, so recording a request costs atomics, not label
+//! look-ups.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter, IntCounterVec};
+
+use crate::metrics::Metrics;
+
+/// Status codes with a cached counter; anything above goes through the family.
+const CACHED_STATUSES: usize = 600;
+
+/// The `requests_total` and duration handles of one route.
+pub(crate) struct RouteMetrics {
+    route: String,
+    service: String,
+    requests: IntCounterVec,
+    by_status: Box<[OnceLock<IntCounter>]>,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub(crate) fn new(metrics: &Metrics, route: &str, service: &str) -> Self {
+        Self {
+            route: route.to_string(),
+            service: service.to_string(),
+            requests: metrics.requests_total.clone(),
+            by_status: (0..CACHED_STATUSES).map(|_| OnceLock::new()).collect(),
+            duration: metrics
+                .request_duration_seconds
+                .with_label_values(&[route, service]),
+        }
+    }
+
+    /// Counts one answered request and its duration.
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
+        self.duration.observe(elapsed.as_secs_f64());
+        let code = usize::from(status);
+        let counter = match self.by_status.get(code) {
+            Some(cell) => cell.get_or_init(|| self.counter(status)),
+            None => &self.counter(status),
+        };
+        counter.inc();
+    }
+
+    fn counter(&self, status: u16) -> IntCounter {
+        self.requests
+            .with_label_values(&[&self.route, &self.service, &status.to_string()])
+    }
+}

@@ -1,0 +1,159 @@
+//! Routing: host (exact or `*.suffix`) and longest path prefix select a route; each route
+//! holds its service's slot and its strategy, resolved once when the router is built.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::route_metrics::RouteMetrics;
+use crate::config::{Config, HashOn, RouteSpec};
+use crate::pool::{Directory, ServiceSlot};
+use crate::strategy::{self, Strategy, StrategyError};
+
+/// Default time allowed to establish an upstream connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A route ready to serve: config, service slot, strategy and metric handles.
+pub struct Route {
+    pub spec: RouteSpec,
+    pub slot: Arc<ServiceSlot>,
+    pub strategy: Arc<dyn Strategy>,
+    pub connect_timeout: Duration,
+    pub(crate) metrics: RouteMetrics,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("spec", &self.spec)
+            .field("strategy", &self.strategy.name())
+            .finish()
+    }
+}
+
+impl Route {
+    pub fn hash_on(&self) -> Option<&HashOn> {
+        self.spec.hash_on.as_ref()
+    }
+
+    fn matches_host(&self, host: &str) -> bool {
+        self.spec.hosts.is_empty()
+            || self
+                .spec
+                .hosts
+                .iter()
+                .any(|pattern| match pattern.strip_prefix('*') {
+                    Some(suffix) => {
+                        host.len() > suffix.len()
+                            && host.as_bytes()[host.len() - suffix.len()..]
+                                .eq_ignore_ascii_case(suffix.as_bytes())
+                    }
+                    None => pattern.eq_ignore_ascii_case(host),
+                })
+    }
+}
+
+/// Why a router could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("routes[{index}].strategy: {source}")]
+    Strategy {
+        index: usize,
+        #[source]
+        source: StrategyError,
+    },
+}
+
+/// All routes, most specific first.
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+}
+
+impl Router {
+    /// Builds the routes of `config`, creating service slots in `directory` as needed.
+    pub fn build(config: &Config, directory: &Directory) -> Result<Self, RouterError> {
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (index, spec) in config.routes.iter().enumerate() {
+            let strategy = strategy::resolve(&spec.strategy)
+                .map_err(|source| RouterError::Strategy { index, source })?;
+            let policy = config.service_policy(&spec.service);
+            routes.push(Arc::new(Route {
+                slot: directory.slot(&spec.service),
+                strategy,
+                connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                metrics: RouteMetrics::new(directory.metrics(), &spec.name, &spec.service),
+                spec: spec.clone(),
+            }));
+        }
+        // Longest prefix first; at equal length, routes that name hosts before catch-alls.
+        routes.sort_by_key(|r| {
+            (
+                std::cmp::Reverse(r.spec.path_prefix.len()),
+                r.spec.hosts.is_empty(),
+            )
+        });
+        Ok(Self { routes })
+    }
+
+    /// The route for `host` (any case, without port) and `path`.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(r.spec.path_prefix.as_str()) && r.matches_host(host))
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use std::path::Path;
+
+    fn router(text: &str) -> Router {
+        let config = crate::config::parse(Path::new("t.toml"), text).unwrap();
+        let dir = Directory::new(Arc::new(Metrics::new()), &[]);
+        Router::build(&config, &dir).unwrap()
+    }
+
+    #[test]
+    fn longest_prefix_and_hosts() {
+        let r = router(
+            r#"
+registry = { kind = "file", path = "s.toml" }
+[[routes]]
+path_prefix = "/"
+service = "root"
+[[routes]]
+path_prefix = "/users"
+service = "users"
+[[routes]]
+path_prefix = "/users/admin"
+service = "admin"
+[[routes]]
+path_prefix = "/users"
+hosts = ["api.example.com", "*.corp.example"]
+service = "api-users"
+"#,
+        );
+        let svc = |host: &str, path: &str| r.find(host, path).map(|r| r.spec.service.clone());
+        assert_eq!(svc("x", "/"), Some("root".into()));
+        assert_eq!(svc("x", "/users/1"), Some("users".into()));
+        assert_eq!(svc("x", "/users/admin/1"), Some("admin".into()));
+        assert_eq!(svc("API.example.com", "/users/1"), Some("api-users".into()));
+        assert_eq!(svc("a.corp.example", "/users"), Some("api-users".into()));
+        assert_eq!(svc("corp.example", "/users"), Some("users".into()));
+        assert_eq!(svc("api.example.com", "/other"), Some("root".into()));
+    }
+
+    #[test]
+    fn no_route_matches() {
+        let r = router(
+            "registry = { kind = \"file\", path = \"s.toml\" }\n[[routes]]\npath_prefix = \"/a\"\nservice = \"a\"\n",
+        );
+        assert!(r.find("h", "/b").is_none());
+    }
+}

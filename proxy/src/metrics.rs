@@ -1,0 +1,150 @@
+//! The Prometheus metric families (SPEC §7), registered once in a private registry and
+//! passed down to whoever records into them.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Request-duration buckets in seconds: a small fixed set from 0.5 ms to 10 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Every metric family the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration_seconds: HistogramVec,
+    pub upstream_requests_in_flight: IntGaugeVec,
+    pub upstream_picks_total: IntCounterVec,
+    pub pool_instances: IntGaugeVec,
+    pub pool_swaps_total: IntCounterVec,
+    pub registry_events_total: IntCounterVec,
+    pub registry_decode_errors_total: IntCounterVec,
+    pub registry_connected: IntGaugeVec,
+}
+
+/// Registering a fixed, well-formed family into a fresh registry cannot fail; this is the one
+/// place that turns the impossible error into a panic at start-up.
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    #[allow(clippy::expect_used)]
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric families are registered once, with valid names");
+    c
+}
+
+#[allow(clippy::expect_used)] // fixed, valid family names and labels: cannot fail
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter family")
+}
+
+#[allow(clippy::expect_used)] // fixed, valid family names and labels: cannot fail
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge family")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[allow(clippy::expect_used)] // fixed, valid family: cannot fail
+        let request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_request_duration_seconds",
+                "Time from request start to the end of the response, by route and service.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "service"],
+        )
+        .expect("valid histogram family");
+        Self {
+            requests_total: register(
+                &registry,
+                counter(
+                    "sluice_requests_total",
+                    "Requests answered, by route, service and status code.",
+                    &["route", "service", "status"],
+                ),
+            ),
+            request_duration_seconds: register(&registry, request_duration_seconds),
+            upstream_requests_in_flight: register(
+                &registry,
+                gauge(
+                    "sluice_upstream_requests_in_flight",
+                    "Requests in flight to each upstream instance.",
+                    &["service", "instance"],
+                ),
+            ),
+            upstream_picks_total: register(
+                &registry,
+                counter(
+                    "sluice_upstream_picks_total",
+                    "Times each instance was picked by the strategy.",
+                    &["service", "instance"],
+                ),
+            ),
+            pool_instances: register(
+                &registry,
+                gauge(
+                    "sluice_pool_instances",
+                    "Instances in each service's pool, by eligibility.",
+                    &["service", "state"],
+                ),
+            ),
+            pool_swaps_total: register(
+                &registry,
+                counter(
+                    "sluice_pool_swaps_total",
+                    "Pool snapshots swapped in, by service.",
+                    &["service"],
+                ),
+            ),
+            registry_events_total: register(
+                &registry,
+                counter(
+                    "sluice_registry_events_total",
+                    "Registry updates applied, by source and kind (reset, upsert, remove).",
+                    &["source", "kind"],
+                ),
+            ),
+            registry_decode_errors_total: register(
+                &registry,
+                counter(
+                    "sluice_registry_decode_errors_total",
+                    "Registry values skipped because they could not be decoded.",
+                    &["source"],
+                ),
+            ),
+            registry_connected: register(
+                &registry,
+                gauge(
+                    "sluice_registry_connected",
+                    "1 while the registry source is connected and synced, else 0.",
+                    &["source"],
+                ),
+            ),
+            registry,
+        }
+    }
+
+    /// The registry, for collectors added elsewhere.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a family-level error would be a bug.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        out
+    }
+}

@@ -1,0 +1,379 @@
+//! The directory of services: applies registry updates in revision order, rebuilds the pools
+//! of the services they touch and swaps each in whole; owns the live-state table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use arc_swap::ArcSwap;
+
+use super::{instance_key, InstanceLive, Member, Pool};
+use crate::metrics::Metrics;
+use crate::registry::{InstanceSpec, SourceEvent, Update};
+
+/// The one atomically swapped pool of one service. Routes hold the slot; requests load the pool.
+#[derive(Debug)]
+pub struct ServiceSlot {
+    name: Arc<str>,
+    pool: ArcSwap<Pool>,
+}
+
+impl ServiceSlot {
+    fn new(name: Arc<str>) -> Self {
+        Self {
+            pool: ArcSwap::from_pointee(Pool::empty(name.clone())),
+            name,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current snapshot: lock-free, wait-free for readers.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Pool>> {
+        self.pool.load()
+    }
+
+    /// The current snapshot as an owned `Arc`.
+    pub fn load_full(&self) -> Arc<Pool> {
+        self.pool.load_full()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: HashMap<Arc<str>, Arc<ServiceSlot>>,
+    /// Instances as last applied, by service then id.
+    instances: HashMap<Arc<str>, BTreeMap<String, Arc<InstanceSpec>>>,
+    live: HashMap<(Arc<str>, Arc<str>), Weak<InstanceLive>>,
+    last_revision: HashMap<Arc<str>, i64>,
+    synced: HashSet<Arc<str>>,
+    expected_sources: Vec<String>,
+}
+
+/// Every service the gateway knows, by name.
+pub struct Directory {
+    inner: Mutex<Inner>,
+    generation: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Directory {
+    /// `sources` are the names of the registry sources that must sync before `/readyz` is 200.
+    pub fn new(metrics: Arc<Metrics>, sources: &[&str]) -> Self {
+        let inner = Inner {
+            expected_sources: sources.iter().map(|s| s.to_string()).collect(),
+            ..Inner::default()
+        };
+        Self {
+            inner: Mutex::new(inner),
+            generation: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent maps (each change is one insert or
+        // one swap), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The slot of `service`, created empty when the registry has not listed it yet.
+    pub fn slot(&self, service: &str) -> Arc<ServiceSlot> {
+        let mut inner = self.lock();
+        Self::slot_locked(&mut inner, service)
+    }
+
+    fn slot_locked(inner: &mut Inner, service: &str) -> Arc<ServiceSlot> {
+        if let Some(slot) = inner.slots.get(service) {
+            return slot.clone();
+        }
+        let name: Arc<str> = service.into();
+        let slot = Arc::new(ServiceSlot::new(name.clone()));
+        inner.slots.insert(name, slot.clone());
+        slot
+    }
+
+    /// Every slot, sorted by service name.
+    pub fn slots(&self) -> Vec<Arc<ServiceSlot>> {
+        let inner = self.lock();
+        let mut slots: Vec<_> = inner.slots.values().cloned().collect();
+        slots.sort_by(|a, b| a.name.cmp(&b.name));
+        slots
+    }
+
+    /// Whether every expected registry source has completed its first sync.
+    pub fn is_ready(&self) -> bool {
+        let inner = self.lock();
+        inner
+            .expected_sources
+            .iter()
+            .all(|s| inner.synced.contains(s.as_str()))
+    }
+
+    /// Applies one event; events at or below the source's last applied revision are ignored.
+    pub fn apply(&self, event: SourceEvent) {
+        let mut inner = self.lock();
+        let last = inner.last_revision.get(&event.source).copied();
+        if last.is_some_and(|last| event.revision <= last) {
+            tracing::debug!(source = %event.source, revision = event.revision, "stale update ignored");
+            return;
+        }
+        inner
+            .last_revision
+            .insert(event.source.clone(), event.revision);
+        self.metrics
+            .registry_events_total
+            .with_label_values(&[&*event.source, event.update.kind()])
+            .inc();
+        let touched: Vec<Arc<str>> = match event.update {
+            Update::Reset { services } => {
+                inner.synced.insert(event.source.clone());
+                let mut touched = Vec::new();
+                let mut listed: HashSet<Arc<str>> = HashSet::new();
+                for (service, instances) in services {
+                    let new: BTreeMap<String, Arc<InstanceSpec>> = instances
+                        .into_iter()
+                        .map(|i| (i.id.clone(), Arc::new(i)))
+                        .collect();
+                    let name: Arc<str> = service.into();
+                    listed.insert(name.clone());
+                    if inner.instances.get(&name) != Some(&new) {
+                        inner.instances.insert(name.clone(), new);
+                        touched.push(name);
+                    }
+                }
+                let gone: Vec<Arc<str>> = inner
+                    .instances
+                    .keys()
+                    .filter(|name| !listed.contains(*name))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    inner.instances.remove(&name);
+                    touched.push(name);
+                }
+                touched
+            }
+            Update::Upsert { service, instance } => {
+                let name: Arc<str> = service.into();
+                let entry = inner.instances.entry(name.clone()).or_default();
+                let instance = Arc::new(instance);
+                if entry.get(&instance.id) == Some(&instance) {
+                    Vec::new()
+                } else {
+                    entry.insert(instance.id.clone(), instance);
+                    vec![name]
+                }
+            }
+            Update::Remove { service, id } => {
+                let name: Arc<str> = service.into();
+                let removed = inner
+                    .instances
+                    .get_mut(&name)
+                    .is_some_and(|entry| entry.remove(&id).is_some());
+                if removed {
+                    vec![name]
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        for service in touched {
+            self.rebuild(&mut inner, &service);
+        }
+    }
+
+    fn rebuild(&self, inner: &mut Inner, service: &Arc<str>) {
+        let slot = Self::slot_locked(inner, service);
+        let previous = slot.load_full();
+        let old_sockets: HashMap<&str, (&str, Option<SocketAddr>)> = previous
+            .members()
+            .iter()
+            .map(|m| (m.spec.id.as_str(), (m.spec.addr.as_str(), m.socket)))
+            .collect();
+        let specs: Vec<Arc<InstanceSpec>> = inner
+            .instances
+            .get(service)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut members = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let id: Arc<str> = spec.id.as_str().into();
+            let live_key = (service.clone(), id.clone());
+            let live = match inner.live.get(&live_key).and_then(Weak::upgrade) {
+                Some(live) => live,
+                None => {
+                    let live = Arc::new(InstanceLive::new(service.clone(), id));
+                    inner.live.insert(live_key, Arc::downgrade(&live));
+                    live
+                }
+            };
+            let socket = match old_sockets.get(spec.id.as_str()) {
+                Some((addr, socket)) if *addr == spec.addr && socket.is_some() => *socket,
+                _ => resolve(service, &spec),
+            };
+            members.push(Member {
+                key: instance_key(&spec.id),
+                spec,
+                socket,
+                live,
+            });
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let pool = Pool::new(service.clone(), generation, members);
+        let eligible = pool.eligible_len() as i64;
+        let ineligible = pool.members().len() as i64 - eligible;
+        slot.pool.store(Arc::new(pool));
+        drop(previous);
+        let m = &self.metrics;
+        m.pool_swaps_total.with_label_values(&[&**service]).inc();
+        m.pool_instances
+            .with_label_values(&[&**service, "eligible"])
+            .set(eligible);
+        m.pool_instances
+            .with_label_values(&[&**service, "ineligible"])
+            .set(ineligible);
+        tracing::debug!(%service, generation, eligible, ineligible, "pool swapped");
+    }
+
+    /// Copies live counters into their Prometheus families and drops the labels of instances
+    /// nothing refers to any more. Called on scrape, so the request path records nothing twice.
+    pub fn export_live_metrics(&self) {
+        let mut inner = self.lock();
+        let m = &self.metrics;
+        inner
+            .live
+            .retain(|(service, id), weak| match weak.upgrade() {
+                Some(live) => {
+                    m.upstream_requests_in_flight
+                        .with_label_values(&[&**service, &**id])
+                        .set(i64::from(live.in_flight()));
+                    m.upstream_picks_total
+                        .with_label_values(&[&**service, &**id])
+                        .inc_by(live.take_unexported_picks());
+                    true
+                }
+                None => {
+                    let _ = m
+                        .upstream_requests_in_flight
+                        .remove_label_values(&[&**service, &**id]);
+                    let _ = m
+                        .upstream_picks_total
+                        .remove_label_values(&[&**service, &**id]);
+                    false
+                }
+            });
+    }
+}
+
+/// Resolves `host:port` (an IP literal without DNS); `None`, logged, when it cannot be.
+fn resolve(service: &str, spec: &InstanceSpec) -> Option<SocketAddr> {
+    if let Ok(addr) = spec.addr.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    match spec.addr.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next(),
+        Err(e) => {
+            tracing::warn!(%service, instance = %spec.id, addr = %spec.addr, "cannot resolve: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{decode_value, Status};
+
+    fn event(revision: i64, update: Update) -> SourceEvent {
+        SourceEvent {
+            source: "test".into(),
+            revision,
+            update,
+        }
+    }
+
+    fn spec(id: &str, port: u16) -> InstanceSpec {
+        decode_value(id, format!("127.0.0.1:{port}").as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn live_state_survives_swaps_and_stale_revisions_are_ignored() {
+        let dir = Directory::new(Arc::new(Metrics::new()), &["test"]);
+        assert!(!dir.is_ready());
+        let slot = dir.slot("svc");
+        dir.apply(event(
+            1,
+            Update::Reset {
+                services: [("svc".to_string(), vec![spec("a", 1), spec("b", 2)])].into(),
+            },
+        ));
+        assert!(dir.is_ready());
+        let pool = slot.load_full();
+        assert_eq!(pool.eligible_len(), 2);
+        let guard = pool.eligible(0).live.start_request();
+
+        let mut down = spec("b", 2);
+        down.status = Status::Down;
+        dir.apply(event(
+            2,
+            Update::Upsert {
+                service: "svc".into(),
+                instance: down,
+            },
+        ));
+        let after = slot.load_full();
+        assert_eq!(after.eligible_len(), 1);
+        assert!(Arc::ptr_eq(&after.members()[0].live, guard.live()));
+        assert_eq!(after.members()[0].live.in_flight(), 1);
+
+        // An event at or below the last revision changes nothing.
+        dir.apply(event(
+            2,
+            Update::Remove {
+                service: "svc".into(),
+                id: "a".into(),
+            },
+        ));
+        assert_eq!(slot.load().members().len(), 2);
+
+        // The instance leaves; the request in flight still ends on the same live state.
+        dir.apply(event(
+            3,
+            Update::Remove {
+                service: "svc".into(),
+                id: "a".into(),
+            },
+        ));
+        assert_eq!(slot.load().members().len(), 1);
+        assert_eq!(guard.live().in_flight(), 1);
+        drop(guard);
+    }
+
+    #[test]
+    fn reset_removes_unlisted_services() {
+        let dir = Directory::new(Arc::new(Metrics::new()), &["test"]);
+        let slot = dir.slot("svc");
+        dir.apply(event(
+            1,
+            Update::Reset {
+                services: [("svc".to_string(), vec![spec("a", 1)])].into(),
+            },
+        ));
+        assert_eq!(slot.load().members().len(), 1);
+        dir.apply(event(
+            2,
+            Update::Reset {
+                services: BTreeMap::new(),
+            },
+        ));
+        assert_eq!(slot.load().members().len(), 0);
+    }
+}

@@ -1,0 +1,11 @@
+//! Upstream pools: one immutable [`Pool`] snapshot per service behind one `ArcSwap`
+//! ([`ServiceSlot`]), rebuilt off the request path by the [`Directory`] and swapped whole;
+//! per-instance live state ([`InstanceLive`]) lives outside the snapshot and survives swaps.
+
+mod directory;
+mod live;
+mod snapshot;
+
+pub use directory::{Directory, ServiceSlot};
+pub use live::{InFlightGuard, InstanceLive};
+pub use snapshot::{instance_key, Member, Pool};

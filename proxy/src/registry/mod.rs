@@ -1,0 +1,13 @@
+//! Service registry: sources (file, memory; etcd later) turn what they watch into a stream of
+//! [`Update`]s — reset, upsert, remove, each with the source's revision — and value decoders
+//! turn registry values into [`InstanceSpec`]s.
+
+mod file;
+mod instance;
+mod memory;
+mod update;
+
+pub use file::{parse_services_file, FileSource};
+pub use instance::{decode_value, DecodeError, InstanceSpec, Scheme, Status};
+pub use memory::MemoryRegistry;
+pub use update::{RegistrySource, SourceEvent, Update, UpdateSink};

@@ -1,0 +1,201 @@
+//! Assembles a runnable gateway from a config: metrics, directory, registry source, router,
+//! and the pingora services (proxy, admin, registry watch).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use pingora::services::ServiceWithDependents as ServiceTrait;
+use tokio::sync::mpsc;
+
+use crate::admin::AdminApp;
+use crate::config::{Config, RegistrySettings};
+use crate::gateway::{Gateway, Router, RouterError};
+use crate::metrics::Metrics;
+use crate::pool::Directory;
+use crate::registry::{FileSource, RegistrySource, UpdateSink};
+
+/// Why a gateway could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{path}: {source}")]
+    Router {
+        path: String,
+        #[source]
+        source: RouterError,
+    },
+    #[error("{path}: registry.kind: the etcd source is not available in this build yet (use kind = \"file\")")]
+    EtcdUnsupported { path: String },
+    #[error("{0}")]
+    ServicesFile(String),
+}
+
+/// Everything a gateway needs besides the pingora server itself.
+pub struct Parts {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub directory: Arc<Directory>,
+    pub router: Arc<ArcSwap<Router>>,
+    pub source: Arc<dyn RegistrySource>,
+}
+
+/// The registry source the config names.
+pub fn source_for(config: &Config) -> Result<Arc<dyn RegistrySource>, BuildError> {
+    match &config.registry {
+        RegistrySettings::File { path } => Ok(Arc::new(FileSource::new(path.clone()))),
+        RegistrySettings::Etcd { .. } => Err(BuildError::EtcdUnsupported {
+            path: config.source.display().to_string(),
+        }),
+    }
+}
+
+/// Checks what `serve` would load besides the config itself: the services file and strategies.
+pub fn check(config: &Config) -> Result<(), BuildError> {
+    source_for(config)?;
+    if let RegistrySettings::File { path } = &config.registry {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            BuildError::ServicesFile(format!(
+                "{}: registry.path: cannot read {}: {e}",
+                config.source.display(),
+                path.display()
+            ))
+        })?;
+        crate::registry::parse_services_file(path, &text).map_err(BuildError::ServicesFile)?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let directory = Directory::new(metrics, &[]);
+    Router::build(config, &directory).map_err(|source| BuildError::Router {
+        path: config.source.display().to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+impl Parts {
+    /// Builds the shared state of a gateway fed by `source`.
+    pub fn new(config: Config, source: Arc<dyn RegistrySource>) -> Result<Self, BuildError> {
+        let metrics = Arc::new(Metrics::new());
+        let directory = Arc::new(Directory::new(metrics.clone(), &[source.name()]));
+        let router = Router::build(&config, &directory).map_err(|source| BuildError::Router {
+            path: config.source.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            config,
+            metrics,
+            directory,
+            router: Arc::new(ArcSwap::from_pointee(router)),
+            source,
+        })
+    }
+
+    /// The pingora server with the proxy, admin and registry services added.
+    pub fn into_server(self, extra: Vec<Box<dyn ServiceTrait>>) -> Server {
+        let cfg = &self.config;
+        let mut conf = ServerConf {
+            threads: cfg.proxy.threads,
+            work_stealing: cfg.proxy.work_stealing,
+            upstream_keepalive_pool_size: cfg.proxy.upstream_keepalive_pool_size,
+            grace_period_seconds: Some(cfg.proxy.grace_period.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(5),
+            ..ServerConf::default()
+        };
+        // One upgrade socket per admin port, so several gateways can run on one host and a
+        // graceful upgrade (SIGQUIT) finds its predecessor.
+        let runtime_dir = std::env::temp_dir();
+        conf.upgrade_sock = runtime_dir
+            .join(format!("sluice-{}-upgrade.sock", cfg.admin.listen.port()))
+            .display()
+            .to_string();
+        conf.pid_file = runtime_dir
+            .join(format!("sluice-{}.pid", cfg.admin.listen.port()))
+            .display()
+            .to_string();
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        let gateway = Gateway::new(self.router.clone(), cfg.log.access_log);
+        let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
+            .name("sluice proxy")
+            .server_options(options)
+            .build();
+        for addr in &cfg.proxy.listen {
+            proxy.add_tcp(&addr.to_string());
+        }
+
+        let mut admin = Service::new(
+            "sluice admin".to_string(),
+            AdminApp::new(
+                self.directory.clone(),
+                self.router.clone(),
+                cfg.admin.token.clone(),
+            ),
+        );
+        admin.threads = Some(1);
+        admin.add_tcp(&cfg.admin.listen.to_string());
+
+        let watch = background_service(
+            "registry",
+            RegistryWatch {
+                source: self.source.clone(),
+                directory: self.directory.clone(),
+            },
+        );
+
+        server.add_service(watch);
+        server.add_service(proxy);
+        server.add_service(admin);
+        for service in extra {
+            server.add_boxed_service(service);
+        }
+        server
+    }
+}
+
+/// Runs the registry source and applies what it sends to the directory.
+struct RegistryWatch {
+    source: Arc<dyn RegistrySource>,
+    directory: Arc<Directory>,
+}
+
+#[async_trait]
+impl BackgroundService for RegistryWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let name = self.source.name().to_string();
+        let source = self.source.clone();
+        let source_shutdown = shutdown.clone();
+        let sink = UpdateSink::new(&name, tx);
+        let runner = tokio::spawn(async move { source.run(sink, source_shutdown).await });
+        let connected = self
+            .directory
+            .metrics()
+            .registry_connected
+            .with_label_values(&[&name]);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                event = rx.recv() => match event {
+                    Some(event) => {
+                        self.directory.apply(event);
+                        connected.set(1);
+                    }
+                    None => {
+                        tracing::error!(source = %name, "registry source stopped; last known pools keep serving");
+                        connected.set(0);
+                        break;
+                    }
+                },
+            }
+        }
+        runner.abort();
+    }
+}
