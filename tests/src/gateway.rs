@@ -1,0 +1,218 @@
+//! Runs the real `sluice` binary: config and services file in a temp dir, free ports, waits
+//! until the admin listener says ready, kills the process on drop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::{client, eventually, free_port};
+
+/// The `sluice` binary, built once per test process from the workspace (so never stale).
+pub fn sluice_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(path) = std::env::var("SLUICE_BIN") {
+            return PathBuf::from(path);
+        }
+        escargot::CargoBuild::new()
+            .package("sluice")
+            .bin("sluice")
+            .current_release()
+            .manifest_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .run()
+            .expect("cargo build -p sluice")
+            .path()
+            .to_path_buf()
+    })
+    .clone()
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub services_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Gateway {
+    /// Writes `services` (a services file) and a config whose `[proxy]`, `[admin]` and
+    /// `[registry]` tables are generated, followed by `rest` (routes, strategies, …), then
+    /// starts the gateway and waits until it is ready.
+    pub async fn start(rest: &str, services: &str) -> Self {
+        Self::start_with(rest, services, "").await
+    }
+
+    /// As [`Gateway::start`], with extra keys for the `[admin]` table (e.g. a token).
+    pub async fn start_with(rest: &str, services: &str, admin_extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let services_path = dir.path().join("services.toml");
+        std::fs::write(&services_path, services).expect("write services file");
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = format!(
+            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"1s\"\n\n\
+             [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n\
+             [registry]\nkind = \"file\"\npath = \"{}\"\n\n\
+             [log]\nlevel = \"info\"\naccess_log = true\n\n{rest}",
+            services_path.display()
+        );
+        let config_path = dir.path().join("sluice.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("sluice.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(sluice_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice");
+        let mut gateway = Self {
+            child,
+            proxy,
+            admin,
+            dir,
+            config_path,
+            services_path,
+            log_path,
+        };
+        gateway.wait_ready(admin_extra).await;
+        gateway
+    }
+
+    async fn wait_ready(&mut self, admin_extra: &str) {
+        let token = admin_extra
+            .split('"')
+            .nth(1)
+            .filter(|_| admin_extra.contains("token"))
+            .map(str::to_string);
+        let url = format!("http://{}/readyz", self.admin);
+        let http = client();
+        for _ in 0..200 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sluice exited with {status}; log:\n{}", self.log());
+            }
+            let mut req = http.get(&url);
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            }
+            if let Ok(resp) = req.send().await {
+                if resp.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sluice did not become ready; log:\n{}", self.log());
+    }
+
+    /// `http://PROXY{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    /// `http://ADMIN{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Replaces the services file (atomically, as editors and config management do).
+    pub fn write_services(&self, services: &str) {
+        let tmp = self.dir.path().join("services.toml.tmp");
+        std::fs::write(&tmp, services).expect("write services");
+        std::fs::rename(&tmp, &self.services_path).expect("rename services");
+    }
+
+    /// `GET /admin/services` as JSON.
+    pub async fn services(&self) -> serde_json::Value {
+        client()
+            .get(self.admin_url("/admin/services"))
+            .send()
+            .await
+            .expect("admin reachable")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
+    /// The instance `id` of `service` in `/admin/services`.
+    pub async fn instance(&self, service: &str, id: &str) -> Option<serde_json::Value> {
+        let services = self.services().await;
+        services["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == service)?["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["id"] == id)
+            .cloned()
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("admin reachable")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// Waits until every instance of `service` has no request in flight, in the admin API and
+    /// in the metrics, and returns the admin view.
+    pub async fn wait_in_flight_zero(&self, service: &str) -> serde_json::Value {
+        eventually("in-flight back to 0", Duration::from_secs(10), || async {
+            let services = self.services().await;
+            let svc = services["services"]
+                .as_array()?
+                .iter()
+                .find(|s| s["name"] == service)?
+                .clone();
+            let all_zero = svc["instances"]
+                .as_array()?
+                .iter()
+                .all(|i| i["requests_in_flight"] == 0);
+            let metrics = self.metrics().await;
+            let gauge_zero = metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("sluice_upstream_requests_in_flight")
+                        && l.contains(&format!("service=\"{service}\""))
+                })
+                .all(|l| l.ends_with(" 0"));
+            (all_zero && gauge_zero).then_some(svc)
+        })
+        .await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `sluice ARGS…` to completion.
+pub fn run_sluice(args: &[&str]) -> Output {
+    Command::new(sluice_bin())
+        .args(args)
+        .output()
+        .expect("run sluice")
+}

@@ -1,0 +1,129 @@
+//! A real HTTP/1.1 upstream on loopback that answers with its id, the path it saw and the
+//! headers it got; `?sleep_ms=N` delays the answer, `?status=N` sets the status, and a path
+//! ending in `/fail` drops the connection without answering.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    pub id: String,
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Dropped;
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped on purpose")
+    }
+}
+impl std::error::Error for Dropped {}
+
+fn query_param(query: &str, name: &str) -> Option<u64> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn handle(
+    id: Arc<str>,
+    hits: Arc<AtomicUsize>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    hits.fetch_add(1, Ordering::Relaxed);
+    let query = req.uri().query().unwrap_or("").to_string();
+    if let Some(ms) = query_param(&query, "sleep_ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if req.uri().path().ends_with("/fail") {
+        return Err(Dropped);
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    let body = serde_json::json!({
+        "id": &*id,
+        "path": req.uri().path(),
+        "query": query,
+        "method": req.method().as_str(),
+        "headers": headers,
+    });
+    let status = query_param(&query, "status").unwrap_or(200) as u16;
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-upstream-id", &*id)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("valid response");
+    Ok(response)
+}
+
+impl Upstream {
+    /// Starts an upstream with this id on a free loopback port.
+    pub async fn start(id: &str) -> Self {
+        Self::start_on(id, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts an upstream with this id on `addr`.
+    pub async fn start_on(id: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let name: Arc<str> = id.into();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let name = name.clone();
+                let hits = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(name.clone(), hits.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            id: id.to_string(),
+            addr,
+            hits,
+            task,
+        }
+    }
+
+    /// Requests this upstream has received.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// The instance line for a services file.
+    pub fn instance(&self) -> String {
+        format!("{{ id = \"{}\", addr = \"{}\" }}", self.id, self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

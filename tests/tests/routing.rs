@@ -1,0 +1,291 @@
+//! Routing, forwarding and balancing through the real gateway to real upstreams.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sluice_tests::{client, Gateway, Upstream};
+
+async fn get_json(url: &str, host: Option<&str>) -> (u16, Value) {
+    let mut req = client().get(url);
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn routes_by_longest_prefix_and_host_and_strips_prefix() {
+    let users = Upstream::start("users-1").await;
+    let admin = Upstream::start("admin-1").await;
+    let api = Upstream::start("api-1").await;
+    let root = Upstream::start("root-1").await;
+    let services = format!(
+        "[services.users]\ninstances = [{}]\n[services.admin]\ninstances = [{}]\n\
+         [services.api]\ninstances = [{}]\n[services.root]\ninstances = [{}]\n",
+        users.instance(),
+        admin.instance(),
+        api.instance(),
+        root.instance()
+    );
+    let routes = r#"
+[[routes]]
+path_prefix = "/"
+service = "root"
+
+[[routes]]
+path_prefix = "/users"
+service = "users"
+strip_prefix = true
+
+[[routes]]
+path_prefix = "/users/admin"
+service = "admin"
+
+[[routes]]
+path_prefix = "/users"
+hosts = ["api.example.com"]
+service = "api"
+"#;
+    let gw = Gateway::start(routes, &services).await;
+
+    let (status, body) = get_json(&gw.url("/users/42?x=1"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["id"], "users-1");
+    assert_eq!(body["path"], "/42", "prefix stripped");
+    assert_eq!(body["query"], "x=1", "query kept");
+
+    let (_, body) = get_json(&gw.url("/users/admin/7"), None).await;
+    assert_eq!(body["id"], "admin-1");
+    assert_eq!(body["path"], "/users/admin/7", "no strip unless asked");
+
+    let (_, body) = get_json(&gw.url("/users/42"), Some("api.example.com")).await;
+    assert_eq!(body["id"], "api-1", "host-specific route wins");
+
+    let (_, body) = get_json(&gw.url("/elsewhere"), None).await;
+    assert_eq!(body["id"], "root-1");
+
+    // X-Forwarded-* set, Host kept.
+    let (_, body) = get_json(&gw.url("/elsewhere"), Some("shop.example.com:8080")).await;
+    let headers = &body["headers"];
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "shop.example.com");
+    assert_eq!(headers["host"], "shop.example.com:8080");
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_empty_service_is_503_naming_it() {
+    let up = Upstream::start("a").await;
+    let services = format!("[services.present]\ninstances = [{}]\n", up.instance());
+    let routes = r#"
+[[routes]]
+path_prefix = "/present"
+service = "present"
+
+[[routes]]
+path_prefix = "/ghost"
+service = "ghost-svc"
+"#;
+    let gw = Gateway::start(routes, &services).await;
+    let resp = client().get(gw.url("/nowhere")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().await.unwrap().contains("no route"));
+
+    let resp = client().get(gw.url("/ghost/1")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("ghost-svc"),
+        "503 body names the service: {body}"
+    );
+
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"sluice_requests_total{route="/ghost",service="ghost-svc",status="503"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn spreads_by_weight_and_honours_weight_zero_and_status() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let zero = Upstream::start("zero").await;
+    let down = Upstream::start("down").await;
+    let drain = Upstream::start("drain").await;
+    let services = format!(
+        "[services.svc]\ninstances = [\n  {{ id = \"a\", addr = \"{}\", weight = 300 }},\n  \
+         {{ id = \"b\", addr = \"{}\" }},\n  {{ id = \"zero\", addr = \"{}\", weight = 0 }},\n  \
+         {{ id = \"down\", addr = \"{}\", status = \"DOWN\" }},\n  \
+         {{ id = \"drain\", addr = \"{}\", status = \"DRAINING\" }},\n]\n",
+        a.addr, b.addr, zero.addr, down.addr, drain.addr
+    );
+    let gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n",
+        &services,
+    )
+    .await;
+    let http = client();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..400 {
+        let resp = http.get(gw.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let id = resp.headers()["x-upstream-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        *counts.entry(id).or_default() += 1;
+    }
+    assert_eq!(counts.get("a"), Some(&300), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&100), "{counts:?}");
+    assert_eq!(zero.hits() + down.hits() + drain.hits(), 0, "{counts:?}");
+
+    let view = gw.instance("svc", "zero").await.unwrap();
+    assert_eq!(view["eligible"], false);
+    let view = gw.instance("svc", "drain").await.unwrap();
+    assert_eq!(view["status"], "DRAINING");
+}
+
+#[tokio::test]
+async fn least_conn_sends_new_requests_to_the_idle_instance() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let services = format!(
+        "[services.svc]\ninstances = [{}, {}]\n",
+        a.instance(),
+        b.instance()
+    );
+    let routes = "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrategy = \"least-conn\"\n";
+    let gw = Gateway::start(routes, &services).await;
+    // Hold one slow request on whichever instance gets it.
+    let slow = tokio::spawn({
+        let url = gw.url("/slow?sleep_ms=1500");
+        async move {
+            client().get(url).send().await.unwrap().headers()["x-upstream-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        }
+    });
+    let busy = sluice_tests::eventually(
+        "a request in flight",
+        std::time::Duration::from_secs(5),
+        || async {
+            for id in ["a", "b"] {
+                if gw.instance("svc", id).await?["requests_in_flight"] == 1 {
+                    return Some(id.to_string());
+                }
+            }
+            None
+        },
+    )
+    .await;
+    let http = client();
+    for _ in 0..20 {
+        let resp = http.get(gw.url("/")).send().await.unwrap();
+        let id = resp.headers()["x-upstream-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert_ne!(id, busy, "least-conn avoids the busy instance");
+    }
+    assert_eq!(slow.await.unwrap(), busy);
+}
+
+#[tokio::test]
+async fn h2c_downstream_is_served() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n",
+        &services,
+    )
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2.get(gw.url("/over-h2")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["path"], "/over-h2");
+}
+
+#[tokio::test]
+async fn admin_token_guards_everything_but_healthz() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let gw = Gateway::start_with(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n",
+        &services,
+        "token = \"s3cret\"",
+    )
+    .await;
+    let http = client();
+    assert_eq!(
+        http.get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for path in [
+        "/metrics",
+        "/readyz",
+        "/admin/services",
+        "/admin/strategies",
+    ] {
+        let resp = http.get(gw.admin_url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path} without token");
+        let resp = http
+            .get(gw.admin_url(path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{path} with a wrong token");
+        let resp = http
+            .get(gw.admin_url(path))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path} with the token");
+    }
+}
+
+#[tokio::test]
+async fn metrics_families_are_exported() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let gw = Gateway::start(
+        "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nservice = \"svc\"\n",
+        &services,
+    )
+    .await;
+    for _ in 0..3 {
+        client().get(gw.url("/")).send().await.unwrap();
+    }
+    let metrics = gw.metrics().await;
+    for needle in [
+        r#"sluice_requests_total{route="all",service="svc",status="200"} 3"#,
+        r#"sluice_request_duration_seconds_count{route="all",service="svc"} 3"#,
+        r#"sluice_upstream_requests_in_flight{instance="a",service="svc"} 0"#,
+        r#"sluice_upstream_picks_total{instance="a",service="svc"} 3"#,
+        r#"sluice_pool_instances{service="svc",state="eligible"} 1"#,
+        r#"sluice_pool_swaps_total{service="svc"} 1"#,
+        r#"sluice_registry_events_total{kind="reset",source="file"} 1"#,
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+}
