@@ -1,0 +1,170 @@
+//! `sluice check` and `sluice serve` refuse bad input with one line per problem naming the
+//! file, the key and the reason; the shipped example configs parse.
+
+use std::path::{Path, PathBuf};
+
+use sluice_tests::run_sluice;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn check(path: &Path) -> (bool, String, String) {
+    let out = run_sluice(&["check", "--config", path.to_str().unwrap()]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const HEAD: &str = "[registry]\nkind = \"file\"\npath = \"SERVICES\"\n";
+
+fn config(dir: &Path, body: &str) -> PathBuf {
+    let services = write(dir, "services.toml", "[services.svc]\ninstances = [ { id = \"a\", addr = \"127.0.0.1:1\" } ]\n");
+    let text = format!("{}{body}", HEAD.replace("SERVICES", services.to_str().unwrap()));
+    write(dir, "gw.toml", &text)
+}
+
+#[test]
+fn a_good_config_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n");
+    let (ok, stdout, stderr) = check(&path);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrip_prefx = true\n");
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(stderr.contains("gw.toml:7: routes[0].strip_prefx"), "{stderr}");
+    assert!(stderr.contains("unknown field `strip_prefx`"), "{stderr}");
+}
+
+#[test]
+fn every_semantic_problem_gets_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(
+        dir.path(),
+        r#"
+[admin]
+listen = "0.0.0.0:9901"
+
+[[routes]]
+path_prefix = "/a"
+service = "svc"
+strategy = "fastest"
+
+[[routes]]
+path_prefix = "/b"
+
+[[routes]]
+path_prefix = "/c"
+service = "svc"
+timeout = "soon"
+
+[services.svc]
+connect_timeout = "1 parsec"
+"#,
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expect = [
+        "admin.token: required because admin.listen 0.0.0.0:9901 is not a loopback address",
+        "routes[0].strategy: unknown strategy \"fastest\"",
+        "routes[1].service: required",
+        "routes[2].timeout: bad duration \"soon\"",
+        "services.svc.connect_timeout: bad duration \"1 parsec\"",
+    ];
+    for e in expect {
+        assert!(
+            lines.iter().any(|l| l.contains("gw.toml: ") && l.contains(e)),
+            "missing line containing {e:?} in:\n{stderr}"
+        );
+    }
+    assert_eq!(lines.len(), expect.len(), "one line per problem:\n{stderr}");
+}
+
+#[test]
+fn unreadable_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let (ok, _, stderr) = check(&missing);
+    assert!(!ok);
+    assert!(stderr.contains("nope.toml: cannot read"), "{stderr}");
+
+    let path = write(
+        dir.path(),
+        "gw.toml",
+        "[registry]\nkind = \"file\"\npath = \"/nonexistent/services.toml\"\n",
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(stderr.contains("registry.path: cannot read /nonexistent/services.toml"), "{stderr}");
+}
+
+#[test]
+fn a_bad_services_file_is_named_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = write(dir.path(), "services.toml", "[services.svc]\ninstances = [ { id = \"a\", addr = \"127.0.0.1:1\", weight = 20000 } ]\n");
+    let path = write(
+        dir.path(),
+        "gw.toml",
+        &HEAD.replace("SERVICES", services.to_str().unwrap()),
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(stderr.contains("services.toml: services.svc.instances[0]: weight 20000"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_bad_config_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), "[proxy]\nthreads = 0\nlisten = [\"localhost\"]\n");
+    let out = run_sluice(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("proxy.threads: must be at least 1"), "{stderr}");
+    assert!(stderr.contains("proxy.listen[0]: bad listen address \"localhost\""), "{stderr}");
+}
+
+#[test]
+fn version_is_printed() {
+    let out = run_sluice(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sluice 0."));
+}
+
+#[test]
+fn shipped_configs_check_or_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The quick start is checked from the repository root, as the README runs it.
+    let out = std::process::Command::new(sluice_tests::sluice_bin())
+        .current_dir(&root)
+        .args(["check", "--config", "config/quickstart.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root.join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        if text.contains("[[routes]]") || text.contains("[proxy]") {
+            sluice::config::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            sluice::registry::parse_services_file(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    assert!(seen >= 3, "example configs found: {seen}");
+}

@@ -1,0 +1,115 @@
+//! The file registry: edits are applied without a restart and without a failed request; a
+//! broken edit is refused and the last good instances keep serving.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_tests::{client, eventually, Gateway, Upstream};
+
+const ROUTE: &str = "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n";
+
+fn services(ups: &[&Upstream]) -> String {
+    let list: Vec<String> = ups.iter().map(|u| u.instance()).collect();
+    format!("[services.svc]\ninstances = [{}]\n", list.join(", "))
+}
+
+#[tokio::test]
+async fn edits_apply_without_restart_or_failed_requests() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(ROUTE, &services(&[&a])).await;
+
+    // Steady load while the file changes under it; bounded in count and time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, sent, url) = (stop.clone(), failures.clone(), sent.clone(), gw.url("/load"));
+        workers.push(tokio::spawn(async move {
+            let http = client();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline && sent.load(Ordering::Relaxed) < 50_000 {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    // Add b: it starts receiving traffic within a second.
+    gw.write_services(&services(&[&a, &b]));
+    eventually("b receives traffic", Duration::from_secs(2), || async { (b.hits() > 0).then_some(()) }).await;
+    // Remove a: it stops receiving traffic.
+    gw.write_services(&services(&[&b]));
+    eventually("a out of the pool", Duration::from_secs(2), || async {
+        gw.instance("svc", "a").await.is_none().then_some(())
+    })
+    .await;
+    let a_hits = a.hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.hits(), a_hits, "a receives nothing after removal");
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(sent.load(Ordering::Relaxed) > 50, "load actually ran");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed during the edits");
+}
+
+#[tokio::test]
+async fn broken_edit_is_refused_and_last_good_keeps_serving() {
+    let a = Upstream::start("a").await;
+    let gw = Gateway::start(ROUTE, &services(&[&a])).await;
+    gw.write_services("[services.svc]\ninstances = [ { id = \"x\", addr = \"not-an-address\" } ]\n");
+    eventually("refusal logged", Duration::from_secs(3), || async {
+        gw.log().contains("services file refused").then_some(())
+    })
+    .await;
+    let log = gw.log();
+    assert!(log.contains("services.svc.instances[0]"), "names the key:\n{log}");
+    let resp = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "last good pool keeps serving");
+    assert_eq!(resp.headers()["x-upstream-id"], "a");
+
+    // Deleting the file is refused the same way.
+    std::fs::remove_file(&gw.services_path).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200);
+
+    // A good edit after that is applied.
+    let b = Upstream::start("b").await;
+    gw.write_services(&services(&[&b]));
+    eventually("b serves", Duration::from_secs(3), || async {
+        let r = client().get(gw.url("/")).send().await.ok()?;
+        (r.headers()["x-upstream-id"] == "b").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn status_change_in_file_takes_instance_out() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(ROUTE, &services(&[&a, &b])).await;
+    gw.write_services(&format!(
+        "[services.svc]\ninstances = [{}, {{ id = \"b\", addr = \"{}\", status = \"MAINTENANCE\" }}]\n",
+        a.instance(),
+        b.addr
+    ));
+    eventually("b marked MAINTENANCE", Duration::from_secs(3), || async {
+        (gw.instance("svc", "b").await?["status"] == "MAINTENANCE").then_some(())
+    })
+    .await;
+    let before = b.hits();
+    for _ in 0..20 {
+        assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(b.hits(), before);
+}
