@@ -78,11 +78,15 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A demo ready to run: the gateway, its echo upstreams, and a line describing each upstream.
+pub struct Demo {
+    pub parts: Parts,
+    pub upstreams: Vec<Box<dyn ServiceTrait>>,
+    pub described: Vec<String>,
+}
+
 /// Builds the demo: the gateway parts plus the three echo services.
-pub fn build(
-    listen: SocketAddr,
-    admin: SocketAddr,
-) -> Result<(Parts, Vec<Box<dyn ServiceTrait>>, Vec<String>), DemoError> {
+pub fn build(listen: SocketAddr, admin: SocketAddr) -> Result<Demo, DemoError> {
     let text = DEMO_CONFIG
         .replace("127.0.0.1:8080", &listen.to_string())
         .replace("127.0.0.1:9901", &admin.to_string());
@@ -104,5 +108,9 @@ pub fn build(
         addresses.push(format!("{id} at {addr}"));
     }
     let parts = Parts::new(config, Arc::new(registry))?;
-    Ok((parts, services, addresses))
+    Ok(Demo {
+        parts,
+        upstreams: services,
+        described: addresses,
+    })
 }

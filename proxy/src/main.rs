@@ -113,10 +113,9 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         level: "info".into(),
         access_log: true,
     });
-    let (parts, upstreams, addresses) =
-        sluice::demo::build(listen, admin).context("building the demo")?;
+    let demo = sluice::demo::build(listen, admin).context("building the demo")?;
     println!("sluice demo: three echo upstreams behind the gateway (strategy least-conn)");
-    for a in &addresses {
+    for a in &demo.described {
         println!("  upstream {a}");
     }
     println!();
@@ -126,5 +125,5 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     println!("  curl http://{admin}/admin/services    # pools, in flight, picks");
     println!("  curl http://{admin}/metrics");
     println!();
-    parts.into_server(upstreams).run_forever()
+    demo.parts.into_server(demo.upstreams).run_forever()
 }

@@ -52,16 +52,21 @@ impl Gateway {
 
     /// As [`Gateway::start`], with extra keys for the `[admin]` table (e.g. a token).
     pub async fn start_with(rest: &str, services: &str, admin_extra: &str) -> Self {
+        Self::start_full(rest, services, admin_extra, "text").await
+    }
+
+    /// As [`Gateway::start_with`], with the process log in `log_format` (`text` or `json`).
+    pub async fn start_full(rest: &str, services: &str, admin_extra: &str, log_format: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let services_path = dir.path().join("services.toml");
         std::fs::write(&services_path, services).expect("write services file");
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = format!(
             "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"1s\"\n\n\
              [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n\
              [registry]\nkind = \"file\"\npath = \"{}\"\n\n\
-             [log]\nlevel = \"info\"\naccess_log = true\n\n{rest}",
+             [log]\nformat = \"{log_format}\"\nlevel = \"info\"\naccess_log = true\n\n{rest}",
             services_path.display()
         );
         let config_path = dir.path().join("sluice.toml");

@@ -21,6 +21,7 @@ pub struct Upstream {
     pub id: String,
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -78,7 +79,7 @@ async fn handle(
 impl Upstream {
     /// Starts an upstream with this id on a free loopback port.
     pub async fn start(id: &str) -> Self {
-        Self::start_on(id, "127.0.0.1:0".parse().unwrap()).await
+        Self::start_on(id, SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
     /// Starts an upstream with this id on `addr`.
@@ -88,11 +89,14 @@ impl Upstream {
         let name: Arc<str> = id.into();
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::Relaxed);
                 let name = name.clone();
                 let hits = counter.clone();
                 tokio::spawn(async move {
@@ -107,6 +111,7 @@ impl Upstream {
             id: id.to_string(),
             addr,
             hits,
+            connections,
             task,
         }
     }
@@ -114,6 +119,11 @@ impl Upstream {
     /// Requests this upstream has received.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections this upstream has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// The instance line for a services file.

@@ -1,6 +1,8 @@
 //! `sluice check` and `sluice serve` refuse bad input with one line per problem naming the
 //! file, the key and the reason; the shipped example configs parse.
 
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
 use std::path::{Path, PathBuf};
 
 use sluice_tests::run_sluice;
@@ -23,15 +25,25 @@ fn check(path: &Path) -> (bool, String, String) {
 const HEAD: &str = "[registry]\nkind = \"file\"\npath = \"SERVICES\"\n";
 
 fn config(dir: &Path, body: &str) -> PathBuf {
-    let services = write(dir, "services.toml", "[services.svc]\ninstances = [ { id = \"a\", addr = \"127.0.0.1:1\" } ]\n");
-    let text = format!("{}{body}", HEAD.replace("SERVICES", services.to_str().unwrap()));
+    let services = write(
+        dir,
+        "services.toml",
+        "[services.svc]\ninstances = [ { id = \"a\", addr = \"127.0.0.1:1\" } ]\n",
+    );
+    let text = format!(
+        "{}{body}",
+        HEAD.replace("SERVICES", services.to_str().unwrap())
+    );
     write(dir, "gw.toml", &text)
 }
 
 #[test]
 fn a_good_config_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n");
+    let path = config(
+        dir.path(),
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n",
+    );
     let (ok, stdout, stderr) = check(&path);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("ok"), "{stdout}");
@@ -40,10 +52,16 @@ fn a_good_config_passes() {
 #[test]
 fn unknown_key_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrip_prefx = true\n");
+    let path = config(
+        dir.path(),
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrip_prefx = true\n",
+    );
     let (ok, _, stderr) = check(&path);
     assert!(!ok);
-    assert!(stderr.contains("gw.toml:7: routes[0].strip_prefx"), "{stderr}");
+    assert!(
+        stderr.contains("gw.toml:7: routes[0].strip_prefx"),
+        "{stderr}"
+    );
     assert!(stderr.contains("unknown field `strip_prefx`"), "{stderr}");
 }
 
@@ -85,7 +103,9 @@ connect_timeout = "1 parsec"
     ];
     for e in expect {
         assert!(
-            lines.iter().any(|l| l.contains("gw.toml: ") && l.contains(e)),
+            lines
+                .iter()
+                .any(|l| l.contains("gw.toml: ") && l.contains(e)),
             "missing line containing {e:?} in:\n{stderr}"
         );
     }
@@ -107,13 +127,20 @@ fn unreadable_files_are_named() {
     );
     let (ok, _, stderr) = check(&path);
     assert!(!ok);
-    assert!(stderr.contains("registry.path: cannot read /nonexistent/services.toml"), "{stderr}");
+    assert!(
+        stderr.contains("registry.path: cannot read /nonexistent/services.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_bad_services_file_is_named_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
-    let services = write(dir.path(), "services.toml", "[services.svc]\ninstances = [ { id = \"a\", addr = \"127.0.0.1:1\", weight = 20000 } ]\n");
+    let services = write(
+        dir.path(),
+        "services.toml",
+        "[services.svc]\ninstances = [ { id = \"a\", addr = \"127.0.0.1:1\", weight = 20000 } ]\n",
+    );
     let path = write(
         dir.path(),
         "gw.toml",
@@ -121,18 +148,30 @@ fn a_bad_services_file_is_named_with_its_key() {
     );
     let (ok, _, stderr) = check(&path);
     assert!(!ok);
-    assert!(stderr.contains("services.toml: services.svc.instances[0]: weight 20000"), "{stderr}");
+    assert!(
+        stderr.contains("services.toml: services.svc.instances[0]: weight 20000"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn serve_refuses_a_bad_config_too() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(dir.path(), "[proxy]\nthreads = 0\nlisten = [\"localhost\"]\n");
+    let path = config(
+        dir.path(),
+        "[proxy]\nthreads = 0\nlisten = [\"localhost\"]\n",
+    );
     let out = run_sluice(&["serve", "--config", path.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("proxy.threads: must be at least 1"), "{stderr}");
-    assert!(stderr.contains("proxy.listen[0]: bad listen address \"localhost\""), "{stderr}");
+    assert!(
+        stderr.contains("proxy.threads: must be at least 1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("proxy.listen[0]: bad listen address \"localhost\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -151,7 +190,11 @@ fn shipped_configs_check_or_parse() {
         .args(["check", "--config", "config/quickstart.toml"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut seen = 0;
     for entry in std::fs::read_dir(root.join("config")).unwrap() {
         let path = entry.unwrap().path();

@@ -1,6 +1,8 @@
 //! The file registry: edits are applied without a restart and without a failed request; a
 //! broken edit is refused and the last good instances keep serving.
 
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +28,19 @@ async fn edits_apply_without_restart_or_failed_requests() {
     let sent = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..4 {
-        let (stop, failures, sent, url) = (stop.clone(), failures.clone(), sent.clone(), gw.url("/load"));
+        let (stop, failures, sent, url) = (
+            stop.clone(),
+            failures.clone(),
+            sent.clone(),
+            gw.url("/load"),
+        );
         workers.push(tokio::spawn(async move {
             let http = client();
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline && sent.load(Ordering::Relaxed) < 50_000 {
+            while !stop.load(Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+                && sent.load(Ordering::Relaxed) < 50_000
+            {
                 sent.fetch_add(1, Ordering::Relaxed);
                 match http.get(&url).send().await {
                     Ok(r) if r.status() == 200 => {}
@@ -44,7 +54,10 @@ async fn edits_apply_without_restart_or_failed_requests() {
 
     // Add b: it starts receiving traffic within a second.
     gw.write_services(&services(&[&a, &b]));
-    eventually("b receives traffic", Duration::from_secs(2), || async { (b.hits() > 0).then_some(()) }).await;
+    eventually("b receives traffic", Duration::from_secs(2), || async {
+        (b.hits() > 0).then_some(())
+    })
+    .await;
     // Remove a: it stops receiving traffic.
     gw.write_services(&services(&[&b]));
     eventually("a out of the pool", Duration::from_secs(2), || async {
@@ -60,20 +73,29 @@ async fn edits_apply_without_restart_or_failed_requests() {
         w.await.unwrap();
     }
     assert!(sent.load(Ordering::Relaxed) > 50, "load actually ran");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed during the edits");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "no request failed during the edits"
+    );
 }
 
 #[tokio::test]
 async fn broken_edit_is_refused_and_last_good_keeps_serving() {
     let a = Upstream::start("a").await;
     let gw = Gateway::start(ROUTE, &services(&[&a])).await;
-    gw.write_services("[services.svc]\ninstances = [ { id = \"x\", addr = \"not-an-address\" } ]\n");
+    gw.write_services(
+        "[services.svc]\ninstances = [ { id = \"x\", addr = \"not-an-address\" } ]\n",
+    );
     eventually("refusal logged", Duration::from_secs(3), || async {
         gw.log().contains("services file refused").then_some(())
     })
     .await;
     let log = gw.log();
-    assert!(log.contains("services.svc.instances[0]"), "names the key:\n{log}");
+    assert!(
+        log.contains("services.svc.instances[0]"),
+        "names the key:\n{log}"
+    );
     let resp = client().get(gw.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "last good pool keeps serving");
     assert_eq!(resp.headers()["x-upstream-id"], "a");
@@ -81,7 +103,10 @@ async fn broken_edit_is_refused_and_last_good_keeps_serving() {
     // Deleting the file is refused the same way.
     std::fs::remove_file(&gw.services_path).unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        200
+    );
 
     // A good edit after that is applied.
     let b = Upstream::start("b").await;
@@ -109,7 +134,10 @@ async fn status_change_in_file_takes_instance_out() {
     .await;
     let before = b.hits();
     for _ in 0..20 {
-        assert_eq!(client().get(gw.url("/")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            client().get(gw.url("/")).send().await.unwrap().status(),
+            200
+        );
     }
     assert_eq!(b.hits(), before);
 }

@@ -1,6 +1,8 @@
 //! The in-flight count of an instance goes up once per attempt and down exactly once, on every
 //! path: success, upstream error, timeout, client abort, retry on another instance.
 
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
 use std::time::Duration;
 
 use sluice_tests::{client, eventually, free_port, Gateway, Upstream};
@@ -45,7 +47,12 @@ async fn upstream_error_path_is_502() {
     assert!(body.contains("svc"), "{body}");
     let svc = gw.wait_in_flight_zero("svc").await;
     assert_eq!(picks(&svc, "a"), 1);
-    assert!(svc["instances"][0]["consecutive_failures"].as_u64().unwrap() >= 1);
+    assert!(
+        svc["instances"][0]["consecutive_failures"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
 }
 
 #[tokio::test]
@@ -56,21 +63,41 @@ async fn refused_connection_is_retried_on_another_instance() {
         "[services.svc]\ninstances = [{}, {{ id = \"dead\", addr = \"127.0.0.1:{dead_port}\" }}]\n",
         up.instance()
     );
-    let gw = Gateway::start("[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nretries = 1\n", &services).await;
+    let gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nretries = 1\n",
+        &services,
+    )
+    .await;
     let http = client();
     for _ in 0..10 {
-        let resp = http.post(gw.url("/p")).body("payload").send().await.unwrap();
-        assert_eq!(resp.status(), 200, "connect failures are retried elsewhere, even for POST");
+        let resp = http
+            .post(gw.url("/p"))
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "connect failures are retried elsewhere, even for POST"
+        );
     }
     let svc = gw.wait_in_flight_zero("svc").await;
     assert_eq!(picks(&svc, "alive"), 10);
-    assert!(picks(&svc, "dead") >= 1, "the dead one was tried and failed over");
+    assert!(
+        picks(&svc, "dead") >= 1,
+        "the dead one was tried and failed over"
+    );
 }
 
 #[tokio::test]
 async fn timeout_path_is_504() {
     let (_up, gw) = one_instance("timeout = \"300ms\"\nretries = 0\n").await;
-    let resp = client().get(gw.url("/slow?sleep_ms=2000")).send().await.unwrap();
+    let resp = client()
+        .get(gw.url("/slow?sleep_ms=2000"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 504);
     assert!(resp.text().await.unwrap().contains("timed out"));
     gw.wait_in_flight_zero("svc").await;
@@ -91,7 +118,10 @@ async fn client_abort_path() {
     drop(stream); // the client goes away mid-request; the upstream would answer only in 20 s
     gw.wait_in_flight_zero("svc").await;
     let metrics = gw.metrics().await;
-    assert!(metrics.contains(r#"status="499"} 1"#), "abort counted as 499:\n{metrics}");
+    assert!(
+        metrics.contains(r#"status="499"} 1"#),
+        "abort counted as 499:\n{metrics}"
+    );
 }
 
 #[tokio::test]

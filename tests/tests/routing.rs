@@ -1,5 +1,7 @@
 //! Routing, forwarding and balancing through the real gateway to real upstreams.
 
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
 use std::collections::HashMap;
 
 use serde_json::Value;
@@ -288,4 +290,49 @@ async fn metrics_families_are_exported() {
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let gw = Gateway::start("[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n", &services).await;
+    let http = client();
+    for _ in 0..50 {
+        assert_eq!(http.get(gw.url("/k")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(a.hits(), 50);
+    // Sequential requests over two worker threads: at most one connection per thread.
+    assert!(a.connections() <= 2, "{} upstream connections for 50 requests", a.connections());
+}
+
+#[tokio::test]
+async fn access_log_as_json() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let gw = Gateway::start_full(
+        "[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nservice = \"svc\"\n",
+        &services,
+        "",
+        "json",
+    )
+    .await;
+    client().get(gw.url("/logged?x=1")).send().await.unwrap();
+    let line = sluice_tests::eventually("access line", std::time::Duration::from_secs(3), || async {
+        gw.log()
+            .lines()
+            .find(|l| l.contains("sluice::access"))
+            .map(str::to_string)
+    })
+    .await;
+    let entry: Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/logged");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["route"], "r");
+    assert_eq!(entry["service"], "svc");
+    assert_eq!(entry["instance"], "a");
+    assert_eq!(entry["upstream"], a.addr.to_string());
+    assert!(entry["total_ms"].as_f64().unwrap() > 0.0);
+    assert!(entry["bytes_sent"].as_u64().unwrap() > 0);
 }

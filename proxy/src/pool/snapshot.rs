@@ -137,7 +137,7 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 }
 
 /// A smooth weighted order of indices: stride scheduling (each pick advances the picked
-/// index's pass by `1/weight`), so weights 5:1:1 give `a a b a c a a` rather than `a a a a a b c`.
+/// index's pass by `1/weight`), so weights 5:1:1 give `a a a b c a a` rather than `a a a a a b c`.
 /// Weights are reduced by their gcd and scaled down when the schedule would exceed
 /// [`MAX_SCHEDULE`]; every index appears at least once.
 fn weighted_schedule(weights: &[u32]) -> Box<[u32]> {
@@ -193,6 +193,7 @@ mod tests {
         // Smooth: the heavy one never runs more than 3 in a row here.
         let runs = s.windows(4).filter(|w| w.iter().all(|&x| x == 0)).count();
         assert_eq!(runs, 0, "{s:?}");
+        assert_eq!(&*s, &[0, 0, 0, 1, 2, 0, 0]);
         assert_eq!(weighted_schedule(&[100, 100]).len(), 2);
     }
 

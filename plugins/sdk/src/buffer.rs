@@ -1,0 +1,190 @@
+//! The guest-owned buffer and safe, zero-copy views of what the host wrote into it.
+
+use crate::abi::{header, record, ABI_VERSION, HEADER_SIZE, RECORD_SIZE};
+
+/// WebAssembly page size.
+const PAGE: usize = 65_536;
+
+/// Start and capacity (in records) of the buffer; grown, never shrunk.
+static mut BUFFER: (usize, usize) = (0, 0);
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Returns a buffer for at least `max_instances` records, growing linear memory when needed;
+/// `0` when memory cannot grow.
+#[doc(hidden)]
+pub fn buffer_for(max_instances: i32) -> i32 {
+    let wanted = max_instances.max(1) as usize;
+    // SAFETY: single-threaded module; no other reference to BUFFER is live.
+    let (start, capacity) = unsafe { *core::ptr::addr_of!(BUFFER) };
+    if start != 0 && capacity >= wanted {
+        return start as i32;
+    }
+    let bytes = HEADER_SIZE + RECORD_SIZE * wanted;
+    match grow(bytes.div_ceil(PAGE)) {
+        Some(new_start) => {
+            // SAFETY: as above.
+            unsafe { *core::ptr::addr_of_mut!(BUFFER) = (new_start, wanted) };
+            new_start as i32
+        }
+        None => 0,
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn grow(pages: usize) -> Option<usize> {
+    let old = core::arch::wasm32::memory_grow(0, pages);
+    (old != usize::MAX).then_some(old * PAGE)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn grow(_pages: usize) -> Option<usize> {
+    None
+}
+
+/// The buffer's header and records for a pick of `n` instances, if the header is sound.
+#[doc(hidden)]
+pub fn read_request(n: i32) -> Option<(Request, Instances<'static>)> {
+    // SAFETY: single-threaded module; BUFFER was set by `buffer_for`.
+    let (start, capacity) = unsafe { *core::ptr::addr_of!(BUFFER) };
+    let n = usize::try_from(n).ok()?;
+    if start == 0 || n > capacity {
+        return None;
+    }
+    // SAFETY: `start` points at HEADER_SIZE + RECORD_SIZE * capacity bytes this module owns.
+    let bytes: &'static [u8] =
+        unsafe { core::slice::from_raw_parts(start as *const u8, HEADER_SIZE + RECORD_SIZE * n) };
+    view(bytes, n)
+}
+
+/// Parses a header and `n` records from `bytes` (also usable on a host-side copy).
+pub(crate) fn view(bytes: &[u8], n: usize) -> Option<(Request, Instances<'_>)> {
+    if bytes.len() < HEADER_SIZE + RECORD_SIZE * n
+        || u32_at(bytes, header::VERSION) != ABI_VERSION
+        || u32_at(bytes, header::RECORD_SIZE) as usize != RECORD_SIZE
+        || u32_at(bytes, header::N) as usize != n
+    {
+        return None;
+    }
+    let request = Request {
+        hash: u64_at(bytes, header::REQUEST_HASH),
+        random: u64_at(bytes, header::RANDOM),
+        flags: u32_at(bytes, header::FLAGS),
+    };
+    let records = &bytes[HEADER_SIZE..HEADER_SIZE + RECORD_SIZE * n];
+    Some((request, Instances { records }))
+}
+
+/// What the host knows of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// From the route's `hash_on`; 0 when unset.
+    pub hash: u64,
+    /// Fresh per request, for randomized strategies.
+    pub random: u64,
+    /// Reserved (0).
+    pub flags: u32,
+}
+
+/// One eligible instance as the host describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    /// Stable 64-bit hash of the instance id (FNV-1a).
+    pub key: u64,
+    pub weight: u32,
+    /// Requests in flight to this instance, process-wide.
+    pub in_flight: u32,
+    /// Latency EWMA in microseconds, 0 when unknown.
+    pub ewma_us: u32,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Bit i set when the instance carries the i-th tag of the strategy's `tags`.
+    pub tags: u32,
+}
+
+/// The eligible instances of this pick, in the host's order.
+#[derive(Debug, Clone, Copy)]
+pub struct Instances<'a> {
+    records: &'a [u8],
+}
+
+impl<'a> Instances<'a> {
+    /// Number of instances.
+    pub fn len(&self) -> usize {
+        self.records.len() / RECORD_SIZE
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The `i`-th instance. Panics (traps) when `i >= len()`.
+    pub fn get(&self, i: usize) -> Instance {
+        let r = &self.records[i * RECORD_SIZE..(i + 1) * RECORD_SIZE];
+        Instance {
+            key: u64_at(r, record::KEY),
+            weight: u32_at(r, record::WEIGHT),
+            in_flight: u32_at(r, record::IN_FLIGHT),
+            ewma_us: u32_at(r, record::EWMA_US),
+            failures: u32_at(r, record::FAILURES),
+            tags: u32_at(r, record::TAGS),
+        }
+    }
+
+    /// The weight of the `i`-th instance, without decoding the rest.
+    pub fn weight(&self, i: usize) -> u32 {
+        u32_at(&self.records[i * RECORD_SIZE..], record::WEIGHT)
+    }
+
+    /// The requests in flight to the `i`-th instance, without decoding the rest.
+    pub fn in_flight(&self, i: usize) -> u32 {
+        u32_at(&self.records[i * RECORD_SIZE..], record::IN_FLIGHT)
+    }
+
+    /// The key of the `i`-th instance, without decoding the rest.
+    pub fn key(&self, i: usize) -> u64 {
+        u64_at(&self.records[i * RECORD_SIZE..], record::KEY)
+    }
+
+    /// Every instance in order.
+    pub fn iter(&self) -> impl Iterator<Item = Instance> + 'a {
+        let this = *self;
+        (0..this.len()).map(move |i| this.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_read_the_documented_layout() {
+        let mut bytes = [0u8; HEADER_SIZE + 2 * RECORD_SIZE];
+        bytes[0..4].copy_from_slice(&1u32.to_le_bytes());
+        bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&32u32.to_le_bytes());
+        bytes[16..24].copy_from_slice(&0xabcdu64.to_le_bytes());
+        bytes[24..32].copy_from_slice(&7u64.to_le_bytes());
+        let r1 = HEADER_SIZE + RECORD_SIZE;
+        bytes[r1..r1 + 8].copy_from_slice(&99u64.to_le_bytes());
+        bytes[r1 + 8..r1 + 12].copy_from_slice(&50u32.to_le_bytes());
+        bytes[r1 + 12..r1 + 16].copy_from_slice(&3u32.to_le_bytes());
+        bytes[r1 + 24..r1 + 28].copy_from_slice(&0b101u32.to_le_bytes());
+        let (req, inst) = view(&bytes, 2).unwrap();
+        assert_eq!((req.hash, req.random), (0xabcd, 7));
+        assert_eq!(inst.len(), 2);
+        let second = inst.get(1);
+        assert_eq!((second.key, second.weight, second.in_flight, second.tags), (99, 50, 3, 0b101));
+        assert!(view(&bytes, 3).is_none(), "n must match the header");
+    }
+}

@@ -1,0 +1,74 @@
+//! `sluice demo`: three echo upstreams behind the gateway, answered and visible in admin.
+
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sluice_tests::{client, eventually, free_port, sluice_bin};
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn demo_serves_three_echo_instances_with_least_conn() {
+    let (proxy, admin) = (free_port(), free_port());
+    let _child = Killed(
+        Command::new(sluice_bin())
+            .args([
+                "demo",
+                "--listen",
+                &format!("127.0.0.1:{proxy}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = client();
+    eventually("demo ready", Duration::from_secs(10), || async {
+        let r = http
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let mut seen = HashSet::new();
+    for _ in 0..30 {
+        let r = http
+            .get(format!("http://127.0.0.1:{proxy}/hello"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        assert!(body.starts_with("hello from echo-"), "{body}");
+        seen.insert(body.split_whitespace().nth(2).unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 3, "every echo instance answered: {seen:?}");
+    let strategies: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{admin}/admin/strategies"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lc = strategies["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "least-conn")
+        .unwrap();
+    assert_eq!(lc["routes"][0], "echo");
+}
