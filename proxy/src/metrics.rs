@@ -22,7 +22,15 @@ pub struct Metrics {
     pub registry_events_total: IntCounterVec,
     pub registry_decode_errors_total: IntCounterVec,
     pub registry_connected: IntGaugeVec,
+    pub strategy_pick_duration_seconds: HistogramVec,
+    pub strategy_fallbacks_total: IntCounterVec,
+    pub strategy_reloads_total: IntCounterVec,
 }
+
+/// Pick-duration buckets in seconds: 50 ns to 1 ms.
+const PICK_BUCKETS: &[f64] = &[
+    5e-8, 1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3,
+];
 
 /// Registering a fixed, well-formed family into a fresh registry cannot fail; this is the one
 /// place that turns the impossible error into a panic at start-up.
@@ -61,6 +69,16 @@ impl Metrics {
             )
             .buckets(DURATION_BUCKETS.to_vec()),
             &["route", "service"],
+        )
+        .expect("valid histogram family");
+        #[allow(clippy::expect_used)] // fixed, valid family: cannot fail
+        let pick_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_strategy_pick_duration_seconds",
+                "Time of one strategy pick, sampled (one pick in 64 per worker thread).",
+            )
+            .buckets(PICK_BUCKETS.to_vec()),
+            &["strategy"],
         )
         .expect("valid histogram family");
         Self {
@@ -127,6 +145,23 @@ impl Metrics {
                     "sluice_registry_connected",
                     "1 while the registry source is connected and synced, else 0.",
                     &["source"],
+                ),
+            ),
+            strategy_pick_duration_seconds: register(&registry, pick_duration),
+            strategy_fallbacks_total: register(
+                &registry,
+                counter(
+                    "sluice_strategy_fallbacks_total",
+                    "Requests served by native round-robin instead of the strategy, by reason.",
+                    &["strategy", "reason"],
+                ),
+            ),
+            strategy_reloads_total: register(
+                &registry,
+                counter(
+                    "sluice_strategy_reloads_total",
+                    "Strategy module reloads, by result (ok, error).",
+                    &["strategy", "result"],
                 ),
             ),
             registry,

@@ -20,6 +20,7 @@ use crate::gateway::{Gateway, Router, RouterError};
 use crate::metrics::Metrics;
 use crate::pool::Directory;
 use crate::registry::{FileSource, RegistrySource, UpdateSink};
+use crate::strategy::{StrategyError, StrategySet, StrategyWatch};
 
 /// Why a gateway could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,26 @@ pub enum BuildError {
     EtcdUnsupported { path: String },
     #[error("{0}")]
     ServicesFile(String),
+    #[error("{}", strategy_lines(path, errors))]
+    Strategies {
+        path: String,
+        errors: Vec<StrategyError>,
+    },
+}
+
+fn strategy_lines(path: &str, errors: &[StrategyError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{path}: {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn load_strategies(config: &Config, metrics: &Metrics) -> Result<StrategySet, BuildError> {
+    StrategySet::build(config, metrics).map_err(|errors| BuildError::Strategies {
+        path: config.source.display().to_string(),
+        errors,
+    })
 }
 
 /// Everything a gateway needs besides the pingora server itself.
@@ -42,6 +63,7 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     pub directory: Arc<Directory>,
     pub router: Arc<ArcSwap<Router>>,
+    pub strategies: Arc<StrategySet>,
     pub source: Arc<dyn RegistrySource>,
 }
 
@@ -69,8 +91,9 @@ pub fn check(config: &Config) -> Result<(), BuildError> {
         crate::registry::parse_services_file(path, &text).map_err(BuildError::ServicesFile)?;
     }
     let metrics = Arc::new(Metrics::new());
+    let strategies = load_strategies(config, &metrics)?;
     let directory = Directory::new(metrics, &[]);
-    Router::build(config, &directory).map_err(|source| BuildError::Router {
+    Router::build(config, &directory, &strategies).map_err(|source| BuildError::Router {
         path: config.source.display().to_string(),
         source,
     })?;
@@ -82,15 +105,19 @@ impl Parts {
     pub fn new(config: Config, source: Arc<dyn RegistrySource>) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let directory = Arc::new(Directory::new(metrics.clone(), &[source.name()]));
-        let router = Router::build(&config, &directory).map_err(|source| BuildError::Router {
-            path: config.source.display().to_string(),
-            source,
+        let strategies = Arc::new(load_strategies(&config, &metrics)?);
+        let router = Router::build(&config, &directory, &strategies).map_err(|source| {
+            BuildError::Router {
+                path: config.source.display().to_string(),
+                source,
+            }
         })?;
         Ok(Self {
             config,
             metrics,
             directory,
             router: Arc::new(ArcSwap::from_pointee(router)),
+            strategies,
             source,
         })
     }
@@ -136,6 +163,7 @@ impl Parts {
             AdminApp::new(
                 self.directory.clone(),
                 self.router.clone(),
+                self.strategies.clone(),
                 cfg.admin.token.clone(),
             ),
         );
@@ -151,6 +179,10 @@ impl Parts {
         );
 
         server.add_service(watch);
+        server.add_service(background_service(
+            "strategy files",
+            StrategyWatch::new(self.strategies.clone()),
+        ));
         server.add_service(proxy);
         server.add_service(admin);
         for service in extra {

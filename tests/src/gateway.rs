@@ -56,7 +56,12 @@ impl Gateway {
     }
 
     /// As [`Gateway::start_with`], with the process log in `log_format` (`text` or `json`).
-    pub async fn start_full(rest: &str, services: &str, admin_extra: &str, log_format: &str) -> Self {
+    pub async fn start_full(
+        rest: &str,
+        services: &str,
+        admin_extra: &str,
+        log_format: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let services_path = dir.path().join("services.toml");
         std::fs::write(&services_path, services).expect("write services file");

@@ -116,8 +116,7 @@ service = "ghost-svc"
     );
 }
 
-#[tokio::test]
-async fn spreads_by_weight_and_honours_weight_zero_and_status() {
+async fn spread(strategy: &str) -> (HashMap<String, usize>, usize) {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let zero = Upstream::start("zero").await;
@@ -130,11 +129,9 @@ async fn spreads_by_weight_and_honours_weight_zero_and_status() {
          {{ id = \"drain\", addr = \"{}\", status = \"DRAINING\" }},\n]\n",
         a.addr, b.addr, zero.addr, down.addr, drain.addr
     );
-    let gw = Gateway::start(
-        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n",
-        &services,
-    )
-    .await;
+    let routes =
+        format!("[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrategy = \"{strategy}\"\n");
+    let gw = Gateway::start(&routes, &services).await;
     let http = client();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..400 {
@@ -146,14 +143,30 @@ async fn spreads_by_weight_and_honours_weight_zero_and_status() {
             .to_string();
         *counts.entry(id).or_default() += 1;
     }
-    assert_eq!(counts.get("a"), Some(&300), "{counts:?}");
-    assert_eq!(counts.get("b"), Some(&100), "{counts:?}");
-    assert_eq!(zero.hits() + down.hits() + drain.hits(), 0, "{counts:?}");
-
     let view = gw.instance("svc", "zero").await.unwrap();
     assert_eq!(view["eligible"], false);
     let view = gw.instance("svc", "drain").await.unwrap();
     assert_eq!(view["status"], "DRAINING");
+    (counts, zero.hits() + down.hits() + drain.hits())
+}
+
+#[tokio::test]
+async fn native_round_robin_spreads_exactly_by_weight_and_honours_weight_zero_and_status() {
+    let (counts, ineligible_hits) = spread("native-round-robin").await;
+    assert_eq!(counts.get("a"), Some(&300), "{counts:?}");
+    assert_eq!(counts.get("b"), Some(&100), "{counts:?}");
+    assert_eq!(ineligible_hits, 0, "{counts:?}");
+}
+
+#[tokio::test]
+async fn wasm_round_robin_spreads_by_weight_and_honours_weight_zero_and_status() {
+    // The plugin keeps its smooth state per worker thread: each thread is exact per cycle of 4,
+    // so two threads together are off by at most one cycle position each.
+    let (counts, ineligible_hits) = spread("round-robin").await;
+    let a = counts.get("a").copied().unwrap_or(0);
+    assert!((297..=303).contains(&a), "{counts:?}");
+    assert_eq!(a + counts.get("b").copied().unwrap_or(0), 400, "{counts:?}");
+    assert_eq!(ineligible_hits, 0, "{counts:?}");
 }
 
 #[tokio::test]
@@ -296,14 +309,22 @@ async fn metrics_families_are_exported() {
 async fn upstream_connections_are_kept_alive_and_reused() {
     let a = Upstream::start("a").await;
     let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
-    let gw = Gateway::start("[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n", &services).await;
+    let gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n",
+        &services,
+    )
+    .await;
     let http = client();
     for _ in 0..50 {
         assert_eq!(http.get(gw.url("/k")).send().await.unwrap().status(), 200);
     }
     assert_eq!(a.hits(), 50);
     // Sequential requests over two worker threads: at most one connection per thread.
-    assert!(a.connections() <= 2, "{} upstream connections for 50 requests", a.connections());
+    assert!(
+        a.connections() <= 2,
+        "{} upstream connections for 50 requests",
+        a.connections()
+    );
 }
 
 #[tokio::test]
@@ -318,13 +339,14 @@ async fn access_log_as_json() {
     )
     .await;
     client().get(gw.url("/logged?x=1")).send().await.unwrap();
-    let line = sluice_tests::eventually("access line", std::time::Duration::from_secs(3), || async {
-        gw.log()
-            .lines()
-            .find(|l| l.contains("sluice::access"))
-            .map(str::to_string)
-    })
-    .await;
+    let line =
+        sluice_tests::eventually("access line", std::time::Duration::from_secs(3), || async {
+            gw.log()
+                .lines()
+                .find(|l| l.contains("sluice::access"))
+                .map(str::to_string)
+        })
+        .await;
     let entry: Value = serde_json::from_str(&line).expect("one JSON object per line");
     assert_eq!(entry["method"], "GET");
     assert_eq!(entry["path"], "/logged");

@@ -18,7 +18,11 @@ fn mix(key: u64, hash: u64) -> u64 {
 
 impl Strategy for ConsistentHash {
     fn pick(&mut self, request: &Request, instances: &Instances<'_>) -> Option<usize> {
-        let hash = if request.hash != 0 { request.hash } else { request.random };
+        let hash = if request.hash != 0 {
+            request.hash
+        } else {
+            request.random
+        };
         let mut best = None;
         let mut best_score = f64::NEG_INFINITY;
         for i in 0..instances.len() {

@@ -34,7 +34,7 @@ impl Strategy for LeastConn {
                 (best, best_load, best_weight, ties) = (i, load, weight, 1);
             } else if lhs == rhs {
                 ties += 1;
-                if next_random(&mut rng) % ties == 0 {
+                if next_random(&mut rng).is_multiple_of(ties) {
                     (best, best_load, best_weight) = (i, load, weight);
                 }
             }

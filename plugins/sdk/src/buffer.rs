@@ -184,7 +184,10 @@ mod tests {
         assert_eq!((req.hash, req.random), (0xabcd, 7));
         assert_eq!(inst.len(), 2);
         let second = inst.get(1);
-        assert_eq!((second.key, second.weight, second.in_flight, second.tags), (99, 50, 3, 0b101));
+        assert_eq!(
+            (second.key, second.weight, second.in_flight, second.tags),
+            (99, 50, 3, 0b101)
+        );
         assert!(view(&bytes, 3).is_none(), "n must match the header");
     }
 }

@@ -11,11 +11,13 @@ use pingora::protocols::http::ServerSession;
 use super::views;
 use crate::gateway::Router;
 use crate::pool::Directory;
+use crate::strategy::StrategySet;
 
 /// Serves the admin endpoints.
 pub struct AdminApp {
     directory: Arc<Directory>,
     router: Arc<ArcSwap<Router>>,
+    strategies: Arc<StrategySet>,
     token: Option<String>,
 }
 
@@ -23,11 +25,13 @@ impl AdminApp {
     pub fn new(
         directory: Arc<Directory>,
         router: Arc<ArcSwap<Router>>,
+        strategies: Arc<StrategySet>,
         token: Option<String>,
     ) -> Self {
         Self {
             directory,
             router,
+            strategies,
             token,
         }
     }
@@ -119,7 +123,7 @@ impl ServeHttp for AdminApp {
             "/admin/strategies" => respond(
                 StatusCode::OK,
                 "application/json",
-                views::strategies_json(&self.router.load()),
+                views::strategies_json(&self.router.load(), &self.strategies),
             ),
             _ => text(StatusCode::NOT_FOUND, "admin: no such endpoint\n"),
         }

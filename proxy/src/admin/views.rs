@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::gateway::Router;
 use crate::pool::{Directory, Member};
+use crate::strategy::{StrategyInfo, StrategySet};
 
 #[derive(Serialize)]
 struct InstanceView<'a> {
@@ -79,28 +80,33 @@ pub(super) fn services_json(directory: &Directory) -> Vec<u8> {
 
 #[derive(Serialize)]
 struct StrategyView<'a> {
-    name: &'a str,
-    source: &'static str,
-    state: &'static str,
+    #[serde(flatten)]
+    info: StrategyInfo,
+    fallbacks: serde_json::Map<String, serde_json::Value>,
     routes: Vec<&'a str>,
 }
 
-/// `GET /admin/strategies`.
-pub(super) fn strategies_json(router: &Router) -> Vec<u8> {
-    let mut views: Vec<StrategyView<'_>> = crate::config::BUILTIN_STRATEGIES
-        .iter()
-        .map(|&name| StrategyView {
-            name,
-            source: "native",
-            state: "active",
-            routes: Vec::new(),
+/// `GET /admin/strategies`: every loaded strategy, its source, generation, state, fallbacks
+/// by reason, and the routes using it.
+pub(super) fn strategies_json(router: &Router, strategies: &StrategySet) -> Vec<u8> {
+    let views: Vec<StrategyView<'_>> = strategies
+        .infos()
+        .into_iter()
+        .map(|info| StrategyView {
+            fallbacks: info
+                .fallbacks
+                .iter()
+                .map(|(reason, n)| (reason.to_string(), (*n).into()))
+                .collect(),
+            routes: router
+                .routes()
+                .iter()
+                .filter(|r| r.strategy.name() == info.name)
+                .map(|r| r.spec.name.as_str())
+                .collect(),
+            info,
         })
         .collect();
-    for route in router.routes() {
-        if let Some(view) = views.iter_mut().find(|v| v.name == route.strategy.name()) {
-            view.routes.push(&route.spec.name);
-        }
-    }
     to_json(&serde_json::json!({ "strategies": views }))
 }
 

@@ -8,7 +8,52 @@ use std::time::Duration;
 use http::HeaderName;
 
 /// Strategy names that resolve without a `[strategies.*]` table.
-pub const BUILTIN_STRATEGIES: &[&str] = &["round-robin", "least-conn"];
+pub const BUILTIN_STRATEGIES: &[&str] = &[
+    "round-robin",
+    "least-conn",
+    "consistent-hash",
+    "native-round-robin",
+    "native-least-conn",
+];
+
+/// The strategies that ship with the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuiltinStrategy {
+    /// Smooth weighted round-robin, WASM plugin.
+    RoundRobin,
+    /// Weighted least-in-flight, WASM plugin.
+    LeastConn,
+    /// Weighted rendezvous hashing on the request hash, WASM plugin.
+    ConsistentHash,
+    /// Smooth weighted round-robin in Rust (the fallback).
+    NativeRoundRobin,
+    /// Weighted least-in-flight in Rust.
+    NativeLeastConn,
+}
+
+impl BuiltinStrategy {
+    pub const ALL: [BuiltinStrategy; 5] = [
+        BuiltinStrategy::RoundRobin,
+        BuiltinStrategy::LeastConn,
+        BuiltinStrategy::ConsistentHash,
+        BuiltinStrategy::NativeRoundRobin,
+        BuiltinStrategy::NativeLeastConn,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BuiltinStrategy::RoundRobin => "round-robin",
+            BuiltinStrategy::LeastConn => "least-conn",
+            BuiltinStrategy::ConsistentHash => "consistent-hash",
+            BuiltinStrategy::NativeRoundRobin => "native-round-robin",
+            BuiltinStrategy::NativeLeastConn => "native-least-conn",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
 
 /// A complete, validated gateway configuration.
 #[derive(Debug, Clone)]
@@ -85,8 +130,7 @@ pub struct StrategySpec {
 /// Which strategy a route uses.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum StrategyRef {
-    RoundRobin,
-    LeastConn,
+    Builtin(BuiltinStrategy),
     /// A `[strategies.NAME]` table.
     Custom(String),
 }
@@ -95,8 +139,7 @@ impl StrategyRef {
     /// The name as written in config.
     pub fn name(&self) -> &str {
         match self {
-            StrategyRef::RoundRobin => "round-robin",
-            StrategyRef::LeastConn => "least-conn",
+            StrategyRef::Builtin(b) => b.name(),
             StrategyRef::Custom(name) => name,
         }
     }

@@ -211,12 +211,9 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 format!("cannot read {}: {e}", wasm.display()),
             );
         }
-        // The WASM host arrives with the strategy issue; until then a user strategy cannot run,
-        // and saying so here beats failing at the first request.
-        issues.push(
-            format!("{key}.wasm"),
-            "WASM strategies are not supported by this build yet (built-in: round-robin, least-conn)",
-        );
+        if section.tags.len() > 32 {
+            issues.push(format!("{key}.tags"), "at most 32 tags (one bit each)");
+        }
         strategies.insert(
             name.clone(),
             StrategySpec {
@@ -337,9 +334,12 @@ fn validate_route(
         }
     };
     let strategy = match section.strategy.as_deref().unwrap_or("round-robin") {
-        "round-robin" => StrategyRef::RoundRobin,
-        "least-conn" => StrategyRef::LeastConn,
         name if file.strategies.contains_key(name) => StrategyRef::Custom(name.to_string()),
+        name if BuiltinStrategy::from_name(name).is_some() => BuiltinStrategy::from_name(name)
+            .map_or(
+                StrategyRef::Builtin(BuiltinStrategy::RoundRobin),
+                StrategyRef::Builtin,
+            ),
         name => {
             let mut known: Vec<&str> = BUILTIN_STRATEGIES.to_vec();
             known.extend(file.strategies.keys().map(String::as_str));
@@ -347,7 +347,7 @@ fn validate_route(
                 format!("{key}.strategy"),
                 format!("unknown strategy {name:?}: known are {known:?}"),
             );
-            StrategyRef::RoundRobin
+            StrategyRef::Builtin(BuiltinStrategy::RoundRobin)
         }
     };
     let hash_on = section.hash_on.as_deref().and_then(|h| match h {

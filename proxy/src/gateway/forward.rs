@@ -65,7 +65,9 @@ mod tests {
             path_prefix: prefix.into(),
             hosts: vec![],
             service: "s".into(),
-            strategy: crate::config::StrategyRef::RoundRobin,
+            strategy: crate::config::StrategyRef::Builtin(
+                crate::config::BuiltinStrategy::RoundRobin,
+            ),
             hash_on: None,
             strip_prefix: strip,
             timeout: std::time::Duration::from_secs(1),

@@ -120,7 +120,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
@@ -133,6 +133,7 @@ impl ProxyHttp for Gateway {
         let request = PickRequest {
             hash: ctx.request_hash,
             exclude: ctx.tried(),
+            headers: Some(&session.req_header().headers),
         };
         let picked = route
             .strategy

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::route_metrics::RouteMetrics;
 use crate::config::{Config, HashOn, RouteSpec};
 use crate::pool::{Directory, ServiceSlot};
-use crate::strategy::{self, Strategy, StrategyError};
+use crate::strategy::{Strategy, StrategySet};
 
 /// Default time allowed to establish an upstream connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,12 +55,8 @@ impl Route {
 /// Why a router could not be built from a config.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    #[error("routes[{index}].strategy: {source}")]
-    Strategy {
-        index: usize,
-        #[source]
-        source: StrategyError,
-    },
+    #[error("routes[{index}].strategy: no strategy named {name:?} is loaded")]
+    Strategy { index: usize, name: String },
 }
 
 /// All routes, most specific first.
@@ -71,11 +67,19 @@ pub struct Router {
 
 impl Router {
     /// Builds the routes of `config`, creating service slots in `directory` as needed.
-    pub fn build(config: &Config, directory: &Directory) -> Result<Self, RouterError> {
+    pub fn build(
+        config: &Config,
+        directory: &Directory,
+        strategies: &StrategySet,
+    ) -> Result<Self, RouterError> {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (index, spec) in config.routes.iter().enumerate() {
-            let strategy = strategy::resolve(&spec.strategy)
-                .map_err(|source| RouterError::Strategy { index, source })?;
+            let strategy = strategies
+                .get(&spec.strategy)
+                .ok_or_else(|| RouterError::Strategy {
+                    index,
+                    name: spec.strategy.name().to_string(),
+                })?;
             let policy = config.service_policy(&spec.service);
             routes.push(Arc::new(Route {
                 slot: directory.slot(&spec.service),
@@ -115,8 +119,10 @@ mod tests {
 
     fn router(text: &str) -> Router {
         let config = crate::config::parse(Path::new("t.toml"), text).unwrap();
-        let dir = Directory::new(Arc::new(Metrics::new()), &[]);
-        Router::build(&config, &dir).unwrap()
+        let metrics = Arc::new(Metrics::new());
+        let strategies = StrategySet::build(&config, &metrics).unwrap();
+        let dir = Directory::new(metrics, &[]);
+        Router::build(&config, &dir, &strategies).unwrap()
     }
 
     #[test]

@@ -1,13 +1,18 @@
-//! Balancing strategies: the interface every strategy implements and the native ones
-//! (smooth weighted round-robin, weighted least-in-flight). The WASM host plugs in here.
+//! Balancing strategies: the interface every strategy implements, the native ones (smooth
+//! weighted round-robin, weighted least-in-flight: the fallback and the baseline), the WASM
+//! host, and the [`StrategySet`] that resolves names for routes.
 
 mod native;
+mod reload;
+mod set;
+pub mod wasm;
 
 pub use native::{LeastConn, RoundRobin};
+pub use reload::StrategyWatch;
+pub use set::{StrategyError, StrategySet};
 
-use std::sync::Arc;
+use serde::Serialize;
 
-use crate::config::StrategyRef;
 use crate::pool::Pool;
 
 /// What a strategy knows of the request besides the pool.
@@ -17,28 +22,44 @@ pub struct PickRequest<'a> {
     pub hash: u64,
     /// Instance keys already tried by this request (retries go elsewhere when they can).
     pub exclude: &'a [u64],
+    /// The request's headers, for plugins that read them (`sluice.request_header`).
+    pub headers: Option<&'a http::HeaderMap>,
+}
+
+/// What `/admin/strategies` shows of a strategy.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyInfo {
+    pub name: String,
+    /// `native` or `wasm`.
+    pub kind: &'static str,
+    /// `builtin` or the `.wasm` path.
+    pub source: String,
+    /// Increases with every successful reload.
+    pub generation: u64,
+    /// `active` or `disabled`.
+    pub state: &'static str,
+    /// Requests that fell back to native round-robin, by reason.
+    #[serde(skip)]
+    pub fallbacks: Vec<(&'static str, u64)>,
 }
 
 /// Chooses one eligible instance of a pool for a request.
 pub trait Strategy: Send + Sync + std::fmt::Debug {
     /// The name routes refer to.
     fn name(&self) -> &str;
+
     /// An index into the pool's eligible instances, or `None` when there is none.
     fn pick(&self, pool: &Pool, request: &PickRequest<'_>) -> Option<usize>;
-}
 
-/// Why a strategy could not be resolved.
-#[derive(Debug, thiserror::Error)]
-pub enum StrategyError {
-    #[error("strategy {0:?}: WASM strategies are not supported by this build yet")]
-    WasmUnsupported(String),
-}
-
-/// Resolves a route's strategy reference to an implementation.
-pub fn resolve(reference: &StrategyRef) -> Result<Arc<dyn Strategy>, StrategyError> {
-    match reference {
-        StrategyRef::RoundRobin => Ok(Arc::new(RoundRobin)),
-        StrategyRef::LeastConn => Ok(Arc::new(LeastConn)),
-        StrategyRef::Custom(name) => Err(StrategyError::WasmUnsupported(name.clone())),
+    /// The admin view.
+    fn info(&self) -> StrategyInfo {
+        StrategyInfo {
+            name: self.name().to_string(),
+            kind: "native",
+            source: "builtin".into(),
+            generation: 1,
+            state: "active",
+            fallbacks: Vec::new(),
+        }
     }
 }

@@ -9,7 +9,7 @@ pub struct RoundRobin;
 
 impl Strategy for RoundRobin {
     fn name(&self) -> &str {
-        "round-robin"
+        "native-round-robin"
     }
 
     fn pick(&self, pool: &Pool, request: &PickRequest<'_>) -> Option<usize> {
@@ -35,7 +35,7 @@ pub struct LeastConn;
 
 impl Strategy for LeastConn {
     fn name(&self) -> &str {
-        "least-conn"
+        "native-least-conn"
     }
 
     fn pick(&self, pool: &Pool, request: &PickRequest<'_>) -> Option<usize> {
@@ -120,6 +120,7 @@ mod tests {
             let req = PickRequest {
                 hash: 0,
                 exclude: &tried,
+                headers: None,
             };
             assert_eq!(RoundRobin.pick(&pool, &req), Some(1));
         }

@@ -1,0 +1,217 @@
+//! One long-lived plugin instance on one worker thread: its store, typed exports and buffer,
+//! and the per-pick write of header and records (full records only when the pool changed,
+//! otherwise just the live fields).
+
+use std::sync::Arc;
+
+use wasmtime::{Memory, Store, TypedFunc};
+
+use super::abi::{header, record, ABI_VERSION, HEADER_SIZE, RECORD_SIZE};
+use super::plugin::LoadedPlugin;
+use super::runtime::{HeadersPtr, HostState, WasmRuntime};
+use super::LoadError;
+use crate::pool::Pool;
+
+/// Why one call into the plugin failed.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    Trap(String),
+    Deadline,
+    /// The plugin's buffer does not fit in its memory, or it could not provide one.
+    Buffer,
+}
+
+impl From<wasmtime::Error> for CallError {
+    fn from(e: wasmtime::Error) -> Self {
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => CallError::Deadline,
+            _ => CallError::Trap(format!("{e:#}")),
+        }
+    }
+}
+
+pub(crate) struct ThreadInstance {
+    /// Generation of the plugin this was instantiated from.
+    pub(crate) generation: u64,
+    store: Store<HostState>,
+    memory: Memory,
+    pick: TypedFunc<i32, i32>,
+    buffer: TypedFunc<i32, i32>,
+    buffer_ptr: usize,
+    capacity: usize,
+    /// (pool generation, n) whose records are in the buffer.
+    written: Option<(u64, usize)>,
+    deadline_ticks: u64,
+}
+
+fn put_u32(mem: &mut [u8], at: usize, v: u32) {
+    mem[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(mem: &mut [u8], at: usize, v: u64) {
+    mem[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn tag_bits(spec_tags: &[String], strategy_tags: &[String]) -> u32 {
+    strategy_tags
+        .iter()
+        .take(32)
+        .enumerate()
+        .filter(|(_, t)| spec_tags.contains(t))
+        .fold(0u32, |bits, (i, _)| bits | (1 << i))
+}
+
+impl ThreadInstance {
+    /// Instantiates `plugin`, hands it its config, and asks for a buffer of `initial` records.
+    pub(crate) fn new(
+        runtime: &Arc<WasmRuntime>,
+        plugin: &LoadedPlugin,
+        initial: usize,
+    ) -> Result<Self, LoadError> {
+        runtime.ensure_ticker();
+        let mut store = Store::new(
+            runtime.engine(),
+            HostState::new(plugin.name.clone(), plugin.memory_limit),
+        );
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(runtime.deadline_ticks());
+        store.epoch_deadline_trap();
+        let instance = plugin
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| LoadError::Instantiate(format!("{e:#}")))?;
+        let export = |name: &str| LoadError::MissingExport(name.to_string());
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| export("memory"))?;
+        let pick = instance
+            .get_typed_func::<i32, i32>(&mut store, "sluice_pick")
+            .map_err(|_| export("sluice_pick"))?;
+        let buffer = instance
+            .get_typed_func::<i32, i32>(&mut store, "sluice_buffer")
+            .map_err(|_| export("sluice_buffer"))?;
+        if plugin.has_configure {
+            let alloc = instance
+                .get_typed_func::<i32, i32>(&mut store, "sluice_alloc")
+                .map_err(|_| export("sluice_alloc"))?;
+            let configure = instance
+                .get_typed_func::<(i32, i32), i32>(&mut store, "sluice_configure")
+                .map_err(|_| export("sluice_configure"))?;
+            let config = &plugin.config_json;
+            let len = i32::try_from(config.len()).map_err(|_| LoadError::Configure(-1))?;
+            store.set_epoch_deadline(runtime.deadline_ticks());
+            let ptr = alloc
+                .call(&mut store, len)
+                .map_err(|e| LoadError::Instantiate(format!("sluice_alloc: {e:#}")))?;
+            let start = usize::try_from(ptr).map_err(|_| LoadError::Configure(-1))?;
+            let mem = memory.data_mut(&mut store);
+            let end = start.checked_add(config.len()).filter(|&e| e <= mem.len());
+            let Some(end) = end else {
+                return Err(LoadError::Instantiate(
+                    "sluice_alloc returned memory out of bounds".into(),
+                ));
+            };
+            mem[start..end].copy_from_slice(config);
+            store.set_epoch_deadline(runtime.deadline_ticks());
+            let code = configure
+                .call(&mut store, (ptr, len))
+                .map_err(|e| LoadError::Instantiate(format!("sluice_configure: {e:#}")))?;
+            if code != 0 {
+                return Err(LoadError::Configure(code));
+            }
+        }
+        let mut this = Self {
+            generation: plugin.generation,
+            store,
+            memory,
+            pick,
+            buffer,
+            buffer_ptr: 0,
+            capacity: 0,
+            written: None,
+            deadline_ticks: runtime.deadline_ticks(),
+        };
+        this.grow(initial.max(16)).map_err(|e| match e {
+            CallError::Trap(t) => LoadError::Instantiate(format!("sluice_buffer: {t}")),
+            CallError::Deadline => {
+                LoadError::Instantiate("sluice_buffer missed its deadline".into())
+            }
+            CallError::Buffer => {
+                LoadError::Instantiate("sluice_buffer returned memory out of bounds".into())
+            }
+        })?;
+        Ok(this)
+    }
+
+    /// Asks the plugin for a buffer of at least `n` records.
+    fn grow(&mut self, n: usize) -> Result<(), CallError> {
+        let max = i32::try_from(n).map_err(|_| CallError::Buffer)?;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let ptr = self.buffer.call(&mut self.store, max)?;
+        let start = usize::try_from(ptr).map_err(|_| CallError::Buffer)?;
+        let end = start
+            .checked_add(HEADER_SIZE + RECORD_SIZE * n)
+            .ok_or(CallError::Buffer)?;
+        if start == 0 || end > self.memory.data_size(&self.store) {
+            return Err(CallError::Buffer);
+        }
+        self.buffer_ptr = start;
+        self.capacity = n;
+        self.written = None;
+        Ok(())
+    }
+
+    /// Writes the request and the pool's eligible instances, then calls `sluice_pick`.
+    pub(crate) fn pick(
+        &mut self,
+        pool: &Pool,
+        hash: u64,
+        random: u64,
+        headers: Option<&http::HeaderMap>,
+        tags: &[String],
+    ) -> Result<i32, CallError> {
+        let n = pool.eligible_len();
+        if n > self.capacity {
+            self.grow(n)?;
+        }
+        let base = self.buffer_ptr;
+        let mem = self.memory.data_mut(&mut self.store);
+        // The guest may have moved or shrunk nothing, but check: a hostile module can write
+        // anywhere in its own memory, never outside it.
+        let end = base + HEADER_SIZE + RECORD_SIZE * n;
+        if end > mem.len() {
+            return Err(CallError::Buffer);
+        }
+        let buf = &mut mem[base..end];
+        put_u32(buf, header::VERSION, ABI_VERSION);
+        put_u32(buf, header::N, n as u32);
+        put_u32(buf, header::RECORD_SIZE, RECORD_SIZE as u32);
+        put_u32(buf, header::FLAGS, 0);
+        put_u64(buf, header::REQUEST_HASH, hash);
+        put_u64(buf, header::RANDOM, random);
+        let full = self.written != Some((pool.generation(), n));
+        for (i, member) in pool.eligible_members().enumerate() {
+            let r = &mut buf[HEADER_SIZE + i * RECORD_SIZE..HEADER_SIZE + (i + 1) * RECORD_SIZE];
+            if full {
+                put_u64(r, record::KEY, member.key);
+                put_u32(r, record::WEIGHT, member.spec.weight);
+                put_u32(r, record::TAGS, tag_bits(&member.spec.tags, tags));
+                put_u32(r, record::RESERVED, 0);
+            }
+            put_u32(r, record::IN_FLIGHT, member.live.in_flight());
+            put_u32(r, record::EWMA_US, member.live.ewma_us());
+            put_u32(r, record::FAILURES, member.live.failures());
+        }
+        // The guest could overwrite the records; rewrite them all after anything unusual.
+        self.written = Some((pool.generation(), n));
+        self.store.data_mut().headers =
+            HeadersPtr(headers.map_or(std::ptr::null(), |h| h as *const _));
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = self.pick.call(&mut self.store, n as i32);
+        self.store.data_mut().headers = HeadersPtr(std::ptr::null());
+        if result.is_err() {
+            self.written = None;
+        }
+        Ok(result?)
+    }
+}

@@ -1,0 +1,52 @@
+//! The WebAssembly strategy host (ABI v1, SPEC §6): one engine, one `Module` + `InstancePre`
+//! per plugin version, one long-lived instance per worker thread, epoch deadlines, memory caps,
+//! native round-robin when a plugin fails, hot reload.
+
+mod abi;
+mod builtin;
+mod instance;
+mod plugin;
+mod runtime;
+mod strategy;
+
+pub use builtin::BUILTIN_PLUGINS;
+pub use plugin::{sample_pool, LoadedPlugin};
+pub use runtime::{WasmRuntime, DEFAULT_DEADLINE, DEFAULT_MEMORY_LIMIT};
+pub use strategy::{FallbackReason, WasmStrategy, MAX_FAILURES_PER_MINUTE};
+
+/// Why a plugin was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a valid WebAssembly module: {0}")]
+    Compile(String),
+    #[error("import {module}.{name} is not allowed (only sluice.log and sluice.request_header)")]
+    ForbiddenImport { module: String, name: String },
+    #[error("import {name} has signature {found}, expected {expected}")]
+    ImportSignature {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("missing export {0}")]
+    MissingExport(String),
+    #[error("export {name} has signature {found}, expected {expected}")]
+    ExportSignature {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    #[error("sluice_configure rejected the config (returned {0})")]
+    Configure(i32),
+    #[error("probe failed: {0}")]
+    Probe(String),
+    #[error("WASM engine: {0}")]
+    Engine(String),
+}

@@ -1,0 +1,207 @@
+//! The one wasmtime `Engine`, its linker of host functions (`sluice.log`,
+//! `sluice.request_header`) and the epoch ticker that enforces per-call deadlines.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Caller, Config, Engine, Extern, Linker, OptLevel, StoreLimits};
+
+use super::LoadError;
+
+/// Default cap on a plugin instance's linear memory.
+pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
+/// Default deadline of one call into a plugin.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(1);
+
+/// Log lines one plugin instance may write per second; the rest are dropped and counted.
+const LOG_LINES_PER_SECOND: u32 = 20;
+
+/// The request headers of the pick in progress, for `sluice.request_header`.
+#[derive(Clone, Copy)]
+pub(crate) struct HeadersPtr(pub(crate) *const http::HeaderMap);
+
+// SAFETY: the pointer is set only for the duration of one synchronous call on the thread that
+// owns the store, and cleared before the call returns; it is never dereferenced elsewhere.
+unsafe impl Send for HeadersPtr {}
+
+/// What host functions can reach of the store.
+pub(crate) struct HostState {
+    pub(crate) limits: StoreLimits,
+    pub(crate) headers: HeadersPtr,
+    pub(crate) strategy: Arc<str>,
+    log_window: Instant,
+    log_lines: u32,
+}
+
+impl HostState {
+    pub(crate) fn new(strategy: Arc<str>, memory_limit: usize) -> Self {
+        Self {
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(memory_limit)
+                .instances(1)
+                .tables(4)
+                .memories(1)
+                .build(),
+            headers: HeadersPtr(std::ptr::null()),
+            strategy,
+            log_window: Instant::now(),
+            log_lines: 0,
+        }
+    }
+}
+
+/// Engine, linker, and the epoch ticker (one tick = half the deadline).
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    tick: Duration,
+    ticker_started: AtomicBool,
+}
+
+fn guest_memory<'a>(
+    caller: &'a mut Caller<'_, HostState>,
+) -> Option<(&'a mut [u8], &'a mut HostState)> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(memory)) => Some(memory.data_and_store_mut(caller)),
+        _ => None,
+    }
+}
+
+fn slice(memory: &[u8], ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(ptr).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    (end <= memory.len()).then_some(start..end)
+}
+
+impl WasmRuntime {
+    /// The process-wide runtime, created on first use.
+    pub fn global() -> Result<&'static Arc<WasmRuntime>, LoadError> {
+        static RUNTIME: OnceLock<Result<Arc<WasmRuntime>, String>> = OnceLock::new();
+        RUNTIME
+            .get_or_init(|| {
+                WasmRuntime::new(DEFAULT_DEADLINE)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| LoadError::Engine(e.clone()))
+    }
+
+    fn new(deadline: Duration) -> Result<Self, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.cranelift_opt_level(OptLevel::Speed);
+        config.max_wasm_stack(256 << 10);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        linker
+            .func_wrap(
+                "sluice",
+                "log",
+                |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
+                    let Some((memory, state)) = guest_memory(&mut caller) else {
+                        return;
+                    };
+                    if state.log_window.elapsed() >= Duration::from_secs(1) {
+                        state.log_window = Instant::now();
+                        state.log_lines = 0;
+                    }
+                    state.log_lines += 1;
+                    if state.log_lines > LOG_LINES_PER_SECOND {
+                        return;
+                    }
+                    let Some(range) = slice(memory, ptr, len.min(4096)) else {
+                        return;
+                    };
+                    let text = String::from_utf8_lossy(&memory[range]);
+                    let strategy = &*state.strategy;
+                    match level {
+                        1 => tracing::error!(target: "sluice::plugin", strategy, "{text}"),
+                        2 => tracing::warn!(target: "sluice::plugin", strategy, "{text}"),
+                        3 => tracing::info!(target: "sluice::plugin", strategy, "{text}"),
+                        _ => tracing::debug!(target: "sluice::plugin", strategy, "{text}"),
+                    }
+                },
+            )
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        linker
+            .func_wrap(
+                "sluice",
+                "request_header",
+                |mut caller: Caller<'_, HostState>,
+                 name_ptr: i32,
+                 name_len: i32,
+                 out_ptr: i32,
+                 out_cap: i32|
+                 -> i32 {
+                    let Some((memory, state)) = guest_memory(&mut caller) else {
+                        return -1;
+                    };
+                    let headers = state.headers.0;
+                    if headers.is_null() {
+                        return -1;
+                    }
+                    let Some(name_range) = slice(memory, name_ptr, name_len) else {
+                        return -1;
+                    };
+                    // SAFETY: set by the pick on this thread for the duration of this call
+                    // (see HeadersPtr); the map outlives the call.
+                    let headers = unsafe { &*headers };
+                    let Ok(name) = std::str::from_utf8(&memory[name_range]) else {
+                        return -1;
+                    };
+                    let Some(value) = headers.get(name) else {
+                        return -1;
+                    };
+                    let value = value.as_bytes();
+                    let Some(out) = slice(memory, out_ptr, out_cap) else {
+                        return -1;
+                    };
+                    let n = value.len().min(out.len());
+                    memory[out.start..out.start + n].copy_from_slice(&value[..n]);
+                    i32::try_from(value.len()).unwrap_or(i32::MAX)
+                },
+            )
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        Ok(Self {
+            engine,
+            linker,
+            tick: deadline / 2,
+            ticker_started: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<HostState> {
+        &self.linker
+    }
+
+    /// Epoch ticks a call may run: between 2 and 3 ticks, i.e. the deadline to 1.5× it, so a
+    /// tick landing just after a call starts never cuts a healthy call short.
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        3
+    }
+
+    /// Starts the ticker thread once; it only increments the engine's epoch.
+    pub(crate) fn ensure_ticker(self: &Arc<Self>) {
+        if self.ticker_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let engine = self.engine.clone();
+        let tick = self.tick;
+        let spawned = std::thread::Builder::new()
+            .name("sluice-wasm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the WASM epoch ticker, deadlines are not enforced: {e}");
+            self.ticker_started.store(false, Ordering::Release);
+        }
+    }
+}
