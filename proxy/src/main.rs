@@ -33,6 +33,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Strategy plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// A self-contained first run: three echo upstreams behind the gateway.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -42,12 +47,35 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Load a strategy module, check its ABI, run sample picks, print picks and ns/pick.
+    Check {
+        /// The `.wasm` (or `.wat`) file.
+        file: PathBuf,
+        /// The strategy's config as JSON, as `[strategies.*] config` would hand it.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Sample picks per pool size.
+        #[arg(long, default_value_t = 100_000)]
+        picks: u64,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => return check(config),
         Command::Demo { listen, admin } => demo(listen, admin),
+        Command::Plugin {
+            command:
+                PluginCommand::Check {
+                    file,
+                    config,
+                    picks,
+                },
+        } => return plugin_check(file, &config, picks),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,6 +106,38 @@ fn check(path: PathBuf) -> ExitCode {
         config.routes.len(),
         config.services.len()
     );
+    ExitCode::SUCCESS
+}
+
+fn plugin_check(file: PathBuf, config: &str, picks: u64) -> ExitCode {
+    let config: serde_json::Value = match serde_json::from_str(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("--config: not JSON: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reports = match sluice::strategy::wasm::check_file(&file, config, &[2, 16, 256], picks) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: refused: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}: ABI v1 ok, probe ok", file.display());
+    for r in &reports {
+        let shown: Vec<String> = r.counts.iter().take(8).map(|c| c.to_string()).collect();
+        let more = if r.counts.len() > 8 { ", …" } else { "" };
+        println!(
+            "  n={:<4} {:>8.1} ns/pick  picks per instance (weights 100,50,150,…): [{}{more}]",
+            r.instances,
+            r.ns_per_pick,
+            shown.join(", ")
+        );
+        for (reason, count) in &r.fallbacks {
+            println!("         fell back to round-robin: {count} × {reason}");
+        }
+    }
     ExitCode::SUCCESS
 }
 

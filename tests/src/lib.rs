@@ -11,6 +11,19 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+/// A plugin module built from `plugins/` for this test run, e.g. `plugin("chaos")`.
+pub fn plugin(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("SLUICE_TEST_PLUGINS"))
+        .join(format!("sluice_strategy_{}.wasm", name.replace('-', "_")))
+}
+
+/// A hand-written module under `tests/wasm/` (the malformed ones the SDK cannot produce).
+pub fn wat(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("wasm")
+        .join(format!("{name}.wat"))
+}
+
 /// A port nobody listens on right now (bound, read, released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -25,7 +25,10 @@ impl From<wasmtime::Error> for CallError {
     fn from(e: wasmtime::Error) -> Self {
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => CallError::Deadline,
-            _ => CallError::Trap(format!("{e:#}")),
+            // The trap itself ("wasm `unreachable` instruction executed"), without the
+            // multi-line backtrace, so it fits one log line.
+            Some(trap) => CallError::Trap(trap.to_string()),
+            None => CallError::Trap(e.to_string().lines().next().unwrap_or("trap").to_string()),
         }
     }
 }

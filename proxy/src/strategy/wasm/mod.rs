@@ -4,12 +4,14 @@
 
 mod abi;
 mod builtin;
+mod check;
 mod instance;
 mod plugin;
 mod runtime;
 mod strategy;
 
 pub use builtin::BUILTIN_PLUGINS;
+pub use check::{check_file, PickReport};
 pub use plugin::{sample_pool, LoadedPlugin};
 pub use runtime::{WasmRuntime, DEFAULT_DEADLINE, DEFAULT_MEMORY_LIMIT};
 pub use strategy::{FallbackReason, WasmStrategy, MAX_FAILURES_PER_MINUTE};

@@ -1,0 +1,24 @@
+//! Builds every plugin of `plugins/` (built-ins and the hostile `chaos`) for the suites that
+//! load `.wasm` files from disk; `SLUICE_TEST_PLUGINS` names the folder.
+
+use std::path::PathBuf;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir
+        .parent()
+        .expect("tests/ sits in the workspace root");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
+    let built = sluice_plugin_build::build_plugins(
+        root,
+        &[
+            "sluice-strategy-round-robin",
+            "sluice-strategy-least-conn",
+            "sluice-strategy-consistent-hash",
+            "sluice-strategy-chaos",
+        ],
+        &out.join("plugins-target"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!("cargo:rustc-env=SLUICE_TEST_PLUGINS={}", built.display());
+}

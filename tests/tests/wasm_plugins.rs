@@ -1,0 +1,329 @@
+//! The strategy plugins built from `plugins/`, loaded by the real WASM host in process:
+//! distributions, ABI refusals, and the failure policy.
+
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+use sluice::metrics::Metrics;
+use sluice::pool::{Pool, ServiceSlot};
+use sluice::strategy::wasm::{
+    sample_pool, FallbackReason, LoadError, WasmRuntime, WasmStrategy, MAX_FAILURES_PER_MINUTE,
+};
+use sluice::strategy::{PickRequest, Strategy};
+use sluice_tests::{plugin, wat};
+
+fn load(path: &Path, config: serde_json::Value) -> Result<WasmStrategy, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    WasmStrategy::load(
+        WasmRuntime::global().unwrap().clone(),
+        &Metrics::new(),
+        "test",
+        path.display().to_string(),
+        &bytes,
+        config,
+        vec!["even".into()],
+    )
+}
+
+fn counts(strategy: &WasmStrategy, pool: &Pool, picks: u64, hash: impl Fn(u64) -> u64) -> Vec<u64> {
+    let mut counts = vec![0u64; pool.eligible_len()];
+    for i in 0..picks {
+        let request = PickRequest {
+            hash: hash(i),
+            exclude: &[],
+            headers: None,
+        };
+        counts[strategy.pick(pool, &request).unwrap()] += 1;
+    }
+    counts
+}
+
+fn fallbacks(strategy: &WasmStrategy) -> HashMap<&'static str, u64> {
+    strategy.info().fallbacks.into_iter().collect()
+}
+
+#[test]
+fn round_robin_follows_weights_within_two_percent() {
+    let rr = load(&plugin("round-robin"), json!({})).unwrap();
+    let pool = sample_pool(16); // weights 100, 50, 150, ...
+    let counts = counts(&rr, &pool, 10_000, |_| 0);
+    let total_weight: u64 = pool
+        .eligible_members()
+        .map(|m| u64::from(m.spec.weight))
+        .sum();
+    for (i, member) in pool.eligible_members().enumerate() {
+        let expected = 10_000.0 * f64::from(member.spec.weight) / total_weight as f64;
+        let got = counts[i] as f64;
+        assert!(
+            (got - expected).abs() <= expected * 0.02 + 1.0,
+            "instance {i}: {got} vs {expected}"
+        );
+    }
+    assert!(fallbacks(&rr).values().all(|&n| n == 0));
+}
+
+#[test]
+fn least_conn_prefers_the_least_loaded() {
+    let lc = load(&plugin("least-conn"), json!({})).unwrap();
+    let pool = sample_pool(8);
+    // Every instance but 3 and 6 carries load.
+    let _guards: Vec<_> = (0..8)
+        .filter(|i| *i != 3 && *i != 6)
+        .map(|i| pool.eligible(i).live.start_request())
+        .collect();
+    let counts = counts(&lc, &pool, 2_000, |_| 0);
+    assert_eq!(counts[3] + counts[6], 2_000, "{counts:?}");
+    assert!(
+        counts[3] > 800 && counts[6] > 800,
+        "ties broken at random: {counts:?}"
+    );
+}
+
+#[test]
+fn least_conn_weighs_load_by_weight() {
+    let lc = load(&plugin("least-conn"), json!({})).unwrap();
+    let pool = sample_pool(3); // weights 100, 50, 150
+    let _a = pool.eligible(0).live.start_request();
+    let _b = pool.eligible(1).live.start_request();
+    let _c = pool.eligible(2).live.start_request();
+    // Equal load: the heaviest instance has the lowest load per weight.
+    assert_eq!(counts(&lc, &pool, 100, |_| 0), vec![0, 0, 100]);
+}
+
+#[test]
+fn consistent_hash_is_stable_and_moves_only_the_leaving_share() {
+    let ch = load(&plugin("consistent-hash"), json!({})).unwrap();
+    let n = 10;
+    let full = sample_pool(n);
+    let keys: Vec<u64> = (0..10_000u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+        .collect();
+    let pick = |pool: &Pool, key: u64| {
+        let i = ch
+            .pick(
+                pool,
+                &PickRequest {
+                    hash: key,
+                    exclude: &[],
+                    headers: None,
+                },
+            )
+            .unwrap();
+        pool.eligible(i).spec.id.clone()
+    };
+    let before: Vec<String> = keys.iter().map(|&k| pick(&full, k)).collect();
+    // Stable: the same key lands on the same instance again.
+    for (k, owner) in keys.iter().zip(&before).take(500) {
+        assert_eq!(&pick(&full, *k), owner);
+    }
+    // One instance leaves: only its keys move.
+    let leaving = full.eligible(4).spec.id.clone();
+    let slot = ServiceSlotHelper::without(&full, &leaving);
+    let after: Vec<String> = keys.iter().map(|&k| pick(&slot, k)).collect();
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let owned = before.iter().filter(|b| **b == leaving).count();
+    assert_eq!(moved, owned, "only the leaving instance's keys move");
+    assert!(
+        (moved as f64) <= keys.len() as f64 * (1.0 / n as f64 + 0.03),
+        "moved {moved}"
+    );
+}
+
+/// Builds a pool like `pool` without one instance, keeping ids, weights and live state.
+struct ServiceSlotHelper;
+impl ServiceSlotHelper {
+    fn without(pool: &Pool, id: &str) -> Pool {
+        let directory = sluice::pool::Directory::new(Arc::new(Metrics::new()), &["t"]);
+        let slot: Arc<ServiceSlot> = directory.slot("sample");
+        let instances = pool
+            .members()
+            .iter()
+            .filter(|m| m.spec.id != id)
+            .map(|m| (*m.spec).clone())
+            .collect();
+        directory.apply(sluice::registry::SourceEvent {
+            source: "t".into(),
+            revision: 1,
+            update: sluice::registry::Update::Reset {
+                services: [("sample".to_string(), instances)].into(),
+            },
+        });
+        Arc::try_unwrap(slot.load_full()).unwrap_or_else(|arc| {
+            // Still shared by the slot: rebuild an owned copy from it.
+            Pool::new(
+                arc.service_arc().clone(),
+                arc.generation(),
+                arc.members()
+                    .iter()
+                    .map(|m| sluice::pool::Member {
+                        spec: m.spec.clone(),
+                        key: m.key,
+                        socket: m.socket,
+                        live: m.live.clone(),
+                    })
+                    .collect(),
+            )
+        })
+    }
+}
+
+#[test]
+fn modules_with_a_bad_shape_are_refused_with_the_reason() {
+    let cases = [
+        (
+            "forbidden_import",
+            "import wasi_snapshot_preview1.fd_write is not allowed",
+        ),
+        (
+            "wrong_signature",
+            "export sluice_pick has signature (i64) -> (i32), expected (i32) -> (i32)",
+        ),
+        (
+            "bad_import_signature",
+            "import sluice.log has signature (i32) -> (), expected (i32, i32, i32) -> ()",
+        ),
+        ("missing_pick", "missing export sluice_pick"),
+        ("huge_memory", "instantiation failed"),
+    ];
+    for (name, expected) in cases {
+        let err = load(&wat(name), json!({})).unwrap_err().to_string();
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+    let err = load(Path::new("/nonexistent.wasm"), json!({}));
+    assert!(err.is_err());
+}
+
+#[test]
+fn plugins_that_misbehave_at_load_are_refused() {
+    let cases = [
+        (json!({"mode": "trap"}), "trapped"),
+        (json!({"mode": "loop"}), "missed its deadline"),
+        (json!({"mode": "grow"}), "missed its deadline"),
+        (
+            json!({"mode": "reject"}),
+            "sluice_configure rejected the config",
+        ),
+    ];
+    for (config, expected) in cases {
+        let err = match load(&plugin("chaos"), config.clone()) {
+            Ok(_) => panic!("{config} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(expected), "{config}: {err}");
+    }
+}
+
+#[test]
+fn runtime_failures_fall_back_to_round_robin_and_are_counted() {
+    let pool = sample_pool(4);
+    for (mode, reason) in [
+        ("trap", "trap"),
+        ("loop", "deadline"),
+        ("grow", "deadline"),
+        ("out_of_range", "out_of_range"),
+        ("no_opinion", "no_opinion"),
+    ] {
+        let chaos = if mode == "out_of_range" {
+            load(&wat("out_of_range"), json!({})).unwrap()
+        } else {
+            load(&plugin("chaos"), json!({"mode": mode, "when_n": 4})).unwrap()
+        };
+        // Another pool size behaves: instance 0.
+        assert_eq!(
+            chaos.pick(&sample_pool(3), &PickRequest::default()),
+            Some(0)
+        );
+        let counts = counts(&chaos, &pool, 8, |_| 0);
+        assert_eq!(
+            counts.iter().sum::<u64>(),
+            8,
+            "{mode}: every request still gets an instance"
+        );
+        // Weighted round-robin over weights 100, 50, 150, 100: one whole cycle in 8 picks.
+        assert_eq!(counts, vec![2, 1, 3, 2], "{mode}: round-robin fallback");
+        assert_eq!(fallbacks(&chaos)[reason], 8, "{mode}");
+        // The instance was re-created after each failure and still works for other pools.
+        assert_eq!(
+            chaos.pick(&sample_pool(3), &PickRequest::default()),
+            Some(0),
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn a_plugin_failing_repeatedly_is_disabled_until_reloaded() {
+    let chaos_path = plugin("chaos");
+    let chaos = load(&chaos_path, json!({"mode": "trap", "when_n": 4})).unwrap();
+    let pool = sample_pool(4);
+    for _ in 0..MAX_FAILURES_PER_MINUTE + 20 {
+        assert!(chaos.pick(&pool, &PickRequest::default()).is_some());
+    }
+    let info = chaos.info();
+    assert_eq!(info.state, "disabled");
+    let f = fallbacks(&chaos);
+    assert_eq!(f["trap"], u64::from(MAX_FAILURES_PER_MINUTE));
+    assert_eq!(f["disabled"], 20);
+    assert_eq!(FallbackReason::Disabled.as_str(), "disabled");
+
+    // A reload (here with a config that behaves) brings it back.
+    let bytes = std::fs::read(&chaos_path).unwrap();
+    let generation = chaos
+        .reload(
+            "reloaded".into(),
+            &bytes,
+            &json!({"mode": "no_opinion", "when_n": 99}),
+        )
+        .unwrap();
+    assert_eq!(generation, 2);
+    assert_eq!(chaos.info().state, "active");
+    assert_eq!(
+        chaos.pick(&pool, &PickRequest::default()).map(|_| ()),
+        Some(())
+    );
+}
+
+#[test]
+fn a_bad_reload_is_refused_and_the_running_version_keeps_serving() {
+    let strategy = load(&plugin("round-robin"), json!({})).unwrap();
+    let bad = std::fs::read(wat("forbidden_import")).unwrap();
+    assert!(strategy.reload("bad".into(), &bad, &json!({})).is_err());
+    assert_eq!(strategy.current().generation, 1);
+    let pool = sample_pool(3);
+    assert_eq!(counts(&strategy, &pool, 6, |_| 0).iter().sum::<u64>(), 6);
+    assert!(fallbacks(&strategy).values().all(|&n| n == 0));
+}
+
+#[test]
+fn request_headers_reach_the_plugin() {
+    let chaos = load(&plugin("chaos"), json!({"mode": "header", "when_n": 5})).unwrap();
+    let pool = sample_pool(5);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-chaos-pick", "3".parse().unwrap());
+    for _ in 0..10 {
+        let request = PickRequest {
+            hash: 0,
+            exclude: &[],
+            headers: Some(&headers),
+        };
+        assert_eq!(chaos.pick(&pool, &request), Some(3));
+    }
+    // Without the header the plugin has no opinion.
+    chaos.pick(&pool, &PickRequest::default()).unwrap();
+    assert_eq!(fallbacks(&chaos)["no_opinion"], 1);
+}
+
+#[test]
+fn the_documented_wat_example_works() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/examples/heaviest.wat");
+    let heaviest = load(&path, json!({})).unwrap();
+    let pool = sample_pool(6); // weights 100, 50, 150, 100, 50, 150
+    assert_eq!(counts(&heaviest, &pool, 10, |_| 0), vec![0, 0, 10, 0, 0, 0]);
+}

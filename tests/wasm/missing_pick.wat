@@ -1,0 +1,5 @@
+;; No sluice_pick: refused at load.
+(module
+  (memory (export "memory") 1)
+  (func (export "sluice_abi_v1"))
+  (func (export "sluice_buffer") (param i32) (result i32) (i32.const 1024)))
