@@ -8,7 +8,7 @@ use wasmtime::{Memory, Store, TypedFunc};
 
 use super::abi::{header, record, ABI_VERSION, HEADER_SIZE, RECORD_SIZE};
 use super::plugin::LoadedPlugin;
-use super::runtime::{HeadersPtr, HostState, WasmRuntime};
+use super::runtime::{on_deadline, DeadlineState, HeadersPtr, HostState, WasmRuntime};
 use super::LoadError;
 use crate::pool::Pool;
 
@@ -78,7 +78,8 @@ impl ThreadInstance {
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(runtime.deadline_ticks());
-        store.epoch_deadline_trap();
+        let step = runtime.deadline_ticks() - 1;
+        store.epoch_deadline_callback(move |mut ctx| Ok(on_deadline(&mut ctx.data_mut().deadline, step)));
         let instance = plugin
             .pre
             .instantiate(&mut store)
@@ -149,6 +150,7 @@ impl ThreadInstance {
     /// Asks the plugin for a buffer of at least `n` records.
     fn grow(&mut self, n: usize) -> Result<(), CallError> {
         let max = i32::try_from(n).map_err(|_| CallError::Buffer)?;
+        self.store.data_mut().deadline = DeadlineState::default();
         self.store.set_epoch_deadline(self.deadline_ticks);
         let ptr = self.buffer.call(&mut self.store, max)?;
         let start = usize::try_from(ptr).map_err(|_| CallError::Buffer)?;
@@ -193,17 +195,23 @@ impl ThreadInstance {
         put_u64(buf, header::REQUEST_HASH, hash);
         put_u64(buf, header::RANDOM, random);
         let full = self.written != Some((pool.generation(), n));
-        for (i, member) in pool.eligible_members().enumerate() {
-            let r = &mut buf[HEADER_SIZE + i * RECORD_SIZE..HEADER_SIZE + (i + 1) * RECORD_SIZE];
+        let records = buf[HEADER_SIZE..].chunks_exact_mut(RECORD_SIZE);
+        for (r, member) in records.zip(pool.eligible_members()) {
             if full {
                 put_u64(r, record::KEY, member.key);
                 put_u32(r, record::WEIGHT, member.spec.weight);
                 put_u32(r, record::TAGS, tag_bits(&member.spec.tags, tags));
                 put_u32(r, record::RESERVED, 0);
             }
-            put_u32(r, record::IN_FLIGHT, member.live.in_flight());
-            put_u32(r, record::EWMA_US, member.live.ewma_us());
-            put_u32(r, record::FAILURES, member.live.failures());
+            // The three live fields are contiguous (in flight, EWMA, failures): one copy.
+            const _: () = assert!(record::EWMA_US == record::IN_FLIGHT + 4);
+            const _: () = assert!(record::FAILURES == record::EWMA_US + 4);
+            let live = &member.live;
+            let mut fields = [0u8; 12];
+            fields[0..4].copy_from_slice(&live.in_flight().to_le_bytes());
+            fields[4..8].copy_from_slice(&live.ewma_us().to_le_bytes());
+            fields[8..12].copy_from_slice(&live.failures().to_le_bytes());
+            r[record::IN_FLIGHT..record::FAILURES + 4].copy_from_slice(&fields);
         }
         // The guest could overwrite the records; rewrite them all after anything unusual.
         self.written = Some((pool.generation(), n));

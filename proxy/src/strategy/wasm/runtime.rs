@@ -25,11 +25,59 @@ pub(crate) struct HeadersPtr(pub(crate) *const http::HeaderMap);
 // owns the store, and cleared before the call returns; it is never dereferenced elsewhere.
 unsafe impl Send for HeadersPtr {}
 
+/// CPU time a call must burn after its first deadline for the second one to interrupt it.
+const CPU_AFTER_DEADLINE: Duration = Duration::from_micros(500);
+/// Deadline extensions granted to a call that keeps being descheduled, before it is stopped.
+const MAX_EXTENSIONS: u32 = 20;
+
+/// Where the current call stands with its deadline.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct DeadlineState {
+    /// The thread's CPU time when the deadline first fired.
+    cpu_at_first: Option<Duration>,
+    extensions: u32,
+}
+
+/// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`); only read when a deadline fires.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Decides, when a call's epoch deadline fires, whether it really overran. The epoch is wall
+/// time, and a worker thread descheduled by the OS for a millisecond would otherwise be
+/// "interrupted" the moment it resumes. So the first firing grants one more step, and the
+/// call is stopped only if it burned [`CPU_AFTER_DEADLINE`] of CPU before the next firing.
+/// A call descheduled again and again is stopped after [`MAX_EXTENSIONS`].
+pub(crate) fn on_deadline(state: &mut DeadlineState, step: u64) -> wasmtime::UpdateDeadline {
+    let now = thread_cpu_time();
+    state.extensions += 1;
+    match state.cpu_at_first {
+        None => {
+            state.cpu_at_first = Some(now);
+            wasmtime::UpdateDeadline::Continue(step)
+        }
+        Some(first) if now.saturating_sub(first) >= CPU_AFTER_DEADLINE || state.extensions > MAX_EXTENSIONS => {
+            wasmtime::UpdateDeadline::Interrupt
+        }
+        Some(_) => wasmtime::UpdateDeadline::Continue(step),
+    }
+}
+
 /// What host functions can reach of the store.
 pub(crate) struct HostState {
     pub(crate) limits: StoreLimits,
     pub(crate) headers: HeadersPtr,
     pub(crate) strategy: Arc<str>,
+    pub(crate) deadline: DeadlineState,
     log_window: Instant,
     log_lines: u32,
 }
@@ -45,6 +93,7 @@ impl HostState {
                 .build(),
             headers: HeadersPtr(std::ptr::null()),
             strategy,
+            deadline: DeadlineState::default(),
             log_window: Instant::now(),
             log_lines: 0,
         }

@@ -1,0 +1,73 @@
+//! Pick cost, native vs WASM, by pool size: `cargo bench -p sluice-benches --bench wasm_pick`.
+//! The WASM picks go through the real host: header and live fields written into guest memory,
+//! epoch deadline set, typed call, answer checked.
+
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use sluice::metrics::Metrics;
+use sluice::strategy::wasm::{WasmRuntime, WasmStrategy, BUILTIN_PLUGINS};
+use sluice::strategy::{PickRequest, RoundRobin, Strategy};
+use sluice_benches::directory_with;
+
+fn builtin(metrics: &Metrics, name: &str) -> WasmStrategy {
+    let (_, bytes) = BUILTIN_PLUGINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no built-in {name}"));
+    let runtime = WasmRuntime::global()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone();
+    WasmStrategy::load(
+        runtime,
+        metrics,
+        name,
+        format!("builtin:{name}"),
+        bytes,
+        serde_json::json!({}),
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn picks(c: &mut Criterion) {
+    let metrics = Metrics::new();
+    let strategies: Vec<(&str, Arc<dyn Strategy>)> = vec![
+        ("native-rr", Arc::new(RoundRobin)),
+        ("wasm-rr", Arc::new(builtin(&metrics, "round-robin"))),
+        ("wasm-lc", Arc::new(builtin(&metrics, "least-conn"))),
+        ("wasm-ch", Arc::new(builtin(&metrics, "consistent-hash"))),
+    ];
+    let mut group = c.benchmark_group("pick");
+    for n in [2usize, 16, 64, 256, 1024] {
+        let (_directory, slot) = directory_with(n);
+        let pool = slot.load_full();
+        let _guards: Vec<_> = (0..n)
+            .step_by(3)
+            .map(|i| pool.eligible(i).live.start_request())
+            .collect();
+        for (name, strategy) in &strategies {
+            let mut hash = 0u64;
+            group.bench_with_input(BenchmarkId::new(*name, n), &n, |b, _| {
+                b.iter(|| {
+                    hash = hash.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    let request = PickRequest {
+                        hash,
+                        exclude: &[],
+                        headers: None,
+                    };
+                    strategy.pick(black_box(&pool), black_box(&request))
+                })
+            });
+        }
+    }
+    group.finish();
+    // No fallback may hide in these numbers.
+    for (name, strategy) in &strategies {
+        let fell_back: u64 = strategy.info().fallbacks.iter().map(|(_, n)| n).sum();
+        assert_eq!(fell_back, 0, "{name} fell back {fell_back} times: {:?}", strategy.info().fallbacks);
+    }
+}
+
+criterion_group!(benches, picks);
+criterion_main!(benches);
