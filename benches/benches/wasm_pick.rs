@@ -65,7 +65,12 @@ fn picks(c: &mut Criterion) {
     // No fallback may hide in these numbers.
     for (name, strategy) in &strategies {
         let fell_back: u64 = strategy.info().fallbacks.iter().map(|(_, n)| n).sum();
-        assert_eq!(fell_back, 0, "{name} fell back {fell_back} times: {:?}", strategy.info().fallbacks);
+        assert_eq!(
+            fell_back,
+            0,
+            "{name} fell back {fell_back} times: {:?}",
+            strategy.info().fallbacks
+        );
     }
 }
 

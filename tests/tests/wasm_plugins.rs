@@ -129,7 +129,12 @@ fn consistent_hash_is_stable_and_moves_only_the_leaving_share() {
     let after: Vec<String> = keys.iter().map(|&k| pick(&slot, k)).collect();
     let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
     let owned = before.iter().filter(|b| **b == leaving).count();
-    assert_eq!(fallbacks(&ch).values().sum::<u64>(), 0, "{:?}", fallbacks(&ch));
+    assert_eq!(
+        fallbacks(&ch).values().sum::<u64>(),
+        0,
+        "{:?}",
+        fallbacks(&ch)
+    );
     assert_eq!(moved, owned, "only the leaving instance's keys move");
     assert!(
         (moved as f64) <= keys.len() as f64 * (1.0 / n as f64 + 0.03),

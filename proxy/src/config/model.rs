@@ -196,7 +196,9 @@ pub struct ServicePolicy {
     pub health_check: Option<HealthCheckSpec>,
     pub passive: Option<PassiveSpec>,
     pub connect_timeout: Option<Duration>,
-    pub format: Option<String>,
+    /// How this service's registry values are written (`auto` when unset).
+    pub format: crate::registry::ValueFormat,
+    /// Where this service's instances live when not under `<prefix><service>/`.
     pub key_prefix: Option<String>,
 }
 

@@ -264,22 +264,25 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                     Duration::from_secs(1),
                 )
             }),
-            format: section.format.clone(),
+            format: match section.format.as_deref() {
+                None => crate::registry::ValueFormat::Auto,
+                Some(name) => crate::registry::ValueFormat::from_name(name).unwrap_or_else(|| {
+                    issues.push(
+                        format!("{key}.format"),
+                        format!(
+                            "unknown format {name:?}: expected one of \"auto\", \"json\", \"grpc-naming\", \"kratos\", \"go-zero\", \"go-micro\""
+                        ),
+                    );
+                    crate::registry::ValueFormat::Auto
+                }),
+            },
             key_prefix: section.key_prefix.clone(),
         };
-        if let Some(format) = &policy.format {
-            const FORMATS: &[&str] = &[
-                "auto",
-                "json",
-                "grpc-naming",
-                "kratos",
-                "go-zero",
-                "go-micro",
-            ];
-            if !FORMATS.contains(&format.as_str()) {
+        if let Some(prefix) = &policy.key_prefix {
+            if !prefix.starts_with('/') || !prefix.ends_with('/') {
                 issues.push(
-                    format!("{key}.format"),
-                    format!("unknown format {format:?}: expected one of {FORMATS:?}"),
+                    format!("{key}.key_prefix"),
+                    format!("{prefix:?} must start and end with '/'"),
                 );
             }
         }

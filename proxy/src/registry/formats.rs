@@ -41,7 +41,11 @@ impl ValueFormat {
 
 /// Decodes one registry value of `format` into the instances it describes (go-micro values may
 /// list several nodes; a gRPC-naming delete operation lists none).
-pub fn decode(format: ValueFormat, id: &str, value: &[u8]) -> Result<Vec<InstanceSpec>, DecodeError> {
+pub fn decode(
+    format: ValueFormat,
+    id: &str,
+    value: &[u8],
+) -> Result<Vec<InstanceSpec>, DecodeError> {
     match format {
         ValueFormat::Canonical | ValueFormat::GoZero => decode_value(id, value).map(|i| vec![i]),
         ValueFormat::GrpcNaming => grpc_naming(id, value),
@@ -53,7 +57,8 @@ pub fn decode(format: ValueFormat, id: &str, value: &[u8]) -> Result<Vec<Instanc
 
 /// Guesses a value's format from its JSON keys.
 pub fn sniff(value: &[u8]) -> ValueFormat {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(value) else {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(value)
+    else {
         return ValueFormat::Canonical; // a plain address, or garbage the canonical decoder names
     };
     if map.contains_key("Addr") && (map.contains_key("Op") || map.len() <= 3) {
@@ -81,11 +86,13 @@ fn metadata_of(value: Option<serde_json::Value>) -> serde_json::Map<String, serd
 
 /// Applies the weight, status, zone and tags that frameworks commonly put in metadata.
 fn from_metadata(spec: &mut InstanceSpec) {
-    let text = |key: &str| spec.metadata.get(key).and_then(|v| match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    });
+    let text = |key: &str| {
+        spec.metadata.get(key).and_then(|v| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
     if let Some(w) = text("weight").and_then(|w| w.parse::<u32>().ok()) {
         spec.weight = w.min(super::instance::MAX_WEIGHT);
     }
@@ -207,7 +214,12 @@ mod tests {
             assert_eq!(spec.weight, 30);
             assert_eq!(spec.zone.as_deref(), Some("b"));
         }
-        let deleted = decode(ValueFormat::Auto, "x", br#"{"Op":1,"Addr":"10.0.0.7:9090"}"#).unwrap();
+        let deleted = decode(
+            ValueFormat::Auto,
+            "x",
+            br#"{"Op":1,"Addr":"10.0.0.7:9090"}"#,
+        )
+        .unwrap();
         assert!(deleted.is_empty());
     }
 
@@ -223,16 +235,29 @@ mod tests {
             assert_eq!(spec.version.as_deref(), Some("v1.2.0"));
             assert_eq!(spec.zone.as_deref(), Some("eu"));
         }
-        let grpc_only = one(ValueFormat::Kratos, "k", r#"{"endpoints":["grpc://10.0.0.9:9000"]}"#);
-        assert_eq!((grpc_only.addr.as_str(), grpc_only.scheme), ("10.0.0.9:9000", Scheme::Grpc));
-        assert_eq!(decode(ValueFormat::Kratos, "k", br#"{"endpoints":[]}"#), Err(DecodeError::MissingAddr));
+        let grpc_only = one(
+            ValueFormat::Kratos,
+            "k",
+            r#"{"endpoints":["grpc://10.0.0.9:9000"]}"#,
+        );
+        assert_eq!(
+            (grpc_only.addr.as_str(), grpc_only.scheme),
+            ("10.0.0.9:9000", Scheme::Grpc)
+        );
+        assert_eq!(
+            decode(ValueFormat::Kratos, "k", br#"{"endpoints":[]}"#),
+            Err(DecodeError::MissingAddr)
+        );
     }
 
     #[test]
     fn go_zero_is_a_plain_address() {
         let spec = one(ValueFormat::GoZero, "7587867384950", "10.0.0.9:8080");
         assert_eq!(spec.addr, "10.0.0.9:8080");
-        assert_eq!(one(ValueFormat::Auto, "7587867384950", "10.0.0.9:8080").addr, "10.0.0.9:8080");
+        assert_eq!(
+            one(ValueFormat::Auto, "7587867384950", "10.0.0.9:8080").addr,
+            "10.0.0.9:8080"
+        );
     }
 
     #[test]
@@ -244,7 +269,10 @@ mod tests {
         for format in [ValueFormat::GoMicro, ValueFormat::Auto] {
             let specs = decode(format, "ignored", v.as_bytes()).unwrap();
             assert_eq!(specs.len(), 2);
-            assert_eq!((specs[0].id.as_str(), specs[0].addr.as_str()), ("greeter-1", "10.0.0.10:8080"));
+            assert_eq!(
+                (specs[0].id.as_str(), specs[0].addr.as_str()),
+                ("greeter-1", "10.0.0.10:8080")
+            );
             assert_eq!(specs[1].scheme, Scheme::Grpc);
             assert_eq!(specs[0].version.as_deref(), Some("latest"));
         }
@@ -252,16 +280,26 @@ mod tests {
 
     #[test]
     fn auto_keeps_canonical_and_plain_values() {
-        let spec = one(ValueFormat::Auto, "i", r#"{"addr":"127.0.0.1:1","weight":5,"status":"DOWN"}"#);
+        let spec = one(
+            ValueFormat::Auto,
+            "i",
+            r#"{"addr":"127.0.0.1:1","weight":5,"status":"DOWN"}"#,
+        );
         assert_eq!((spec.weight, spec.status), (5, Status::Down));
-        assert_eq!(one(ValueFormat::Auto, "i", "http://127.0.0.1:2").addr, "127.0.0.1:2");
+        assert_eq!(
+            one(ValueFormat::Auto, "i", "http://127.0.0.1:2").addr,
+            "127.0.0.1:2"
+        );
         assert!(decode(ValueFormat::Auto, "i", b"{not json").is_err());
         assert!(decode(ValueFormat::Auto, "i", br#"{"weight":5}"#).is_err());
     }
 
     #[test]
     fn format_names() {
-        assert_eq!(ValueFormat::from_name("go-micro"), Some(ValueFormat::GoMicro));
+        assert_eq!(
+            ValueFormat::from_name("go-micro"),
+            Some(ValueFormat::GoMicro)
+        );
         assert_eq!(ValueFormat::from_name("json"), Some(ValueFormat::Canonical));
         assert_eq!(ValueFormat::from_name("yaml"), None);
     }

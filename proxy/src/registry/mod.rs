@@ -3,11 +3,13 @@
 //! turn registry values into [`InstanceSpec`]s.
 
 mod file;
+mod formats;
 mod instance;
 mod memory;
 mod update;
 
 pub use file::{parse_services_file, FileSource};
+pub use formats::{decode, sniff, ValueFormat};
 pub use instance::{decode_value, DecodeError, InstanceSpec, Scheme, Status};
 pub use memory::MemoryRegistry;
 pub use update::{RegistrySource, SourceEvent, Update, UpdateSink};

@@ -79,7 +79,9 @@ impl ThreadInstance {
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(runtime.deadline_ticks());
         let step = runtime.deadline_ticks() - 1;
-        store.epoch_deadline_callback(move |mut ctx| Ok(on_deadline(&mut ctx.data_mut().deadline, step)));
+        store.epoch_deadline_callback(move |mut ctx| {
+            Ok(on_deadline(&mut ctx.data_mut().deadline, step))
+        });
         let instance = plugin
             .pre
             .instantiate(&mut store)

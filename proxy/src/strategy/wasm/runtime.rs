@@ -65,7 +65,10 @@ pub(crate) fn on_deadline(state: &mut DeadlineState, step: u64) -> wasmtime::Upd
             state.cpu_at_first = Some(now);
             wasmtime::UpdateDeadline::Continue(step)
         }
-        Some(first) if now.saturating_sub(first) >= CPU_AFTER_DEADLINE || state.extensions > MAX_EXTENSIONS => {
+        Some(first)
+            if now.saturating_sub(first) >= CPU_AFTER_DEADLINE
+                || state.extensions > MAX_EXTENSIONS =>
+        {
             wasmtime::UpdateDeadline::Interrupt
         }
         Some(_) => wasmtime::UpdateDeadline::Continue(step),
