@@ -19,7 +19,9 @@ use crate::config::{Config, RegistrySettings};
 use crate::gateway::{Gateway, Router, RouterError};
 use crate::metrics::Metrics;
 use crate::pool::Directory;
-use crate::registry::{FileSource, RegistrySource, UpdateSink};
+use crate::registry::{
+    EtcdSettings, EtcdSource, FileSource, RegistrySource, UpdateSink, WatchedPrefix,
+};
 use crate::strategy::{StrategyError, StrategySet, StrategyWatch};
 
 /// Why a gateway could not be assembled.
@@ -31,8 +33,6 @@ pub enum BuildError {
         #[source]
         source: RouterError,
     },
-    #[error("{path}: registry.kind: the etcd source is not available in this build yet (use kind = \"file\")")]
-    EtcdUnsupported { path: String },
     #[error("{0}")]
     ServicesFile(String),
     #[error("{}", strategy_lines(path, errors))]
@@ -71,9 +71,35 @@ pub struct Parts {
 pub fn source_for(config: &Config) -> Result<Arc<dyn RegistrySource>, BuildError> {
     match &config.registry {
         RegistrySettings::File { path } => Ok(Arc::new(FileSource::new(path.clone()))),
-        RegistrySettings::Etcd { .. } => Err(BuildError::EtcdUnsupported {
-            path: config.source.display().to_string(),
-        }),
+        RegistrySettings::Etcd {
+            endpoints,
+            prefix,
+            username,
+            password,
+            connect_timeout,
+        } => {
+            let mut prefixes = vec![WatchedPrefix {
+                prefix: prefix.clone(),
+                service: None,
+            }];
+            let mut formats = std::collections::HashMap::new();
+            for (name, policy) in &config.services {
+                formats.insert(name.clone(), policy.format);
+                if let Some(key_prefix) = &policy.key_prefix {
+                    prefixes.push(WatchedPrefix {
+                        prefix: key_prefix.clone(),
+                        service: Some(name.clone()),
+                    });
+                }
+            }
+            Ok(Arc::new(EtcdSource::new(EtcdSettings {
+                endpoints: endpoints.clone(),
+                user: username.clone().zip(password.clone()),
+                connect_timeout: *connect_timeout,
+                prefixes,
+                formats,
+            })))
+        }
     }
 }
 
@@ -205,24 +231,15 @@ impl BackgroundService for RegistryWatch {
         let name = self.source.name().to_string();
         let source = self.source.clone();
         let source_shutdown = shutdown.clone();
-        let sink = UpdateSink::new(&name, tx);
+        let sink = UpdateSink::new(&name, tx, self.directory.metrics());
         let runner = tokio::spawn(async move { source.run(sink, source_shutdown).await });
-        let connected = self
-            .directory
-            .metrics()
-            .registry_connected
-            .with_label_values(&[&name]);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 event = rx.recv() => match event {
-                    Some(event) => {
-                        self.directory.apply(event);
-                        connected.set(1);
-                    }
+                    Some(event) => self.directory.apply(event),
                     None => {
                         tracing::error!(source = %name, "registry source stopped; last known pools keep serving");
-                        connected.set(0);
                         break;
                     }
                 },

@@ -65,14 +65,37 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let services_path = dir.path().join("services.toml");
         std::fs::write(&services_path, services).expect("write services file");
+        let registry = format!(
+            "[registry]\nkind = \"file\"\npath = \"{}\"\n",
+            services_path.display()
+        );
+        Self::launch(dir, &registry, rest, admin_extra, log_format).await
+    }
+
+    /// A gateway following etcd at `endpoint` under `/services/`; `registry_extra` adds keys
+    /// to the `[registry]` table.
+    pub async fn start_etcd(endpoint: &str, registry_extra: &str, rest: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let registry = format!(
+            "[registry]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/services/\"\n{registry_extra}\n"
+        );
+        Self::launch(dir, &registry, rest, "", "text").await
+    }
+
+    async fn launch(
+        dir: TempDir,
+        registry: &str,
+        rest: &str,
+        admin_extra: &str,
+        log_format: &str,
+    ) -> Self {
+        let services_path = dir.path().join("services.toml");
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = format!(
             "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"1s\"\n\n\
-             [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n\
-             [registry]\nkind = \"file\"\npath = \"{}\"\n\n\
-             [log]\nformat = \"{log_format}\"\nlevel = \"info\"\naccess_log = true\n\n{rest}",
-            services_path.display()
+             [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n{registry}\n\
+             [log]\nformat = \"{log_format}\"\nlevel = \"info\"\naccess_log = true\n\n{rest}"
         );
         let config_path = dir.path().join("sluice.toml");
         std::fs::write(&config_path, config).expect("write config");

@@ -1,9 +1,11 @@
 //! Test support for the end-to-end suites: real HTTP upstreams on loopback, the real `sluice`
 //! binary started on free ports with a config written to a temp dir, and polling helpers.
 
+pub mod etcd;
 pub mod gateway;
 pub mod upstream;
 
+pub use etcd::{Etcd, Relay};
 pub use gateway::{run_sluice, sluice_bin, Gateway};
 pub use upstream::Upstream;
 

@@ -50,6 +50,9 @@ pub(super) struct RegistrySection {
     pub(super) endpoints: Option<Vec<String>>,
     pub(super) prefix: Option<String>,
     pub(super) path: Option<String>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) connect_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

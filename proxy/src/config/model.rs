@@ -94,10 +94,13 @@ pub struct AdminSettings {
 pub enum RegistrySettings {
     /// A TOML file of instances, re-read when it changes.
     File { path: PathBuf },
-    /// etcd, watched under `prefix`.
+    /// etcd, watched under `prefix` (and each service's `key_prefix`).
     Etcd {
         endpoints: Vec<String>,
         prefix: String,
+        username: Option<String>,
+        password: Option<String>,
+        connect_timeout: Duration,
     },
 }
 

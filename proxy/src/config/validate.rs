@@ -145,7 +145,23 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
             if !prefix.ends_with('/') {
                 issues.push("registry.prefix", format!("{prefix:?} must end with '/'"));
             }
-            RegistrySettings::Etcd { endpoints, prefix }
+            let username = file.registry.username.clone();
+            let password = file.registry.password.clone();
+            if username.is_some() != password.is_some() {
+                issues.push("registry.password", "username and password go together");
+            }
+            let connect_timeout = issues.duration(
+                "registry.connect_timeout",
+                file.registry.connect_timeout.as_deref(),
+                Duration::from_secs(2),
+            );
+            RegistrySettings::Etcd {
+                endpoints,
+                prefix,
+                username,
+                password,
+                connect_timeout,
+            }
         }
         other => {
             issues.push(

@@ -48,7 +48,8 @@ struct Inner {
     /// Instances as last applied, by service then id.
     instances: HashMap<Arc<str>, BTreeMap<String, Arc<InstanceSpec>>>,
     live: HashMap<(Arc<str>, Arc<str>), Weak<InstanceLive>>,
-    last_revision: HashMap<Arc<str>, i64>,
+    /// Revision of each source's last reset: updates at or below it are stale.
+    last_reset: HashMap<Arc<str>, i64>,
     synced: HashSet<Arc<str>>,
     expected_sources: Vec<String>,
 }
@@ -117,17 +118,21 @@ impl Directory {
             .all(|s| inner.synced.contains(s.as_str()))
     }
 
-    /// Applies one event; events at or below the source's last applied revision are ignored.
+    /// Applies one event. Anything at or below the revision of the source's last reset is
+    /// stale (already part of that listing) and ignored; several events may share a revision
+    /// (one etcd transaction), and sources deliver a key's events in order.
     pub fn apply(&self, event: SourceEvent) {
         let mut inner = self.lock();
-        let last = inner.last_revision.get(&event.source).copied();
+        let last = inner.last_reset.get(&event.source).copied();
         if last.is_some_and(|last| event.revision <= last) {
             tracing::debug!(source = %event.source, revision = event.revision, "stale update ignored");
             return;
         }
-        inner
-            .last_revision
-            .insert(event.source.clone(), event.revision);
+        if matches!(event.update, Update::Reset { .. }) {
+            inner
+                .last_reset
+                .insert(event.source.clone(), event.revision);
+        }
         self.metrics
             .registry_events_total
             .with_label_values(&[&*event.source, event.update.kind()])
@@ -334,9 +339,9 @@ mod tests {
         assert!(Arc::ptr_eq(&after.members()[0].live, guard.live()));
         assert_eq!(after.members()[0].live.in_flight(), 1);
 
-        // An event at or below the last revision changes nothing.
+        // An event at or below the last reset's revision changes nothing.
         dir.apply(event(
-            2,
+            1,
             Update::Remove {
                 service: "svc".into(),
                 id: "a".into(),

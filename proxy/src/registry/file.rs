@@ -147,6 +147,7 @@ impl RegistrySource for FileSource {
                                 if !sink.send(revision, Update::Reset { services }).await {
                                     return;
                                 }
+                                sink.set_connected(true);
                                 last_error = None;
                             }
                             Err(e) => {

@@ -101,6 +101,7 @@ impl RegistrySource for MemoryRegistry {
         if !sink.send(last, reset).await {
             return;
         }
+        sink.set_connected(true);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,

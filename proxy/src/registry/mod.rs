@@ -1,13 +1,15 @@
-//! Service registry: sources (file, memory; etcd later) turn what they watch into a stream of
+//! Service registry: sources (etcd, file, memory) turn what they watch into a stream of
 //! [`Update`]s — reset, upsert, remove, each with the source's revision — and value decoders
 //! turn registry values into [`InstanceSpec`]s.
 
+mod etcd;
 mod file;
 mod formats;
 mod instance;
 mod memory;
 mod update;
 
+pub use etcd::{EtcdSettings, EtcdSource, WatchedPrefix};
 pub use file::{parse_services_file, FileSource};
 pub use formats::{decode, sniff, ValueFormat};
 pub use instance::{decode_value, DecodeError, InstanceSpec, Scheme, Status};

@@ -40,24 +40,57 @@ impl Update {
 pub struct SourceEvent {
     /// The source's name, e.g. `file` or `etcd`.
     pub source: Arc<str>,
-    /// Monotonic per source (etcd mod revision; a counter for the others).
+    /// Per source: the etcd revision (several events may share one), a counter for the others.
+    /// Updates at or below the source's last reset are stale and ignored.
     pub revision: i64,
     pub update: Update,
 }
 
-/// Where a source sends its updates.
+/// Where a source sends its updates, and reports its health.
 #[derive(Debug, Clone)]
 pub struct UpdateSink {
     source: Arc<str>,
     tx: mpsc::Sender<SourceEvent>,
+    connected: prometheus::IntGauge,
+    decode_errors: prometheus::IntCounter,
 }
 
 impl UpdateSink {
-    pub fn new(source: &str, tx: mpsc::Sender<SourceEvent>) -> Self {
+    /// A sink for `source`, reporting into `sluice_registry_connected` and
+    /// `sluice_registry_decode_errors_total`.
+    pub fn new(
+        source: &str,
+        tx: mpsc::Sender<SourceEvent>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
         Self {
             source: source.into(),
             tx,
+            connected: metrics.registry_connected.with_label_values(&[source]),
+            decode_errors: metrics
+                .registry_decode_errors_total
+                .with_label_values(&[source]),
         }
+    }
+
+    /// The source's name.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Reports whether the source is connected and synced.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.set(i64::from(connected));
+    }
+
+    /// Whether the source last reported itself connected.
+    pub fn is_connected(&self) -> bool {
+        self.connected.get() == 1
+    }
+
+    /// Counts one registry value that could not be decoded.
+    pub fn decode_error(&self) {
+        self.decode_errors.inc();
     }
 
     /// Sends one update; `false` when the receiver is gone (shutting down).

@@ -1,0 +1,423 @@
+//! etcd discovery end to end: a real etcd started by the harness, the real gateway, real
+//! upstreams. Registrations, leases, status changes, bad values, outages, compaction, churn.
+
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::PutOptions;
+use sluice_tests::{client, eventually, Etcd, Gateway, Relay, Upstream};
+
+const ROUTE: &str =
+    "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrategy = \"least-conn\"\n";
+
+fn value(up: &Upstream, extra: &str) -> String {
+    format!("{{\"addr\":\"{}\"{extra}}}", up.addr)
+}
+
+async fn served_by(gw: &Gateway) -> Option<String> {
+    let r = client().get(gw.url("/")).send().await.ok()?;
+    (r.status() == 200).then(|| r.headers()["x-upstream-id"].to_str().unwrap().to_string())
+}
+
+fn metric(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn a_registration_is_routed_within_a_second_and_a_delete_removes_it() {
+    let etcd = Etcd::start().await;
+    let a = Upstream::start("a").await;
+    let gw = Gateway::start_etcd(&etcd.endpoint(), "", ROUTE).await;
+    let mut c = etcd.client().await.unwrap();
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        503
+    );
+
+    let put_at = Instant::now();
+    c.put(
+        "/services/svc/a",
+        value(&a, ",\"version\":\"1.4.2\",\"tags\":[\"canary\"]"),
+        None,
+    )
+    .await
+    .unwrap();
+    eventually("a routed within 1 s", Duration::from_secs(1), || async {
+        (served_by(&gw).await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    eprintln!("put -> first routed request: {:?}", put_at.elapsed());
+    let view = gw.instance("svc", "a").await.unwrap();
+    assert_eq!(view["version"], "1.4.2");
+    assert_eq!(view["tags"][0], "canary");
+
+    c.delete("/services/svc/a", None).await.unwrap();
+    eventually("a removed", Duration::from_secs(2), || async {
+        gw.instance("svc", "a").await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().status(),
+        503
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "sluice_registry_connected{source=\"etcd\"}"),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &metrics,
+            "sluice_registry_events_total{kind=\"upsert\",source=\"etcd\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "sluice_registry_events_total{kind=\"remove\",source=\"etcd\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn lease_revoke_and_expiry_remove_instances() {
+    let etcd = Etcd::start().await;
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start_etcd(&etcd.endpoint(), "", ROUTE).await;
+    let mut c = etcd.client().await.unwrap();
+    let long = c.lease_grant(60, None).await.unwrap().id();
+    let short = c.lease_grant(2, None).await.unwrap().id();
+    c.put(
+        "/services/svc/a",
+        value(&a, ""),
+        Some(PutOptions::new().with_lease(long)),
+    )
+    .await
+    .unwrap();
+    c.put(
+        "/services/svc/b",
+        value(&b, ""),
+        Some(PutOptions::new().with_lease(short)),
+    )
+    .await
+    .unwrap();
+    eventually("both registered", Duration::from_secs(2), || async {
+        (gw.instance("svc", "a").await.is_some() && gw.instance("svc", "b").await.is_some())
+            .then_some(())
+    })
+    .await;
+    // b's lease is never kept alive: it expires.
+    eventually("b expired", Duration::from_secs(10), || async {
+        gw.instance("svc", "b").await.is_none().then_some(())
+    })
+    .await;
+    c.lease_revoke(long).await.unwrap();
+    eventually("a revoked", Duration::from_secs(2), || async {
+        gw.instance("svc", "a").await.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn maintenance_stops_new_traffic_while_a_slow_request_finishes() {
+    let etcd = Etcd::start().await;
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start_etcd(&etcd.endpoint(), "", ROUTE).await;
+    let mut c = etcd.client().await.unwrap();
+    c.put("/services/svc/a", value(&a, ""), None).await.unwrap();
+    c.put("/services/svc/b", value(&b, ""), None).await.unwrap();
+    eventually("both eligible", Duration::from_secs(2), || async {
+        let svc = gw.services().await;
+        (svc["services"][0]["eligible"] == 2).then_some(())
+    })
+    .await;
+    let slow = tokio::spawn({
+        let url = gw.url("/slow?sleep_ms=1500");
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.headers()["x-upstream-id"].to_str().unwrap().to_string(),
+            )
+        }
+    });
+    let busy = eventually("slow request in flight", Duration::from_secs(3), || async {
+        for id in ["a", "b"] {
+            if gw.instance("svc", id).await?["requests_in_flight"] == 1 {
+                return Some(id.to_string());
+            }
+        }
+        None
+    })
+    .await;
+    let busy_up = if busy == "a" { &a } else { &b };
+    c.put(
+        format!("/services/svc/{busy}"),
+        value(busy_up, ",\"status\":\"MAINTENANCE\""),
+        None,
+    )
+    .await
+    .unwrap();
+    eventually("MAINTENANCE applied", Duration::from_secs(2), || async {
+        (gw.instance("svc", &busy).await?["status"] == "MAINTENANCE").then_some(())
+    })
+    .await;
+    let hits_before = busy_up.hits();
+    for _ in 0..20 {
+        let id = served_by(&gw).await.unwrap();
+        assert_ne!(id, busy, "no new request to the instance in maintenance");
+    }
+    assert_eq!(busy_up.hits(), hits_before);
+    let (status, id) = slow.await.unwrap();
+    assert_eq!(
+        (status, id.as_str()),
+        (200, busy.as_str()),
+        "the request in flight finished"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_value_is_skipped_and_counted() {
+    let etcd = Etcd::start().await;
+    let a = Upstream::start("a").await;
+    let gw = Gateway::start_etcd(&etcd.endpoint(), "", ROUTE).await;
+    let mut c = etcd.client().await.unwrap();
+    c.put("/services/svc/a", value(&a, ""), None).await.unwrap();
+    c.put("/services/svc/broken", "{\"addr\":", None)
+        .await
+        .unwrap();
+    c.put("/services/svc/noaddr", "{\"weight\":5}", None)
+        .await
+        .unwrap();
+    eventually("bad values counted", Duration::from_secs(2), || async {
+        let m = gw.metrics().await;
+        (metric(&m, "sluice_registry_decode_errors_total{source=\"etcd\"}") == Some(2.0))
+            .then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(served_by(&gw).await.as_deref(), Some("a"));
+    }
+    let svc = gw.services().await;
+    assert_eq!(svc["services"][0]["instances"].as_array().unwrap().len(), 1);
+    let log = gw.log();
+    assert!(
+        log.contains("/services/svc/broken"),
+        "logged with its key:\n{log}"
+    );
+    assert_eq!(
+        log.matches("registry value skipped").count(),
+        2,
+        "once per key:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn etcd_down_keeps_serving_and_the_watch_resumes_after_restart() {
+    let mut etcd = Etcd::start().await;
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start_etcd(&etcd.endpoint(), "", ROUTE).await;
+    etcd.client()
+        .await
+        .unwrap()
+        .put("/services/svc/a", value(&a, ""), None)
+        .await
+        .unwrap();
+    eventually("a routed", Duration::from_secs(2), || async {
+        (served_by(&gw).await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+
+    etcd.kill();
+    eventually("connected drops to 0", Duration::from_secs(10), || async {
+        let m = gw.metrics().await;
+        (metric(&m, "sluice_registry_connected{source=\"etcd\"}") == Some(0.0)).then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            served_by(&gw).await.as_deref(),
+            Some("a"),
+            "last known pool keeps serving"
+        );
+    }
+
+    etcd.resume().await;
+    etcd.client()
+        .await
+        .unwrap()
+        .put("/services/svc/b", value(&b, ""), None)
+        .await
+        .unwrap();
+    eventually(
+        "watch resumed: b routed",
+        Duration::from_secs(10),
+        || async { gw.instance("svc", "b").await.map(|_| ()) },
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "sluice_registry_connected{source=\"etcd\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn compaction_while_disconnected_relists_and_converges() {
+    let etcd = Etcd::start().await;
+    let relay = Relay::start(format!("127.0.0.1:{}", etcd.client_port).parse().unwrap()).await;
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start_etcd(&relay.endpoint(), "", ROUTE).await;
+    let mut c = etcd.client().await.unwrap();
+    c.put("/services/svc/a", value(&a, ""), None).await.unwrap();
+    eventually("a routed", Duration::from_secs(2), || async {
+        (served_by(&gw).await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+
+    relay.cut();
+    eventually("disconnected", Duration::from_secs(10), || async {
+        let m = gw.metrics().await;
+        (metric(&m, "sluice_registry_connected{source=\"etcd\"}") == Some(0.0)).then_some(())
+    })
+    .await;
+    // While the gateway cannot see etcd: a leaves, b joins, churn, then compact it all away.
+    c.delete("/services/svc/a", None).await.unwrap();
+    for i in 0..20 {
+        c.put(format!("/services/svc/tmp-{i}"), value(&b, ""), None)
+            .await
+            .unwrap();
+        c.delete(format!("/services/svc/tmp-{i}"), None)
+            .await
+            .unwrap();
+    }
+    let last = c.put("/services/svc/b", value(&b, ""), None).await.unwrap();
+    let revision = last.header().unwrap().revision();
+    c.compact(revision, None).await.unwrap();
+    assert_eq!(
+        served_by(&gw).await.as_deref(),
+        Some("a"),
+        "still the last known pool"
+    );
+
+    relay.restore();
+    eventually("converged on b", Duration::from_secs(15), || async {
+        let svc = gw.services().await;
+        let ids: Vec<String> = svc["services"][0]["instances"]
+            .as_array()?
+            .iter()
+            .map(|i| i["id"].as_str().unwrap_or("").to_string())
+            .collect();
+        (ids == ["b"]).then_some(())
+    })
+    .await;
+    assert_eq!(served_by(&gw).await.as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn churn_under_load_costs_no_request() {
+    let etcd = Etcd::start().await;
+    let mut ups = Vec::new();
+    for i in 0..4 {
+        ups.push(Upstream::start(&format!("u{i}")).await);
+    }
+    let gw = Gateway::start_etcd(&etcd.endpoint(), "", ROUTE).await;
+    let mut c = etcd.client().await.unwrap();
+    for u in &ups {
+        c.put(format!("/services/svc/{}", u.id), value(u, ""), None)
+            .await
+            .unwrap();
+    }
+    eventually("all registered", Duration::from_secs(3), || async {
+        (gw.services().await["services"][0]["eligible"] == 4).then_some(())
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, sent, url) = (
+            stop.clone(),
+            failures.clone(),
+            sent.clone(),
+            gw.url("/churn"),
+        );
+        workers.push(tokio::spawn(async move {
+            let http = client();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+                && sent.load(Ordering::Relaxed) < 100_000
+            {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    Ok(r) => {
+                        eprintln!("status {}", r.status());
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("error {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // u2 and u3 leave and rejoin every 100 ms for 3 s; u0 and u1 stay.
+    let started = Instant::now();
+    let mut flips = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        for u in &ups[2..] {
+            c.delete(format!("/services/svc/{}", u.id), None)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for u in &ups[2..] {
+            c.put(format!("/services/svc/{}", u.id), value(u, ""), None)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        flips += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!("{sent} requests during {flips} leave/rejoin cycles");
+    assert!(
+        flips >= 10 && sent > 200,
+        "churn and load ran: {flips} cycles, {sent} requests"
+    );
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "no request failed during churn"
+    );
+    let swaps = metric(
+        &gw.metrics().await,
+        "sluice_pool_swaps_total{service=\"svc\"}",
+    )
+    .unwrap();
+    assert!(swaps >= 20.0, "pools were swapped under load: {swaps}");
+}
