@@ -2,13 +2,15 @@
 //!
 //! A request's journey, module by module:
 //!
-//! - [`registry`]: sources (file, memory) watch where instances are registered and emit
-//!   [`registry::Update`]s; decoders turn registry values into [`registry::InstanceSpec`]s.
+//! - [`registry`]: sources (etcd, file, memory) watch where instances are registered and emit
+//!   [`registry::Update`]s; decoders turn registry values into [`registry::InstanceSpec`]s;
+//!   the registrar ([`registry::Registration`]) is the service side.
 //! - [`pool`]: the [`pool::Directory`] applies updates and swaps one immutable
 //!   [`pool::Pool`] per service into its [`pool::ServiceSlot`]; live per-instance state
 //!   (in flight, latency, failures) survives every swap.
 //! - [`strategy`]: picks an eligible instance per request (native round-robin and least-conn).
 //! - [`gateway`]: routes by host and path prefix, forwards through pingora, answers errors.
+//! - [`health`]: probes (the registrar's `--health-url`).
 //! - [`admin`] and [`metrics`]: the admin API and the Prometheus families.
 //! - [`config`]: the TOML file, validated into the internal model; [`server`] wires it all;
 //!   [`demo`] is the self-contained first run.
@@ -17,6 +19,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod pool;

@@ -33,6 +33,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Register this instance in etcd and keep it registered (the service-side sidecar).
+    Register(RegisterArgs),
     /// Strategy plugin tools.
     Plugin {
         #[command(subcommand)]
@@ -45,6 +47,54 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+}
+
+#[derive(clap::Args)]
+struct RegisterArgs {
+    /// etcd endpoint(s), comma-separated: http://127.0.0.1:2379
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// The service name.
+    #[arg(long)]
+    service: String,
+    /// The address the gateway should send traffic to.
+    #[arg(long)]
+    addr: String,
+    /// Instance id (default: the address with ':' as '-').
+    #[arg(long)]
+    id: Option<String>,
+    /// Lease time to live: the key disappears this long after the registrar stops renewing.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    #[arg(long)]
+    weight: Option<u32>,
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    #[arg(long)]
+    version: Option<String>,
+    #[arg(long)]
+    zone: Option<String>,
+    /// Poll this URL; 2xx/3xx is healthy. Status flips between UP and DOWN.
+    #[arg(long)]
+    health_url: Option<String>,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    health_interval: std::time::Duration,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    health_timeout: std::time::Duration,
+    #[arg(long, default_value_t = 2)]
+    healthy_after: u32,
+    #[arg(long, default_value_t = 2)]
+    unhealthy_after: u32,
+    /// Key prefix.
+    #[arg(long, default_value = "/services/")]
+    prefix: String,
+    #[arg(long, env = "SLUICE_ETCD_USER")]
+    user: Option<String>,
+    #[arg(long, env = "SLUICE_ETCD_PASSWORD")]
+    password: Option<String>,
+    /// Longest wait for delete + revoke on shutdown.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    deregister_timeout: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -76,6 +126,7 @@ fn main() -> ExitCode {
                     picks,
                 },
         } => return plugin_check(file, &config, picks),
+        Command::Register(args) => return register(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,6 +158,94 @@ fn check(path: PathBuf) -> ExitCode {
         config.services.len()
     );
     ExitCode::SUCCESS
+}
+
+/// Exit codes of `sluice register`.
+const EXIT_BAD_ARGS: u8 = 1;
+const EXIT_DEREGISTER_FAILED: u8 = 2;
+
+fn register(args: RegisterArgs) -> ExitCode {
+    sluice::logging::init(&LogSettings {
+        format: LogFormat::Text,
+        level: "info".into(),
+        access_log: false,
+    });
+    if !args.prefix.ends_with('/') || args.service.is_empty() || args.service.contains('/') {
+        eprintln!(
+            "sluice register: --prefix must end with '/' and --service must be a name without '/'"
+        );
+        return ExitCode::from(EXIT_BAD_ARGS);
+    }
+    if let Err(e) = sluice::registry::decode_value("check", args.addr.as_bytes()) {
+        eprintln!("sluice register: --addr: {e}");
+        return ExitCode::from(EXIT_BAD_ARGS);
+    }
+    let spec = sluice::registry::RegistrationSpec {
+        endpoints: args.etcd,
+        user: args.user.zip(args.password),
+        prefix: args.prefix,
+        id: args.id.unwrap_or_else(|| args.addr.replace(':', "-")),
+        service: args.service,
+        addr: args.addr,
+        ttl: args.ttl,
+        weight: args.weight,
+        version: args.version,
+        zone: args.zone,
+        tags: args.tags,
+        metadata: Default::default(),
+        health: args.health_url.map(|url| sluice::registry::HealthProbe {
+            url,
+            interval: args.health_interval,
+            timeout: args.health_timeout,
+            healthy_after: args.healthy_after,
+            unhealthy_after: args.unhealthy_after,
+        }),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice register: cannot start a runtime: {e}");
+            return ExitCode::from(EXIT_BAD_ARGS);
+        }
+    };
+    let timeout = args.deregister_timeout;
+    runtime.block_on(async move {
+        let registration = sluice::registry::Registration::start(spec);
+        tracing::info!(
+            key = registration.key(),
+            "registering; SIGINT or SIGTERM deregisters"
+        );
+        let signal = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => "SIGINT",
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    "SIGINT"
+                }
+            }
+        };
+        let name = signal.await;
+        tracing::info!("{name}: deregistering");
+        match registration.deregister(timeout).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("deregistration failed: {e}");
+                ExitCode::from(EXIT_DEREGISTER_FAILED)
+            }
+        }
+    })
 }
 
 fn plugin_check(file: PathBuf, config: &str, picks: u64) -> ExitCode {

@@ -22,6 +22,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -44,8 +45,20 @@ fn query_param(query: &str, name: &str) -> Option<u64> {
 async fn handle(
     id: Arc<str>,
     hits: Arc<AtomicUsize>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
+    if req.uri().path() == "/health" {
+        let status = if healthy.load(Ordering::Relaxed) {
+            200
+        } else {
+            503
+        };
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from_static(b"health\n")))
+            .expect("valid response"));
+    }
     hits.fetch_add(1, Ordering::Relaxed);
     let query = req.uri().query().unwrap_or("").to_string();
     if let Some(ms) = query_param(&query, "sleep_ms") {
@@ -91,6 +104,8 @@ impl Upstream {
         let counter = hits.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = connections.clone();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let health = healthy.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -99,8 +114,11 @@ impl Upstream {
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let name = name.clone();
                 let hits = counter.clone();
+                let health = health.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(name.clone(), hits.clone(), req));
+                    let service = service_fn(move |req| {
+                        handle(name.clone(), hits.clone(), health.clone(), req)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -112,6 +130,7 @@ impl Upstream {
             addr,
             hits,
             connections,
+            healthy,
             task,
         }
     }
@@ -119,6 +138,11 @@ impl Upstream {
     /// Requests this upstream has received.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// What `GET /health` answers: 200 when healthy, 503 when not.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
     }
 
     /// TCP connections this upstream has accepted.

@@ -7,6 +7,7 @@ mod file;
 mod formats;
 mod instance;
 mod memory;
+mod registrar;
 mod update;
 
 pub use etcd::{EtcdSettings, EtcdSource, WatchedPrefix};
@@ -14,4 +15,5 @@ pub use file::{parse_services_file, FileSource};
 pub use formats::{decode, sniff, ValueFormat};
 pub use instance::{decode_value, DecodeError, InstanceSpec, Scheme, Status};
 pub use memory::MemoryRegistry;
+pub use registrar::{HealthProbe, RegistrarError, Registration, RegistrationSpec};
 pub use update::{RegistrySource, SourceEvent, Update, UpdateSink};
