@@ -34,7 +34,7 @@ enum Command {
         config: PathBuf,
     },
     /// Register this instance in etcd and keep it registered (the service-side sidecar).
-    Register(RegisterArgs),
+    Register(Box<RegisterArgs>),
     /// Strategy plugin tools.
     Plugin {
         #[command(subcommand)]
@@ -164,7 +164,8 @@ fn check(path: PathBuf) -> ExitCode {
 const EXIT_BAD_ARGS: u8 = 1;
 const EXIT_DEREGISTER_FAILED: u8 = 2;
 
-fn register(args: RegisterArgs) -> ExitCode {
+fn register(args: Box<RegisterArgs>) -> ExitCode {
+    let args = *args;
     sluice::logging::init(&LogSettings {
         format: LogFormat::Text,
         level: "info".into(),
