@@ -77,6 +77,7 @@ pub fn source_for(config: &Config) -> Result<Arc<dyn RegistrySource>, BuildError
             username,
             password,
             connect_timeout,
+            ..
         } => {
             let mut prefixes = vec![WatchedPrefix {
                 prefix: prefix.clone(),
@@ -196,11 +197,16 @@ impl Parts {
         admin.threads = Some(1);
         admin.add_tcp(&cfg.admin.listen.to_string());
 
+        let state_file = match &cfg.registry {
+            RegistrySettings::Etcd { state_file, .. } => state_file.clone(),
+            RegistrySettings::File { .. } => None,
+        };
         let watch = background_service(
             "registry",
             RegistryWatch {
                 source: self.source.clone(),
                 directory: self.directory.clone(),
+                state_file,
             },
         );
 
@@ -222,13 +228,28 @@ impl Parts {
 struct RegistryWatch {
     source: Arc<dyn RegistrySource>,
     directory: Arc<Directory>,
+    state_file: Option<std::path::PathBuf>,
 }
+
+/// How often the state file is rewritten at most (only when the pools changed).
+const STATE_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[async_trait]
 impl BackgroundService for RegistryWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = mpsc::channel(1024);
         let name = self.source.name().to_string();
+        if let Some(path) = &self.state_file {
+            match crate::registry::load_state(path, &name) {
+                Ok(services) => {
+                    tracing::info!(path = %path.display(), services = services.len(), "last known instances loaded; the first sync replaces them");
+                    self.directory.seed(&name, services);
+                }
+                Err(e) => tracing::info!("no state loaded: {e}"),
+            }
+        }
+        let mut state_tick = tokio::time::interval(STATE_WRITE_INTERVAL);
+        let mut written_generation = None;
         let source = self.source.clone();
         let source_shutdown = shutdown.clone();
         let sink = UpdateSink::new(&name, tx, self.directory.metrics());
@@ -236,6 +257,18 @@ impl BackgroundService for RegistryWatch {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = state_tick.tick(), if self.state_file.is_some() => {
+                    let generation = self.directory.generation();
+                    // Only a synced view is worth keeping, and only when it changed.
+                    if self.directory.is_synced(&name) && written_generation != Some(generation) {
+                        if let Some(path) = &self.state_file {
+                            match crate::registry::save_state(path, &name, self.directory.instances()) {
+                                Ok(()) => written_generation = Some(generation),
+                                Err(e) => tracing::warn!("state file not written: {e}"),
+                            }
+                        }
+                    }
+                }
                 event = rx.recv() => match event {
                     Some(event) => self.directory.apply(event),
                     None => {

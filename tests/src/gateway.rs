@@ -82,6 +82,22 @@ impl Gateway {
         Self::launch(dir, &registry, rest, "", "text").await
     }
 
+    /// As [`Gateway::start_etcd`], in a given temp dir; with `wait_ready` false it waits only
+    /// until the process is up (`/healthz`), not until the registry synced.
+    pub async fn start_etcd_in(
+        dir: TempDir,
+        endpoint: &str,
+        registry_extra: &str,
+        rest: &str,
+        wait_ready: bool,
+    ) -> Self {
+        let registry = format!(
+            "[registry]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/services/\"\n{registry_extra}\n"
+        );
+        let ready_path = if wait_ready { "/readyz" } else { "/healthz" };
+        Self::launch_with(dir, &registry, rest, "", "text", ready_path).await
+    }
+
     async fn launch(
         dir: TempDir,
         registry: &str,
@@ -89,11 +105,46 @@ impl Gateway {
         admin_extra: &str,
         log_format: &str,
     ) -> Self {
+        Self::launch_with(dir, registry, rest, admin_extra, log_format, "/readyz").await
+    }
+
+    async fn launch_with(
+        dir: TempDir,
+        registry: &str,
+        rest: &str,
+        admin_extra: &str,
+        log_format: &str,
+        ready_path: &str,
+    ) -> Self {
+        Self::launch_full(dir, "", registry, rest, admin_extra, log_format, ready_path).await
+    }
+
+    /// A file-registry gateway with extra keys for the `[proxy]` table.
+    pub async fn start_with_proxy(proxy_extra: &str, rest: &str, services: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let services_path = dir.path().join("services.toml");
+        std::fs::write(&services_path, services).expect("write services file");
+        let registry = format!(
+            "[registry]\nkind = \"file\"\npath = \"{}\"\n",
+            services_path.display()
+        );
+        Self::launch_full(dir, proxy_extra, &registry, rest, "", "text", "/readyz").await
+    }
+
+    async fn launch_full(
+        dir: TempDir,
+        proxy_extra: &str,
+        registry: &str,
+        rest: &str,
+        admin_extra: &str,
+        log_format: &str,
+        ready_path: &str,
+    ) -> Self {
         let services_path = dir.path().join("services.toml");
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = format!(
-            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"1s\"\n\n\
+            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"1s\"\n{proxy_extra}\n\n\
              [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n{registry}\n\
              [log]\nformat = \"{log_format}\"\nlevel = \"info\"\naccess_log = true\n\n{rest}"
         );
@@ -118,17 +169,25 @@ impl Gateway {
             services_path,
             log_path,
         };
-        gateway.wait_ready(admin_extra).await;
+        gateway.wait_ready(admin_extra, ready_path).await;
         gateway
     }
 
-    async fn wait_ready(&mut self, admin_extra: &str) {
+    /// Stops the process (SIGKILL) and hands back its temp dir, to start another in it.
+    pub fn into_dir(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    async fn wait_ready(&mut self, admin_extra: &str, ready_path: &str) {
         let token = admin_extra
             .split('"')
             .nth(1)
             .filter(|_| admin_extra.contains("token"))
             .map(str::to_string);
-        let url = format!("http://{}/readyz", self.admin);
+        let url = format!("http://{}{ready_path}", self.admin);
         let http = client();
         for _ in 0..200 {
             if let Ok(Some(status)) = self.child.try_wait() {

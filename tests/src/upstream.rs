@@ -22,6 +22,7 @@ pub struct Upstream {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -106,6 +107,8 @@ impl Upstream {
         let accepted = connections.clone();
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let health = healthy.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let open_now = open.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -115,6 +118,8 @@ impl Upstream {
                 let name = name.clone();
                 let hits = counter.clone();
                 let health = health.clone();
+                let open_now = open_now.clone();
+                open_now.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         handle(name.clone(), hits.clone(), health.clone(), req)
@@ -122,6 +127,7 @@ impl Upstream {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    open_now.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
@@ -130,6 +136,7 @@ impl Upstream {
             addr,
             hits,
             connections,
+            open,
             healthy,
             task,
         }
@@ -143,6 +150,11 @@ impl Upstream {
     /// What `GET /health` answers: 200 when healthy, 503 when not.
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// TCP connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// TCP connections this upstream has accepted.

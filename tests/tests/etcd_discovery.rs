@@ -421,3 +421,71 @@ async fn churn_under_load_costs_no_request() {
     .unwrap();
     assert!(swaps >= 20.0, "pools were swapped under load: {swaps}");
 }
+
+#[tokio::test]
+async fn a_restart_while_etcd_is_down_serves_the_last_known_instances() {
+    let mut etcd = Etcd::start().await;
+    let a = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state/sluice-state.json");
+    let extra = format!("state_file = \"{}\"", state.display());
+    let gw = Gateway::start_etcd_in(dir, &etcd.endpoint(), &extra, ROUTE, true).await;
+    etcd.client()
+        .await
+        .unwrap()
+        .put("/services/svc/a", value(&a, ",\"weight\":7"), None)
+        .await
+        .unwrap();
+    eventually(
+        "state file written with a",
+        Duration::from_secs(5),
+        || async {
+            let text = std::fs::read_to_string(&state).ok()?;
+            text.contains(&a.addr.to_string()).then_some(())
+        },
+    )
+    .await;
+
+    // Stop etcd, then restart the gateway: it must serve a from the state file.
+    etcd.kill();
+    let dir = gw.into_dir();
+    let gw = Gateway::start_etcd_in(dir, &etcd.endpoint(), &extra, ROUTE, false).await;
+    eventually(
+        "serving from the state file",
+        Duration::from_secs(5),
+        || async { (served_by(&gw).await.as_deref() == Some("a")).then_some(()) },
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(served_by(&gw).await.as_deref(), Some("a"));
+    }
+    assert_eq!(gw.instance("svc", "a").await.unwrap()["weight"], 7);
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready until the first real sync");
+    assert!(
+        gw.log().contains("last known instances loaded"),
+        "{}",
+        gw.log()
+    );
+
+    // etcd comes back with a changed registry: the first sync replaces the saved state.
+    let b = Upstream::start("b").await;
+    etcd.resume().await;
+    let mut c = etcd.client().await.unwrap();
+    c.delete("/services/svc/a", None).await.unwrap();
+    c.put("/services/svc/b", value(&b, ""), None).await.unwrap();
+    eventually("synced: b replaces a", Duration::from_secs(15), || async {
+        let ready = client()
+            .get(gw.admin_url("/readyz"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            == 200;
+        (ready
+            && served_by(&gw).await.as_deref() == Some("b")
+            && gw.instance("svc", "a").await.is_none())
+        .then_some(())
+    })
+    .await;
+}

@@ -141,3 +141,38 @@ async fn status_change_in_file_takes_instance_out() {
     }
     assert_eq!(b.hits(), before);
 }
+
+#[tokio::test]
+async fn idle_connections_to_an_instance_that_left_are_closed() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let routes =
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrategy = \"native-round-robin\"\n";
+    let gw = Gateway::start_with_proxy(
+        "upstream_idle_timeout = \"700ms\"",
+        routes,
+        &services(&[&a, &b]),
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(
+            client().get(gw.url("/")).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert!(
+        a.open_connections() >= 1,
+        "a keeps an idle keep-alive connection"
+    );
+    gw.write_services(&services(&[&b]));
+    eventually("a out of the pool", Duration::from_secs(3), || async {
+        gw.instance("svc", "a").await.is_none().then_some(())
+    })
+    .await;
+    eventually(
+        "a's idle connection closed",
+        Duration::from_secs(3),
+        || async { (a.open_connections() == 0).then_some(()) },
+    )
+    .await;
+}

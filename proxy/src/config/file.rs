@@ -33,6 +33,7 @@ pub(super) struct ProxySection {
     pub(super) threads: Option<usize>,
     pub(super) grace_period: Option<String>,
     pub(super) upstream_keepalive_pool_size: Option<usize>,
+    pub(super) upstream_idle_timeout: Option<String>,
     pub(super) work_stealing: Option<bool>,
 }
 
@@ -53,6 +54,7 @@ pub(super) struct RegistrySection {
     pub(super) username: Option<String>,
     pub(super) password: Option<String>,
     pub(super) connect_timeout: Option<String>,
+    pub(super) state_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -79,6 +79,9 @@ pub struct ProxySettings {
     pub threads: usize,
     pub grace_period: Duration,
     pub upstream_keepalive_pool_size: usize,
+    /// Idle upstream connections are closed after this long (so connections to an instance
+    /// that left the pool go away within it).
+    pub upstream_idle_timeout: Duration,
     pub work_stealing: bool,
 }
 
@@ -101,6 +104,8 @@ pub enum RegistrySettings {
         username: Option<String>,
         password: Option<String>,
         connect_timeout: Duration,
+        /// Where the last known instances are kept for a cold start during an outage.
+        state_file: Option<PathBuf>,
     },
 }
 

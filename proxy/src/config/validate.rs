@@ -89,6 +89,11 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 DEFAULT_GRACE_PERIOD,
             ),
             upstream_keepalive_pool_size: p.upstream_keepalive_pool_size.unwrap_or(128),
+            upstream_idle_timeout: issues.duration(
+                "proxy.upstream_idle_timeout",
+                p.upstream_idle_timeout.as_deref(),
+                Duration::from_secs(60),
+            ),
             work_stealing: p.work_stealing.unwrap_or(true),
         }
     };
@@ -161,6 +166,7 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 username,
                 password,
                 connect_timeout,
+                state_file: file.registry.state_file.as_deref().map(PathBuf::from),
             }
         }
         other => {

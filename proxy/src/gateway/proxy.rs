@@ -163,6 +163,7 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(route.connect_timeout);
         peer.options.read_timeout = Some(route.spec.timeout);
         peer.options.write_timeout = Some(route.spec.timeout);
+        peer.options.idle_timeout = Some(route.idle_timeout);
         Ok(Box::new(peer))
     }
 

@@ -18,6 +18,8 @@ pub struct Route {
     pub slot: Arc<ServiceSlot>,
     pub strategy: Arc<dyn Strategy>,
     pub connect_timeout: Duration,
+    /// Idle upstream connections of this route are closed after this long.
+    pub idle_timeout: Duration,
     pub(crate) metrics: RouteMetrics,
 }
 
@@ -85,6 +87,7 @@ impl Router {
                 slot: directory.slot(&spec.service),
                 strategy,
                 connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                idle_timeout: config.proxy.upstream_idle_timeout,
                 metrics: RouteMetrics::new(directory.metrics(), &spec.name, &spec.service),
                 spec: spec.clone(),
             }));

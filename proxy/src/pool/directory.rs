@@ -118,6 +118,44 @@ impl Directory {
             .all(|s| inner.synced.contains(s.as_str()))
     }
 
+    /// Seeds the pools from a saved state (a cold start while the source is unreachable). It
+    /// does not count as the source's sync: its first real reset replaces it whole.
+    pub fn seed(&self, source: &str, services: BTreeMap<String, Vec<InstanceSpec>>) {
+        self.apply(SourceEvent {
+            source: source.into(),
+            revision: i64::MIN,
+            update: Update::Reset { services },
+        });
+        let mut inner = self.lock();
+        inner.synced.remove(source);
+        inner.last_reset.remove(source);
+    }
+
+    /// The instances of every service as last applied (for the state file).
+    pub fn instances(&self) -> BTreeMap<String, Vec<InstanceSpec>> {
+        let inner = self.lock();
+        inner
+            .instances
+            .iter()
+            .map(|(name, m)| {
+                (
+                    name.to_string(),
+                    m.values().map(|i| (**i).clone()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Changes with every pool swap.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Whether `source` has completed its first sync.
+    pub fn is_synced(&self, source: &str) -> bool {
+        self.lock().synced.contains(source)
+    }
+
     /// Applies one event. Anything at or below the revision of the source's last reset is
     /// stale (already part of that listing) and ignored; several events may share a revision
     /// (one etcd transaction), and sources deliver a key's events in order.

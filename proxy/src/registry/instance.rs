@@ -1,9 +1,9 @@
 //! One registered instance and the canonical value format (JSON object or plain address).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Registration status; only `Up` receives traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum Status {
     #[default]
     #[serde(rename = "UP", alias = "up")]
@@ -35,7 +35,7 @@ impl Status {
 }
 
 /// How the gateway talks to the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     #[default]
@@ -61,18 +61,25 @@ pub(crate) const MAX_WEIGHT: u32 = 10_000;
 /// Weight of an instance whose value names none.
 pub(crate) const DEFAULT_WEIGHT: u32 = 100;
 
-/// One instance of a service, as the registry describes it.
-#[derive(Debug, Clone, PartialEq)]
+/// One instance of a service, as the registry describes it. Serialized in the canonical
+/// value's field names (plus `id`), as the state file keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceSpec {
     pub id: String,
     /// `host:port` as registered.
     pub addr: String,
+    #[serde(default)]
     pub status: Status,
     pub weight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
     pub scheme: Scheme,
 }
 

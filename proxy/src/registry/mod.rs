@@ -8,6 +8,7 @@ mod formats;
 mod instance;
 mod memory;
 mod registrar;
+mod state_file;
 mod update;
 
 pub use etcd::{EtcdSettings, EtcdSource, WatchedPrefix};
@@ -16,4 +17,5 @@ pub use formats::{decode, sniff, ValueFormat};
 pub use instance::{decode_value, DecodeError, InstanceSpec, Scheme, Status};
 pub use memory::MemoryRegistry;
 pub use registrar::{HealthProbe, RegistrarError, Registration, RegistrationSpec};
+pub use state_file::{load_state, save_state, StateFileError};
 pub use update::{RegistrySource, SourceEvent, Update, UpdateSink};
