@@ -231,6 +231,9 @@ struct RegistryWatch {
     state_file: Option<std::path::PathBuf>,
 }
 
+/// Most registry updates applied in one batch.
+const MAX_BATCH: usize = 4096;
+
 /// How often the state file is rewritten at most (only when the pools changed).
 const STATE_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -270,7 +273,18 @@ impl BackgroundService for RegistryWatch {
                     }
                 }
                 event = rx.recv() => match event {
-                    Some(event) => self.directory.apply(event),
+                    Some(event) => {
+                        // Whatever else is already queued goes in the same batch: one swap per
+                        // touched service for a burst, no added delay for a single update.
+                        let mut batch = vec![event];
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(next) => batch.push(next),
+                                Err(_) => break,
+                            }
+                        }
+                        self.directory.apply_all(batch);
+                    }
                     None => {
                         tracing::error!(source = %name, "registry source stopped; last known pools keep serving");
                         break;

@@ -207,6 +207,11 @@ impl Gateway {
         panic!("sluice did not become ready; log:\n{}", self.log());
     }
 
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://PROXY{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.proxy)

@@ -3,10 +3,12 @@
 
 pub mod etcd;
 pub mod gateway;
+pub mod load;
 pub mod upstream;
 
 pub use etcd::{Etcd, Relay};
 pub use gateway::{run_sluice, sluice_bin, Gateway};
+pub use load::{Load, LoadReport};
 pub use upstream::Upstream;
 
 use std::future::Future;

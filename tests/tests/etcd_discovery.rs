@@ -3,12 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::PutOptions;
-use sluice_tests::{client, eventually, Etcd, Gateway, Relay, Upstream};
+use sluice_tests::{client, eventually, Etcd, Gateway, Load, Relay, Upstream};
 
 const ROUTE: &str =
     "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrategy = \"least-conn\"\n";
@@ -348,39 +346,7 @@ async fn churn_under_load_costs_no_request() {
     })
     .await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, failures, sent, url) = (
-            stop.clone(),
-            failures.clone(),
-            sent.clone(),
-            gw.url("/churn"),
-        );
-        workers.push(tokio::spawn(async move {
-            let http = client();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !stop.load(Ordering::Relaxed)
-                && Instant::now() < deadline
-                && sent.load(Ordering::Relaxed) < 100_000
-            {
-                sent.fetch_add(1, Ordering::Relaxed);
-                match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {}
-                    Ok(r) => {
-                        eprintln!("status {}", r.status());
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        eprintln!("error {e}");
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let load = Load::start(gw.url("/churn"), 4, 100_000, Duration::from_secs(20));
     // u2 and u3 leave and rejoin every 100 ms for 3 s; u0 and u1 stay.
     let started = Instant::now();
     let mut flips = 0;
@@ -399,21 +365,14 @@ async fn churn_under_load_costs_no_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         flips += 1;
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let sent = sent.load(Ordering::Relaxed);
+    let report = load.stop().await;
+    let sent = report.sent;
     eprintln!("{sent} requests during {flips} leave/rejoin cycles");
     assert!(
         flips >= 10 && sent > 200,
         "churn and load ran: {flips} cycles, {sent} requests"
     );
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "no request failed during churn"
-    );
+    assert_eq!(report.failed, 0, "no request failed during churn");
     let swaps = metric(
         &gw.metrics().await,
         "sluice_pool_swaps_total{service=\"svc\"}",

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_tests::{client, eventually, Gateway, Upstream};
+use sluice_tests::{client, eventually, Gateway, Load, Upstream};
 
 const ROUTE: &str = "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n";
 
@@ -23,34 +21,7 @@ async fn edits_apply_without_restart_or_failed_requests() {
     let gw = Gateway::start(ROUTE, &services(&[&a])).await;
 
     // Steady load while the file changes under it; bounded in count and time.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, failures, sent, url) = (
-            stop.clone(),
-            failures.clone(),
-            sent.clone(),
-            gw.url("/load"),
-        );
-        workers.push(tokio::spawn(async move {
-            let http = client();
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while !stop.load(Ordering::Relaxed)
-                && std::time::Instant::now() < deadline
-                && sent.load(Ordering::Relaxed) < 50_000
-            {
-                sent.fetch_add(1, Ordering::Relaxed);
-                match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {}
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let load = Load::start(gw.url("/load"), 4, 50_000, Duration::from_secs(20));
 
     // Add b: it starts receiving traffic within a second.
     gw.write_services(&services(&[&a, &b]));
@@ -68,16 +39,9 @@ async fn edits_apply_without_restart_or_failed_requests() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(a.hits(), a_hits, "a receives nothing after removal");
 
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    assert!(sent.load(Ordering::Relaxed) > 50, "load actually ran");
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "no request failed during the edits"
-    );
+    let report = load.stop().await;
+    assert!(report.sent > 50, "load actually ran: {report:?}");
+    assert_eq!(report.failed, 0, "no request failed during the edits");
 }
 
 #[tokio::test]

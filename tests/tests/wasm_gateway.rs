@@ -5,12 +5,10 @@
 #![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sluice_tests::{client, eventually, plugin, run_sluice, wat, Gateway, Upstream};
+use sluice_tests::{client, eventually, plugin, run_sluice, wat, Gateway, Load, Upstream};
 
 async fn four_upstreams() -> (Vec<Upstream>, String) {
     let mut ups = Vec::new();
@@ -146,34 +144,7 @@ async fn strategy_file_reloads_under_load_with_no_failed_request() {
     );
     let gw = Gateway::start(&config, &services).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (stop, failures, sent, url) = (
-            stop.clone(),
-            failures.clone(),
-            sent.clone(),
-            gw.url("/load"),
-        );
-        workers.push(tokio::spawn(async move {
-            let http = client();
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !stop.load(Ordering::Relaxed)
-                && std::time::Instant::now() < deadline
-                && sent.load(Ordering::Relaxed) < 100_000
-            {
-                sent.fetch_add(1, Ordering::Relaxed);
-                match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {}
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    let load = Load::start(gw.url("/load"), 4, 100_000, Duration::from_secs(30));
     let generation = |gw: &Gateway| {
         let gw_admin = gw.admin_url("/admin/strategies");
         async move {
@@ -236,10 +207,7 @@ async fn strategy_file_reloads_under_load_with_no_failed_request() {
     assert_eq!(generation(&gw).await, Some(2));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
+    let report = load.stop().await;
     let metrics = gw.metrics().await;
     assert_eq!(
         metric(
@@ -248,12 +216,8 @@ async fn strategy_file_reloads_under_load_with_no_failed_request() {
         ),
         1
     );
-    assert!(sent.load(Ordering::Relaxed) > 100, "load ran");
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "no request failed across reloads"
-    );
+    assert!(report.sent > 100, "load ran: {report:?}");
+    assert_eq!(report.failed, 0, "no request failed across reloads");
     assert!(ups.iter().all(|u| u.hits() > 0), "every instance served");
 }
 

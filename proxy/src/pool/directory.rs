@@ -160,11 +160,32 @@ impl Directory {
     /// stale (already part of that listing) and ignored; several events may share a revision
     /// (one etcd transaction), and sources deliver a key's events in order.
     pub fn apply(&self, event: SourceEvent) {
+        self.apply_all(std::iter::once(event));
+    }
+
+    /// Applies a batch of events in order, then rebuilds each service they touched once: a
+    /// burst of updates (a bulk registration, a re-list) costs one swap per service.
+    pub fn apply_all(&self, events: impl IntoIterator<Item = SourceEvent>) {
         let mut inner = self.lock();
+        let mut touched: Vec<Arc<str>> = Vec::new();
+        for event in events {
+            for service in self.apply_locked(&mut inner, event) {
+                if !touched.contains(&service) {
+                    touched.push(service);
+                }
+            }
+        }
+        for service in touched {
+            self.rebuild(&mut inner, &service);
+        }
+    }
+
+    /// Applies one event to the instance maps; returns the services it changed.
+    fn apply_locked(&self, inner: &mut Inner, event: SourceEvent) -> Vec<Arc<str>> {
         let last = inner.last_reset.get(&event.source).copied();
         if last.is_some_and(|last| event.revision <= last) {
             tracing::debug!(source = %event.source, revision = event.revision, "stale update ignored");
-            return;
+            return Vec::new();
         }
         if matches!(event.update, Update::Reset { .. }) {
             inner
@@ -175,7 +196,7 @@ impl Directory {
             .registry_events_total
             .with_label_values(&[&*event.source, event.update.kind()])
             .inc();
-        let touched: Vec<Arc<str>> = match event.update {
+        match event.update {
             Update::Reset { services } => {
                 inner.synced.insert(event.source.clone());
                 let mut touched = Vec::new();
@@ -227,27 +248,32 @@ impl Directory {
                     Vec::new()
                 }
             }
-        };
-        for service in touched {
-            self.rebuild(&mut inner, &service);
         }
     }
 
     fn rebuild(&self, inner: &mut Inner, service: &Arc<str>) {
         let slot = Self::slot_locked(inner, service);
         let previous = slot.load_full();
-        let old_sockets: HashMap<&str, (&str, Option<SocketAddr>)> = previous
+        let before: HashMap<&str, &Member> = previous
             .members()
             .iter()
-            .map(|m| (m.spec.id.as_str(), (m.spec.addr.as_str(), m.socket)))
+            .map(|m| (m.spec.id.as_str(), m))
             .collect();
-        let specs: Vec<Arc<InstanceSpec>> = inner
-            .instances
-            .get(service)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
-        let mut members = Vec::with_capacity(specs.len());
-        for spec in specs {
+        let specs = inner.instances.get(service);
+        let mut members = Vec::with_capacity(specs.map_or(0, BTreeMap::len));
+        for spec in specs.into_iter().flat_map(|m| m.values()) {
+            // An unchanged instance carries over as it was: same live state, key and address.
+            if let Some(old) = before.get(spec.id.as_str()) {
+                if Arc::ptr_eq(&old.spec, spec) || old.spec == *spec {
+                    members.push(Member {
+                        spec: spec.clone(),
+                        key: old.key,
+                        socket: old.socket,
+                        live: old.live.clone(),
+                    });
+                    continue;
+                }
+            }
             let id: Arc<str> = spec.id.as_str().into();
             let live_key = (service.clone(), id.clone());
             let live = match inner.live.get(&live_key).and_then(Weak::upgrade) {
@@ -258,13 +284,13 @@ impl Directory {
                     live
                 }
             };
-            let socket = match old_sockets.get(spec.id.as_str()) {
-                Some((addr, socket)) if *addr == spec.addr && socket.is_some() => *socket,
-                _ => resolve(service, &spec),
+            let socket = match before.get(spec.id.as_str()) {
+                Some(old) if old.spec.addr == spec.addr && old.socket.is_some() => old.socket,
+                _ => resolve(service, spec),
             };
             members.push(Member {
                 key: instance_key(&spec.id),
-                spec,
+                spec: spec.clone(),
                 socket,
                 live,
             });
