@@ -92,6 +92,15 @@ struct RegisterArgs {
     user: Option<String>,
     #[arg(long, env = "SLUICE_ETCD_PASSWORD")]
     password: Option<String>,
+    /// PEM file of the CA that signed etcd's certificates (for https:// endpoints).
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd servers that require one; needs --etcd-key.
+    #[arg(long, requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Client key (PEM); needs --etcd-cert.
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Longest wait for delete + revoke on shutdown.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     deregister_timeout: std::time::Duration,
@@ -181,9 +190,27 @@ fn register(args: Box<RegisterArgs>) -> ExitCode {
         eprintln!("sluice register: --addr: {e}");
         return ExitCode::from(EXIT_BAD_ARGS);
     }
+    let tls = match args.etcd_ca {
+        Some(ca) => {
+            let tls = config::EtcdTls {
+                ca,
+                identity: args.etcd_cert.zip(args.etcd_key),
+                server_name: None,
+            };
+            match sluice::registry::EtcdTlsPem::read(&tls) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    eprintln!("sluice register: {e}");
+                    return ExitCode::from(EXIT_BAD_ARGS);
+                }
+            }
+        }
+        None => None,
+    };
     let spec = sluice::registry::RegistrationSpec {
         endpoints: args.etcd,
         user: args.user.zip(args.password),
+        tls,
         prefix: args.prefix,
         id: args.id.unwrap_or_else(|| args.addr.replace(':', "-")),
         service: args.service,

@@ -20,7 +20,7 @@ use crate::gateway::{Gateway, Router, RouterError};
 use crate::metrics::Metrics;
 use crate::pool::Directory;
 use crate::registry::{
-    EtcdSettings, EtcdSource, FileSource, RegistrySource, UpdateSink, WatchedPrefix,
+    EtcdSettings, EtcdSource, EtcdTlsPem, FileSource, RegistrySource, UpdateSink, WatchedPrefix,
 };
 use crate::strategy::{StrategyError, StrategySet, StrategyWatch};
 
@@ -35,6 +35,8 @@ pub enum BuildError {
     },
     #[error("{0}")]
     ServicesFile(String),
+    #[error("{path}: registry.tls: {reason}")]
+    EtcdTls { path: String, reason: String },
     #[error("{}", strategy_lines(path, errors))]
     Strategies {
         path: String,
@@ -77,8 +79,16 @@ pub fn source_for(config: &Config) -> Result<Arc<dyn RegistrySource>, BuildError
             username,
             password,
             connect_timeout,
+            tls,
             ..
         } => {
+            let tls = match tls {
+                Some(tls) => Some(EtcdTlsPem::read(tls).map_err(|reason| BuildError::EtcdTls {
+                    path: config.source.display().to_string(),
+                    reason,
+                })?),
+                None => None,
+            };
             let mut prefixes = vec![WatchedPrefix {
                 prefix: prefix.clone(),
                 service: None,
@@ -99,6 +109,7 @@ pub fn source_for(config: &Config) -> Result<Arc<dyn RegistrySource>, BuildError
                 connect_timeout: *connect_timeout,
                 prefixes,
                 formats,
+                tls,
             })))
         }
     }

@@ -15,12 +15,109 @@ use tokio::sync::Notify;
 
 use crate::free_port;
 
+/// Certificates for an etcd served over TLS, made with openssl for one test.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+impl TlsFiles {
+    /// A CA, a server certificate for 127.0.0.1 / localhost, and a client certificate.
+    pub fn generate(dir: &std::path::Path) -> Self {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=sluice-test-ca",
+            ],
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write ext");
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write ext");
+        for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+            openssl(
+                dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            );
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-days",
+                    "2",
+                    "-extfile",
+                    ext,
+                ],
+            );
+        }
+        Self {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
 /// A running (or stopped) etcd.
 pub struct Etcd {
     child: Option<Child>,
     pub client_port: u16,
     peer_port: u16,
     dir: TempDir,
+    /// Set when served over TLS with client certificates required.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Etcd {
@@ -31,14 +128,31 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            tls: None,
         };
         etcd.resume().await;
         etcd
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// Starts etcd serving TLS and requiring client certificates (mTLS).
+    pub async fn start_tls() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls = TlsFiles::generate(dir.path());
+        let mut etcd = Self {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+            tls: Some(tls),
+        };
+        etcd.resume().await;
+        etcd
+    }
+
+    /// `http://127.0.0.1:PORT` (`https://` when served over TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -56,14 +170,22 @@ impl Etcd {
     /// Starts the server again on the same ports and data, and waits until it answers.
     pub async fn resume(&mut self) {
         assert!(self.child.is_none(), "etcd already running");
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.server_cert.display()))
+                .arg(format!("--key-file={}", tls.server_key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -92,9 +214,20 @@ impl Etcd {
 
     /// A client connected to this server.
     pub async fn client(&self) -> Result<etcd_client::Client, etcd_client::Error> {
-        let options = etcd_client::ConnectOptions::new()
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
             .with_timeout(Duration::from_secs(3));
+        if let Some(tls) = &self.tls {
+            let read = |p: &PathBuf| std::fs::read(p).expect("read pem");
+            options = options.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)))
+                    .identity(etcd_client::Identity::from_pem(
+                        read(&tls.client_cert),
+                        read(&tls.client_key),
+                    )),
+            );
+        }
         etcd_client::Client::connect([self.endpoint()], Some(options)).await
     }
 }

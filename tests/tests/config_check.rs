@@ -175,6 +175,30 @@ fn serve_refuses_a_bad_config_too() {
 }
 
 #[test]
+fn etcd_tls_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "gw.toml",
+        "[registry]\nkind = \"etcd\"\nendpoints = [\"https://127.0.0.1:2379\"]\n\
+         tls = { cert = \"/nonexistent/client.pem\", key = \"/nonexistent/client.key\" }\n\n\
+         [services.svc]\nkey_prefix = \"user.rpc\"\nformat = \"yaml\"\n",
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    for expected in [
+        "registry.tls.ca: required",
+        "services.svc.key_prefix: \"user.rpc\" must end with '/'",
+        "services.svc.format: unknown format \"yaml\"",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
 fn version_is_printed() {
     let out = run_sluice(&["--version"]);
     assert!(out.status.success());

@@ -448,3 +448,34 @@ async fn a_restart_while_etcd_is_down_serves_the_last_known_instances() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn etcd_over_tls_with_client_certificates() {
+    let etcd = Etcd::start_tls().await;
+    let tls = etcd.tls.clone().unwrap();
+    let a = Upstream::start("a").await;
+    let extra = format!(
+        "tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}",
+        tls.ca.display(),
+        tls.client_cert.display(),
+        tls.client_key.display()
+    );
+    let gw = Gateway::start_etcd(&etcd.endpoint(), &extra, ROUTE).await;
+    etcd.client()
+        .await
+        .unwrap()
+        .put("/services/svc/a", value(&a, ""), None)
+        .await
+        .unwrap();
+    eventually(
+        "a routed over a TLS watch",
+        Duration::from_secs(3),
+        || async { (served_by(&gw).await.as_deref() == Some("a")).then_some(()) },
+    )
+    .await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "sluice_registry_connected{source=\"etcd\"}"),
+        Some(1.0)
+    );
+}

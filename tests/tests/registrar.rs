@@ -257,6 +257,7 @@ async fn the_library_api_registers_in_process() {
     let spec = RegistrationSpec {
         endpoints: vec![etcd.endpoint()],
         user: None,
+        tls: None,
         prefix: "/services/".into(),
         service: "lib-svc".into(),
         id: "in-process".into(),
@@ -283,4 +284,29 @@ async fn the_library_api_registers_in_process() {
     assert!(value_of(&etcd, "/services/lib-svc/in-process")
         .await
         .is_none());
+}
+
+#[tokio::test]
+async fn registers_over_tls_with_a_client_certificate() {
+    let etcd = Etcd::start_tls().await;
+    let tls = etcd.tls.clone().unwrap();
+    let a = Upstream::start("a").await;
+    let mut reg = Registrar::start(
+        &etcd,
+        &a,
+        &[
+            "--etcd-ca",
+            tls.ca.to_str().unwrap(),
+            "--etcd-cert",
+            tls.client_cert.to_str().unwrap(),
+            "--etcd-key",
+            tls.client_key.to_str().unwrap(),
+        ],
+    );
+    eventually("registered over TLS", Duration::from_secs(5), || async {
+        value_of(&etcd, "/services/svc/a").await.map(|_| ())
+    })
+    .await;
+    assert_eq!(reg.terminate(Duration::from_secs(5)), 0);
+    assert!(value_of(&etcd, "/services/svc/a").await.is_none());
 }

@@ -55,6 +55,16 @@ pub(super) struct RegistrySection {
     pub(super) password: Option<String>,
     pub(super) connect_timeout: Option<String>,
     pub(super) state_file: Option<String>,
+    pub(super) tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsSection {
+    pub(super) ca: Option<String>,
+    pub(super) cert: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -93,6 +93,8 @@ pub struct AdminSettings {
 }
 
 /// `[registry]`: where instances come from.
+// Built once per config load and never copied on a hot path: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegistrySettings {
     /// A TOML file of instances, re-read when it changes.
@@ -106,7 +108,19 @@ pub enum RegistrySettings {
         connect_timeout: Duration,
         /// Where the last known instances are kept for a cold start during an outage.
         state_file: Option<PathBuf>,
+        /// TLS to etcd (`https://` endpoints).
+        tls: Option<EtcdTls>,
     },
+}
+
+/// TLS settings for etcd: the CA that signed the servers, and a client certificate for mTLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    /// Client certificate and key (PEM), for servers that require client certificates.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name to verify the server certificate against (default: the endpoint's host).
+    pub server_name: Option<String>,
 }
 
 /// Output format of the process log.

@@ -167,6 +167,11 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 password,
                 connect_timeout,
                 state_file: file.registry.state_file.as_deref().map(PathBuf::from),
+                tls: file
+                    .registry
+                    .tls
+                    .as_ref()
+                    .and_then(|tls| validate_tls(&mut issues, tls)),
             }
         }
         other => {
@@ -330,6 +335,47 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
             issues: issues.0,
         })
     }
+}
+
+fn validate_tls(issues: &mut Issues, tls: &super::file::TlsSection) -> Option<EtcdTls> {
+    let readable = |issues: &mut Issues, key: &str, path: &Option<String>| -> Option<PathBuf> {
+        let path = path.as_deref()?;
+        match std::fs::metadata(path) {
+            Ok(_) => Some(PathBuf::from(path)),
+            Err(e) => {
+                issues.push(
+                    format!("registry.tls.{key}"),
+                    format!("cannot read {path}: {e}"),
+                );
+                None
+            }
+        }
+    };
+    let Some(ca) = readable(issues, "ca", &tls.ca) else {
+        if tls.ca.is_none() {
+            issues.push(
+                "registry.tls.ca",
+                "required: the PEM file of the CA that signed etcd's certificates",
+            );
+        }
+        return None;
+    };
+    let identity = match (&tls.cert, &tls.key) {
+        (None, None) => None,
+        (Some(_), Some(_)) => Some((
+            readable(issues, "cert", &tls.cert)?,
+            readable(issues, "key", &tls.key)?,
+        )),
+        _ => {
+            issues.push("registry.tls.key", "cert and key go together");
+            return None;
+        }
+    };
+    Some(EtcdTls {
+        ca,
+        identity,
+        server_name: tls.server_name.clone(),
+    })
 }
 
 fn validate_route(

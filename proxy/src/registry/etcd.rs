@@ -35,6 +35,45 @@ pub struct EtcdSettings {
     pub prefixes: Vec<WatchedPrefix>,
     /// Per-service value format; `auto` for the others.
     pub formats: HashMap<String, ValueFormat>,
+    /// TLS to etcd.
+    pub tls: Option<EtcdTlsPem>,
+}
+
+/// TLS material for etcd, read into memory (PEM).
+#[derive(Debug, Clone)]
+pub struct EtcdTlsPem {
+    pub ca: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub server_name: Option<String>,
+}
+
+impl EtcdTlsPem {
+    /// Reads the PEM files of `tls`; an error names the file.
+    pub fn read(tls: &crate::config::EtcdTls) -> Result<Self, String> {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok(Self {
+            ca: read(&tls.ca)?,
+            identity: match &tls.identity {
+                Some((cert, key)) => Some((read(cert)?, read(key)?)),
+                None => None,
+            },
+            server_name: tls.server_name.clone(),
+        })
+    }
+
+    /// The client TLS options.
+    pub fn options(&self) -> etcd_client::TlsOptions {
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&self.ca));
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        tls
+    }
 }
 
 /// Watches etcd.
@@ -138,6 +177,9 @@ impl EtcdSource {
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         if let Some((user, password)) = &self.settings.user {
             options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.settings.tls {
+            options = options.with_tls(tls.options());
         }
         Client::connect(&self.settings.endpoints, Some(options)).await
     }

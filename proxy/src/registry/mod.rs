@@ -11,7 +11,7 @@ mod registrar;
 mod state_file;
 mod update;
 
-pub use etcd::{EtcdSettings, EtcdSource, WatchedPrefix};
+pub use etcd::{EtcdSettings, EtcdSource, EtcdTlsPem, WatchedPrefix};
 pub use file::{parse_services_file, FileSource};
 pub use formats::{decode, sniff, ValueFormat};
 pub use instance::{decode_value, DecodeError, InstanceSpec, Scheme, Status};

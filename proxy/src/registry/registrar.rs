@@ -33,6 +33,8 @@ pub struct HealthProbe {
 pub struct RegistrationSpec {
     pub endpoints: Vec<String>,
     pub user: Option<(String, String)>,
+    /// TLS to etcd (`https://` endpoints).
+    pub tls: Option<super::EtcdTlsPem>,
     /// Key prefix, ending in `/`.
     pub prefix: String,
     pub service: String,
@@ -160,6 +162,9 @@ async fn connect(spec: &RegistrationSpec) -> Result<Client, etcd_client::Error> 
         .with_timeout(Duration::from_secs(5));
     if let Some((user, password)) = &spec.user {
         options = options.with_user(user.clone(), password.clone());
+    }
+    if let Some(tls) = &spec.tls {
+        options = options.with_tls(tls.options());
     }
     Client::connect(&spec.endpoints, Some(options)).await
 }
@@ -375,6 +380,7 @@ mod tests {
         RegistrationSpec {
             endpoints: vec![],
             user: None,
+            tls: None,
             prefix: "/services/".into(),
             service: "user-svc".into(),
             id: "i-1".into(),
