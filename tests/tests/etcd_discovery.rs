@@ -479,3 +479,28 @@ async fn etcd_over_tls_with_client_certificates() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn etcd_with_username_and_password() {
+    let etcd = Etcd::start().await;
+    let a = Upstream::start("a").await;
+    let mut c = etcd.client().await.unwrap();
+    c.put("/services/svc/a", value(&a, ""), None).await.unwrap();
+    let _ = c.role_add("root").await; // may exist already
+    c.user_add("root", "rootpw", None).await.unwrap();
+    c.user_grant_role("root", "root").await.unwrap();
+    c.auth_enable().await.unwrap();
+
+    let gw = Gateway::start_etcd(
+        &etcd.endpoint(),
+        "username = \"root\"\npassword = \"rootpw\"",
+        ROUTE,
+    )
+    .await;
+    eventually(
+        "a routed with credentials",
+        Duration::from_secs(3),
+        || async { (served_by(&gw).await.as_deref() == Some("a")).then_some(()) },
+    )
+    .await;
+}
