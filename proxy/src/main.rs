@@ -325,10 +325,10 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
 
 fn warn_unimplemented_policies(config: &config::Config) {
     for (name, policy) in &config.services {
-        if policy.health_check.is_some() || policy.passive.is_some() {
+        if policy.passive.is_some() {
             tracing::warn!(
                 service = %name,
-                "health_check and passive ejection are accepted but not enforced by this build yet"
+                "passive ejection is accepted but not enforced by this build yet"
             );
         }
     }

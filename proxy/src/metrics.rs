@@ -25,6 +25,7 @@ pub struct Metrics {
     pub strategy_pick_duration_seconds: HistogramVec,
     pub strategy_fallbacks_total: IntCounterVec,
     pub strategy_reloads_total: IntCounterVec,
+    pub health_checks_total: IntCounterVec,
 }
 
 /// Pick-duration buckets in seconds: 50 ns to 1 ms.
@@ -154,6 +155,14 @@ impl Metrics {
                     "sluice_strategy_fallbacks_total",
                     "Requests served by native round-robin instead of the strategy, by reason.",
                     &["strategy", "reason"],
+                ),
+            ),
+            health_checks_total: register(
+                &registry,
+                counter(
+                    "sluice_health_checks_total",
+                    "Active health checks, by service and result (pass, fail).",
+                    &["service", "result"],
                 ),
             ),
             strategy_reloads_total: register(

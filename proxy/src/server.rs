@@ -222,6 +222,28 @@ impl Parts {
         );
 
         server.add_service(watch);
+        let checked: Vec<_> = cfg
+            .services
+            .iter()
+            .filter_map(|(name, policy)| {
+                policy
+                    .health_check
+                    .clone()
+                    .map(|spec| (self.directory.slot(name), spec))
+            })
+            .collect();
+        self.directory.set_wait_first(
+            cfg.services
+                .iter()
+                .filter(|(_, p)| p.health_check.as_ref().is_some_and(|h| h.wait_first))
+                .map(|(name, _)| name.clone()),
+        );
+        if !checked.is_empty() {
+            server.add_service(background_service(
+                "health checks",
+                crate::health::HealthChecks::new(self.directory.clone(), checked),
+            ));
+        }
         server.add_service(background_service(
             "strategy files",
             StrategyWatch::new(self.strategies.clone()),

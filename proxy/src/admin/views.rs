@@ -36,9 +36,8 @@ impl<'a> InstanceView<'a> {
             status: m.spec.status.as_str(),
             weight: m.spec.weight,
             eligible: m.is_eligible(),
-            // Active checks arrive with the resilience work; until then nothing is checked.
             health: if m.socket.is_some() {
-                "unchecked"
+                m.live.health().as_str()
             } else {
                 "unresolved"
             },

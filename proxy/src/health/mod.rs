@@ -1,6 +1,8 @@
-//! Health probing: a minimal HTTP/1.1 GET used by the registrar's `--health-url` (and, next,
-//! by the gateway's active health checks).
+//! Health: a minimal HTTP/1.1 probe (the registrar's `--health-url`) and the gateway's active
+//! health checks.
 
+mod checker;
 mod probe;
 
+pub use checker::HealthChecks;
 pub use probe::{http_status, ProbeError};

@@ -52,6 +52,8 @@ struct Inner {
     last_reset: HashMap<Arc<str>, i64>,
     synced: HashSet<Arc<str>>,
     expected_sources: Vec<String>,
+    /// Services whose new instances wait for a passing health check (`wait_first`).
+    wait_first: HashSet<String>,
 }
 
 /// Every service the gateway knows, by name.
@@ -116,6 +118,18 @@ impl Directory {
             .expected_sources
             .iter()
             .all(|s| inner.synced.contains(s.as_str()))
+    }
+
+    /// Services whose new instances get no traffic until their first health check passes.
+    pub fn set_wait_first(&self, services: impl IntoIterator<Item = String>) {
+        self.lock().wait_first = services.into_iter().collect();
+    }
+
+    /// Rebuilds and swaps the pool of `service` (after a health change).
+    pub fn refresh(&self, service: &str) {
+        let mut inner = self.lock();
+        let name: Arc<str> = service.into();
+        self.rebuild(&mut inner, &name);
     }
 
     /// Seeds the pools from a saved state (a cold start while the source is unreachable). It
@@ -279,7 +293,12 @@ impl Directory {
             let live = match inner.live.get(&live_key).and_then(Weak::upgrade) {
                 Some(live) => live,
                 None => {
-                    let live = Arc::new(InstanceLive::new(service.clone(), id));
+                    let health = if inner.wait_first.contains(&**service) {
+                        crate::pool::Health::Pending
+                    } else {
+                        crate::pool::Health::Unchecked
+                    };
+                    let live = Arc::new(InstanceLive::with_health(service.clone(), id, health));
                     inner.live.insert(live_key, Arc::downgrade(&live));
                     live
                 }

@@ -1,9 +1,46 @@
 //! Live per-instance state — requests in flight, latency EWMA, failures, picks — shared by
 //! every snapshot that holds the instance and by every request in flight to it.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What active health checks know of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No check configured, or none has run yet.
+    Unchecked = 0,
+    Healthy = 1,
+    Unhealthy = 2,
+    /// `wait_first`: no traffic until the first check passes.
+    Pending = 3,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            3 => Health::Pending,
+            _ => Health::Unchecked,
+        }
+    }
+
+    /// The label shown in `/admin/services`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unchecked => "unchecked",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Pending => "pending",
+        }
+    }
+
+    /// Whether this state lets the instance receive traffic.
+    pub fn admits(self) -> bool {
+        matches!(self, Health::Unchecked | Health::Healthy)
+    }
+}
 
 /// Live counters of one instance, keyed by (service, instance id) in the [`super::Directory`].
 #[derive(Debug)]
@@ -16,11 +53,20 @@ pub struct InstanceLive {
     picks: AtomicU64,
     /// Picks already exported to the Prometheus counter.
     exported_picks: AtomicU64,
+    health: AtomicU8,
+    /// Consecutive check results disagreeing with `health`.
+    health_streak: AtomicU32,
 }
 
 impl InstanceLive {
     pub(crate) fn new(service: Arc<str>, id: Arc<str>) -> Self {
+        Self::with_health(service, id, Health::Unchecked)
+    }
+
+    pub(crate) fn with_health(service: Arc<str>, id: Arc<str>, health: Health) -> Self {
         Self {
+            health: AtomicU8::new(health as u8),
+            health_streak: AtomicU32::new(0),
             service,
             id,
             in_flight: AtomicU32::new(0),
@@ -57,6 +103,51 @@ impl InstanceLive {
     /// Times the strategy picked this instance.
     pub fn picks(&self) -> u64 {
         self.picks.load(Ordering::Relaxed)
+    }
+
+    /// What active health checks say.
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Folds one check result in; returns the new state when it changed (after
+    /// `healthy_after` passes or `unhealthy_after` failures in a row).
+    pub fn observe_check(
+        &self,
+        passed: bool,
+        healthy_after: u32,
+        unhealthy_after: u32,
+    ) -> Option<Health> {
+        let current = self.health();
+        if current == Health::Unchecked && passed {
+            // Already admitted: the first pass just makes it known healthy.
+            self.health.store(Health::Healthy as u8, Ordering::Relaxed);
+            self.health_streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let admitted = matches!(current, Health::Unchecked | Health::Healthy);
+        let agrees = if admitted { passed } else { !passed };
+        if agrees {
+            self.health_streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.health_streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if passed {
+            healthy_after
+        } else {
+            unhealthy_after
+        };
+        if streak < needed.max(1) {
+            return None;
+        }
+        let next = if passed {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        };
+        self.health.store(next as u8, Ordering::Relaxed);
+        self.health_streak.store(0, Ordering::Relaxed);
+        Some(next)
     }
 
     /// Records a pick and starts a request: the returned guard ends it exactly once, on drop.
@@ -125,6 +216,22 @@ impl Drop for InFlightGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_follows_thresholds() {
+        let live = InstanceLive::new("s".into(), "a".into());
+        assert_eq!(live.observe_check(true, 2, 2), None);
+        assert_eq!(live.health(), Health::Healthy);
+        assert_eq!(live.observe_check(false, 2, 2), None);
+        assert_eq!(live.observe_check(false, 2, 2), Some(Health::Unhealthy));
+        assert!(!live.health().admits());
+        assert_eq!(live.observe_check(true, 2, 2), None);
+        assert_eq!(live.observe_check(true, 2, 2), Some(Health::Healthy));
+        let pending = InstanceLive::with_health("s".into(), "b".into(), Health::Pending);
+        assert!(!pending.health().admits());
+        assert_eq!(pending.observe_check(false, 1, 1), None, "still pending");
+        assert_eq!(pending.observe_check(true, 1, 1), Some(Health::Healthy));
+    }
 
     #[test]
     fn guard_counts_once() {

@@ -37,7 +37,10 @@ pub struct Member {
 impl Member {
     /// Whether the strategy may be offered this instance.
     pub fn is_eligible(&self) -> bool {
-        self.spec.status == Status::Up && self.spec.weight > 0 && self.socket.is_some()
+        self.spec.status == Status::Up
+            && self.spec.weight > 0
+            && self.socket.is_some()
+            && self.live.health().admits()
     }
 }
 
