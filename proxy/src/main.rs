@@ -311,7 +311,6 @@ fn plugin_check(file: PathBuf, config: &str, picks: u64) -> ExitCode {
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = config::load(&path).map_err(|e| anyhow::anyhow!(e.lines().join("\n")))?;
     sluice::logging::init(&config.log);
-    warn_unimplemented_policies(&config);
     let source = server::source_for(&config)?;
     let parts = Parts::new(config, source)?;
     tracing::info!(
@@ -321,17 +320,6 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     parts.into_server(Vec::new()).run_forever()
-}
-
-fn warn_unimplemented_policies(config: &config::Config) {
-    for (name, policy) in &config.services {
-        if policy.passive.is_some() {
-            tracing::warn!(
-                service = %name,
-                "passive ejection is accepted but not enforced by this build yet"
-            );
-        }
-    }
 }
 
 fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {

@@ -187,7 +187,24 @@ impl Parts {
 
         let mut options = HttpServerOptions::default();
         options.h2c = true;
-        let gateway = Gateway::new(self.router.clone(), cfg.log.access_log);
+        let passive: Vec<_> = cfg
+            .services
+            .iter()
+            .filter_map(|(name, policy)| {
+                policy
+                    .passive
+                    .clone()
+                    .map(|spec| (self.directory.slot(name), spec))
+            })
+            .collect();
+        let ejections = if passive.is_empty() {
+            None
+        } else {
+            let (ejector, requests) = crate::health::Ejector::new(self.directory.clone(), passive);
+            server.add_service(background_service("outlier ejection", ejector));
+            Some(requests)
+        };
+        let gateway = Gateway::new(self.router.clone(), cfg.log.access_log, ejections);
         let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
             .name("sluice proxy")
             .server_options(options)

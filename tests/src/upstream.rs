@@ -24,6 +24,7 @@ pub struct Upstream {
     connections: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    forced_status: Arc<std::sync::atomic::AtomicU16>,
     task: JoinHandle<()>,
 }
 
@@ -47,6 +48,7 @@ async fn handle(
     id: Arc<str>,
     hits: Arc<AtomicUsize>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    forced: Arc<std::sync::atomic::AtomicU16>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     if req.uri().path() == "/health" {
@@ -80,7 +82,10 @@ async fn handle(
         "method": req.method().as_str(),
         "headers": headers,
     });
-    let status = query_param(&query, "status").unwrap_or(200) as u16;
+    let status = match forced.load(Ordering::Relaxed) {
+        0 => query_param(&query, "status").unwrap_or(200) as u16,
+        forced => forced,
+    };
     let response = Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -109,6 +114,8 @@ impl Upstream {
         let health = healthy.clone();
         let open = Arc::new(AtomicUsize::new(0));
         let open_now = open.clone();
+        let forced_status = Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let forced = forced_status.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -118,11 +125,18 @@ impl Upstream {
                 let name = name.clone();
                 let hits = counter.clone();
                 let health = health.clone();
+                let forced = forced.clone();
                 let open_now = open_now.clone();
                 open_now.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        handle(name.clone(), hits.clone(), health.clone(), req)
+                        handle(
+                            name.clone(),
+                            hits.clone(),
+                            health.clone(),
+                            forced.clone(),
+                            req,
+                        )
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -138,6 +152,7 @@ impl Upstream {
             connections,
             open,
             healthy,
+            forced_status,
             task,
         }
     }
@@ -150,6 +165,11 @@ impl Upstream {
     /// What `GET /health` answers: 200 when healthy, 503 when not.
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Answers every request (but `/health`) with `status`; 0 goes back to normal.
+    pub fn force_status(&self, status: u16) {
+        self.forced_status.store(status, Ordering::Relaxed);
     }
 
     /// TCP connections open right now.

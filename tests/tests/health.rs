@@ -121,3 +121,114 @@ async fn wait_first_holds_a_new_instance_until_it_passes() {
     .await;
     assert_eq!(served(&gw, 10).await.len(), 2);
 }
+
+const PASSIVE: &str = r#"
+[services.svc]
+passive = { consecutive_failures = 3, eject_for = "1s" }
+
+[[routes]]
+path_prefix = "/"
+service = "svc"
+strategy = "native-round-robin"
+retries = 0
+"#;
+
+async fn statuses(gw: &Gateway, n: usize) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = client().get(gw.url("/")).send().await.unwrap();
+        let id = r
+            .headers()
+            .get("x-upstream-id")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        out.push((r.status().as_u16(), id));
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_outlier_is_ejected_readmitted_and_ejected_longer_next_time() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(PASSIVE, &services(&[&a, &b])).await;
+    b.force_status(500);
+    // Round-robin: b fails its 3rd consecutive request within 6 requests.
+    let first = statuses(&gw, 6).await;
+    assert_eq!(
+        first.iter().filter(|(s, _)| *s == 500).count(),
+        3,
+        "{first:?}"
+    );
+    eventually("b ejected", Duration::from_secs(2), || async {
+        (gw.instance("svc", "b").await?["ejected"] == true).then_some(())
+    })
+    .await;
+    let during = statuses(&gw, 20).await;
+    assert!(
+        during.iter().all(|(s, id)| *s == 200 && id == "a"),
+        "{during:?}"
+    );
+
+    // After eject_for (1 s) it is readmitted, fails again, and goes out for 2 s this time.
+    eventually("b readmitted", Duration::from_secs(3), || async {
+        (gw.instance("svc", "b").await?["ejected"] == false).then_some(())
+    })
+    .await;
+    let again = statuses(&gw, 6).await;
+    assert_eq!(
+        again.iter().filter(|(s, _)| *s == 500).count(),
+        3,
+        "{again:?}"
+    );
+    eventually("b ejected again", Duration::from_secs(2), || async {
+        let view = gw.instance("svc", "b").await?;
+        (view["ejected"] == true && view["ejections"] == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        gw.instance("svc", "b").await.unwrap()["ejected"],
+        true,
+        "the second ejection lasts 2 s"
+    );
+    b.force_status(0);
+    eventually("b back after 2 s", Duration::from_secs(3), || async {
+        (gw.instance("svc", "b").await?["ejected"] == false).then_some(())
+    })
+    .await;
+    assert_eq!(
+        statuses(&gw, 10)
+            .await
+            .iter()
+            .filter(|(_, id)| id == "b")
+            .count(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn never_more_than_half_of_a_pool_is_ejected() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let gw = Gateway::start(PASSIVE, &services(&[&a, &b])).await;
+    a.force_status(500);
+    b.force_status(500);
+    statuses(&gw, 12).await;
+    eventually("one ejected", Duration::from_secs(2), || async {
+        let a_out = gw.instance("svc", "a").await?["ejected"] == true;
+        let b_out = gw.instance("svc", "b").await?["ejected"] == true;
+        (a_out ^ b_out).then_some(())
+    })
+    .await;
+    statuses(&gw, 12).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a_out = gw.instance("svc", "a").await.unwrap()["ejected"] == true;
+    let b_out = gw.instance("svc", "b").await.unwrap()["ejected"] == true;
+    assert!(!(a_out && b_out), "both ejected: the pool would be empty");
+    assert!(
+        gw.log().contains("half of the pool is out already"),
+        "{}",
+        gw.log()
+    );
+}

@@ -19,6 +19,8 @@ struct InstanceView<'a> {
     picks: u64,
     latency_ewma_us: u32,
     consecutive_failures: u32,
+    ejected: bool,
+    ejections: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -45,6 +47,8 @@ impl<'a> InstanceView<'a> {
             picks: m.live.picks(),
             latency_ewma_us: m.live.ewma_us(),
             consecutive_failures: m.live.failures(),
+            ejected: m.live.is_ejected(crate::pool::clock_ms()),
+            ejections: m.live.ejections(),
             version: m.spec.version.as_deref(),
             zone: m.spec.zone.as_deref(),
             tags: &m.spec.tags,

@@ -20,11 +20,34 @@ use crate::strategy::PickRequest;
 pub struct Gateway {
     router: Arc<ArcSwap<Router>>,
     access_log: bool,
+    ejections: Option<crate::health::EjectionRequests>,
 }
 
 impl Gateway {
-    pub fn new(router: Arc<ArcSwap<Router>>, access_log: bool) -> Self {
-        Self { router, access_log }
+    pub fn new(
+        router: Arc<ArcSwap<Router>>,
+        access_log: bool,
+        ejections: Option<crate::health::EjectionRequests>,
+    ) -> Self {
+        Self {
+            router,
+            access_log,
+            ejections,
+        }
+    }
+
+    /// Counts a failed attempt; past the route's `passive` threshold, asks for an ejection.
+    fn attempt_failed(&self, ctx: &RequestCtx) {
+        let (Some(attempt), Some(route)) = (&ctx.attempt, &ctx.route) else {
+            return;
+        };
+        let live = attempt.live();
+        live.record_failure();
+        if let (Some(threshold), Some(ejections)) = (route.eject_after, &self.ejections) {
+            if live.failures() == threshold {
+                ejections.request(route.slot.name_arc());
+            }
+        }
     }
 }
 
@@ -187,14 +210,18 @@ impl ProxyHttp for Gateway {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let (Some(attempt), Some(start)) = (&ctx.attempt, ctx.upstream_start) {
             let elapsed = start.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
             attempt.live().observe_latency(elapsed);
-            attempt.live().record_success();
+            if upstream_response.status.is_server_error() {
+                self.attempt_failed(ctx);
+            } else {
+                attempt.live().record_success();
+            }
         }
         Ok(())
     }
@@ -206,9 +233,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(attempt) = &ctx.attempt {
-            attempt.live().record_failure();
-        }
+        self.attempt_failed(ctx);
         let retries = ctx.route.as_ref().map_or(0, |r| r.spec.retries);
         // Nothing reached the upstream: safe to retry any method on another instance.
         e.set_retry(ctx.attempts <= retries);
@@ -223,9 +248,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
-        if let Some(attempt) = &ctx.attempt {
-            attempt.live().record_failure();
-        }
+        self.attempt_failed(ctx);
         let mut e = e.more_context(format!("peer: {peer}"));
         let retries = ctx.route.as_ref().map_or(0, |r| r.spec.retries);
         // Bytes may have reached the upstream: only idempotent methods are retried.

@@ -20,6 +20,8 @@ pub struct Route {
     pub connect_timeout: Duration,
     /// Idle upstream connections of this route are closed after this long.
     pub idle_timeout: Duration,
+    /// Consecutive failures that ask for an ejection (`passive`), if configured.
+    pub eject_after: Option<u32>,
     pub(crate) metrics: RouteMetrics,
 }
 
@@ -88,6 +90,7 @@ impl Router {
                 strategy,
                 connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
                 idle_timeout: config.proxy.upstream_idle_timeout,
+                eject_after: policy.passive.as_ref().map(|p| p.consecutive_failures),
                 metrics: RouteMetrics::new(directory.metrics(), &spec.name, &spec.service),
                 spec: spec.clone(),
             }));

@@ -2,7 +2,9 @@
 //! health checks.
 
 mod checker;
+mod ejector;
 mod probe;
 
 pub use checker::HealthChecks;
+pub use ejector::{EjectionRequests, Ejector};
 pub use probe::{http_status, ProbeError};

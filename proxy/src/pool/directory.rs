@@ -31,6 +31,10 @@ impl ServiceSlot {
         &self.name
     }
 
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// The current snapshot: lock-free, wait-free for readers.
     pub fn load(&self) -> arc_swap::Guard<Arc<Pool>> {
         self.pool.load()

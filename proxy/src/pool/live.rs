@@ -56,6 +56,20 @@ pub struct InstanceLive {
     health: AtomicU8,
     /// Consecutive check results disagreeing with `health`.
     health_streak: AtomicU32,
+    /// Passive ejection: ejected while the process clock (ms) is below this; 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    /// Ejections so far (each one lasts twice as long as the previous, up to 16×).
+    ejections: AtomicU32,
+}
+
+/// Milliseconds since the process's first call: the clock ejections are measured on.
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 impl InstanceLive {
@@ -67,6 +81,8 @@ impl InstanceLive {
         Self {
             health: AtomicU8::new(health as u8),
             health_streak: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
             service,
             id,
             in_flight: AtomicU32::new(0),
@@ -103,6 +119,37 @@ impl InstanceLive {
     /// Times the strategy picked this instance.
     pub fn picks(&self) -> u64 {
         self.picks.load(Ordering::Relaxed)
+    }
+
+    /// Whether passive ejection holds this instance out of rotation at `now_ms`.
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        now_ms < self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// When the current ejection ends (process clock, ms); 0 when not ejected.
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Times this instance was ejected.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Ejects for `base` × 2^(previous ejections), at most 16 × `base`; returns the duration.
+    pub fn eject(&self, now_ms: u64, base: Duration) -> Duration {
+        let previous = self.ejections.fetch_add(1, Ordering::Relaxed);
+        let factor = 1u32 << previous.min(4);
+        let duration = base * factor;
+        self.ejected_until_ms
+            .store(now_ms + duration.as_millis() as u64, Ordering::Relaxed);
+        duration
+    }
+
+    /// Ends an ejection: back in rotation with a clean failure count.
+    pub fn readmit(&self) {
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
     }
 
     /// What active health checks say.

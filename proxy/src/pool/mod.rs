@@ -7,5 +7,5 @@ mod live;
 mod snapshot;
 
 pub use directory::{Directory, ServiceSlot};
-pub use live::{Health, InFlightGuard, InstanceLive};
+pub use live::{clock_ms, Health, InFlightGuard, InstanceLive};
 pub use snapshot::{instance_key, Member, Pool};

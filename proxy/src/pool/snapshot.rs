@@ -41,6 +41,7 @@ impl Member {
             && self.spec.weight > 0
             && self.socket.is_some()
             && self.live.health().admits()
+            && !self.live.is_ejected(super::live::clock_ms())
     }
 }
 
