@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod gateway;
 pub mod health;
 pub mod logging;

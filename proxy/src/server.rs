@@ -239,6 +239,7 @@ impl Parts {
         );
 
         server.add_service(watch);
+        server.add_service(background_service("drain", crate::drain::Drain));
         let checked: Vec<_> = cfg
             .services
             .iter()

@@ -144,7 +144,7 @@ impl Gateway {
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = format!(
-            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"1s\"\n{proxy_extra}\n\n\
+            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"10s\"\n{proxy_extra}\n\n\
              [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n{registry}\n\
              [log]\nformat = \"{log_format}\"\nlevel = \"info\"\naccess_log = true\n\n{rest}"
         );
@@ -205,6 +205,30 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("sluice did not become ready; log:\n{}", self.log());
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`) to the gateway process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit code, or `None` if it did not.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The gateway's process id.

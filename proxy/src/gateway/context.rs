@@ -1,11 +1,20 @@
 //! Per-request state carried through pingora's filters.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::Route;
 use crate::pool::InFlightGuard;
+
+/// Requests being handled by this process right now (from context creation to drop).
+static ACTIVE_REQUESTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Requests being handled by this process right now.
+pub fn active_requests() -> usize {
+    ACTIVE_REQUESTS.load(Ordering::Acquire)
+}
 
 /// Most attempts one request makes (first try plus retries) that are remembered for exclusion.
 const MAX_TRIED: usize = 8;
@@ -35,6 +44,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     pub(crate) fn new() -> Self {
+        ACTIVE_REQUESTS.fetch_add(1, Ordering::AcqRel);
         Self {
             start: Instant::now(),
             route: None,
@@ -60,5 +70,11 @@ impl RequestCtx {
             self.tried[self.tried_len] = key;
             self.tried_len += 1;
         }
+    }
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        ACTIVE_REQUESTS.fetch_sub(1, Ordering::AcqRel);
     }
 }

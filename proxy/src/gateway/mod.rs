@@ -3,7 +3,7 @@
 //! rewrites and forwards it, and records metrics and the access log.
 
 mod context;
-pub use context::RequestCtx;
+pub use context::{active_requests, RequestCtx};
 mod forward;
 mod proxy;
 mod route_metrics;
