@@ -25,5 +25,6 @@ pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub mod strategy;

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub strategy_fallbacks_total: IntCounterVec,
     pub strategy_reloads_total: IntCounterVec,
     pub health_checks_total: IntCounterVec,
+    pub config_reloads_total: IntCounterVec,
 }
 
 /// Pick-duration buckets in seconds: 50 ns to 1 ms.
@@ -163,6 +164,14 @@ impl Metrics {
                     "sluice_health_checks_total",
                     "Active health checks, by service and result (pass, fail).",
                     &["service", "result"],
+                ),
+            ),
+            config_reloads_total: register(
+                &registry,
+                counter(
+                    "sluice_config_reloads_total",
+                    "Config reloads (SIGHUP, POST /admin/reload), by result (ok, error).",
+                    &["result"],
                 ),
             ),
             strategy_reloads_total: register(

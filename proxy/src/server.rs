@@ -65,7 +65,7 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     pub directory: Arc<Directory>,
     pub router: Arc<ArcSwap<Router>>,
-    pub strategies: Arc<StrategySet>,
+    pub strategies: Arc<ArcSwap<StrategySet>>,
     pub source: Arc<dyn RegistrySource>,
 }
 
@@ -143,7 +143,7 @@ impl Parts {
     pub fn new(config: Config, source: Arc<dyn RegistrySource>) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let directory = Arc::new(Directory::new(metrics.clone(), &[source.name()]));
-        let strategies = Arc::new(load_strategies(&config, &metrics)?);
+        let strategies = load_strategies(&config, &metrics)?;
         let router = Router::build(&config, &directory, &strategies).map_err(|source| {
             BuildError::Router {
                 path: config.source.display().to_string(),
@@ -155,7 +155,7 @@ impl Parts {
             metrics,
             directory,
             router: Arc::new(ArcSwap::from_pointee(router)),
-            strategies,
+            strategies: Arc::new(ArcSwap::from_pointee(strategies)),
             source,
         })
     }
@@ -213,6 +213,12 @@ impl Parts {
             proxy.add_tcp(&addr.to_string());
         }
 
+        let reloader = Arc::new(crate::reload::Reloader::new(
+            cfg.clone(),
+            self.directory.clone(),
+            self.router.clone(),
+            self.strategies.clone(),
+        ));
         let mut admin = Service::new(
             "sluice admin".to_string(),
             AdminApp::new(
@@ -220,8 +226,13 @@ impl Parts {
                 self.router.clone(),
                 self.strategies.clone(),
                 cfg.admin.token.clone(),
+                Some(reloader.clone()),
             ),
         );
+        server.add_service(background_service(
+            "config reload",
+            crate::reload::ReloadOnSignal::new(reloader),
+        ));
         admin.threads = Some(1);
         admin.add_tcp(&cfg.admin.listen.to_string());
 
@@ -337,7 +348,9 @@ impl BackgroundService for RegistryWatch {
                         self.directory.apply_all(batch);
                     }
                     None => {
-                        tracing::error!(source = %name, "registry source stopped; last known pools keep serving");
+                        if !*shutdown.borrow() {
+                            tracing::error!(source = %name, "registry source stopped; last known pools keep serving");
+                        }
                         break;
                     }
                 },

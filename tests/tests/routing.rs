@@ -107,13 +107,14 @@ service = "ghost-svc"
         "503 body names the service: {body}"
     );
 
-    let metrics = gw.metrics().await;
-    assert!(
-        metrics.contains(
-            r#"sluice_requests_total{route="/ghost",service="ghost-svc",status="503"} 1"#
-        ),
-        "{metrics}"
-    );
+    // Counted when the request ends, just after the client got its answer.
+    sluice_tests::eventually("503 counted", std::time::Duration::from_secs(3), || async {
+        let metrics = gw.metrics().await;
+        metrics
+            .contains(r#"sluice_requests_total{route="/ghost",service="ghost-svc",status="503"} 1"#)
+            .then_some(())
+    })
+    .await;
 }
 
 async fn spread(strategy: &str) -> (HashMap<String, usize>, usize) {
@@ -291,6 +292,9 @@ async fn metrics_families_are_exported() {
     for _ in 0..3 {
         client().get(gw.url("/")).send().await.unwrap();
     }
+    // pingora ends a request (and its in-flight count) just after the response reaches the
+    // client: wait for that before reading the gauges.
+    gw.wait_in_flight_zero("svc").await;
     let metrics = gw.metrics().await;
     for needle in [
         r#"sluice_requests_total{route="all",service="svc",status="200"} 3"#,

@@ -69,3 +69,130 @@ async fn an_idle_gateway_exits_promptly_on_sigterm() {
         sent.elapsed()
     );
 }
+
+fn metric(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn sighup_reloads_routes_and_strategies_and_refuses_a_broken_file() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let services = format!(
+        "[services.svc]\ninstances = [{}]\n[services.other]\ninstances = [{}]\n",
+        a.instance(),
+        b.instance()
+    );
+    let gw = Gateway::start(ROUTE, &services).await;
+    assert_eq!(
+        client()
+            .get(gw.url("/other/x"))
+            .send()
+            .await
+            .unwrap()
+            .headers()["x-upstream-id"],
+        "a"
+    );
+
+    // A new route to another service, with another strategy.
+    let original = std::fs::read_to_string(&gw.config_path).unwrap();
+    let extended = format!(
+        "{original}\n[[routes]]\npath_prefix = \"/other\"\nservice = \"other\"\nstrategy = \"least-conn\"\nstrip_prefix = true\n"
+    );
+    std::fs::write(&gw.config_path, &extended).unwrap();
+    gw.signal("HUP");
+    eventually("new route live", Duration::from_secs(5), || async {
+        let r = client().get(gw.url("/other/x")).send().await.ok()?;
+        (r.headers().get("x-upstream-id")? == "b").then_some(())
+    })
+    .await;
+    let strategies: serde_json::Value = client()
+        .get(gw.admin_url("/admin/strategies"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lc = strategies["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "least-conn")
+        .unwrap();
+    assert_eq!(lc["routes"][0], "/other");
+
+    // A broken file: refused, logged, and both routes keep serving.
+    std::fs::write(&gw.config_path, format!("{extended}\n[[routes]]\npath_prefix = \"/x\"\nservice = \"svc\"\nstrategy = \"nope\"\n")).unwrap();
+    gw.signal("HUP");
+    eventually("refusal counted", Duration::from_secs(5), || async {
+        let m = gw.metrics().await;
+        (metric(&m, "sluice_config_reloads_total{result=\"error\"}") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        gw.log().contains("unknown strategy \"nope\""),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        client()
+            .get(gw.url("/other/x"))
+            .send()
+            .await
+            .unwrap()
+            .headers()["x-upstream-id"],
+        "b"
+    );
+    assert_eq!(
+        client().get(gw.url("/")).send().await.unwrap().headers()["x-upstream-id"],
+        "a"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "sluice_config_reloads_total{result=\"ok\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn admin_reload_answers_with_the_outcome() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let gw = Gateway::start(ROUTE, &services).await;
+    let http = client();
+    let r = http
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "reloaded\n");
+    let original = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(&gw.config_path, format!("{original}\nbogus_key = 1\n")).unwrap();
+    let r = http
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("bogus_key"), "{body}");
+    assert_eq!(
+        http.get(gw.admin_url("/admin/reload"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    assert_eq!(
+        http.get(gw.url("/")).send().await.unwrap().status(),
+        200,
+        "still serving"
+    );
+}

@@ -17,22 +17,25 @@ use crate::strategy::StrategySet;
 pub struct AdminApp {
     directory: Arc<Directory>,
     router: Arc<ArcSwap<Router>>,
-    strategies: Arc<StrategySet>,
+    strategies: Arc<ArcSwap<StrategySet>>,
     token: Option<String>,
+    reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl AdminApp {
     pub fn new(
         directory: Arc<Directory>,
         router: Arc<ArcSwap<Router>>,
-        strategies: Arc<StrategySet>,
+        strategies: Arc<ArcSwap<StrategySet>>,
         token: Option<String>,
+        reloader: Option<Arc<crate::reload::Reloader>>,
     ) -> Self {
         Self {
             directory,
             router,
             strategies,
             token,
+            reloader,
         }
     }
 
@@ -90,6 +93,29 @@ impl ServeHttp for AdminApp {
             );
             return r;
         }
+        if path == "/admin/reload" {
+            if method != http::Method::POST {
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "admin: POST /admin/reload\n",
+                );
+            }
+            let Some(reloader) = self.reloader.clone() else {
+                return text(StatusCode::NOT_FOUND, "admin: reload is not available\n");
+            };
+            // Loading plugins compiles WASM: keep it off the async threads.
+            return match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                Ok(Ok(())) => text(StatusCode::OK, "reloaded\n"),
+                Ok(Err(lines)) => text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("refused:\n{}\n", lines.join("\n")),
+                ),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("reload failed: {e}\n"),
+                ),
+            };
+        }
         if method != http::Method::GET && method != http::Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -123,7 +149,7 @@ impl ServeHttp for AdminApp {
             "/admin/strategies" => respond(
                 StatusCode::OK,
                 "application/json",
-                views::strategies_json(&self.router.load(), &self.strategies),
+                views::strategies_json(&self.router.load(), &self.strategies.load()),
             ),
             _ => text(StatusCode::NOT_FOUND, "admin: no such endpoint\n"),
         }

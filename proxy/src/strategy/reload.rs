@@ -2,6 +2,7 @@
 //! stable for one poll, is compiled and probed off the request path and swapped in, or refused
 //! while the running version keeps serving.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,8 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use arc_swap::ArcSwap;
+
 use super::set::StrategySet;
 use super::wasm::WasmStrategy;
 
@@ -17,19 +20,16 @@ const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The background service that watches strategy files.
 pub struct StrategyWatch {
-    strategies: Arc<StrategySet>,
+    strategies: Arc<ArcSwap<StrategySet>>,
 }
 
 impl StrategyWatch {
-    pub fn new(strategies: Arc<StrategySet>) -> Self {
+    pub fn new(strategies: Arc<ArcSwap<StrategySet>>) -> Self {
         Self { strategies }
     }
 }
 
 struct FileState {
-    strategy: Arc<WasmStrategy>,
-    path: PathBuf,
-    config: serde_json::Value,
     applied: Option<Vec<u8>>,
     pending: Option<Vec<u8>>,
 }
@@ -37,30 +37,25 @@ struct FileState {
 #[async_trait]
 impl BackgroundService for StrategyWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut files: Vec<FileState> = self
-            .strategies
-            .watched()
-            .iter()
-            .map(|w| FileState {
-                strategy: w.strategy.clone(),
-                path: w.path.clone(),
-                config: w.config.clone(),
-                applied: std::fs::read(&w.path).ok(),
-                pending: None,
-            })
-            .collect();
-        if files.is_empty() {
-            return;
-        }
+        // Per file: the content last applied, and the content seen on the previous poll.
+        let mut files: HashMap<PathBuf, FileState> = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
             }
-            for file in &mut files {
-                let Ok(content) = tokio::fs::read(&file.path).await else {
-                    continue; // a missing file keeps the running version; logged on reload only
+            // The set serving now: a config reload may have replaced it.
+            let set = self.strategies.load_full();
+            for watched in set.watched() {
+                let Ok(content) = tokio::fs::read(&watched.path).await else {
+                    continue; // a missing file keeps the running version
                 };
+                let file = files
+                    .entry(watched.path.clone())
+                    .or_insert_with(|| FileState {
+                        applied: Some(content.clone()),
+                        pending: None,
+                    });
                 if file.applied.as_ref() == Some(&content) {
                     file.pending = None;
                     continue;
@@ -69,9 +64,9 @@ impl BackgroundService for StrategyWatch {
                     file.pending = Some(content); // wait one poll: the write may be in progress
                     continue;
                 }
-                let strategy = file.strategy.clone();
-                let source = file.path.display().to_string();
-                let config = file.config.clone();
+                let strategy: Arc<WasmStrategy> = watched.strategy.clone();
+                let source = watched.path.display().to_string();
+                let config = watched.config.clone();
                 let bytes = content.clone();
                 // Compiling is CPU work: keep it off the async threads.
                 let result =
