@@ -27,6 +27,10 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listening sockets over from the running gateway of this config (send it
+        /// SIGQUIT once this one is started): a restart with no refused connection.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and everything it loads; one line per problem.
     Check {
@@ -124,7 +128,7 @@ enum PluginCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, upgrade } => serve(config, upgrade),
         Command::Check { config } => return check(config),
         Command::Demo { listen, admin } => demo(listen, admin),
         Command::Plugin {
@@ -308,7 +312,7 @@ fn plugin_check(file: PathBuf, config: &str, picks: u64) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(path: PathBuf) -> anyhow::Result<()> {
+fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     let config = config::load(&path).map_err(|e| anyhow::anyhow!(e.lines().join("\n")))?;
     sluice::logging::init(&config.log);
     let source = server::source_for(&config)?;
@@ -319,7 +323,7 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
         "sluice {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    parts.into_server(Vec::new()).run_forever()
+    parts.into_server(Vec::new(), upgrade).run_forever()
 }
 
 fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
@@ -340,5 +344,5 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     println!("  curl http://{admin}/admin/services    # pools, in flight, picks");
     println!("  curl http://{admin}/metrics");
     println!();
-    demo.parts.into_server(demo.upstreams).run_forever()
+    demo.parts.into_server(demo.upstreams, false).run_forever()
 }

@@ -160,8 +160,9 @@ impl Parts {
         })
     }
 
-    /// The pingora server with the proxy, admin and registry services added.
-    pub fn into_server(self, extra: Vec<Box<dyn ServiceTrait>>) -> Server {
+    /// The pingora server with the proxy, admin and registry services added. With `upgrade`,
+    /// the listening sockets are taken over from a running gateway (which is sent SIGQUIT).
+    pub fn into_server(self, extra: Vec<Box<dyn ServiceTrait>>, upgrade: bool) -> Server {
         let cfg = &self.config;
         let mut conf = ServerConf {
             threads: cfg.proxy.threads,
@@ -182,7 +183,11 @@ impl Parts {
             .join(format!("sluice-{}.pid", cfg.admin.listen.port()))
             .display()
             .to_string();
-        let mut server = Server::new_with_opt_and_conf(None, conf);
+        let opt = pingora::server::configuration::Opt {
+            upgrade,
+            ..Default::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
         server.bootstrap();
 
         let mut options = HttpServerOptions::default();
@@ -204,7 +209,12 @@ impl Parts {
             server.add_service(background_service("outlier ejection", ejector));
             Some(requests)
         };
-        let gateway = Gateway::new(self.router.clone(), cfg.log.access_log, ejections);
+        let gateway = Gateway::new(
+            self.router.clone(),
+            self.directory.clone(),
+            cfg.log.access_log,
+            ejections,
+        );
         let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
             .name("sluice proxy")
             .server_options(options)

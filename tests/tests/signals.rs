@@ -196,3 +196,79 @@ async fn admin_reload_answers_with_the_outcome() {
         "still serving"
     );
 }
+
+#[tokio::test]
+async fn sigquit_hands_the_listeners_over_with_no_refused_connection() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let mut old = Gateway::start(ROUTE, &services).await;
+
+    // Load on fresh connections (no keep-alive), so every request needs accept().
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (stop, sent, failed, url) = (stop.clone(), sent.clone(), failed.clone(), old.url("/"));
+        workers.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+                && sent.fetch_add(1, Ordering::Relaxed) < 50_000
+            {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => {}
+                    other => {
+                        eprintln!("failed: {:?}", other.map(|r| r.status()));
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The new process waits for the sockets; SIGQUIT makes the old one hand them over.
+    let log = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
+    let mut new = std::process::Command::new(sluice_tests::sluice_bin())
+        .args(["serve", "--upgrade", "--config"])
+        .arg(&old.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    old.signal("QUIT");
+    let code = old.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "the old process drained and exited");
+    tokio::time::sleep(Duration::from_millis(500)).await; // load keeps going, on the new one
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let still_up = new.try_wait().unwrap().is_none();
+    let ok = client()
+        .get(old.url("/"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    let _ = new.kill();
+    let _ = new.wait();
+    eprintln!("{sent} requests across the upgrade, {failed} failed");
+    assert!(still_up, "the new process is serving");
+    assert_eq!(ok, 200, "the new process answers on the same address");
+    assert!(sent > 100, "load ran: {sent}");
+    assert_eq!(
+        failed, 0,
+        "no connection refused or request failed across the upgrade"
+    );
+}

@@ -19,18 +19,25 @@ use crate::strategy::PickRequest;
 /// The gateway's request handler; the router is swapped whole on reload.
 pub struct Gateway {
     router: Arc<ArcSwap<Router>>,
+    directory: Arc<crate::pool::Directory>,
     access_log: bool,
     ejections: Option<crate::health::EjectionRequests>,
 }
 
+/// Longest a request waits for the registry's first sync (a process just started or
+/// upgraded, with empty pools) before it is answered 503.
+const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Gateway {
     pub fn new(
         router: Arc<ArcSwap<Router>>,
+        directory: Arc<crate::pool::Directory>,
         access_log: bool,
         ejections: Option<crate::health::EjectionRequests>,
     ) -> Self {
         Self {
             router,
+            directory,
             access_log,
             ejections,
         }
@@ -127,6 +134,10 @@ impl ProxyHttp for Gateway {
             answer(session, 404, body).await?;
             return Ok(true);
         };
+        if route.slot.load().eligible_len() == 0 && !self.directory.is_ready() {
+            // A process just started or upgraded: give the registry its first sync.
+            self.directory.wait_ready(FIRST_SYNC_WAIT).await;
+        }
         if route.slot.load().eligible_len() == 0 {
             ctx.local_answer = Some(LocalAnswer::NoInstance);
             let body = no_instance_body(&route);

@@ -65,6 +65,9 @@ pub struct Directory {
     inner: Mutex<Inner>,
     generation: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Set once every expected source has synced (lock-free read for the request path).
+    ready: std::sync::atomic::AtomicBool,
+    ready_notify: tokio::sync::Notify,
 }
 
 impl Directory {
@@ -75,6 +78,8 @@ impl Directory {
             ..Inner::default()
         };
         Self {
+            ready: std::sync::atomic::AtomicBool::new(sources.is_empty()),
+            ready_notify: tokio::sync::Notify::new(),
             inner: Mutex::new(inner),
             generation: AtomicU64::new(0),
             metrics,
@@ -117,11 +122,27 @@ impl Directory {
 
     /// Whether every expected registry source has completed its first sync.
     pub fn is_ready(&self) -> bool {
-        let inner = self.lock();
-        inner
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Waits (at most `limit`) until every source has synced; `true` when ready.
+    pub async fn wait_ready(&self, limit: std::time::Duration) -> bool {
+        let notified = self.ready_notify.notified();
+        if self.is_ready() {
+            return true;
+        }
+        let _ = tokio::time::timeout(limit, notified).await;
+        self.is_ready()
+    }
+
+    fn update_ready(&self, inner: &Inner) {
+        let ready = inner
             .expected_sources
             .iter()
-            .all(|s| inner.synced.contains(s.as_str()))
+            .all(|s| inner.synced.contains(s.as_str()));
+        if ready && !self.ready.swap(true, Ordering::AcqRel) {
+            self.ready_notify.notify_waiters();
+        }
     }
 
     /// Services whose new instances get no traffic until their first health check passes.
@@ -147,6 +168,7 @@ impl Directory {
         let mut inner = self.lock();
         inner.synced.remove(source);
         inner.last_reset.remove(source);
+        self.ready.store(false, Ordering::Release);
     }
 
     /// The instances of every service as last applied (for the state file).
@@ -196,6 +218,7 @@ impl Directory {
         for service in touched {
             self.rebuild(&mut inner, &service);
         }
+        self.update_ready(&inner);
     }
 
     /// Applies one event to the instance maps; returns the services it changed.
