@@ -211,6 +211,10 @@ impl Parts {
         };
         let gateway = Gateway::new(
             self.router.clone(),
+            crate::gateway::HeaderLimits {
+                max_headers: cfg.proxy.max_headers,
+                max_header_bytes: cfg.proxy.max_header_bytes,
+            },
             self.directory.clone(),
             cfg.log.access_log,
             ejections,

@@ -34,6 +34,8 @@ pub(super) struct ProxySection {
     pub(super) grace_period: Option<String>,
     pub(super) upstream_keepalive_pool_size: Option<usize>,
     pub(super) upstream_idle_timeout: Option<String>,
+    pub(super) max_headers: Option<usize>,
+    pub(super) max_header_bytes: Option<usize>,
     pub(super) work_stealing: Option<bool>,
 }
 
@@ -96,6 +98,7 @@ pub(super) struct RouteSection {
     pub(super) strip_prefix: Option<bool>,
     pub(super) timeout: Option<String>,
     pub(super) retries: Option<u32>,
+    pub(super) max_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -82,6 +82,10 @@ pub struct ProxySettings {
     /// Idle upstream connections are closed after this long (so connections to an instance
     /// that left the pool go away within it).
     pub upstream_idle_timeout: Duration,
+    /// Requests with more header fields are answered 431.
+    pub max_headers: usize,
+    /// Requests whose header names and values add up to more bytes are answered 431.
+    pub max_header_bytes: usize,
     pub work_stealing: bool,
 }
 
@@ -192,6 +196,8 @@ pub struct RouteSpec {
     pub timeout: Duration,
     /// Extra attempts on another instance after a connection failure.
     pub retries: u32,
+    /// Larger request bodies are answered 413; `None`: no limit.
+    pub max_body_bytes: Option<u64>,
 }
 
 /// Active health check settings (`health_check = { ... }`).

@@ -89,6 +89,8 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 DEFAULT_GRACE_PERIOD,
             ),
             upstream_keepalive_pool_size: p.upstream_keepalive_pool_size.unwrap_or(128),
+            max_headers: p.max_headers.unwrap_or(100).max(1),
+            max_header_bytes: p.max_header_bytes.unwrap_or(32 * 1024).max(1),
             upstream_idle_timeout: issues.duration(
                 "proxy.upstream_idle_timeout",
                 p.upstream_idle_timeout.as_deref(),
@@ -476,6 +478,7 @@ fn validate_route(
         strip_prefix: section.strip_prefix.unwrap_or(false),
         timeout,
         retries: section.retries.unwrap_or(1),
+        max_body_bytes: section.max_body_bytes,
     })
 }
 

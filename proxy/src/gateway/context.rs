@@ -40,6 +40,8 @@ pub struct RequestCtx {
     tried: [u64; MAX_TRIED],
     tried_len: usize,
     pub(crate) attempts: u32,
+    /// Request body bytes seen so far (for the route's body limit).
+    pub(crate) body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -57,6 +59,7 @@ impl RequestCtx {
             tried: [0; MAX_TRIED],
             tried_len: 0,
             attempts: 0,
+            body_bytes: 0,
         }
     }
 

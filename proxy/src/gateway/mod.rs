@@ -9,5 +9,5 @@ mod proxy;
 mod route_metrics;
 mod router;
 
-pub use proxy::Gateway;
+pub use proxy::{Gateway, HeaderLimits};
 pub use router::{Route, Router, RouterError, DEFAULT_CONNECT_TIMEOUT};

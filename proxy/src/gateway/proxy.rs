@@ -19,9 +19,45 @@ use crate::strategy::PickRequest;
 /// The gateway's request handler; the router is swapped whole on reload.
 pub struct Gateway {
     router: Arc<ArcSwap<Router>>,
+    limits: HeaderLimits,
     directory: Arc<crate::pool::Directory>,
     access_log: bool,
     ejections: Option<crate::health::EjectionRequests>,
+}
+
+/// Header limits of the listener (`proxy.max_headers`, `proxy.max_header_bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderLimits {
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+}
+
+/// Why a request is refused before routing, if it is.
+fn refuse(req: &RequestHeader, limits: HeaderLimits) -> Option<(u16, String)> {
+    // A request with both Content-Length and Transfer-Encoding never gets here with both:
+    // pingora drops Content-Length and frames by Transfer-Encoding (RFC 9112 6.1, 6.3) and
+    // closes the connection after it, so it cannot smuggle a second request.
+    let headers = &req.headers;
+    if headers.len() > limits.max_headers {
+        return Some((
+            431,
+            format!("sluice: more than {} header fields\n", limits.max_headers),
+        ));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if bytes > limits.max_header_bytes {
+        return Some((
+            431,
+            format!(
+                "sluice: headers larger than {} bytes\n",
+                limits.max_header_bytes
+            ),
+        ));
+    }
+    None
 }
 
 /// Longest a request waits for the registry's first sync (a process just started or
@@ -31,12 +67,14 @@ const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 impl Gateway {
     pub fn new(
         router: Arc<ArcSwap<Router>>,
+        limits: HeaderLimits,
         directory: Arc<crate::pool::Directory>,
         access_log: bool,
         ejections: Option<crate::health::EjectionRequests>,
     ) -> Self {
         Self {
             router,
+            limits,
             directory,
             access_log,
             ejections,
@@ -123,6 +161,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        if let Some((status, body)) = refuse(session.req_header(), self.limits) {
+            answer(session, status, body).await?;
+            return Ok(true);
+        }
         let router = self.router.load();
         let (host, path) = {
             let req = session.req_header();
@@ -145,11 +187,50 @@ impl ProxyHttp for Gateway {
             answer(session, 503, body).await?;
             return Ok(true);
         }
+        if let Some(limit) = route.spec.max_body_bytes {
+            let declared = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                ctx.route = Some(route);
+                answer(
+                    session,
+                    413,
+                    format!("sluice: request body larger than {limit} bytes\n"),
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
         if let Some(hash_on) = route.hash_on() {
             ctx.request_hash = request_hash(hash_on, session);
         }
         ctx.route = Some(route);
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let Some(limit) = ctx.route.as_ref().and_then(|r| r.spec.max_body_bytes) else {
+            return Ok(());
+        };
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > limit {
+            // A chunked body that outgrew the limit: refuse it (before any response, a 413).
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body too large",
+            ));
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -290,6 +371,7 @@ impl ProxyHttp for Gateway {
                     .unwrap_or_default();
                 (503, body)
             }
+            ErrorType::HTTPStatus(413) => (413, "sluice: request body too large\n".to_string()),
             ErrorType::HTTPStatus(code) => (*code, format!("sluice: error {code}\n")),
             _ => match e.esource() {
                 ErrorSource::Upstream => {
