@@ -28,6 +28,15 @@ pub fn wat(name: &str) -> std::path::PathBuf {
         .join(format!("{name}.wat"))
 }
 
+/// The value of the first metric line starting with `prefix` (family and labels), if any.
+pub fn metric(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A port nobody listens on right now (bound, read, released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::PutOptions;
-use sluice_tests::{client, eventually, Etcd, Gateway, Load, Relay, Upstream};
+use sluice_tests::{client, eventually, metric, Etcd, Gateway, Load, Relay, Upstream};
 
 const ROUTE: &str =
     "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrategy = \"least-conn\"\n";
@@ -18,14 +18,6 @@ fn value(up: &Upstream, extra: &str) -> String {
 async fn served_by(gw: &Gateway) -> Option<String> {
     let r = client().get(gw.url("/")).send().await.ok()?;
     (r.status() == 200).then(|| r.headers()["x-upstream-id"].to_str().unwrap().to_string())
-}
-
-fn metric(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use sluice_tests::{client, eventually, Gateway, Upstream};
+use sluice_tests::{client, eventually, metric, Gateway, Upstream};
 
 const ROUTE: &str = "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n";
 
@@ -68,14 +68,6 @@ async fn an_idle_gateway_exits_promptly_on_sigterm() {
         "{:?}",
         sent.elapsed()
     );
-}
-
-fn metric(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]

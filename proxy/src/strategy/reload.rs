@@ -29,9 +29,10 @@ impl StrategyWatch {
     }
 }
 
+/// Content hashes: what was last applied, and what the previous poll saw.
 struct FileState {
-    applied: Option<Vec<u8>>,
-    pending: Option<Vec<u8>>,
+    applied: u64,
+    pending: Option<u64>,
 }
 
 #[async_trait]
@@ -50,18 +51,21 @@ impl BackgroundService for StrategyWatch {
                 let Ok(content) = tokio::fs::read(&watched.path).await else {
                     continue; // a missing file keeps the running version
                 };
+                let hash = super::set::content_hash(&content);
+                // Starting point: the bytes the strategy was loaded from (not the first poll,
+                // which may already see a newer file).
                 let file = files
                     .entry(watched.path.clone())
                     .or_insert_with(|| FileState {
-                        applied: Some(content.clone()),
+                        applied: watched.loaded,
                         pending: None,
                     });
-                if file.applied.as_ref() == Some(&content) {
+                if file.applied == hash {
                     file.pending = None;
                     continue;
                 }
-                if file.pending.as_ref() != Some(&content) {
-                    file.pending = Some(content); // wait one poll: the write may be in progress
+                if file.pending != Some(hash) {
+                    file.pending = Some(hash); // wait one poll: the write may be in progress
                     continue;
                 }
                 let strategy: Arc<WasmStrategy> = watched.strategy.clone();
@@ -76,7 +80,7 @@ impl BackgroundService for StrategyWatch {
                     tracing::error!("strategy reload task failed: {e}");
                 }
                 // Applied or refused, this content has had its chance; wait for the next change.
-                file.applied = Some(content);
+                file.applied = hash;
                 file.pending = None;
             }
         }

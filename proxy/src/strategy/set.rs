@@ -33,6 +33,16 @@ pub struct Watched {
     pub strategy: Arc<WasmStrategy>,
     pub path: PathBuf,
     pub config: serde_json::Value,
+    /// Hash of the bytes the strategy was loaded from: the watcher's starting point.
+    pub loaded: u64,
+}
+
+/// A content hash for change detection (not for security).
+pub(crate) fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 /// Strategies by name.
@@ -97,15 +107,17 @@ impl StrategySet {
                         spec.config.clone(),
                         spec.tags.clone(),
                     )
+                    .map(|s| (s, content_hash(&bytes)))
                 });
             match loaded {
-                Ok(s) => {
+                Ok((s, hash)) => {
                     let s = Arc::new(s);
                     by_name.insert(name.clone(), s.clone());
                     watched.push(Watched {
                         strategy: s,
                         path: spec.wasm.clone(),
                         config: spec.config.clone(),
+                        loaded: hash,
                     });
                 }
                 Err(source) => errors.push(StrategyError::Load {
