@@ -140,3 +140,21 @@ async fn pipelined_keepalive_requests_each_count_once() {
     let svc = gw.wait_in_flight_zero("svc").await;
     assert_eq!(picks(&svc, "a"), 3);
 }
+
+#[tokio::test]
+async fn total_timeout_bounds_the_request_below_the_per_try_timeout() {
+    let (_up, gw) = one_instance("timeout = \"5s\"\ntotal_timeout = \"400ms\"\n").await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .get(gw.url("/slow?sleep_ms=2000"))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 504);
+    assert!(
+        took < Duration::from_millis(1500),
+        "bounded by total_timeout, took {took:?}"
+    );
+    gw.wait_in_flight_zero("svc").await;
+}

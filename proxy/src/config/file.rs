@@ -98,6 +98,7 @@ pub(super) struct RouteSection {
     pub(super) strip_prefix: Option<bool>,
     pub(super) timeout: Option<String>,
     pub(super) retries: Option<u32>,
+    pub(super) total_timeout: Option<String>,
     pub(super) max_body_bytes: Option<u64>,
 }
 

@@ -196,6 +196,9 @@ pub struct RouteSpec {
     pub timeout: Duration,
     /// Extra attempts on another instance after a connection failure.
     pub retries: u32,
+    /// Bound on the whole request across tries; each try's connect and read timeouts are
+    /// cut to what is left. `None`: only the per-try `timeout`.
+    pub total_timeout: Option<Duration>,
     /// Larger request bodies are answered 413; `None`: no limit.
     pub max_body_bytes: Option<u64>,
 }

@@ -478,6 +478,13 @@ fn validate_route(
         strip_prefix: section.strip_prefix.unwrap_or(false),
         timeout,
         retries: section.retries.unwrap_or(1),
+        total_timeout: section.total_timeout.as_deref().map(|t| {
+            issues.duration(
+                &format!("{key}.total_timeout"),
+                Some(t),
+                DEFAULT_ROUTE_TIMEOUT,
+            )
+        }),
         max_body_bytes: section.max_body_bytes,
     })
 }

@@ -72,6 +72,7 @@ mod tests {
             strip_prefix: strip,
             timeout: std::time::Duration::from_secs(1),
             retries: 1,
+            total_timeout: None,
             max_body_bytes: None,
         }
     }

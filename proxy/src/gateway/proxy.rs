@@ -244,6 +244,14 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
+        // What is left of the route's total timeout bounds this try.
+        let remaining = route
+            .spec
+            .total_timeout
+            .map(|total| total.saturating_sub(ctx.start.elapsed()));
+        if remaining.is_some_and(|r| r.is_zero()) {
+            return Err(Error::explain(ErrorType::ReadTimedout, "total timeout spent").into_up());
+        }
         let pool = route.slot.load();
         let request = PickRequest {
             hash: ctx.request_hash,
@@ -275,9 +283,10 @@ impl ProxyHttp for Gateway {
         ctx.upstream_addr = Some(socket);
         ctx.upstream_start = Some(Instant::now());
         let mut peer = HttpPeer::new(socket, false, String::new());
-        peer.options.connection_timeout = Some(route.connect_timeout);
-        peer.options.read_timeout = Some(route.spec.timeout);
-        peer.options.write_timeout = Some(route.spec.timeout);
+        let cap = |d: std::time::Duration| remaining.map_or(d, |r| d.min(r));
+        peer.options.connection_timeout = Some(cap(route.connect_timeout));
+        peer.options.read_timeout = Some(cap(route.spec.timeout));
+        peer.options.write_timeout = Some(cap(route.spec.timeout));
         peer.options.idle_timeout = Some(route.idle_timeout);
         Ok(Box::new(peer))
     }
