@@ -258,16 +258,21 @@ impl Gateway {
         std::fs::rename(&tmp, &self.services_path).expect("rename services");
     }
 
-    /// `GET /admin/services` as JSON.
-    pub async fn services(&self) -> serde_json::Value {
+    /// `GET {path}` on the admin listener, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
         client()
-            .get(self.admin_url("/admin/services"))
+            .get(self.admin_url(path))
             .send()
             .await
             .expect("admin reachable")
             .json()
             .await
             .expect("admin JSON")
+    }
+
+    /// `GET /admin/services` as JSON.
+    pub async fn services(&self) -> serde_json::Value {
+        self.admin_json("/admin/services").await
     }
 
     /// The instance `id` of `service` in `/admin/services`.

@@ -102,14 +102,7 @@ async fn sighup_reloads_routes_and_strategies_and_refuses_a_broken_file() {
         (r.headers().get("x-upstream-id")? == "b").then_some(())
     })
     .await;
-    let strategies: serde_json::Value = client()
-        .get(gw.admin_url("/admin/strategies"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let strategies = gw.admin_json("/admin/strategies").await;
     let lc = strategies["strategies"]
         .as_array()
         .unwrap()

@@ -30,14 +30,7 @@ fn metric(metrics: &str, prefix: &str) -> u64 {
 }
 
 async fn strategies(gw: &Gateway) -> Value {
-    client()
-        .get(gw.admin_url("/admin/strategies"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    gw.admin_json("/admin/strategies").await
 }
 
 #[tokio::test]

@@ -304,8 +304,9 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let host = request_host(session.req_header()).to_string();
-        forward::forwarded_headers(upstream_request, client_ip, &host, "http")
+        // The downstream header and the upstream one are separate: borrow the host, no copy.
+        let host = request_host(session.req_header());
+        forward::forwarded_headers(upstream_request, client_ip, host, "http")
     }
 
     async fn upstream_response_filter(
