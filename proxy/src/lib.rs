@@ -21,6 +21,7 @@ pub mod demo;
 pub mod drain;
 pub mod gateway;
 pub mod health;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pool;

@@ -2,7 +2,8 @@
 //! passed down to whoever records into them.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Request-duration buckets in seconds: a small fixed set from 0.5 ms to 10 s.
@@ -27,6 +28,7 @@ pub struct Metrics {
     pub strategy_reloads_total: IntCounterVec,
     pub health_checks_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
+    pub downstream_header_timeouts_total: IntCounter,
 }
 
 /// Pick-duration buckets in seconds: 50 ns to 1 ms.
@@ -173,6 +175,15 @@ impl Metrics {
                     "Config reloads (SIGHUP, POST /admin/reload), by result (ok, error).",
                     &["result"],
                 ),
+            ),
+            downstream_header_timeouts_total: register(
+                &registry,
+                #[allow(clippy::expect_used)] // fixed, valid name: cannot fail
+                IntCounter::new(
+                    "sluice_downstream_header_timeouts_total",
+                    "Connections answered 408: the request header was not complete within proxy.header_timeout.",
+                )
+                .expect("valid counter"),
             ),
             strategy_reloads_total: register(
                 &registry,

@@ -14,6 +14,7 @@ use pingora::services::background::BackgroundService;
 
 use crate::config::{self, Config};
 use crate::gateway::Router;
+use crate::listener::SniResolver;
 use crate::pool::Directory;
 use crate::strategy::StrategySet;
 
@@ -25,6 +26,8 @@ pub struct Reloader {
     router: Arc<ArcSwap<Router>>,
     strategies: Arc<ArcSwap<StrategySet>>,
     reloads: prometheus::IntCounterVec,
+    /// The TLS listeners' certificates, re-read on every reload.
+    tls: Option<Arc<SniResolver>>,
 }
 
 impl Reloader {
@@ -42,7 +45,14 @@ impl Reloader {
             router,
             strategies,
             reloads,
+            tls: None,
         }
+    }
+
+    /// Re-reads the certificates of `[proxy.tls]` into `resolver` on every reload.
+    pub fn with_tls(mut self, resolver: Option<Arc<SniResolver>>) -> Self {
+        self.tls = resolver;
+        self
     }
 
     /// Reloads; on refusal, one line per problem.
@@ -76,12 +86,25 @@ impl Reloader {
         })?;
         let router = Router::build(&new, &self.directory, &strategies)
             .map_err(|e| vec![format!("{}: {e}", self.path.display())])?;
+        let certificates =
+            crate::server::load_certificates(&new).map_err(|e| vec![e.to_string()])?;
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         for (what, changed) in [
             (
                 "proxy.listen / proxy.threads",
                 current.proxy.listen != new.proxy.listen
                     || current.proxy.threads != new.proxy.threads,
+            ),
+            (
+                "proxy.tls.listen / proxy.tls.h2",
+                current.proxy.tls.as_ref().map(|t| (&t.listen, t.h2))
+                    != new.proxy.tls.as_ref().map(|t| (&t.listen, t.h2)),
+            ),
+            (
+                "proxy.header_timeout / max_headers / max_header_bytes",
+                current.proxy.header_timeout != new.proxy.header_timeout
+                    || current.proxy.max_headers != new.proxy.max_headers
+                    || current.proxy.max_header_bytes != new.proxy.max_header_bytes,
             ),
             ("admin", current.admin != new.admin),
             ("registry", current.registry != new.registry),
@@ -102,6 +125,10 @@ impl Reloader {
         }
         self.strategies.store(Arc::new(strategies));
         self.router.store(Arc::new(router));
+        if let (Some(resolver), Some(index)) = (&self.tls, certificates) {
+            // Renewed certificates are served from the next handshake on.
+            resolver.replace(index);
+        }
         *current = new;
         Ok(())
     }

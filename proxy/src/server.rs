@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::admin::AdminApp;
 use crate::config::{Config, RegistrySettings};
 use crate::gateway::{Gateway, Router, RouterError};
+use crate::listener::{CertError, CertIndex, HeaderDeadline, SniResolver};
 use crate::metrics::Metrics;
 use crate::pool::Directory;
 use crate::registry::{
@@ -37,6 +38,12 @@ pub enum BuildError {
     ServicesFile(String),
     #[error("{path}: registry.tls: {reason}")]
     EtcdTls { path: String, reason: String },
+    #[error("{path}: proxy.tls.certificates{}: {source}", source.index().map(|i| format!("[{i}]")).unwrap_or_default())]
+    Tls {
+        path: String,
+        #[source]
+        source: CertError,
+    },
     #[error("{}", strategy_lines(path, errors))]
     Strategies {
         path: String,
@@ -67,6 +74,21 @@ pub struct Parts {
     pub router: Arc<ArcSwap<Router>>,
     pub strategies: Arc<ArcSwap<StrategySet>>,
     pub source: Arc<dyn RegistrySource>,
+    /// The certificates of `[proxy.tls]`, if configured.
+    pub tls: Option<Arc<SniResolver>>,
+}
+
+/// Loads the certificates of `[proxy.tls]`.
+pub fn load_certificates(config: &Config) -> Result<Option<CertIndex>, BuildError> {
+    let Some(tls) = &config.proxy.tls else {
+        return Ok(None);
+    };
+    CertIndex::load(&tls.certificates)
+        .map(Some)
+        .map_err(|source| BuildError::Tls {
+            path: config.source.display().to_string(),
+            source,
+        })
 }
 
 /// The registry source the config names.
@@ -118,6 +140,7 @@ pub fn source_for(config: &Config) -> Result<Arc<dyn RegistrySource>, BuildError
 /// Checks what `serve` would load besides the config itself: the services file and strategies.
 pub fn check(config: &Config) -> Result<(), BuildError> {
     source_for(config)?;
+    load_certificates(config)?;
     if let RegistrySettings::File { path } = &config.registry {
         let text = std::fs::read_to_string(path).map_err(|e| {
             BuildError::ServicesFile(format!(
@@ -144,6 +167,7 @@ impl Parts {
         let metrics = Arc::new(Metrics::new());
         let directory = Arc::new(Directory::new(metrics.clone(), &[source.name()]));
         let strategies = load_strategies(&config, &metrics)?;
+        let tls = load_certificates(&config)?.map(|index| Arc::new(SniResolver::new(index)));
         let router = Router::build(&config, &directory, &strategies).map_err(|source| {
             BuildError::Router {
                 path: config.source.display().to_string(),
@@ -157,6 +181,7 @@ impl Parts {
             router: Arc::new(ArcSwap::from_pointee(router)),
             strategies: Arc::new(ArcSwap::from_pointee(strategies)),
             source,
+            tls,
         })
     }
 
@@ -219,20 +244,38 @@ impl Parts {
             cfg.log.access_log,
             ejections,
         );
-        let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
-            .name("sluice proxy")
-            .server_options(options)
-            .build();
+        let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
+        http.server_options = Some(options);
+        let app = HeaderDeadline::new(
+            http,
+            cfg.proxy.header_timeout,
+            // Room for the request line beside the header fields.
+            cfg.proxy.max_header_bytes + 16 * 1024,
+            self.metrics.downstream_header_timeouts_total.clone(),
+        );
+        let mut proxy = Service::new("sluice proxy".to_string(), app);
         for addr in &cfg.proxy.listen {
             proxy.add_tcp(&addr.to_string());
         }
+        if let (Some(tls), Some(resolver)) = (&cfg.proxy.tls, &self.tls) {
+            for addr in &tls.listen {
+                let mut settings = tls_settings(resolver.clone());
+                if tls.h2 {
+                    settings.enable_h2();
+                }
+                proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+            }
+        }
 
-        let reloader = Arc::new(crate::reload::Reloader::new(
-            cfg.clone(),
-            self.directory.clone(),
-            self.router.clone(),
-            self.strategies.clone(),
-        ));
+        let reloader = Arc::new(
+            crate::reload::Reloader::new(
+                cfg.clone(),
+                self.directory.clone(),
+                self.router.clone(),
+                self.strategies.clone(),
+            )
+            .with_tls(self.tls.clone()),
+        );
         let mut admin = Service::new(
             "sluice admin".to_string(),
             AdminApp::new(
@@ -373,3 +416,20 @@ impl BackgroundService for RegistryWatch {
         runner.abort();
     }
 }
+
+/// Listener TLS settings that take every certificate from `resolver` (chosen by SNI).
+fn tls_settings(resolver: Arc<SniResolver>) -> TlsSettings {
+    // With rustls, `with_callbacks` only records the callbacks: it cannot fail.
+    let mut settings = match TlsSettings::with_callbacks(Box::new(NoCallbacks)) {
+        Ok(settings) => settings,
+        Err(e) => unreachable!("rustls TlsSettings::with_callbacks is infallible: {e}"),
+    };
+    settings.set_cert_resolver(resolver);
+    settings
+}
+
+/// No post-handshake work: certificates are chosen by the resolver.
+struct NoCallbacks;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for NoCallbacks {}

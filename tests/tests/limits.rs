@@ -120,25 +120,99 @@ async fn bodies_over_the_route_limit_are_413() {
 }
 
 #[tokio::test]
-async fn content_length_with_transfer_encoding_cannot_smuggle() {
-    let (_a, gw) = gateway().await;
+async fn content_length_with_transfer_encoding_is_400() {
+    let (a, gw) = gateway().await;
     // Content-Length says 5, the chunked body says otherwise, and a second request follows.
     let request = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n";
     let (status, text) = raw(&gw, request).await;
-    assert_eq!(status, 200, "{text}");
-    // Framed by Transfer-Encoding; Content-Length never reaches the upstream; and the
-    // connection closes after the first request, so the second is never read.
-    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
-    let echoed: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(status, 400, "{text}");
     assert!(
-        echoed["headers"].get("content-length").is_none(),
-        "{echoed}"
+        text.contains("both Content-Length and Transfer-Encoding"),
+        "{text}"
     );
-    assert_eq!(echoed["path"], "/");
-    assert!(!text.contains("/smuggled"), "{text}");
     assert_eq!(
         text.matches("HTTP/1.1 ").count(),
         1,
-        "one response only: {text}"
+        "one response only, the smuggled request is never read: {text}"
     );
+    // Either order, any case.
+    let request = b"POST / HTTP/1.1\r\nHost: t\r\ntransfer-encoding: chunked\r\ncontent-LENGTH: 5\r\n\r\n0\r\n\r\n";
+    let (status, _) = raw(&gw, request).await;
+    assert_eq!(status, 400);
+    assert_eq!(a.hits(), 0, "nothing reached the upstream");
+
+    // Transfer-Encoding alone is fine.
+    let request = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let (status, _) = raw(&gw, request).await;
+    assert_eq!(status, 200);
+}
+
+/// A gateway with a short header deadline.
+async fn gateway_with_header_timeout() -> (Upstream, Gateway) {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let gw = Gateway::start_with_proxy("header_timeout = \"500ms\"", ROUTES, &services).await;
+    (a, gw)
+}
+
+#[tokio::test]
+async fn a_header_trickled_past_the_deadline_is_408() {
+    let (a, gw) = gateway_with_header_timeout().await;
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let started = std::time::Instant::now();
+    // Slowloris: a byte every 100 ms, each read well within any per-read timeout.
+    let trickle = async {
+        for byte in b"GET / HTTP/1.1\r\nHost: t\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if stream.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), trickle).await;
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("not received within 500ms"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(a.hits(), 0);
+    sluice_tests::eventually("the timeout counted", Duration::from_secs(2), || async {
+        sluice_tests::metric(
+            &gw.metrics().await,
+            "sluice_downstream_header_timeouts_total ",
+        )
+        .filter(|&n| n == 1.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_gets_408_and_a_prompt_one_is_served() {
+    let (a, gw) = gateway_with_header_timeout().await;
+    // Opened and never written to.
+    let mut idle = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    // Written in two parts well within the deadline, and kept alive for a second request.
+    let mut prompt = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    prompt.write_all(b"GET /a HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    prompt.write_all(b"st: t\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = prompt.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    prompt
+        .write_all(b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let n = prompt.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "keep-alive request after the deadline"
+    );
+    assert_eq!(a.hits(), 2);
+
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut response)).await;
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 408 "));
 }

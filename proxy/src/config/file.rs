@@ -37,6 +37,25 @@ pub(super) struct ProxySection {
     pub(super) max_headers: Option<usize>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) work_stealing: Option<bool>,
+    pub(super) header_timeout: Option<String>,
+    pub(super) tls: Option<ListenerTlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerTlsSection {
+    pub(super) listen: Option<Vec<String>>,
+    pub(super) h2: Option<bool>,
+    #[serde(default)]
+    pub(super) certificates: Vec<CertificateSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CertificateSection {
+    pub(super) cert: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) server_names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +129,15 @@ pub(super) struct ServiceSection {
     pub(super) connect_timeout: Option<String>,
     pub(super) format: Option<String>,
     pub(super) key_prefix: Option<String>,
+    pub(super) upstream_tls: Option<UpstreamTlsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamTlsSection {
+    pub(super) ca: Option<String>,
+    pub(super) server_name: Option<String>,
+    pub(super) verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,9 +8,9 @@ mod validate;
 
 pub use error::{ConfigError, ConfigIssue};
 pub use model::{
-    AdminSettings, BuiltinStrategy, Config, EtcdTls, HashOn, HealthCheckSpec, LogFormat,
-    LogSettings, PassiveSpec, ProxySettings, RegistrySettings, RouteSpec, ServicePolicy,
-    StrategyRef, StrategySpec, BUILTIN_STRATEGIES,
+    AdminSettings, BuiltinStrategy, CertificateSpec, Config, EtcdTls, HashOn, HealthCheckSpec,
+    ListenerTls, LogFormat, LogSettings, PassiveSpec, ProxySettings, RegistrySettings, RouteSpec,
+    ServicePolicy, StrategyRef, StrategySpec, UpstreamTlsSpec, BUILTIN_STRATEGIES,
 };
 
 use std::path::Path;

@@ -87,6 +87,53 @@ pub struct ProxySettings {
     /// Requests whose header names and values add up to more bytes are answered 431.
     pub max_header_bytes: usize,
     pub work_stealing: bool,
+    /// A connection's first request header must be complete this long after the accept,
+    /// or it is answered 408.
+    pub header_timeout: Duration,
+    /// `[proxy.tls]`: TLS listeners, if any.
+    pub tls: Option<ListenerTls>,
+}
+
+/// `[proxy.tls]`: TLS termination on its own listeners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTls {
+    pub listen: Vec<SocketAddr>,
+    /// Offer HTTP/2 by ALPN (else HTTP/1.1 only).
+    pub h2: bool,
+    /// The first is the default: served when the client sends no SNI or one no certificate
+    /// covers.
+    pub certificates: Vec<CertificateSpec>,
+}
+
+/// One certificate chain and key (PEM) and the names it is served for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateSpec {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Names (exact, or `*.example.com`) this certificate answers; empty: the DNS names of
+    /// the certificate's subjectAltName.
+    pub server_names: Vec<String>,
+}
+
+/// `upstream_tls = { ... }`: how `https` and `grpcs` instances of a service are verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTlsSpec {
+    /// PEM file of the CAs that sign the instances' certificates; default: the system roots.
+    pub ca: Option<PathBuf>,
+    /// Name sent as SNI and verified; default: the host of the instance's address.
+    pub server_name: Option<String>,
+    /// `false` skips certificate verification (testing only).
+    pub verify: bool,
+}
+
+impl Default for UpstreamTlsSpec {
+    fn default() -> Self {
+        Self {
+            ca: None,
+            server_name: None,
+            verify: true,
+        }
+    }
 }
 
 /// `[admin]`: the admin listener and its bearer token.
@@ -231,6 +278,8 @@ pub struct ServicePolicy {
     pub format: crate::registry::ValueFormat,
     /// Where this service's instances live when not under `<prefix><service>/`.
     pub key_prefix: Option<String>,
+    /// How `https`/`grpcs` instances are verified.
+    pub upstream_tls: UpstreamTlsSpec,
 }
 
 impl Config {

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::file::{FileConfig, HealthCheckSection, PassiveSection, RouteSection};
+use super::file::{
+    FileConfig, HealthCheckSection, ListenerTlsSection, PassiveSection, RouteSection,
+    UpstreamTlsSection,
+};
 use super::model::*;
 use super::{ConfigError, ConfigIssue};
 
@@ -97,6 +100,15 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 Duration::from_secs(60),
             ),
             work_stealing: p.work_stealing.unwrap_or(true),
+            header_timeout: issues.duration(
+                "proxy.header_timeout",
+                p.header_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+            tls: p
+                .tls
+                .as_ref()
+                .and_then(|t| validate_listener_tls(&mut issues, t)),
         }
     };
 
@@ -306,6 +318,11 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 }),
             },
             key_prefix: section.key_prefix.clone(),
+            upstream_tls: section
+                .upstream_tls
+                .as_ref()
+                .map(|t| validate_upstream_tls(&mut issues, &key, t))
+                .unwrap_or_default(),
         };
         if let Some(prefix) = &policy.key_prefix {
             // Frameworks differ on a leading '/' (go-zero writes "user.rpc/<lease>"), but
@@ -336,6 +353,90 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
             path: path.to_path_buf(),
             issues: issues.0,
         })
+    }
+}
+
+/// A path that must exist, or an issue under `key`.
+fn readable_file(issues: &mut Issues, key: &str, path: &str) -> Option<PathBuf> {
+    match std::fs::metadata(path) {
+        Ok(_) => Some(PathBuf::from(path)),
+        Err(e) => {
+            issues.push(key, format!("cannot read {path}: {e}"));
+            None
+        }
+    }
+}
+
+fn validate_listener_tls(issues: &mut Issues, tls: &ListenerTlsSection) -> Option<ListenerTls> {
+    let listen_text = tls.listen.clone().unwrap_or_default();
+    if listen_text.is_empty() {
+        issues.push(
+            "proxy.tls.listen",
+            "at least one listen address is required, e.g. [\"0.0.0.0:8443\"]",
+        );
+    }
+    let listen = listen_text
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| issues.socket_addr(&format!("proxy.tls.listen[{i}]"), a))
+        .collect();
+    if tls.certificates.is_empty() {
+        issues.push(
+            "proxy.tls.certificates",
+            "at least one certificate is required: [{ cert = \"server.pem\", key = \"server.key\" }]",
+        );
+    }
+    let mut certificates = Vec::new();
+    for (i, c) in tls.certificates.iter().enumerate() {
+        let key = format!("proxy.tls.certificates[{i}]");
+        let (Some(cert), Some(private_key)) = (&c.cert, &c.key) else {
+            issues.push(key, "both cert and key (PEM files) are required");
+            continue;
+        };
+        let cert = readable_file(issues, &format!("{key}.cert"), cert);
+        let private_key = readable_file(issues, &format!("{key}.key"), private_key);
+        let server_names: Vec<String> = c
+            .server_names
+            .iter()
+            .flatten()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        for (j, name) in server_names.iter().enumerate() {
+            let bare = name.strip_prefix("*.").unwrap_or(name);
+            if bare.is_empty() || bare.contains('*') || bare.contains(':') {
+                issues.push(
+                    format!("{key}.server_names[{j}]"),
+                    format!("bad name {name:?}: write a host name or *.example.com"),
+                );
+            }
+        }
+        if let (Some(cert), Some(key)) = (cert, private_key) {
+            certificates.push(CertificateSpec {
+                cert,
+                key,
+                server_names,
+            });
+        }
+    }
+    Some(ListenerTls {
+        listen,
+        h2: tls.h2.unwrap_or(true),
+        certificates,
+    })
+}
+
+fn validate_upstream_tls(
+    issues: &mut Issues,
+    service_key: &str,
+    tls: &UpstreamTlsSection,
+) -> UpstreamTlsSpec {
+    UpstreamTlsSpec {
+        ca: tls
+            .ca
+            .as_deref()
+            .and_then(|ca| readable_file(issues, &format!("{service_key}.upstream_tls.ca"), ca)),
+        server_name: tls.server_name.clone(),
+        verify: tls.verify.unwrap_or(true),
     }
 }
 

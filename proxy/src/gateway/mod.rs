@@ -5,9 +5,11 @@
 mod context;
 pub use context::{active_requests, RequestCtx};
 mod forward;
+mod peer;
 mod proxy;
 mod route_metrics;
 mod router;
 
+pub use peer::{CaError, UpstreamTls};
 pub use proxy::{Gateway, HeaderLimits};
 pub use router::{Route, Router, RouterError, DEFAULT_CONNECT_TIMEOUT};

@@ -33,11 +33,15 @@ pub struct HeaderLimits {
 }
 
 /// Why a request is refused before routing, if it is.
-fn refuse(req: &RequestHeader, limits: HeaderLimits) -> Option<(u16, String)> {
-    // A request with both Content-Length and Transfer-Encoding never gets here with both:
-    // pingora drops Content-Length and frames by Transfer-Encoding (RFC 9112 6.1, 6.3) and
-    // closes the connection after it, so it cannot smuggle a second request.
+fn refuse(session: &Session, limits: HeaderLimits) -> Option<(u16, String)> {
+    let req = session.req_header();
     let headers = &req.headers;
+    if headers.contains_key(http::header::TRANSFER_ENCODING) && sent_content_length(session) {
+        return Some((
+            400,
+            "sluice: request has both Content-Length and Transfer-Encoding\n".to_string(),
+        ));
+    }
     if headers.len() > limits.max_headers {
         return Some((
             431,
@@ -58,6 +62,19 @@ fn refuse(req: &RequestHeader, limits: HeaderLimits) -> Option<(u16, String)> {
         ));
     }
     None
+}
+
+/// Whether the client sent a Content-Length field. Only asked when Transfer-Encoding is
+/// present too: pingora then drops Content-Length from the parsed header (RFC 9112 6.3), so
+/// the raw header bytes are the only witness of a request smuggling attempt.
+fn sent_content_length(session: &Session) -> bool {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false; // HTTP/2 has no Transfer-Encoding framing
+    };
+    let raw = h1.get_headers_raw_bytes();
+    raw.split(|&b| b == b'\n')
+        .skip(1) // the request line
+        .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
 /// Longest a request waits for the registry's first sync (a process just started or
@@ -161,7 +178,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        if let Some((status, body)) = refuse(session.req_header(), self.limits) {
+        if let Some((status, body)) = refuse(session, self.limits) {
             answer(session, status, body).await?;
             return Ok(true);
         }
@@ -282,7 +299,7 @@ impl ProxyHttp for Gateway {
         ctx.attempts += 1;
         ctx.upstream_addr = Some(socket);
         ctx.upstream_start = Some(Instant::now());
-        let mut peer = HttpPeer::new(socket, false, String::new());
+        let mut peer = route.upstream_tls.peer(&member.spec, socket);
         let cap = |d: std::time::Duration| remaining.map_or(d, |r| d.min(r));
         peer.options.connection_timeout = Some(cap(route.connect_timeout));
         peer.options.read_timeout = Some(cap(route.spec.timeout));

@@ -1,9 +1,11 @@
 //! Routing: host (exact or `*.suffix`) and longest path prefix select a route; each route
 //! holds its service's slot and its strategy, resolved once when the router is built.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::peer::{CaError, UpstreamTls};
 use super::route_metrics::RouteMetrics;
 use crate::config::{Config, HashOn, RouteSpec};
 use crate::pool::{Directory, ServiceSlot};
@@ -22,6 +24,8 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// Consecutive failures that ask for an ejection (`passive`), if configured.
     pub eject_after: Option<u32>,
+    /// How the service's `https`/`grpcs` instances are verified.
+    pub upstream_tls: Arc<UpstreamTls>,
     pub(crate) metrics: RouteMetrics,
 }
 
@@ -61,6 +65,12 @@ impl Route {
 pub enum RouterError {
     #[error("routes[{index}].strategy: no strategy named {name:?} is loaded")]
     Strategy { index: usize, name: String },
+    #[error("services.{service}.upstream_tls.ca: {source}")]
+    UpstreamTls {
+        service: String,
+        #[source]
+        source: CaError,
+    },
 }
 
 /// All routes, most specific first.
@@ -77,6 +87,7 @@ impl Router {
         strategies: &StrategySet,
     ) -> Result<Self, RouterError> {
         let mut routes = Vec::with_capacity(config.routes.len());
+        let mut upstream_tls: HashMap<&str, Arc<UpstreamTls>> = HashMap::new();
         for (index, spec) in config.routes.iter().enumerate() {
             let strategy = strategies
                 .get(&spec.strategy)
@@ -85,12 +96,27 @@ impl Router {
                     name: spec.strategy.name().to_string(),
                 })?;
             let policy = config.service_policy(&spec.service);
+            let tls = match upstream_tls.get(spec.service.as_str()) {
+                Some(tls) => tls.clone(),
+                None => {
+                    let tls =
+                        Arc::new(UpstreamTls::load(&policy.upstream_tls).map_err(|source| {
+                            RouterError::UpstreamTls {
+                                service: spec.service.clone(),
+                                source,
+                            }
+                        })?);
+                    upstream_tls.insert(&spec.service, tls.clone());
+                    tls
+                }
+            };
             routes.push(Arc::new(Route {
                 slot: directory.slot(&spec.service),
                 strategy,
                 connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
                 idle_timeout: config.proxy.upstream_idle_timeout,
                 eject_after: policy.passive.as_ref().map(|p| p.consecutive_failures),
+                upstream_tls: tls,
                 metrics: RouteMetrics::new(directory.metrics(), &spec.name, &spec.service),
                 spec: spec.clone(),
             }));

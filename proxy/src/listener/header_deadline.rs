@@ -1,0 +1,156 @@
+//! The request-header deadline: a connection whose first request header is not complete
+//! within `proxy.header_timeout` of the accept is answered 408 and closed (slow-client
+//! protection that pingora does not have; its own read timeouts restart on every byte).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use prometheus::IntCounter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::rewind::Rewind;
+
+/// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
+/// seen (HTTP/2 has its own framing and flow control).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Wraps a server app (the pingora proxy): reads the first request header of each HTTP/1
+/// connection under a deadline, then hands the connection, bytes and all, to `inner`.
+pub struct HeaderDeadline<A> {
+    inner: Arc<A>,
+    timeout: Duration,
+    /// Most bytes read while looking for the end of the header; past it, `inner` sees the
+    /// request and answers its size (431).
+    max_bytes: usize,
+    timeouts: IntCounter,
+}
+
+impl<A> HeaderDeadline<A> {
+    pub fn new(inner: A, timeout: Duration, max_bytes: usize, timeouts: IntCounter) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            timeout,
+            max_bytes,
+            timeouts,
+        }
+    }
+}
+
+/// What reading the start of a connection came to.
+enum Start {
+    /// The header is complete (or too large to wait for, or HTTP/2): these bytes go first.
+    Ready(Vec<u8>),
+    /// The client closed, or the read failed, before anything could be served.
+    Closed,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// Whether `buf` (read so far) holds the end of a request header, starting the search a few
+/// bytes before `new_from` so a `\r\n\r\n` split across reads is found.
+fn header_complete(buf: &[u8], new_from: usize) -> bool {
+    let start = new_from.saturating_sub(3);
+    buf[start..].windows(4).any(|w| w == b"\r\n\r\n")
+        // HTTP/1.1 allows bare LF line ends; pingora's parser accepts them too.
+        || buf[start..].windows(2).any(|w| w == b"\n\n")
+}
+
+async fn read_start(stream: &mut Stream, max_bytes: usize) -> Start {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let before = buf.len();
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().max(1024));
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) if before == 0 => return Start::Closed,
+            // A client that closes mid-header gets what pingora makes of the part it sent.
+            Ok(0) | Err(_) => return Start::Ready(buf),
+            Ok(_) => {}
+        }
+        let h2 = H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]);
+        if h2 && buf.len() >= H2_PREFACE.len() {
+            return Start::Ready(buf);
+        }
+        if !h2 && (header_complete(&buf, before) || buf.len() > max_bytes) {
+            return Start::Ready(buf);
+        }
+    }
+}
+
+async fn answer_timeout(stream: &mut Stream, timeout: Duration) {
+    let body = format!(
+        "sluice: request header not received within {}\n",
+        humantime::format_duration(timeout)
+    );
+    let response = format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nconnection: close\r\nx-sluice-error: 1\r\n\r\n{body}",
+        body.len()
+    );
+    // The client is slow or gone: a failed write changes nothing.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.flush().await;
+    })
+    .await;
+    let _ = stream.shutdown().await;
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // HTTP/2 negotiated by ALPN: nothing to wait for here.
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let mut shutdown_seen = shutdown.clone();
+        let start = tokio::select! {
+            start = tokio::time::timeout(self.timeout, read_start(&mut stream, self.max_bytes)) => {
+                start.unwrap_or(Start::TimedOut)
+            }
+            // Stopping: a connection that has not sent a request yet is closed, as pingora
+            // does with idle ones.
+            _ = shutdown_seen.changed() => Start::Closed,
+        };
+        match start {
+            Start::Ready(prefix) => {
+                let stream: Stream = Box::new(Rewind::new(prefix, stream));
+                self.inner.process_new(stream, shutdown).await
+            }
+            Start::Closed => None,
+            Start::TimedOut => {
+                self.timeouts.inc();
+                answer_timeout(&mut stream, self.timeout).await;
+                None
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_complete;
+
+    #[test]
+    fn finds_the_end_of_a_header_split_across_reads() {
+        let buf = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        assert!(header_complete(buf, 0));
+        // The last read brought only the final "\n".
+        assert!(header_complete(buf, buf.len() - 1));
+        assert!(!header_complete(b"GET / HTTP/1.1\r\nhost: a\r\n", 0));
+        assert!(header_complete(b"GET / HTTP/1.0\n\n", 15));
+    }
+}
