@@ -1,5 +1,6 @@
 //! Builds every plugin of `plugins/` (built-ins and the hostile `chaos`) for the suites that
-//! load `.wasm` files from disk; `SLUICE_TEST_PLUGINS` names the folder.
+//! load `.wasm` files from disk (`SLUICE_TEST_PLUGINS` names the folder), and the gRPC test
+//! service from `proto/echo.proto`.
 
 use std::path::PathBuf;
 
@@ -21,4 +22,7 @@ fn main() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     println!("cargo:rustc-env=SLUICE_TEST_PLUGINS={}", built.display());
+    // The gRPC test service (needs protoc).
+    tonic_prost_build::compile_protos(manifest_dir.join("proto/echo.proto"))
+        .unwrap_or_else(|e| panic!("compiling tests/proto/echo.proto: {e}"));
 }

@@ -1,13 +1,17 @@
 //! Test support for the end-to-end suites: real HTTP upstreams on loopback, the real `sluice`
 //! binary started on free ports with a config written to a temp dir, and polling helpers.
 
+pub mod certs;
 pub mod etcd;
 pub mod gateway;
+pub mod grpc;
 pub mod load;
 pub mod upstream;
 
+pub use certs::{Ca, Leaf};
 pub use etcd::{Etcd, Relay};
 pub use gateway::{run_sluice, sluice_bin, Gateway};
+pub use grpc::GrpcUpstream;
 pub use load::{Load, LoadReport};
 pub use upstream::Upstream;
 

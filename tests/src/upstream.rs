@@ -80,6 +80,7 @@ async fn handle(
         "path": req.uri().path(),
         "query": query,
         "method": req.method().as_str(),
+        "version": format!("{:?}", req.version()),
         "headers": headers,
     });
     let status = match forced.load(Ordering::Relaxed) {
@@ -103,6 +104,39 @@ impl Upstream {
 
     /// Starts an upstream with this id on `addr`.
     pub async fn start_on(id: &str, addr: SocketAddr) -> Self {
+        Self::start_with(id, addr, None).await
+    }
+
+    /// Starts an HTTPS upstream (HTTP/1.1 or HTTP/2 by ALPN) with this certificate.
+    pub async fn start_tls(id: &str, leaf: &crate::Leaf) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(&leaf.cert)
+            .expect("cert file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&leaf.key).expect("key");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self::start_with(
+            id,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn start_with(
+        id: &str,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let name: Arc<str> = id.into();
@@ -128,6 +162,7 @@ impl Upstream {
                 let forced = forced.clone();
                 let open_now = open_now.clone();
                 open_now.fetch_add(1, Ordering::Relaxed);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         handle(
@@ -138,9 +173,23 @@ impl Upstream {
                             req,
                         )
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = hyper_util::server::conn::auto::Builder::new(
+                                    hyper_util::rt::TokioExecutor::new(),
+                                )
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                            }
+                        }
+                    }
                     open_now.fetch_sub(1, Ordering::Relaxed);
                 });
             }

@@ -30,6 +30,9 @@ pub struct UpstreamTls {
     ca: Option<Arc<CaType>>,
     server_name: Option<String>,
     verify: bool,
+    /// Keeps connections verified under other trust settings out of reach: pingora pools
+    /// TLS connections by address, SNI and verify flags, not by CA.
+    group_key: u64,
 }
 
 impl UpstreamTls {
@@ -61,10 +64,17 @@ impl UpstreamTls {
                 Some(Arc::from(wrapped.into_boxed_slice()))
             }
         };
+        let group_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&spec.ca, &spec.server_name, spec.verify).hash(&mut h);
+            h.finish()
+        };
         Ok(Self {
             ca,
             server_name: spec.server_name.clone(),
             verify: spec.verify,
+            group_key,
         })
     }
 
@@ -92,6 +102,7 @@ impl UpstreamTls {
                 peer.options.ca = self.ca.clone();
                 peer.options.verify_cert = self.verify;
                 peer.options.verify_hostname = self.verify;
+                peer.group_key = self.group_key;
                 peer
             }
         }

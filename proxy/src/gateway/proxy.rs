@@ -323,7 +323,9 @@ impl ProxyHttp for Gateway {
             .map(|a| a.ip());
         // The downstream header and the upstream one are separate: borrow the host, no copy.
         let host = request_host(session.req_header());
-        forward::forwarded_headers(upstream_request, client_ip, host, "http")
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let proto = if tls { "https" } else { "http" };
+        forward::forwarded_headers(upstream_request, client_ip, host, proto)
     }
 
     async fn upstream_response_filter(

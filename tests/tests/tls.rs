@@ -1,0 +1,244 @@
+//! TLS end to end: termination with certificates chosen by SNI (exact, wildcard, default),
+//! HTTP/2 and HTTP/1.1 by ALPN, certificates renewed by a reload, and upstream TLS for
+//! `https` instances, verified against the service's CA.
+
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sluice_tests::{free_port, Ca, Gateway, Leaf, Upstream};
+
+const ROUTES: &str = "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n";
+
+/// `tls = { ... }` for `[proxy]`: a TLS listener on `port` serving `certs` (first: default).
+fn tls_section(port: u16, certs: &[&Leaf], extra: &str) -> String {
+    let certificates: Vec<String> = certs
+        .iter()
+        .map(|l| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                l.cert.display(),
+                l.key.display()
+            )
+        })
+        .collect();
+    format!(
+        "tls = {{ listen = [\"127.0.0.1:{port}\"], certificates = [{}]{extra} }}",
+        certificates.join(", ")
+    )
+}
+
+/// A client that trusts `ca` and resolves every name to the gateway's TLS port.
+fn client_for(ca: &Ca, port: u16, names: &[&str]) -> reqwest::ClientBuilder {
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut builder = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .tls_info(true)
+        .timeout(Duration::from_secs(5));
+    for name in names {
+        builder = builder.resolve(name, addr);
+    }
+    builder
+}
+
+/// The certificate the server presented on this response.
+fn presented(response: &reqwest::Response) -> Vec<u8> {
+    response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn certificates_are_chosen_by_sni_and_h2_is_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let a = ca.server("a", &["a.example"]);
+    let b = ca.server("b", &["b.example", "*.b.example"]);
+    let up = Upstream::start("u").await;
+    let port = free_port();
+    let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
+    let gw = Gateway::start_with_proxy(&tls_section(port, &[&a, &b], ""), ROUTES, &services).await;
+
+    let client = client_for(&ca, port, &["a.example", "b.example", "x.b.example"])
+        .build()
+        .unwrap();
+    for (name, leaf) in [("a.example", &a), ("b.example", &b), ("x.b.example", &b)] {
+        let response = client
+            .get(format!("https://{name}:{port}/hello"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+        assert_eq!(
+            presented(&response),
+            leaf.der(),
+            "{name} got the wrong certificate"
+        );
+        // ALPN chose HTTP/2 with a client that offers it.
+        assert_eq!(response.version(), reqwest::Version::HTTP_2, "{name}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["id"], "u");
+        assert_eq!(body["headers"]["x-forwarded-proto"], "https", "{body}");
+    }
+
+    // A name no certificate covers gets the default (first) one.
+    let lenient = client_for(&ca, port, &["other.example"])
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let response = lenient
+        .get(format!("https://other.example:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(presented(&response), a.der());
+
+    // HTTP/1.1 clients are served too.
+    let h1 = client_for(&ca, port, &["a.example"])
+        .http1_only()
+        .build()
+        .unwrap();
+    let response = h1
+        .get(format!("https://a.example:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+    assert_eq!(response.status(), 200);
+    // The cleartext listener still serves.
+    let plain = reqwest::get(gw.url("/")).await.unwrap();
+    assert_eq!(plain.status(), 200);
+}
+
+#[tokio::test]
+async fn a_reload_serves_renewed_certificates_and_refuses_broken_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let a = ca.server("a", &["a.example"]);
+    let up = Upstream::start("u").await;
+    let port = free_port();
+    let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
+    let gw = Gateway::start_with_proxy(&tls_section(port, &[&a], ""), ROUTES, &services).await;
+    let fetch = || async {
+        // A new client per request: a new handshake.
+        let client = client_for(&ca, port, &["a.example"]).build().unwrap();
+        client
+            .get(format!("https://a.example:{port}/"))
+            .send()
+            .await
+            .map(|r| presented(&r))
+    };
+    assert_eq!(fetch().await.unwrap(), a.der());
+
+    // Renewed in place, as certbot or cert-manager do; then SIGHUP.
+    let renewed = ca.server("a-renewed", &["a.example"]);
+    std::fs::copy(&renewed.cert, &a.cert).unwrap();
+    std::fs::copy(&renewed.key, &a.key).unwrap();
+    gw.signal("HUP");
+    sluice_tests::eventually(
+        "the renewed certificate served",
+        Duration::from_secs(5),
+        || async { fetch().await.ok().filter(|der| *der == renewed.der()) },
+    )
+    .await;
+
+    // A broken certificate is refused and the renewed one keeps serving.
+    std::fs::write(&a.cert, "not a certificate").unwrap();
+    gw.signal("HUP");
+    sluice_tests::eventually("the refusal logged", Duration::from_secs(5), || async {
+        gw.log().contains("proxy.tls.certificates[0]").then_some(())
+    })
+    .await;
+    assert_eq!(fetch().await.unwrap(), renewed.der());
+}
+
+#[tokio::test]
+async fn https_instances_are_verified_against_the_service_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let leaf = ca.server("upstream", &["svc.internal"]);
+    let secure = Upstream::start_tls("secure", &leaf).await;
+    let line = |service: &str| {
+        format!(
+            "[services.{service}]\ninstances = [{{ id = \"secure\", addr = \"{}\", scheme = \"https\" }}]\n",
+            secure.addr
+        )
+    };
+    let services = [line("trusted"), line("untrusted"), line("unverified")].concat();
+    let rest = format!(
+        r#"
+[[routes]]
+path_prefix = "/trusted"
+service = "trusted"
+[[routes]]
+path_prefix = "/untrusted"
+service = "untrusted"
+retries = 0
+[[routes]]
+path_prefix = "/unverified"
+service = "unverified"
+
+[services.trusted]
+upstream_tls = {{ ca = "{}" }}
+[services.unverified]
+upstream_tls = {{ verify = false }}
+"#,
+        ca.cert.display()
+    );
+    let gw = Gateway::start_with_proxy("", &rest, &services).await;
+
+    // Verified: the instance's certificate names 127.0.0.1, its registered address.
+    let response = reqwest::get(gw.url("/trusted/x")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["id"], "secure");
+    assert_eq!(
+        body["version"], "HTTP/1.1",
+        "https instances are spoken to in HTTP/1.1"
+    );
+
+    // The system roots do not know the test CA: the handshake fails, and that is a 502. (The
+    // trusted route's pooled connection to the same address must not be reused for it.)
+    let response = reqwest::get(gw.url("/untrusted/x")).await.unwrap();
+    assert_eq!(response.status(), 502);
+
+    let response = reqwest::get(gw.url("/unverified/x")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(secure.hits(), 2);
+}
+
+#[tokio::test]
+async fn check_names_a_certificate_that_does_not_match_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let a = ca.server("a", &["a.example"]);
+    let b = ca.server("b", &["b.example"]);
+    let mixed = Leaf {
+        cert: a.cert.clone(),
+        key: b.key.clone(),
+    };
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = [\"127.0.0.1:{}\"]\n{}\n[registry]\nkind = \"file\"\npath = \"{}\"\n",
+            free_port(),
+            tls_section(free_port(), &[&a, &mixed], ""),
+            dir.path().join("services.toml").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("services.toml"), "").unwrap();
+    let output = sluice_tests::run_sluice(&["check", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("proxy.tls.certificates[1]") && stderr.contains("does not belong"),
+        "{stderr}"
+    );
+}
