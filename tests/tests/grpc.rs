@@ -1,0 +1,125 @@
+//! gRPC through the gateway with a real tonic client and server: unary calls, server streams
+//! and error statuses (trailers), over cleartext HTTP/2 (h2c in, `grpc` instances out) and
+//! over TLS (h2 by ALPN in, `grpcs` instances out).
+
+#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sluice_tests::grpc::proto::echo_client::EchoClient;
+use sluice_tests::grpc::proto::EchoRequest;
+use sluice_tests::{free_port, Ca, Gateway, GrpcUpstream};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+const ROUTES: &str = "[[routes]]\npath_prefix = \"/sluice.test.Echo/\"\nservice = \"echo\"\n";
+
+fn request(message: &str, count: u32) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+        count,
+        fail_with: 0,
+    }
+}
+
+/// Unary calls spread over both instances, a 5-reply stream, and an error status: the
+/// checks every transport below must pass.
+async fn exercise(channel: Channel, a: &GrpcUpstream, b: &GrpcUpstream) {
+    let mut client = EchoClient::new(channel);
+    let mut served = BTreeSet::new();
+    for i in 0..10 {
+        let reply = client
+            .unary(request(&format!("hi {i}"), 0))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.message, format!("hi {i}"));
+        served.insert(reply.instance);
+    }
+    assert_eq!(
+        served.len(),
+        2,
+        "round-robin over both instances: {served:?}"
+    );
+
+    let mut stream = client
+        .server_stream(request("streamed", 5))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut indexes = Vec::new();
+    while let Some(reply) = stream.message().await.unwrap() {
+        assert_eq!(reply.message, "streamed");
+        indexes.push(reply.index);
+    }
+    assert_eq!(indexes, vec![0, 1, 2, 3, 4]);
+
+    // A status from the server travels in the trailers.
+    let status = client
+        .unary(EchoRequest {
+            fail_with: tonic::Code::NotFound as i32,
+            ..request("missing", 0)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(status.message().contains("failed on purpose"), "{status:?}");
+    assert_eq!(a.calls() + b.calls(), 12);
+}
+
+#[tokio::test]
+async fn grpc_over_h2c_to_cleartext_instances() {
+    let a = GrpcUpstream::start("a", None).await;
+    let b = GrpcUpstream::start("b", None).await;
+    let services = format!(
+        "[services.echo]\ninstances = [{}, {}]\n",
+        a.instance(),
+        b.instance()
+    );
+    let gw = Gateway::start(ROUTES, &services).await;
+    let channel = Endpoint::from_shared(gw.url(""))
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    exercise(channel, &a, &b).await;
+}
+
+#[tokio::test]
+async fn grpc_over_tls_to_tls_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let front = ca.server("front", &["api.example"]);
+    let back = ca.server("back", &[]);
+    let a = GrpcUpstream::start("a", Some(&back)).await;
+    let b = GrpcUpstream::start("b", Some(&back)).await;
+    let services = format!(
+        "[services.echo]\ninstances = [{}, {}]\n",
+        a.instance(),
+        b.instance()
+    );
+    let port = free_port();
+    let proxy = format!(
+        "tls = {{ listen = [\"127.0.0.1:{port}\"], certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}",
+        front.cert.display(),
+        front.key.display()
+    );
+    let rest = format!(
+        "{ROUTES}\n[services.echo]\nupstream_tls = {{ ca = \"{}\" }}\n",
+        ca.cert.display()
+    );
+    let _gw = Gateway::start_with_proxy(&proxy, &rest, &services).await;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&ca.cert).unwrap()))
+        .domain_name("api.example");
+    let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    exercise(channel, &a, &b).await;
+}
