@@ -7,6 +7,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("round-robin", "sluice-strategy-round-robin"),
     ("least-conn", "sluice-strategy-least-conn"),
     ("consistent-hash", "sluice-strategy-consistent-hash"),
+    ("p2c-ewma", "sluice-strategy-p2c-ewma"),
 ];
 
 fn main() {

@@ -16,6 +16,7 @@ fn main() {
             "sluice-strategy-round-robin",
             "sluice-strategy-least-conn",
             "sluice-strategy-consistent-hash",
+            "sluice-strategy-p2c-ewma",
             "sluice-strategy-chaos",
         ],
         &out.join("plugins-target"),

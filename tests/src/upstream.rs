@@ -25,6 +25,7 @@ pub struct Upstream {
     open: Arc<AtomicUsize>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
     forced_status: Arc<std::sync::atomic::AtomicU16>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -49,6 +50,7 @@ async fn handle(
     hits: Arc<AtomicUsize>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
     forced: Arc<std::sync::atomic::AtomicU16>,
+    delay: Arc<std::sync::atomic::AtomicU64>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Dropped> {
     if req.uri().path() == "/health" {
@@ -63,6 +65,10 @@ async fn handle(
             .expect("valid response"));
     }
     hits.fetch_add(1, Ordering::Relaxed);
+    match delay.load(Ordering::Relaxed) {
+        0 => {}
+        ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+    }
     let query = req.uri().query().unwrap_or("").to_string();
     if let Some(ms) = query_param(&query, "sleep_ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -150,6 +156,8 @@ impl Upstream {
         let open_now = open.clone();
         let forced_status = Arc::new(std::sync::atomic::AtomicU16::new(0));
         let forced = forced_status.clone();
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let delay = delay_ms.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -160,6 +168,7 @@ impl Upstream {
                 let hits = counter.clone();
                 let health = health.clone();
                 let forced = forced.clone();
+                let delay = delay.clone();
                 let open_now = open_now.clone();
                 open_now.fetch_add(1, Ordering::Relaxed);
                 let tls = tls.clone();
@@ -170,6 +179,7 @@ impl Upstream {
                             hits.clone(),
                             health.clone(),
                             forced.clone(),
+                            delay.clone(),
                             req,
                         )
                     });
@@ -202,6 +212,7 @@ impl Upstream {
             open,
             healthy,
             forced_status,
+            delay_ms,
             task,
         }
     }
@@ -219,6 +230,11 @@ impl Upstream {
     /// Answers every request (but `/health`) with `status`; 0 goes back to normal.
     pub fn force_status(&self, status: u16) {
         self.forced_status.store(status, Ordering::Relaxed);
+    }
+
+    /// Delays every answer (but `/health`) by `ms` before anything else.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// TCP connections open right now.

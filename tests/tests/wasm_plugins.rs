@@ -98,6 +98,48 @@ fn least_conn_weighs_load_by_weight() {
 }
 
 #[test]
+fn p2c_ewma_steers_away_from_a_slow_instance() {
+    let p2c = load(&plugin("p2c-ewma"), json!({})).unwrap();
+    let pool = sample_pool(4); // weights 100, 50, 150, 100
+    for i in 0..4 {
+        pool.eligible(i)
+            .live
+            .observe_latency(std::time::Duration::from_millis(1));
+    }
+    // Instance 3 answers in ~200 ms: its EWMA climbs over a few responses.
+    for _ in 0..40 {
+        pool.eligible(3)
+            .live
+            .observe_latency(std::time::Duration::from_millis(200));
+    }
+    let counts = counts(&p2c, &pool, 4_000, |_| 0);
+    // It only wins when it is drawn twice, which never happens: the pair is distinct.
+    assert_eq!(counts[3], 0, "{counts:?}");
+    // Among equals the heavier of each pair wins (same cost, more weight).
+    assert!(counts[2] > counts[0] && counts[0] > counts[1], "{counts:?}");
+    assert!(fallbacks(&p2c).values().all(|&n| n == 0));
+}
+
+#[test]
+fn p2c_ewma_weighs_latency_by_requests_in_flight() {
+    let p2c = load(&plugin("p2c-ewma"), json!({})).unwrap();
+    let pool = sample_pool(2); // weights 100, 50
+    for i in 0..2 {
+        pool.eligible(i)
+            .live
+            .observe_latency(std::time::Duration::from_millis(10));
+    }
+    // Same latency and weight ratio 2:1, but instance 0 has 4 requests in flight (cost 5x).
+    let _busy: Vec<_> = (0..4)
+        .map(|_| pool.eligible(0).live.start_request())
+        .collect();
+    assert_eq!(counts(&p2c, &pool, 100, |_| 0), vec![0, 100]);
+    drop(_busy);
+    // Idle again: the heavier instance wins every pair (equal cost per weight favours it).
+    assert_eq!(counts(&p2c, &pool, 100, |_| 0), vec![100, 0]);
+}
+
+#[test]
 fn consistent_hash_is_stable_and_moves_only_the_leaving_share() {
     let ch = load(&plugin("consistent-hash"), json!({})).unwrap();
     let n = 10;

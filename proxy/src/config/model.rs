@@ -12,6 +12,7 @@ pub const BUILTIN_STRATEGIES: &[&str] = &[
     "round-robin",
     "least-conn",
     "consistent-hash",
+    "p2c-ewma",
     "native-round-robin",
     "native-least-conn",
 ];
@@ -25,6 +26,8 @@ pub enum BuiltinStrategy {
     LeastConn,
     /// Weighted rendezvous hashing on the request hash, WASM plugin.
     ConsistentHash,
+    /// Power of two choices over latency EWMA x in flight (Linkerd's peak EWMA), WASM plugin.
+    P2cEwma,
     /// Smooth weighted round-robin in Rust (the fallback).
     NativeRoundRobin,
     /// Weighted least-in-flight in Rust.
@@ -32,10 +35,11 @@ pub enum BuiltinStrategy {
 }
 
 impl BuiltinStrategy {
-    pub const ALL: [BuiltinStrategy; 5] = [
+    pub const ALL: [BuiltinStrategy; 6] = [
         BuiltinStrategy::RoundRobin,
         BuiltinStrategy::LeastConn,
         BuiltinStrategy::ConsistentHash,
+        BuiltinStrategy::P2cEwma,
         BuiltinStrategy::NativeRoundRobin,
         BuiltinStrategy::NativeLeastConn,
     ];
@@ -45,6 +49,7 @@ impl BuiltinStrategy {
             BuiltinStrategy::RoundRobin => "round-robin",
             BuiltinStrategy::LeastConn => "least-conn",
             BuiltinStrategy::ConsistentHash => "consistent-hash",
+            BuiltinStrategy::P2cEwma => "p2c-ewma",
             BuiltinStrategy::NativeRoundRobin => "native-round-robin",
             BuiltinStrategy::NativeLeastConn => "native-least-conn",
         }

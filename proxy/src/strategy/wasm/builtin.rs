@@ -14,4 +14,8 @@ pub const BUILTIN_PLUGINS: &[(&str, &[u8])] = &[
         "consistent-hash",
         include_bytes!(concat!(env!("OUT_DIR"), "/consistent-hash.wasm")),
     ),
+    (
+        "p2c-ewma",
+        include_bytes!(concat!(env!("OUT_DIR"), "/p2c-ewma.wasm")),
+    ),
 ];

@@ -219,6 +219,9 @@ impl ThreadInstance {
         self.written = Some((pool.generation(), n));
         self.store.data_mut().headers =
             HeadersPtr(headers.map_or(std::ptr::null(), |h| h as *const _));
+        // Each call starts with a fresh deadline: a CPU mark left by an earlier call that was
+        // descheduled across a tick would make the next firing interrupt a healthy pick.
+        self.store.data_mut().deadline = DeadlineState::default();
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = self.pick.call(&mut self.store, n as i32);
         self.store.data_mut().headers = HeadersPtr(std::ptr::null());

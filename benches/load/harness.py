@@ -1,0 +1,149 @@
+"""Shared pieces of the load benchmarks: free ports, waiting for HTTP, tool versions, the
+release `sluice` and the test upstream binary, and gnuplot charts."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SLUICE = os.path.join(ROOT, "target", "release", "sluice")
+UPSTREAM = os.path.join(ROOT, "target", "release", "sluice-test-upstream")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, what, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    sys.exit(f"{what} did not answer at {url}")
+
+
+def version(cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (out.stdout + out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "not found"
+
+
+def build_release(*packages):
+    """Release builds of the named binaries (`sluice`, `sluice-test-upstream`)."""
+    args = ["cargo", "build", "--release", "-q"]
+    for p in packages:
+        args += ["--bin", p]
+    subprocess.run(args, cwd=ROOT, check=True)
+
+
+def need(*tools):
+    for tool in tools:
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found (Debian: nginx-light haproxy wrk gnuplot-nox etcd-server etcd-client; oha: cargo install oha)")
+
+
+def metric(admin, prefix):
+    """Lines of /metrics starting with `prefix`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics") as r:
+        return [l for l in r.read().decode().splitlines() if l.startswith(prefix)]
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Procs:
+    """Child processes, stopped together."""
+
+    def __init__(self):
+        self.procs = []
+
+    def spawn(self, args, log, **kw):
+        p = subprocess.Popen(args, stdout=kw.pop("stdout", subprocess.DEVNULL), stderr=open(log, "w"), **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def start_upstream(procs, work, name, delay_ms=0):
+    """The test upstream (hyper) as a process, optionally slow; returns its port."""
+    port = free_port()
+    p = procs.spawn([UPSTREAM, name, f"127.0.0.1:{port}", str(delay_ms)], os.path.join(work, f"{name}.log"), stdout=subprocess.PIPE, text=True)
+    if p.stdout.readline().strip() != "ready":
+        sys.exit(f"upstream {name} did not start")
+    return port
+
+
+def start_sluice(procs, work, config_body, threads=1):
+    """`sluice serve` (release) with `[proxy]` and `[admin]` on free ports plus `config_body`;
+    returns (process, proxy port, admin port)."""
+    port, admin = free_port(), free_port()
+    conf = os.path.join(work, "sluice.toml")
+    with open(conf, "w") as f:
+        f.write(
+            f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nthreads = {threads}\n\n'
+            f'[admin]\nlisten = "127.0.0.1:{admin}"\n\n[log]\nlevel = "warn"\n\n{config_body}'
+        )
+    p = procs.spawn([SLUICE, "serve", "--config", conf], os.path.join(work, "sluice.log"))
+    wait_http(f"http://127.0.0.1:{admin}/readyz", "sluice")
+    return p, port, admin
+
+
+def oha(url, rate, conns, duration, timeout=None):
+    """A fixed-rate run; returns rps, p50/p99/p99.9 (ms), successes and total."""
+    import json
+
+    args = ["oha", "-z", f"{duration}s", "-q", str(rate), "-c", str(conns), "--latency-correction", "--no-tui", "--output-format", "json"]
+    if timeout:
+        args += ["-t", timeout]
+    out = subprocess.run(args + [url], capture_output=True, text=True, timeout=duration + 120)
+    try:
+        report = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        sys.exit(f"oha printed no JSON for {url}:\n{out.stdout}\n{out.stderr}")
+    pct = report["latencyPercentiles"]
+    codes = report.get("statusCodeDistribution", {})
+    ok = codes.get("200", 0)
+    total = sum(codes.values()) + sum(report.get("errorDistribution", {}).values())
+    return {
+        "rps": report["summary"]["requestsPerSec"],
+        "p50": (pct.get("p50") or 0) * 1000,
+        "p99": (pct.get("p99") or 0) * 1000,
+        "p999": (pct.get("p99.9") or 0) * 1000,
+        "ok": ok,
+        "total": total,
+        "errors": total - ok,
+    }
+
+
+def gnuplot(script):
+    if shutil.which("gnuplot") is None:
+        print("gnuplot not found: no chart", file=sys.stderr)
+        return
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
