@@ -46,10 +46,14 @@ class Stack:
         self.procs = []
         self.up = [free_port(), free_port()]
         self.ports = {}
+        self.workers = workers
+        self.sluice_bin = sluice_bin
+
+    def start(self):
         self._upstreams()
-        self._sluice(workers, sluice_bin)
-        self._nginx(workers)
-        self._haproxy(workers)
+        self._sluice(self.workers, self.sluice_bin)
+        self._nginx(self.workers)
+        self._haproxy(self.workers)
 
     def _spawn(self, args, log):
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
@@ -144,7 +148,7 @@ http {{
             f.write(
                 f"""global
   nbthread {workers}
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 5s
@@ -261,6 +265,7 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         stack = Stack(work, args.workers, args.sluice)
         try:
+            stack.start()
             for rnd in range(1, args.rounds + 1):
                 shift = (rnd - 1) % len(targets)
                 order = targets[shift:] + targets[:shift]

@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand};
 use sluice::config::{self, LogFormat, LogSettings};
 use sluice::server::{self, Parts};
 
+/// jemalloc for the whole process: the request path allocates per request (pingora's
+/// sessions, headers, buffers), and its thread caches cut glibc malloc's share of the CPU
+/// profile (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",

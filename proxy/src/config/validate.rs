@@ -99,7 +99,7 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 p.upstream_idle_timeout.as_deref(),
                 Duration::from_secs(60),
             ),
-            work_stealing: p.work_stealing.unwrap_or(true),
+            work_stealing: p.work_stealing.unwrap_or(false),
             header_timeout: issues.duration(
                 "proxy.header_timeout",
                 p.header_timeout.as_deref(),

@@ -177,6 +177,10 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
+    /// No downstream modules: pingora's default adds a (disabled) response-compression module
+    /// that still costs a context allocation and a filter call per request and per body chunk.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         if let Some((status, body)) = refuse(session, self.limits) {
             answer(session, status, body).await?;
