@@ -113,7 +113,7 @@ set grid ytics
 set key top left
 plot "{data}" using 2:xtic(1) title "p50", "" using 3 title "p99", "" using 4 title "p99.9"
 """)
-    print("\n".join(lines[: 7 + len(STRATEGIES)]))
+    print("\n".join(lines[: 8 + len(STRATEGIES)]))
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def main():
     build_release("sluice")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by sluice
-    if hard < args.connections * 2 + 1000:
-        sys.exit(f"open files limit {hard} is too low for {args.connections} connections")
+    if hard < args.connections + 1000:
+        sys.exit(f"open files limit {hard} is too low for {args.connections} connections (each process holds one end)")
     command = "python3 benches/load/memory.py " + " ".join(sys.argv[1:])
     procs = Procs()
     with tempfile.TemporaryDirectory() as work:

@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -255,7 +256,9 @@ impl Parts {
         );
         let mut proxy = Service::new("sluice proxy".to_string(), app);
         for addr in &cfg.proxy.listen {
-            proxy.add_tcp(&addr.to_string());
+            proxy.add_listener(
+                ListenerConfig::tcp(addr.to_string()).l4_buffer(DOWNSTREAM_L4_BUFFERS),
+            );
         }
         if let (Some(tls), Some(resolver)) = (&cfg.proxy.tls, &self.tls) {
             for addr in &tls.listen {
@@ -263,7 +266,11 @@ impl Parts {
                 if tls.h2 {
                     settings.enable_h2();
                 }
-                proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+                proxy.add_listener(
+                    ListenerConfig::tcp(addr.to_string())
+                        .tls(settings)
+                        .l4_buffer(DOWNSTREAM_L4_BUFFERS),
+                );
             }
         }
 
@@ -416,6 +423,14 @@ impl BackgroundService for RegistryWatch {
         runner.abort();
     }
 }
+
+/// Client connections read straight into the HTTP session's own buffer: pingora's default
+/// 64 KiB read buffer per connection costs ~40 KiB of resident memory per idle keep-alive
+/// client and a copy of every byte (docs/benchmarks.md).
+const DOWNSTREAM_L4_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
 
 /// Listener TLS settings that take every certificate from `resolver` (chosen by SNI).
 fn tls_settings(resolver: Arc<SniResolver>) -> TlsSettings {
