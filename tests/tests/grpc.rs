@@ -76,7 +76,15 @@ async fn grpc_over_h2c_to_cleartext_instances() {
         a.instance(),
         b.instance()
     );
-    let gw = Gateway::start(ROUTES, &services).await;
+    // Active checks configured: gRPC instances are not probed over HTTP/1.1 (tonic refuses
+    // it), so they must stay in rotation.
+    let rest = format!(
+        "{ROUTES}\n[services.echo]\nhealth_check = {{ path = \"/health\", interval = \"100ms\", timeout = \"100ms\", healthy_after = 1, unhealthy_after = 1 }}\n"
+    );
+    let gw = Gateway::start(&rest, &services).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let echo = gw.services().await;
+    assert!(echo.to_string().contains("\"unchecked\""), "{echo}");
     let channel = Endpoint::from_shared(gw.url(""))
         .unwrap()
         .timeout(Duration::from_secs(5))

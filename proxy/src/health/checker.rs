@@ -72,7 +72,10 @@ async fn check_service(
         let probes = pool
             .members()
             .iter()
-            .filter(|m| m.spec.scheme == Scheme::Http || m.spec.scheme == Scheme::Grpc)
+            // Probes are plain HTTP/1.1 GETs. gRPC servers commonly refuse HTTP/1.1 (and answer
+            // any path 200 with the status in trailers), and TLS instances need a handshake:
+            // those are left to passive ejection rather than marked down by a wrong probe.
+            .filter(|m| m.spec.scheme == Scheme::Http)
             .filter_map(|m| m.socket.map(|socket| (m, socket)))
             .map(|(member, socket)| {
                 let url = format!("http://{socket}{}", spec.path);
