@@ -33,7 +33,7 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, free_port, gnuplot, oha, version, wait_http  # noqa: E402
+from harness import ROOT, Procs, free_port, gnuplot, oha, version, wait_http  # noqa: E402
 
 LUA = os.path.join(ROOT, "benches", "load", "percentiles.lua")
 
@@ -43,7 +43,7 @@ class Stack:
 
     def __init__(self, work, workers, sluice_bin):
         self.work = work
-        self.procs = []
+        self.procs = Procs()
         self.up = [free_port(), free_port()]
         self.ports = {}
         self.workers = workers
@@ -56,9 +56,7 @@ class Stack:
         self._haproxy(self.workers)
 
     def _spawn(self, args, log):
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-        self.procs.append(p)
-        return p
+        return self.procs.spawn(args, log)
 
     def _nginx_conf(self, name, body, workers):
         d = os.path.join(self.work, name)
@@ -178,13 +176,7 @@ backend be
         return f"http://127.0.0.1:{self.ports[server]}{path}"
 
     def stop(self):
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        self.procs.stop()
 
 
 def run_wrk(url, conns, duration):

@@ -8,9 +8,13 @@
 //! - [`pool`]: the [`pool::Directory`] applies updates and swaps one immutable
 //!   [`pool::Pool`] per service into its [`pool::ServiceSlot`]; live per-instance state
 //!   (in flight, latency, failures) survives every swap.
-//! - [`strategy`]: picks an eligible instance per request (native round-robin and least-conn).
+//! - [`strategy`]: picks an eligible instance per request: the WASM host and plugins, and the
+//!   native round-robin and least-conn.
 //! - [`gateway`]: routes by host and path prefix, forwards through pingora, answers errors.
-//! - [`health`]: probes (the registrar's `--health-url`).
+//! - [`listener`]: what sits in front of the proxy: the request-header deadline (408) and the
+//!   TLS certificates chosen by SNI.
+//! - [`health`]: active health checks, passive outlier ejection, and the HTTP probe (also
+//!   used by the registrar's `--health-url`).
 //! - [`admin`] and [`metrics`]: the admin API and the Prometheus families.
 //! - [`config`]: the TOML file, validated into the internal model; [`server`] wires it all;
 //!   [`demo`] is the self-contained first run.

@@ -1,6 +1,7 @@
 //! The data plane: the router (host + longest path prefix -> route), the pingora
 //! [`ProxyHttp`](pingora::proxy::ProxyHttp) implementation that picks an instance per request,
-//! rewrites and forwards it, and records metrics and the access log.
+//! rewrites and forwards it (over HTTP/1.1, TLS or h2c by the instance's scheme), and records
+//! metrics and the access log.
 
 mod context;
 pub use context::{active_requests, RequestCtx};
