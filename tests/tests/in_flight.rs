@@ -122,6 +122,9 @@ async fn client_abort_path() {
         metrics.contains(r#"status="499"} 1"#),
         "abort counted as 499:\n{metrics}"
     );
+    // Counted, not logged as an error: a client leaving is not the gateway's failure.
+    let log = gw.log();
+    assert!(!log.contains("Fail to proxy"), "{log}");
 }
 
 #[tokio::test]

@@ -177,6 +177,16 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
+    /// A client that went away (the 499s) is the client's business, counted in
+    /// `sluice_requests_total{status="499"}`: not an error line per request in the log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        error.esource() == &ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     /// No downstream modules: pingora's default adds a (disabled) response-compression module
     /// that still costs a context allocation and a filter call per request and per body chunk.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
