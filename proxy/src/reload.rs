@@ -127,6 +127,7 @@ impl Reloader {
         self.router.store(Arc::new(router));
         if let (Some(resolver), Some(index)) = (&self.tls, certificates) {
             // Renewed certificates are served from the next handshake on.
+            crate::server::log_certificates(&index);
             resolver.replace(index);
         }
         *current = new;

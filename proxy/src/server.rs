@@ -79,6 +79,18 @@ pub struct Parts {
     pub tls: Option<Arc<SniResolver>>,
 }
 
+/// One log line per certificate: the names it serves (the first is the default).
+pub fn log_certificates(index: &CertIndex) {
+    for (i, names) in index.names().iter().enumerate() {
+        tracing::info!(
+            certificate = i,
+            default = i == 0,
+            names = %names.join(", "),
+            "TLS certificate loaded"
+        );
+    }
+}
+
 /// Loads the certificates of `[proxy.tls]`.
 pub fn load_certificates(config: &Config) -> Result<Option<CertIndex>, BuildError> {
     let Some(tls) = &config.proxy.tls else {
@@ -168,7 +180,10 @@ impl Parts {
         let metrics = Arc::new(Metrics::new());
         let directory = Arc::new(Directory::new(metrics.clone(), &[source.name()]));
         let strategies = load_strategies(&config, &metrics)?;
-        let tls = load_certificates(&config)?.map(|index| Arc::new(SniResolver::new(index)));
+        let tls = load_certificates(&config)?.map(|index| {
+            log_certificates(&index);
+            Arc::new(SniResolver::new(index))
+        });
         let router = Router::build(&config, &directory, &strategies).map_err(|source| {
             BuildError::Router {
                 path: config.source.display().to_string(),

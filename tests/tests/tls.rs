@@ -113,6 +113,12 @@ async fn certificates_are_chosen_by_sni_and_h2_is_offered() {
     // The cleartext listener still serves.
     let plain = reqwest::get(gw.url("/")).await.unwrap();
     assert_eq!(plain.status(), 200);
+    // What each certificate serves is in the log.
+    let log = gw.log();
+    assert!(
+        log.contains("TLS certificate loaded") && log.contains("b.example, *.b.example"),
+        "{log}"
+    );
 }
 
 #[tokio::test]

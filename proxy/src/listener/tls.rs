@@ -175,7 +175,7 @@ impl CertIndex {
             .unwrap_or(&self.default)
     }
 
-    /// The names each certificate serves, in config order (for logs and the admin API).
+    /// The names each certificate serves, in config order (logged at load and reload).
     pub fn names(&self) -> &[Vec<String>] {
         &self.names
     }
