@@ -334,10 +334,23 @@ impl Parts {
             .services
             .iter()
             .filter_map(|(name, policy)| {
-                policy
-                    .health_check
-                    .clone()
-                    .map(|spec| (self.directory.slot(name), spec))
+                let spec = policy.health_check.clone()?;
+                let tls = match crate::health::ProbeTls::new(&policy.upstream_tls) {
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        tracing::error!(
+                            service = %name,
+                            "https instances will not be health-checked: {e}"
+                        );
+                        None
+                    }
+                };
+                Some(crate::health::CheckedService {
+                    slot: self.directory.slot(name),
+                    spec,
+                    tls,
+                    server_name: policy.upstream_tls.server_name.clone(),
+                })
             })
             .collect();
         self.directory.set_wait_first(

@@ -175,10 +175,12 @@ async fn an_outlier_is_ejected_readmitted_and_ejected_longer_next_time() {
         (gw.instance("svc", "b").await?["ejected"] == false).then_some(())
     })
     .await;
-    let again = statuses(&gw, 6).await;
-    assert_eq!(
-        again.iter().filter(|(s, _)| *s == 500).count(),
-        3,
+    // The admin view turns at the readmission time; the pool that offers b again is rebuilt
+    // a moment later, so a request or two may still go to a alone. 8 requests give b its
+    // three failures either way.
+    let again = statuses(&gw, 8).await;
+    assert!(
+        again.iter().filter(|(s, _)| *s == 500).count() >= 3,
         "{again:?}"
     );
     eventually("b ejected again", Duration::from_secs(2), || async {
@@ -231,4 +233,65 @@ async fn never_more_than_half_of_a_pool_is_ejected() {
         "{}",
         gw.log()
     );
+}
+
+#[tokio::test]
+async fn https_instances_are_checked_over_tls_with_the_service_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = sluice_tests::Ca::new(dir.path());
+    let leaf = ca.server("upstream", &["svc.internal"]);
+    let a = Upstream::start("a").await;
+    let secure = Upstream::start_tls("secure", &leaf).await;
+    let services = format!(
+        "[services.svc]\ninstances = [{}, {{ id = \"secure\", addr = \"{}\", scheme = \"https\" }}]\n",
+        a.instance(),
+        secure.addr
+    );
+    let rest = format!(
+        r#"
+[services.svc]
+health_check = {{ path = "/health", interval = "200ms", timeout = "150ms", healthy_after = 2, unhealthy_after = 2 }}
+upstream_tls = {{ ca = "{}" }}
+
+[[routes]]
+path_prefix = "/"
+service = "svc"
+strategy = "native-round-robin"
+"#,
+        ca.cert.display()
+    );
+    let gw = Gateway::start(&rest, &services).await;
+    let health_is = |want: &'static str| {
+        let gw = &gw;
+        move || async move {
+            let health = gw.instance("svc", "secure").await?["health"].clone();
+            (health == want).then_some(())
+        }
+    };
+    // Probed over TLS, verified against the service's CA: healthy, and in rotation.
+    eventually(
+        "healthy over TLS",
+        Duration::from_secs(3),
+        health_is("healthy"),
+    )
+    .await;
+    assert_eq!(served(&gw, 10).await.len(), 2);
+
+    secure.set_healthy(false);
+    eventually(
+        "out of rotation",
+        Duration::from_secs(2),
+        health_is("unhealthy"),
+    )
+    .await;
+    assert_eq!(served(&gw, 10).await, HashSet::from(["a".to_string()]));
+
+    secure.set_healthy(true);
+    eventually(
+        "back in rotation",
+        Duration::from_secs(2),
+        health_is("healthy"),
+    )
+    .await;
+    drop(a);
 }

@@ -92,7 +92,7 @@ impl UpstreamTls {
                 let sni = self
                     .server_name
                     .clone()
-                    .unwrap_or_else(|| address_host(&instance.addr).to_string());
+                    .unwrap_or_else(|| instance.host().to_string());
                 let mut peer = HttpPeer::new(socket, true, sni);
                 peer.options.alpn = if instance.scheme == Scheme::Grpcs {
                     ALPN::H2
@@ -107,14 +107,6 @@ impl UpstreamTls {
             }
         }
     }
-}
-
-/// The host of `host:port` (`[v6]:port` without brackets).
-fn address_host(addr: &str) -> &str {
-    if let Some(rest) = addr.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
 
-use super::http_status;
+use super::{instance_status, ProbeTls};
 use crate::config::HealthCheckSpec;
 use crate::metrics::Metrics;
 use crate::pool::{Directory, Health, ServiceSlot};
@@ -20,14 +20,23 @@ use crate::registry::Scheme;
 /// The background service running every configured health check.
 pub struct HealthChecks {
     directory: Arc<Directory>,
-    services: Vec<(Arc<ServiceSlot>, HealthCheckSpec)>,
+    services: Vec<CheckedService>,
+}
+
+/// One service under active checks.
+#[derive(Clone)]
+pub struct CheckedService {
+    pub slot: Arc<ServiceSlot>,
+    pub spec: HealthCheckSpec,
+    /// How its `https` instances are probed (its `upstream_tls`); `None`: they are not.
+    pub tls: Option<ProbeTls>,
+    /// The name `https` instances are verified as (`upstream_tls.server_name`), else each
+    /// instance's host.
+    pub server_name: Option<String>,
 }
 
 impl HealthChecks {
-    pub fn new(
-        directory: Arc<Directory>,
-        services: Vec<(Arc<ServiceSlot>, HealthCheckSpec)>,
-    ) -> Self {
+    pub fn new(directory: Arc<Directory>, services: Vec<CheckedService>) -> Self {
         Self {
             directory,
             services,
@@ -56,10 +65,15 @@ impl Counters {
 
 async fn check_service(
     directory: Arc<Directory>,
-    slot: Arc<ServiceSlot>,
-    spec: HealthCheckSpec,
+    service: CheckedService,
     mut shutdown: ShutdownWatch,
 ) {
+    let CheckedService {
+        slot,
+        spec,
+        tls,
+        server_name,
+    } = service;
     let counters = Counters::new(directory.metrics(), slot.name());
     let mut tick = tokio::time::interval(spec.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -72,17 +86,32 @@ async fn check_service(
         let probes = pool
             .members()
             .iter()
-            // Probes are plain HTTP/1.1 GETs. gRPC servers commonly refuse HTTP/1.1 (and answer
-            // any path 200 with the status in trailers), and TLS instances need a handshake:
-            // those are left to passive ejection rather than marked down by a wrong probe.
-            .filter(|m| m.spec.scheme == Scheme::Http)
+            // HTTP/1.1 GETs, over TLS for `https` instances. gRPC servers commonly refuse
+            // HTTP/1.1 (and answer any path 200 with the status in trailers): `grpc` and
+            // `grpcs` instances are left to passive ejection rather than marked down by a
+            // wrong probe.
+            .filter(|m| match m.spec.scheme {
+                Scheme::Http => true,
+                Scheme::Https => tls.is_some(),
+                Scheme::Grpc | Scheme::Grpcs => false,
+            })
             .filter_map(|m| m.socket.map(|socket| (m, socket)))
             .map(|(member, socket)| {
-                let url = format!("http://{socket}{}", spec.path);
                 let live = member.live.clone();
                 let timeout = spec.timeout;
+                let path = spec.path.as_str();
+                let (host, tls) = match member.spec.scheme {
+                    Scheme::Https => (
+                        server_name
+                            .clone()
+                            .unwrap_or_else(|| member.spec.host().to_string()),
+                        tls.as_ref(),
+                    ),
+                    _ => (socket.to_string(), None),
+                };
                 async move {
-                    let passed = matches!(http_status(&url, timeout).await, Ok(code) if (200..400).contains(&code));
+                    let status = instance_status(socket, &host, path, tls, timeout).await;
+                    let passed = matches!(status, Ok(code) if (200..400).contains(&code));
                     (live, passed)
                 }
             });
@@ -126,11 +155,10 @@ impl BackgroundService for HealthChecks {
         let tasks: Vec<_> = self
             .services
             .iter()
-            .map(|(slot, spec)| {
+            .map(|service| {
                 tokio::spawn(check_service(
                     self.directory.clone(),
-                    slot.clone(),
-                    spec.clone(),
+                    service.clone(),
                     shutdown.clone(),
                 ))
             })

@@ -5,6 +5,6 @@ mod checker;
 mod ejector;
 mod probe;
 
-pub use checker::HealthChecks;
+pub use checker::{CheckedService, HealthChecks};
 pub use ejector::{EjectionRequests, Ejector};
-pub use probe::{http_status, ProbeError};
+pub use probe::{http_status, instance_status, ProbeError, ProbeTls};

@@ -112,6 +112,18 @@ pub(super) struct CanonicalRecord {
     pub(super) scheme: Option<Scheme>,
 }
 
+impl InstanceSpec {
+    /// The host of `addr` (`[v6]:port` without brackets): the name an `https`/`grpcs`
+    /// instance is verified against unless its service names another.
+    pub fn host(&self) -> &str {
+        let addr = self.addr.as_str();
+        if let Some(rest) = addr.strip_prefix('[') {
+            return rest.split(']').next().unwrap_or(rest);
+        }
+        addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+    }
+}
+
 impl CanonicalRecord {
     pub(super) fn into_spec(self, id: &str) -> Result<InstanceSpec, DecodeError> {
         let raw = self.addr.ok_or(DecodeError::MissingAddr)?;
