@@ -4,8 +4,9 @@
     python3 benches/load/compare.py                 # defaults below; ~6 min
     python3 benches/load/compare.py --rounds 1 --duration 5   # quick look
 
-Starts two fast upstream instances (nginx, one worker, `return 200`), then Sluice (release
-build; routes for native round-robin, WASM round-robin and WASM least-conn), nginx
+Starts two fast upstream instances (nginx, one worker, `return 200`), then bare pingora (the
+smallest pingora proxy: the framework's floor), Sluice (release build; routes for native
+round-robin, WASM round-robin and WASM least-conn), nginx
 (`least_conn`, upstream keep-alive) and HAProxy (`leastconn`, `http-reuse always`), each with
 `--workers` worker threads/processes. Every round drives every target, in an order rotated
 each round, with:
@@ -51,6 +52,7 @@ class Stack:
 
     def start(self):
         self._upstreams()
+        self._bare(self.workers)
         self._sluice(self.workers, self.sluice_bin)
         self._nginx(self.workers)
         self._haproxy(self.workers)
@@ -90,6 +92,17 @@ http {{
         self.ports["direct"] = self.up[0]
         for p in self.up:
             wait_http(f"http://127.0.0.1:{p}/", "upstream nginx")
+
+    def _bare(self, workers):
+        """The floor: the smallest pingora proxy (benches/src/bin/bare-pingora.rs)."""
+        port = free_port()
+        binary = os.path.join(ROOT, "target", "release", "bare-pingora")
+        self._spawn(
+            [binary, f"127.0.0.1:{port}", str(workers)] + [f"127.0.0.1:{p}" for p in self.up],
+            os.path.join(self.work, "bare.log"),
+        )
+        wait_http(f"http://127.0.0.1:{port}/", "bare pingora")
+        self.ports["bare-pingora"] = port
 
     def _sluice(self, workers, sluice_bin):
         port, admin = free_port(), free_port()
@@ -239,7 +252,7 @@ def main():
     ap.add_argument("--workers", type=int, default=1, help="worker threads/processes of each proxy")
     ap.add_argument(
         "--targets",
-        default="direct,sluice-native,sluice-wasm-rr,sluice-wasm-lc,nginx,haproxy",
+        default="direct,bare-pingora,sluice-native,sluice-wasm-rr,sluice-wasm-lc,nginx,haproxy",
     )
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
@@ -248,7 +261,11 @@ def main():
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found (Debian: nginx-light haproxy wrk; oha: cargo install oha)")
     if args.sluice.startswith(ROOT):
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "sluice"], cwd=ROOT, check=True)
+        subprocess.run(
+            ["cargo", "build", "--release", "-q", "--bin", "sluice", "--bin", "bare-pingora"],
+            cwd=ROOT,
+            check=True,
+        )
     targets = args.targets.split(",")
     os.makedirs(args.out, exist_ok=True)
     command = "python3 benches/load/compare.py " + " ".join(sys.argv[1:])

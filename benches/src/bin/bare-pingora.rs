@@ -1,0 +1,86 @@
+//! The floor to compare Sluice with: the smallest pingora proxy, as in
+//! `shared/MEASUREMENTS.md` — a `ProxyHttp` whose `upstream_peer` returns the next of the
+//! given upstreams in turn, and nothing else (no routing, metrics or limits). Same runtime
+//! settings as Sluice's defaults (jemalloc, no work stealing, no downstream modules), so a
+//! comparison shows what Sluice's own request path costs.
+//!
+//! `bare-pingora LISTEN THREADS UPSTREAM...`, e.g.
+//! `bare-pingora 127.0.0.1:8081 1 127.0.0.1:9001 127.0.0.1:9002`
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::upstreams::peer::HttpPeer;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+struct Bare {
+    upstreams: Vec<SocketAddr>,
+    next: AtomicUsize,
+    /// `BARE_TIMEOUTS=1`: set Sluice's per-try timeouts on every peer.
+    timeouts: bool,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len();
+        let mut peer = HttpPeer::new(self.upstreams[i], false, String::new());
+        if self.timeouts {
+            // What Sluice sets on every try (route timeout, connect timeout, idle timeout).
+            peer.options.connection_timeout = Some(std::time::Duration::from_secs(5));
+            peer.options.read_timeout = Some(std::time::Duration::from_secs(30));
+            peer.options.write_timeout = Some(std::time::Duration::from_secs(30));
+            peer.options.idle_timeout = Some(std::time::Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: bare-pingora LISTEN THREADS UPSTREAM...";
+    let (Some(listen), Some(threads)) = (args.first(), args.get(1)) else {
+        eprintln!("{usage}");
+        std::process::exit(1);
+    };
+    let threads: usize = threads.parse().unwrap_or(1);
+    let upstreams: Vec<SocketAddr> = args[2..].iter().filter_map(|a| a.parse().ok()).collect();
+    if upstreams.is_empty() {
+        eprintln!("{usage}");
+        std::process::exit(1);
+    }
+    let conf = ServerConf {
+        threads,
+        work_stealing: false,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Bare {
+            upstreams,
+            next: AtomicUsize::new(0),
+            timeouts: std::env::var_os("BARE_TIMEOUTS").is_some(),
+        },
+    );
+    proxy.add_tcp(listen);
+    server.add_service(proxy);
+    server.run_forever();
+}
