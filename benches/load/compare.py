@@ -8,8 +8,9 @@ Starts two fast upstream instances (nginx, one worker, `return 200`), then bare 
 smallest pingora proxy: the framework's floor), Sluice (release build; routes for native
 round-robin, WASM round-robin and WASM least-conn), nginx
 (`least_conn`, upstream keep-alive) and HAProxy (`leastconn`, `http-reuse always`), each with
-`--workers` worker threads/processes. Every round drives every target, in an order rotated
-each round, with:
+`--workers` worker threads/processes; nginx and HAProxy add the same X-Forwarded-For, -Proto
+and -Host headers Sluice adds. Every round drives every target, in an order rotated each
+round, with:
 
   1. wrk, closed loop (`--conns` connections): the most requests/s it can take, and its
      p50/p99/p99.9 at that load;
@@ -145,6 +146,10 @@ http {{
       proxy_pass http://bench;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      # The same forwarding headers Sluice adds, so every proxy does the same work.
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
     }}
   }}"""
         conf, d = self._nginx_conf("proxy-nginx", body, workers)
@@ -171,6 +176,10 @@ frontend fe
   default_backend be
 backend be
   balance leastconn
+  # The same forwarding headers Sluice adds, so every proxy does the same work.
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
   server a 127.0.0.1:{self.up[0]}
   server b 127.0.0.1:{self.up[1]}
 """
