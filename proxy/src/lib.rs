@@ -28,6 +28,7 @@ pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod pem;
 pub mod pool;
 pub mod registry;
 pub mod reload;

@@ -233,11 +233,7 @@ async fn etcd_down_keeps_serving_and_the_watch_resumes_after_restart() {
     .await;
 
     etcd.kill();
-    eventually("connected drops to 0", Duration::from_secs(10), || async {
-        let m = gw.metrics().await;
-        (metric(&m, "sluice_registry_connected{source=\"etcd\"}") == Some(0.0)).then_some(())
-    })
-    .await;
+    wait_disconnected(&gw).await;
     for _ in 0..20 {
         assert_eq!(
             served_by(&gw).await.as_deref(),
@@ -281,11 +277,7 @@ async fn compaction_while_disconnected_relists_and_converges() {
     .await;
 
     relay.cut();
-    eventually("disconnected", Duration::from_secs(10), || async {
-        let m = gw.metrics().await;
-        (metric(&m, "sluice_registry_connected{source=\"etcd\"}") == Some(0.0)).then_some(())
-    })
-    .await;
+    wait_disconnected(&gw).await;
     // While the gateway cannot see etcd: a leaves, b joins, churn, then compact it all away.
     c.delete("/services/svc/a", None).await.unwrap();
     for i in 0..20 {
@@ -494,5 +486,14 @@ async fn etcd_with_username_and_password() {
         Duration::from_secs(3),
         || async { (served_by(&gw).await.as_deref() == Some("a")).then_some(()) },
     )
+    .await;
+}
+
+/// Waits until the gateway reports etcd as not connected (`sluice_registry_connected` 0).
+async fn wait_disconnected(gw: &Gateway) {
+    eventually("etcd disconnected", Duration::from_secs(10), || async {
+        let m = gw.metrics().await;
+        (metric(&m, "sluice_registry_connected{source=\"etcd\"}") == Some(0.0)).then_some(())
+    })
     .await;
 }

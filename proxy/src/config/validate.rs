@@ -442,17 +442,7 @@ fn validate_upstream_tls(
 
 fn validate_tls(issues: &mut Issues, tls: &super::file::TlsSection) -> Option<EtcdTls> {
     let readable = |issues: &mut Issues, key: &str, path: &Option<String>| -> Option<PathBuf> {
-        let path = path.as_deref()?;
-        match std::fs::metadata(path) {
-            Ok(_) => Some(PathBuf::from(path)),
-            Err(e) => {
-                issues.push(
-                    format!("registry.tls.{key}"),
-                    format!("cannot read {path}: {e}"),
-                );
-                None
-            }
-        }
+        readable_file(issues, &format!("registry.tls.{key}"), path.as_deref()?)
     };
     let Some(ca) = readable(issues, "ca", &tls.ca) else {
         if tls.ca.is_none() {

@@ -9,8 +9,6 @@ use pingora::protocols::tls::CaType;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::WrappedX509;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 
 use crate::config::UpstreamTlsSpec;
 use crate::registry::{InstanceSpec, Scheme};
@@ -45,9 +43,7 @@ impl UpstreamTls {
                     path: path.display().to_string(),
                     reason,
                 };
-                let ders = CertificateDer::pem_file_iter(path)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| error(e.to_string()))?;
+                let ders = crate::pem::certificates(path).map_err(error)?;
                 if ders.is_empty() {
                     return Err(error("no certificate in it".into()));
                 }

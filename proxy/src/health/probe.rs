@@ -7,7 +7,6 @@ use std::time::Duration;
 use http::Uri;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -130,14 +129,9 @@ impl ProbeTls {
             let mut roots = rustls::RootCertStore::empty();
             match &spec.ca {
                 Some(path) => {
-                    for cert in CertificateDer::pem_file_iter(path)
-                        .map_err(|e| ProbeError::Tls(format!("{}: {e}", path.display())))?
-                    {
-                        let cert =
-                            cert.map_err(|e| ProbeError::Tls(format!("{}: {e}", path.display())))?;
-                        roots
-                            .add(cert)
-                            .map_err(|e| ProbeError::Tls(format!("{}: {e}", path.display())))?;
+                    let tls_error = |e: String| ProbeError::Tls(format!("{}: {e}", path.display()));
+                    for cert in crate::pem::certificates(path).map_err(tls_error)? {
+                        roots.add(cert).map_err(|e| tls_error(e.to_string()))?;
                     }
                 }
                 None => pingora::tls::load_platform_certs_incl_env_into_store(&mut roots)

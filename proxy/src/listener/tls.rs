@@ -73,13 +73,11 @@ fn load_one(
     index: usize,
     spec: &CertificateSpec,
 ) -> Result<(CertifiedKey, Vec<String>), CertError> {
-    let chain = CertificateDer::pem_file_iter(&spec.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| CertError::Chain {
-            index,
-            path: spec.cert.clone(),
-            reason: e.to_string(),
-        })?;
+    let chain = crate::pem::certificates(&spec.cert).map_err(|reason| CertError::Chain {
+        index,
+        path: spec.cert.clone(),
+        reason,
+    })?;
     if chain.is_empty() {
         return Err(CertError::NoCertificate {
             index,
