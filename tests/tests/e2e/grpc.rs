@@ -2,8 +2,6 @@
 //! and error statuses (trailers), over cleartext HTTP/2 (h2c in, `grpc` instances out) and
 //! over TLS (h2 by ALPN in, `grpcs` instances out).
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 

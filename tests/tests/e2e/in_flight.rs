@@ -1,8 +1,6 @@
 //! The in-flight count of an instance goes up once per attempt and down exactly once, on every
 //! path: success, upstream error, timeout, client abort, retry on another instance.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::time::Duration;
 
 use sluice_tests::{client, eventually, free_port, Gateway, Upstream};

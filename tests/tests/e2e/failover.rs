@@ -2,8 +2,6 @@
 //! request — requests in flight on it and new connections to it are retried on another
 //! instance, and passive ejection takes it out of rotation.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,8 +1,6 @@
 //! The file registry: edits are applied without a restart and without a failed request; a
 //! broken edit is refused and the last good instances keep serving.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::time::Duration;
 
 use sluice_tests::{client, eventually, Gateway, Load, Upstream};

@@ -2,8 +2,6 @@
 //! health-driven status, survival of etcd restarts and lost leases, and deregistration on
 //! SIGTERM that never hangs.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

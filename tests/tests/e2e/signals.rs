@@ -1,8 +1,6 @@
 //! Signals: SIGTERM stops accepting, lets requests in flight finish, and exits as soon as
 //! none is left (not after the whole grace period).
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::time::{Duration, Instant};
 
 use sluice_tests::{client, eventually, metric, Gateway, Upstream};

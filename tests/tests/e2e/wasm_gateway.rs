@@ -2,8 +2,6 @@
 //! reloads under load with no failed request, `hash_on` feeds consistent hashing, and
 //! `sluice plugin check` reports and refuses.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::collections::HashSet;
 use std::time::Duration;
 

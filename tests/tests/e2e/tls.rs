@@ -2,8 +2,6 @@
 //! HTTP/2 and HTTP/1.1 by ALPN, certificates renewed by a reload, and upstream TLS for
 //! `https` instances, verified against the service's CA.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -2,8 +2,6 @@
 //! removes its instance. After the 101 the gateway only moves bytes, so the upstream here
 //! answers the upgrade and then echoes whatever arrives.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

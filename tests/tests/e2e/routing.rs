@@ -1,7 +1,5 @@
 //! Routing, forwarding and balancing through the real gateway to real upstreams.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::collections::HashMap;
 
 use serde_json::Value;

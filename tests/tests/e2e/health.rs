@@ -2,8 +2,6 @@
 //! interval × unhealthy_after + 1 s and comes back when healthy; `wait_first` holds a new
 //! instance back until its first pass; checks are counted.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,5 @@
 //! `sluice demo`: three echo upstreams behind the gateway, answered and visible in admin.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,8 +1,6 @@
 //! `sluice check` and `sluice serve` refuse bad input with one line per problem naming the
 //! file, the key and the reason; the shipped example configs parse.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::path::{Path, PathBuf};
 
 use sluice_tests::run_sluice;

@@ -1,8 +1,6 @@
 //! etcd discovery end to end: a real etcd started by the harness, the real gateway, real
 //! upstreams. Registrations, leases, status changes, bad values, outages, compaction, churn.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::time::{Duration, Instant};
 
 use etcd_client::PutOptions;

@@ -1,8 +1,6 @@
 //! The strategy plugins built from `plugins/`, loaded by the real WASM host in process:
 //! distributions, ABI refusals, and the failure policy.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -2,8 +2,6 @@
 //! both Content-Length and Transfer-Encoding (400). Raw bytes on a socket, so nothing between
 //! the test and the gateway normalizes the request.
 
-#![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
-
 use std::time::Duration;
 
 use sluice_tests::{Gateway, Upstream};
