@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::admin::AdminApp;
 use crate::config::{Config, RegistrySettings};
 use crate::gateway::{Gateway, Router, RouterError};
-use crate::listener::{CertError, CertIndex, HeaderDeadline, SniResolver};
+use crate::listener::{CertError, CertIndex, HeaderDeadline, ProxyShard, SniResolver};
 use crate::metrics::Metrics;
 use crate::pool::Directory;
 use crate::registry::{
@@ -201,6 +201,29 @@ impl Parts {
         })
     }
 
+    /// The cleartext and TLS listeners of `[proxy]` on one proxy service.
+    fn add_listeners<A>(&self, proxy: &mut Service<A>) {
+        let cfg = &self.config;
+        for addr in &cfg.proxy.listen {
+            proxy.add_listener(
+                ListenerConfig::tcp(addr.to_string()).l4_buffer(DOWNSTREAM_L4_BUFFERS),
+            );
+        }
+        if let (Some(tls), Some(resolver)) = (&cfg.proxy.tls, &self.tls) {
+            for addr in &tls.listen {
+                let mut settings = tls_settings(resolver.clone());
+                if tls.h2 {
+                    settings.enable_h2();
+                }
+                proxy.add_listener(
+                    ListenerConfig::tcp(addr.to_string())
+                        .tls(settings)
+                        .l4_buffer(DOWNSTREAM_L4_BUFFERS),
+                );
+            }
+        }
+    }
+
     /// The pingora server with the proxy, admin and registry services added. With `upgrade`,
     /// the listening sockets are taken over from a running gateway (which is sent SIGQUIT).
     pub fn into_server(self, extra: Vec<Box<dyn ServiceTrait>>, upgrade: bool) -> Server {
@@ -260,32 +283,35 @@ impl Parts {
             cfg.log.access_log,
             ejections,
         );
-        let mut http = pingora::proxy::http_proxy(&server.configuration, gateway);
-        http.server_options = Some(options);
-        let app = HeaderDeadline::new(
-            http,
-            cfg.proxy.header_timeout,
-            // Room for the request line beside the header fields.
-            cfg.proxy.max_header_bytes + 16 * 1024,
-            self.metrics.downstream_header_timeouts_total.clone(),
-        );
-        let mut proxy = Service::new("sluice proxy".to_string(), app);
-        for addr in &cfg.proxy.listen {
-            proxy.add_listener(
-                ListenerConfig::tcp(addr.to_string()).l4_buffer(DOWNSTREAM_L4_BUFFERS),
+        // Without work stealing, one single-threaded shard per proxy thread (see
+        // listener::ProxyShard); with it, one service on a work-stealing runtime.
+        let shards = if cfg.proxy.work_stealing {
+            1
+        } else {
+            cfg.proxy.threads
+        };
+        let mut proxies: Vec<Box<dyn ServiceTrait>> = Vec::with_capacity(shards);
+        for index in 0..shards {
+            let mut http = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
+            http.server_options = Some(options.clone());
+            let app = HeaderDeadline::new(
+                http,
+                cfg.proxy.header_timeout,
+                // Room for the request line beside the header fields.
+                cfg.proxy.max_header_bytes + 16 * 1024,
+                self.metrics.downstream_header_timeouts_total.clone(),
             );
-        }
-        if let (Some(tls), Some(resolver)) = (&cfg.proxy.tls, &self.tls) {
-            for addr in &tls.listen {
-                let mut settings = tls_settings(resolver.clone());
-                if tls.h2 {
-                    settings.enable_h2();
-                }
-                proxy.add_listener(
-                    ListenerConfig::tcp(addr.to_string())
-                        .tls(settings)
-                        .l4_buffer(DOWNSTREAM_L4_BUFFERS),
-                );
+            let name = if shards == 1 {
+                "sluice proxy".to_string()
+            } else {
+                format!("sluice proxy {index}")
+            };
+            let mut proxy = Service::new(name, app);
+            self.add_listeners(&mut proxy);
+            if shards == 1 {
+                proxies.push(Box::new(proxy));
+            } else {
+                proxies.push(Box::new(ProxyShard::new(index, proxy)));
             }
         }
 
@@ -369,7 +395,9 @@ impl Parts {
             "strategy files",
             StrategyWatch::new(self.strategies.clone()),
         ));
-        server.add_service(proxy);
+        for proxy in proxies {
+            server.add_boxed_service(proxy);
+        }
         server.add_service(admin);
         for service in extra {
             server.add_boxed_service(service);

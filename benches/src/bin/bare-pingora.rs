@@ -72,15 +72,35 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        Bare {
-            upstreams,
-            next: AtomicUsize::new(0),
-            timeouts: std::env::var_os("BARE_TIMEOUTS").is_some(),
-        },
-    );
-    proxy.add_tcp(listen);
-    server.add_service(proxy);
+    let timeouts = std::env::var_os("BARE_TIMEOUTS").is_some();
+    if std::env::var_os("BARE_SHARDS").is_some() {
+        // One single-threaded service per thread, each with its own SO_REUSEPORT listener.
+        for _ in 0..threads {
+            let mut proxy = pingora::proxy::http_proxy_service(
+                &server.configuration,
+                Bare {
+                    upstreams: upstreams.clone(),
+                    next: AtomicUsize::new(0),
+                    timeouts,
+                },
+            );
+            let mut opts = pingora::listeners::TcpSocketOptions::default();
+            opts.so_reuseport = Some(true);
+            proxy.add_tcp_with_settings(listen, opts);
+            proxy.threads = Some(1);
+            server.add_service(proxy);
+        }
+    } else {
+        let mut proxy = pingora::proxy::http_proxy_service(
+            &server.configuration,
+            Bare {
+                upstreams,
+                next: AtomicUsize::new(0),
+                timeouts,
+            },
+        );
+        proxy.add_tcp(listen);
+        server.add_service(proxy);
+    }
     server.run_forever();
 }

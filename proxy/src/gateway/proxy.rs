@@ -17,6 +17,7 @@ use crate::config::HashOn;
 use crate::strategy::PickRequest;
 
 /// The gateway's request handler; the router is swapped whole on reload.
+#[derive(Clone)]
 pub struct Gateway {
     router: Arc<ArcSwap<Router>>,
     limits: HeaderLimits,
