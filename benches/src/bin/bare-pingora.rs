@@ -1,8 +1,9 @@
 //! The floor to compare Sluice with: the smallest pingora proxy, as in
 //! `shared/MEASUREMENTS.md` — a `ProxyHttp` whose `upstream_peer` returns the next of the
 //! given upstreams in turn, and nothing else (no routing, metrics or limits). Same runtime
-//! settings as Sluice's defaults (jemalloc, no work stealing, no downstream modules), so a
-//! comparison shows what Sluice's own request path costs.
+//! settings as Sluice's defaults (jemalloc, one single-threaded shard per thread, no downstream
+//! modules), so a comparison shows what Sluice's own request path costs. `BARE_THREAD_POOL=1`
+//! runs pingora's own layout instead (one service on `THREADS` runtimes).
 //!
 //! `bare-pingora LISTEN THREADS UPSTREAM...`, e.g.
 //! `bare-pingora 127.0.0.1:8081 1 127.0.0.1:9001 127.0.0.1:9002`
@@ -15,6 +16,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
+use sluice::listener::ProxyShard;
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -73,34 +75,29 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let timeouts = std::env::var_os("BARE_TIMEOUTS").is_some();
-    if std::env::var_os("BARE_SHARDS").is_some() {
-        // One single-threaded service per thread, each with its own SO_REUSEPORT listener.
-        for _ in 0..threads {
-            let mut proxy = pingora::proxy::http_proxy_service(
-                &server.configuration,
-                Bare {
-                    upstreams: upstreams.clone(),
-                    next: AtomicUsize::new(0),
-                    timeouts,
-                },
-            );
-            let mut opts = pingora::listeners::TcpSocketOptions::default();
-            opts.so_reuseport = Some(true);
-            proxy.add_tcp_with_settings(listen, opts);
-            proxy.threads = Some(1);
-            server.add_service(proxy);
-        }
-    } else {
-        let mut proxy = pingora::proxy::http_proxy_service(
-            &server.configuration,
+    let configuration = server.configuration.clone();
+    let app = |upstreams: Vec<SocketAddr>| {
+        pingora::proxy::http_proxy_service(
+            &configuration,
             Bare {
                 upstreams,
                 next: AtomicUsize::new(0),
                 timeouts,
             },
-        );
+        )
+    };
+    if std::env::var_os("BARE_THREAD_POOL").is_some() {
+        // pingora's own layout: one service on `threads` runtimes.
+        let mut proxy = app(upstreams);
         proxy.add_tcp(listen);
         server.add_service(proxy);
+    } else {
+        // Sluice's layout: one single-threaded shard per thread on the same sockets.
+        for index in 0..threads {
+            let mut proxy = app(upstreams.clone());
+            proxy.add_tcp(listen);
+            server.add_service(ProxyShard::new(index, proxy));
+        }
     }
     server.run_forever();
 }
