@@ -323,6 +323,9 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     sluice::logging::init(&config.log);
     let source = server::source_for(&config)?;
     let parts = Parts::new(config, source)?;
+    if !upgrade {
+        parts.check_listeners()?;
+    }
     tracing::info!(
         listen = ?parts.config.proxy.listen,
         admin = %parts.config.admin.listen,

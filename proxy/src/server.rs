@@ -45,6 +45,14 @@ pub enum BuildError {
         #[source]
         source: CertError,
     },
+    #[error("{path}: {key}: cannot listen on {addr}: {source}")]
+    Listen {
+        path: String,
+        key: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{}", strategy_lines(path, errors))]
     Strategies {
         path: String,
@@ -199,6 +207,29 @@ impl Parts {
             source,
             tls,
         })
+    }
+
+    /// Binds every configured address once and lets go, so a port in use (or not ours to bind)
+    /// stops `serve` with the config key that names it, instead of a listener that never comes
+    /// up. Skipped for a graceful upgrade, whose sockets come from the running gateway.
+    pub fn check_listeners(&self) -> Result<(), BuildError> {
+        let cfg = &self.config;
+        let proxy = cfg.proxy.listen.iter().map(|a| ("proxy.listen", *a));
+        let tls = cfg
+            .proxy
+            .tls
+            .iter()
+            .flat_map(|t| t.listen.iter().map(|a| ("proxy.tls.listen", *a)));
+        let admin = std::iter::once(("admin.listen", cfg.admin.listen));
+        for (key, addr) in proxy.chain(tls).chain(admin) {
+            std::net::TcpListener::bind(addr).map_err(|source| BuildError::Listen {
+                path: cfg.source.display().to_string(),
+                key,
+                addr,
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// The cleartext and TLS listeners of `[proxy]` on one proxy service.

@@ -173,6 +173,33 @@ fn serve_refuses_a_bad_config_too() {
 }
 
 #[test]
+fn serve_names_the_key_of_a_port_in_use_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = free.local_addr().unwrap();
+    drop(free);
+    let path = config(
+        dir.path(),
+        &format!(
+            "[proxy]\nlisten = [\"{taken_addr}\"]\n[admin]\nlisten = \"{admin_addr}\"\n\
+             [[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n"
+        ),
+    );
+    let out = run_sluice(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "gw.toml: proxy.listen: cannot listen on {taken_addr}: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+}
+
+#[test]
 fn etcd_tls_settings_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(
