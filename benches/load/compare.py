@@ -4,7 +4,8 @@
     python3 benches/load/compare.py                 # defaults below; ~6 min
     python3 benches/load/compare.py --rounds 1 --duration 5   # quick look
 
-Starts two fast upstream instances (nginx, one worker, `return 200`), then bare pingora (the
+Starts two fast upstream instances (nginx, one worker, `return 200`), then lean-floor (a
+minimal hand-written HTTP/1.1 proxy on tokio: a measuring stick, not a proxy), bare pingora (the
 smallest pingora proxy: the framework's floor), Sluice (release build; routes for native
 round-robin, WASM round-robin and WASM least-conn), nginx
 (`least_conn`, upstream keep-alive) and HAProxy (`leastconn`, `http-reuse always`), each with
@@ -54,6 +55,7 @@ class Stack:
     def start(self):
         self._upstreams()
         self._bare(self.workers)
+        self._lean(self.workers)
         self._sluice(self.workers, self.sluice_bin)
         self._nginx(self.workers)
         self._haproxy(self.workers)
@@ -104,6 +106,18 @@ http {{
         )
         wait_http(f"http://127.0.0.1:{port}/", "bare pingora")
         self.ports["bare-pingora"] = port
+
+    def _lean(self, workers):
+        """A measuring stick: a minimal hand-written HTTP/1.1 proxy on tokio
+        (benches/src/bin/lean-floor.rs), what a lean path of our own could cost."""
+        port = free_port()
+        binary = os.path.join(ROOT, "target", "release", "lean-floor")
+        self._spawn(
+            [binary, f"127.0.0.1:{port}", str(workers)] + [f"127.0.0.1:{p}" for p in self.up],
+            os.path.join(self.work, "lean.log"),
+        )
+        wait_http(f"http://127.0.0.1:{port}/", "lean floor")
+        self.ports["lean-floor"] = port
 
     def _sluice(self, workers, sluice_bin):
         port, admin = free_port(), free_port()
@@ -261,7 +275,7 @@ def main():
     ap.add_argument("--workers", type=int, default=1, help="worker threads/processes of each proxy")
     ap.add_argument(
         "--targets",
-        default="direct,bare-pingora,sluice-native,sluice-wasm-rr,sluice-wasm-lc,nginx,haproxy",
+        default="direct,lean-floor,bare-pingora,sluice-native,sluice-wasm-rr,sluice-wasm-lc,nginx,haproxy",
     )
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
@@ -271,7 +285,7 @@ def main():
             sys.exit(f"{tool} not found (Debian: nginx-light haproxy wrk; oha: cargo install oha)")
     if args.sluice.startswith(ROOT):
         subprocess.run(
-            ["cargo", "build", "--release", "-q", "--bin", "sluice", "--bin", "bare-pingora"],
+            ["cargo", "build", "--release", "-q", "--bin", "sluice", "--bin", "bare-pingora", "--bin", "lean-floor"],
             cwd=ROOT,
             check=True,
         )
