@@ -305,6 +305,28 @@ fn runtime_failures_fall_back_to_round_robin_and_are_counted() {
 }
 
 #[test]
+fn a_looping_pick_after_an_idle_spell_is_still_interrupted() {
+    // The epoch ticker parks after ~100 ms without a call; the first call wakes it.
+    let chaos =
+        std::sync::Arc::new(load(&plugin("chaos"), json!({"mode": "loop", "when_n": 4})).unwrap());
+    assert_eq!(
+        chaos.pick(&sample_pool(3), &PickRequest::default()),
+        Some(0)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let picker = chaos.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(picker.pick(&sample_pool(4), &PickRequest::default()));
+    });
+    let picked = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the looping pick was interrupted");
+    assert!(picked.is_some(), "the fallback picked an instance");
+    assert_eq!(fallbacks(&chaos)["deadline"], 1);
+}
+
+#[test]
 fn a_plugin_failing_repeatedly_is_disabled_until_reloaded() {
     let chaos_path = plugin("chaos");
     let chaos = load(&chaos_path, json!({"mode": "trap", "when_n": 4})).unwrap();

@@ -9,6 +9,7 @@ use wasmtime::{Memory, Store, TypedFunc};
 use super::abi::{header, record, ABI_VERSION, HEADER_SIZE, RECORD_SIZE};
 use super::plugin::LoadedPlugin;
 use super::runtime::{on_deadline, DeadlineState, HeadersPtr, HostState, WasmRuntime};
+use super::ticker::EpochTicker;
 use super::LoadError;
 use crate::pool::Pool;
 
@@ -45,6 +46,7 @@ pub(crate) struct ThreadInstance {
     /// (pool generation, n) whose records are in the buffer.
     written: Option<(u64, usize)>,
     deadline_ticks: u64,
+    ticker: Arc<EpochTicker>,
 }
 
 fn put_u32(mem: &mut [u8], at: usize, v: u32) {
@@ -71,7 +73,8 @@ impl ThreadInstance {
         plugin: &LoadedPlugin,
         initial: usize,
     ) -> Result<Self, LoadError> {
-        runtime.ensure_ticker();
+        let ticker = runtime.ticker().clone();
+        ticker.ensure_started();
         let mut store = Store::new(
             runtime.engine(),
             HostState::new(plugin.name.clone(), plugin.memory_limit),
@@ -82,6 +85,7 @@ impl ThreadInstance {
         store.epoch_deadline_callback(move |mut ctx| {
             Ok(on_deadline(&mut ctx.data_mut().deadline, step))
         });
+        ticker.call_starting();
         let instance = plugin
             .pre
             .instantiate(&mut store)
@@ -105,6 +109,7 @@ impl ThreadInstance {
                 .map_err(|_| export("sluice_configure"))?;
             let config = &plugin.config_json;
             let len = i32::try_from(config.len()).map_err(|_| LoadError::Configure(-1))?;
+            ticker.call_starting();
             store.set_epoch_deadline(runtime.deadline_ticks());
             let ptr = alloc
                 .call(&mut store, len)
@@ -118,6 +123,7 @@ impl ThreadInstance {
                 ));
             };
             mem[start..end].copy_from_slice(config);
+            ticker.call_starting();
             store.set_epoch_deadline(runtime.deadline_ticks());
             let code = configure
                 .call(&mut store, (ptr, len))
@@ -136,6 +142,7 @@ impl ThreadInstance {
             capacity: 0,
             written: None,
             deadline_ticks: runtime.deadline_ticks(),
+            ticker,
         };
         this.grow(initial.max(16)).map_err(|e| match e {
             CallError::Trap(t) => LoadError::Instantiate(format!("sluice_buffer: {t}")),
@@ -153,6 +160,7 @@ impl ThreadInstance {
     fn grow(&mut self, n: usize) -> Result<(), CallError> {
         let max = i32::try_from(n).map_err(|_| CallError::Buffer)?;
         self.store.data_mut().deadline = DeadlineState::default();
+        self.ticker.call_starting();
         self.store.set_epoch_deadline(self.deadline_ticks);
         let ptr = self.buffer.call(&mut self.store, max)?;
         let start = usize::try_from(ptr).map_err(|_| CallError::Buffer)?;
@@ -222,6 +230,7 @@ impl ThreadInstance {
         // Each call starts with a fresh deadline: a CPU mark left by an earlier call that was
         // descheduled across a tick would make the next firing interrupt a healthy pick.
         self.store.data_mut().deadline = DeadlineState::default();
+        self.ticker.call_starting();
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = self.pick.call(&mut self.store, n as i32);
         self.store.data_mut().headers = HeadersPtr(std::ptr::null());

@@ -9,6 +9,7 @@ mod instance;
 mod plugin;
 mod runtime;
 mod strategy;
+mod ticker;
 
 pub use builtin::BUILTIN_PLUGINS;
 pub use check::{check_file, PickReport};

@@ -1,12 +1,12 @@
 //! The one wasmtime `Engine`, its linker of host functions (`sluice.log`,
-//! `sluice.request_header`) and the epoch ticker that enforces per-call deadlines.
+//! `sluice.request_header`) and the per-call deadline policy (the ticker is in `ticker`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Caller, Config, Engine, Extern, Linker, OptLevel, StoreLimits};
 
+use super::ticker::EpochTicker;
 use super::LoadError;
 
 /// Default cap on a plugin instance's linear memory.
@@ -29,6 +29,13 @@ unsafe impl Send for HeadersPtr {}
 const CPU_AFTER_DEADLINE: Duration = Duration::from_micros(500);
 /// Deadline extensions granted to a call that keeps being descheduled, before it is stopped.
 const MAX_EXTENSIONS: u32 = 20;
+
+/// Epoch ticks a call may run before its deadline fires (see `deadline_ticks`).
+const DEADLINE_TICKS: u64 = 3;
+
+/// The longest a call can run, in epoch ticks: its deadline, then every extension of one step.
+pub(crate) const MAX_CALL_TICKS: u64 =
+    DEADLINE_TICKS + (MAX_EXTENSIONS as u64 + 1) * (DEADLINE_TICKS - 1);
 
 /// Where the current call stands with its deadline.
 #[derive(Default, Clone, Copy)]
@@ -107,8 +114,7 @@ impl HostState {
 pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<HostState>,
-    tick: Duration,
-    ticker_started: AtomicBool,
+    ticker: Arc<EpochTicker>,
 }
 
 fn guest_memory<'a>(
@@ -217,10 +223,9 @@ impl WasmRuntime {
             )
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         Ok(Self {
+            ticker: Arc::new(EpochTicker::new(engine.clone(), deadline / 2)),
             engine,
             linker,
-            tick: deadline / 2,
-            ticker_started: AtomicBool::new(false),
         })
     }
 
@@ -235,25 +240,11 @@ impl WasmRuntime {
     /// Epoch ticks a call may run: between 2 and 3 ticks, i.e. the deadline to 1.5× it, so a
     /// tick landing just after a call starts never cuts a healthy call short.
     pub(crate) fn deadline_ticks(&self) -> u64 {
-        3
+        DEADLINE_TICKS
     }
 
-    /// Starts the ticker thread once; it only increments the engine's epoch.
-    pub(crate) fn ensure_ticker(self: &Arc<Self>) {
-        if self.ticker_started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let engine = self.engine.clone();
-        let tick = self.tick;
-        let spawned = std::thread::Builder::new()
-            .name("sluice-wasm-epoch".into())
-            .spawn(move || loop {
-                std::thread::sleep(tick);
-                engine.increment_epoch();
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start the WASM epoch ticker, deadlines are not enforced: {e}");
-            self.ticker_started.store(false, Ordering::Release);
-        }
+    /// The ticker that advances the epoch; started by the first instance.
+    pub(crate) fn ticker(&self) -> &Arc<EpochTicker> {
+        &self.ticker
     }
 }
