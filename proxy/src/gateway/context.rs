@@ -16,6 +16,29 @@ pub fn active_requests() -> usize {
     ACTIVE_REQUESTS.load(Ordering::Acquire)
 }
 
+/// Counts as one request in flight while held, for work the drain must wait for before a
+/// request context exists (a connection accepted just before the stop, its request on the way).
+pub struct InFlightHold(());
+
+impl InFlightHold {
+    pub fn new() -> Self {
+        ACTIVE_REQUESTS.fetch_add(1, Ordering::AcqRel);
+        Self(())
+    }
+}
+
+impl Default for InFlightHold {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for InFlightHold {
+    fn drop(&mut self) {
+        ACTIVE_REQUESTS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Most attempts one request makes (first try plus retries) that are remembered for exclusion.
 const MAX_TRIED: usize = 8;
 

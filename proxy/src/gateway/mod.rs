@@ -4,7 +4,7 @@
 //! metrics and the access log.
 
 mod context;
-pub use context::{active_requests, RequestCtx};
+pub use context::{active_requests, InFlightHold, RequestCtx};
 mod forward;
 mod peer;
 mod proxy;

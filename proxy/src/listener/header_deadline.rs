@@ -13,10 +13,16 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::rewind::Rewind;
+use crate::gateway::InFlightHold;
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
 /// seen (HTTP/2 has its own framing and flow control).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a connection accepted just before the stop may take to start its first request.
+/// Its client connected while we were accepting and is sending; closing it would fail a
+/// request that a graceful upgrade promised not to lose.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Wraps a server app (the pingora proxy): reads the first request header of each HTTP/1
 /// connection under a deadline, then hands the connection, bytes and all, to `inner`.
@@ -112,19 +118,38 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return self.inner.process_new(stream, shutdown).await;
         }
+        // A stream we handed to pingora before comes back for its next keep-alive request.
+        let fresh = !stream.as_any().is::<Rewind>();
         let mut shutdown_seen = shutdown.clone();
-        let start = tokio::select! {
-            start = tokio::time::timeout(self.timeout, read_start(&mut stream, self.max_bytes)) => {
-                start.unwrap_or(Start::TimedOut)
+        let mut held = None;
+        let start = {
+            let read = tokio::time::timeout(self.timeout, read_start(&mut stream, self.max_bytes));
+            tokio::pin!(read);
+            tokio::select! {
+                start = &mut read => start.unwrap_or(Start::TimedOut),
+                // Stopping: an idle keep-alive connection is closed, as pingora does; a fresh
+                // one counts as a request in flight (the drain waits) and gets a moment to
+                // send its request.
+                _ = shutdown_seen.changed() => {
+                    if fresh {
+                        held = Some(InFlightHold::new());
+                        let grace = FIRST_REQUEST_GRACE.min(self.timeout);
+                        match tokio::time::timeout(grace, &mut read).await {
+                            Ok(start) => start.unwrap_or(Start::TimedOut),
+                            Err(_) => Start::Closed,
+                        }
+                    } else {
+                        Start::Closed
+                    }
+                }
             }
-            // Stopping: a connection that has not sent a request yet is closed, as pingora
-            // does with idle ones.
-            _ = shutdown_seen.changed() => Start::Closed,
         };
         match start {
             Start::Ready(prefix) => {
                 let stream: Stream = Box::new(Rewind::new(prefix, stream));
-                self.inner.process_new(stream, shutdown).await
+                let reuse = self.inner.process_new(stream, shutdown).await;
+                drop(held);
+                reuse
             }
             Start::Closed => None,
             Start::TimedOut => {
