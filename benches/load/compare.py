@@ -96,28 +96,24 @@ http {{
         for p in self.up:
             wait_http(f"http://127.0.0.1:{p}/", "upstream nginx")
 
+    def _floor(self, name, binary, workers):
+        port = free_port()
+        self._spawn(
+            [os.path.join(ROOT, "target", "release", binary), f"127.0.0.1:{port}", str(workers)]
+            + [f"127.0.0.1:{p}" for p in self.up],
+            os.path.join(self.work, f"{name}.log"),
+        )
+        wait_http(f"http://127.0.0.1:{port}/", name)
+        self.ports[name] = port
+
     def _bare(self, workers):
         """The floor: the smallest pingora proxy (benches/src/bin/bare-pingora.rs)."""
-        port = free_port()
-        binary = os.path.join(ROOT, "target", "release", "bare-pingora")
-        self._spawn(
-            [binary, f"127.0.0.1:{port}", str(workers)] + [f"127.0.0.1:{p}" for p in self.up],
-            os.path.join(self.work, "bare.log"),
-        )
-        wait_http(f"http://127.0.0.1:{port}/", "bare pingora")
-        self.ports["bare-pingora"] = port
+        self._floor("bare-pingora", "bare-pingora", workers)
 
     def _lean(self, workers):
         """A measuring stick: a minimal hand-written HTTP/1.1 proxy on tokio
         (benches/src/bin/lean-floor.rs), what a lean path of our own could cost."""
-        port = free_port()
-        binary = os.path.join(ROOT, "target", "release", "lean-floor")
-        self._spawn(
-            [binary, f"127.0.0.1:{port}", str(workers)] + [f"127.0.0.1:{p}" for p in self.up],
-            os.path.join(self.work, "lean.log"),
-        )
-        wait_http(f"http://127.0.0.1:{port}/", "lean floor")
-        self.ports["lean-floor"] = port
+        self._floor("lean-floor", "lean-floor", workers)
 
     def _sluice(self, workers, sluice_bin):
         port, admin = free_port(), free_port()

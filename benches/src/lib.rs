@@ -1,4 +1,5 @@
-//! Shared set-up for the benchmarks: pools of N instances built through the real directory.
+//! Shared set-up for the benchmarks: pools of N instances built through the real directory,
+//! and the command line of the floor binaries in `src/bin`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,4 +32,34 @@ pub fn directory_with(n: usize) -> (Directory, Arc<ServiceSlot>) {
         update: Update::Reset { services },
     });
     (directory, slot)
+}
+
+/// The command line of the floor binaries: `NAME LISTEN THREADS UPSTREAM...`.
+pub struct FloorArgs {
+    pub listen: String,
+    pub threads: usize,
+    pub upstreams: Vec<std::net::SocketAddr>,
+}
+
+impl FloorArgs {
+    /// Parses the process's arguments, or prints the usage of `name` and exits 1.
+    pub fn from_env(name: &str) -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let usage = || -> ! {
+            eprintln!("usage: {name} LISTEN THREADS UPSTREAM...");
+            std::process::exit(1)
+        };
+        let (Some(listen), Some(threads)) = (args.first(), args.get(1)) else {
+            usage()
+        };
+        let upstreams: Vec<_> = args[2..].iter().filter_map(|a| a.parse().ok()).collect();
+        if upstreams.is_empty() {
+            usage()
+        }
+        Self {
+            listen: listen.clone(),
+            threads: threads.parse().unwrap_or(1),
+            upstreams,
+        }
+    }
 }

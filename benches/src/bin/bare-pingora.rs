@@ -55,18 +55,11 @@ impl ProxyHttp for Bare {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bare-pingora LISTEN THREADS UPSTREAM...";
-    let (Some(listen), Some(threads)) = (args.first(), args.get(1)) else {
-        eprintln!("{usage}");
-        std::process::exit(1);
-    };
-    let threads: usize = threads.parse().unwrap_or(1);
-    let upstreams: Vec<SocketAddr> = args[2..].iter().filter_map(|a| a.parse().ok()).collect();
-    if upstreams.is_empty() {
-        eprintln!("{usage}");
-        std::process::exit(1);
-    }
+    let sluice_benches::FloorArgs {
+        listen,
+        threads,
+        upstreams,
+    } = sluice_benches::FloorArgs::from_env("bare-pingora");
     let conf = ServerConf {
         threads,
         work_stealing: false,
@@ -89,13 +82,13 @@ fn main() {
     if std::env::var_os("BARE_THREAD_POOL").is_some() {
         // pingora's own layout: one service on `threads` runtimes.
         let mut proxy = app(upstreams);
-        proxy.add_tcp(listen);
+        proxy.add_tcp(&listen);
         server.add_service(proxy);
     } else {
         // Sluice's layout: one single-threaded shard per thread on the same sockets.
         for index in 0..threads {
             let mut proxy = app(upstreams.clone());
-            proxy.add_tcp(listen);
+            proxy.add_tcp(&listen);
             server.add_service(ProxyShard::new(index, proxy));
         }
     }

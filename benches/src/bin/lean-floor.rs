@@ -33,19 +33,12 @@ struct Upstreams {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: lean-floor LISTEN THREADS UPSTREAM...";
-    let (Some(listen), Some(threads)) = (args.first(), args.get(1)) else {
-        eprintln!("{usage}");
-        std::process::exit(1);
-    };
-    let threads: usize = threads.parse().unwrap_or(1);
-    let upstreams: Vec<SocketAddr> = args[2..].iter().filter_map(|a| a.parse().ok()).collect();
-    if upstreams.is_empty() {
-        eprintln!("{usage}");
-        std::process::exit(1);
-    }
-    let listener = match std::net::TcpListener::bind(listen) {
+    let sluice_benches::FloorArgs {
+        listen,
+        threads,
+        upstreams,
+    } = sluice_benches::FloorArgs::from_env("lean-floor");
+    let listener = match std::net::TcpListener::bind(&listen) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{listen}: {e}");
