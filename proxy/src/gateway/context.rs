@@ -16,8 +16,8 @@ pub fn active_requests() -> usize {
     ACTIVE_REQUESTS.load(Ordering::Acquire)
 }
 
-/// Counts as one request in flight while held, for work the drain must wait for before a
-/// request context exists (a connection accepted just before the stop, its request on the way).
+/// Counts as one request in flight while held: every request context holds one, and so does a
+/// connection accepted just before the stop while its first request is on the way.
 pub struct InFlightHold(());
 
 impl InFlightHold {
@@ -65,11 +65,12 @@ pub struct RequestCtx {
     pub(crate) attempts: u32,
     /// Request body bytes seen so far (for the route's body limit).
     pub(crate) body_bytes: u64,
+    /// This request in `active_requests()` until the context drops.
+    _active: InFlightHold,
 }
 
 impl RequestCtx {
     pub(crate) fn new() -> Self {
-        ACTIVE_REQUESTS.fetch_add(1, Ordering::AcqRel);
         Self {
             start: Instant::now(),
             route: None,
@@ -83,6 +84,7 @@ impl RequestCtx {
             tried_len: 0,
             attempts: 0,
             body_bytes: 0,
+            _active: InFlightHold::new(),
         }
     }
 
@@ -96,11 +98,5 @@ impl RequestCtx {
             self.tried[self.tried_len] = key;
             self.tried_len += 1;
         }
-    }
-}
-
-impl Drop for RequestCtx {
-    fn drop(&mut self) {
-        ACTIVE_REQUESTS.fetch_sub(1, Ordering::AcqRel);
     }
 }
