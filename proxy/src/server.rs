@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::admin::AdminApp;
 use crate::config::{Config, RegistrySettings};
-use crate::gateway::{Gateway, Router, RouterError};
+use crate::gateway::{FastPath, Gateway, Router, RouterError};
 use crate::listener::{CertError, CertIndex, HeaderDeadline, ProxyShard, SniResolver};
 use crate::metrics::Metrics;
 use crate::pool::Directory;
@@ -325,13 +325,23 @@ impl Parts {
         for index in 0..shards {
             let mut http = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
             http.server_options = Some(options.clone());
-            let app = HeaderDeadline::new(
+            // Room for the request line beside the header fields.
+            let max_head_bytes = cfg.proxy.max_header_bytes + 16 * 1024;
+            let mut app = HeaderDeadline::new(
                 http,
                 cfg.proxy.header_timeout,
-                // Room for the request line beside the header fields.
-                cfg.proxy.max_header_bytes + 16 * 1024,
+                max_head_bytes,
                 self.metrics.downstream_header_timeouts_total.clone(),
             );
+            // The fast path keeps its upstream connections per thread: shards only.
+            if cfg.proxy.fast_path && !cfg.proxy.work_stealing {
+                app = app.with_fast_path(FastPath::new(
+                    gateway.clone(),
+                    cfg.proxy.upstream_keepalive_pool_size,
+                    cfg.proxy.upstream_idle_timeout,
+                    max_head_bytes,
+                ));
+            }
             let name = if shards == 1 {
                 "sluice proxy".to_string()
             } else {

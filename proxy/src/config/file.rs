@@ -37,6 +37,7 @@ pub(super) struct ProxySection {
     pub(super) max_headers: Option<usize>,
     pub(super) max_header_bytes: Option<usize>,
     pub(super) work_stealing: Option<bool>,
+    pub(super) fast_path: Option<bool>,
     pub(super) header_timeout: Option<String>,
     pub(super) tls: Option<ListenerTlsSection>,
 }

@@ -92,6 +92,9 @@ pub struct ProxySettings {
     /// Requests whose header names and values add up to more bytes are answered 431.
     pub max_header_bytes: usize,
     pub work_stealing: bool,
+    /// Plain HTTP/1.1 requests to plain-`http` instances take Sluice's own request path
+    /// (`gateway::FastPath`); everything else, and everything when off, goes through pingora.
+    pub fast_path: bool,
     /// A connection's first request header must be complete this long after the accept,
     /// or it is answered 408.
     pub header_timeout: Duration,

@@ -100,6 +100,7 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 Duration::from_secs(60),
             ),
             work_stealing: p.work_stealing.unwrap_or(false),
+            fast_path: p.fast_path.unwrap_or(true),
             header_timeout: issues.duration(
                 "proxy.header_timeout",
                 p.header_timeout.as_deref(),

@@ -8,26 +8,37 @@ use crate::config::RouteSpec;
 
 /// Rewrites the path when the route strips its prefix; `/users/1?q` -> `/1?q`, `/users` -> `/`.
 pub(crate) fn strip_prefix(route: &RouteSpec, request: &mut RequestHeader) -> Result<()> {
-    if !route.strip_prefix || route.path_prefix == "/" {
-        return Ok(());
-    }
-    let Some(rest) = request.uri.path().strip_prefix(route.path_prefix.as_str()) else {
+    let Some(path_and_query) = stripped_target(route, request.uri.path(), request.uri.query())
+    else {
         return Ok(());
     };
-    let mut path_and_query = String::with_capacity(rest.len() + 16);
-    if !rest.starts_with('/') {
-        path_and_query.push('/');
-    }
-    path_and_query.push_str(rest);
-    if let Some(query) = request.uri.query() {
-        path_and_query.push('?');
-        path_and_query.push_str(query);
-    }
     let uri: Uri = path_and_query.parse().map_err(|e| {
         pingora::Error::because(pingora::ErrorType::InternalError, "rewriting path", e)
     })?;
     request.set_uri(uri);
     Ok(())
+}
+
+/// The request target after the route strips its prefix from `path`; `None` when unchanged.
+pub(crate) fn stripped_target(
+    route: &RouteSpec,
+    path: &str,
+    query: Option<&str>,
+) -> Option<String> {
+    if !route.strip_prefix || route.path_prefix == "/" {
+        return None;
+    }
+    let rest = path.strip_prefix(route.path_prefix.as_str())?;
+    let mut path_and_query = String::with_capacity(rest.len() + 16);
+    if !rest.starts_with('/') {
+        path_and_query.push('/');
+    }
+    path_and_query.push_str(rest);
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    Some(path_and_query)
 }
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.

@@ -5,12 +5,14 @@
 
 mod context;
 pub use context::{active_requests, InFlightHold, RequestCtx};
+mod fast;
 mod forward;
 mod peer;
 mod proxy;
 mod route_metrics;
 mod router;
 
+pub use fast::{FastPath, Served};
 pub use peer::{CaError, UpstreamTls};
 pub use proxy::{Gateway, HeaderLimits};
 pub use router::{Route, Router, RouterError, DEFAULT_CONNECT_TIMEOUT};

@@ -19,10 +19,10 @@ use crate::strategy::PickRequest;
 /// The gateway's request handler; the router is swapped whole on reload.
 #[derive(Clone)]
 pub struct Gateway {
-    router: Arc<ArcSwap<Router>>,
-    limits: HeaderLimits,
+    pub(super) router: Arc<ArcSwap<Router>>,
+    pub(super) limits: HeaderLimits,
     directory: Arc<crate::pool::Directory>,
-    access_log: bool,
+    pub(super) access_log: bool,
     ejections: Option<crate::health::EjectionRequests>,
 }
 
@@ -80,7 +80,7 @@ fn sent_content_length(session: &Session) -> bool {
 
 /// Longest a request waits for the registry's first sync (a process just started or
 /// upgraded, with empty pools) before it is answered 503.
-const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+pub(super) const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Gateway {
     pub fn new(
@@ -101,9 +101,13 @@ impl Gateway {
 
     /// Counts a failed attempt; past the route's `passive` threshold, asks for an ejection.
     fn attempt_failed(&self, ctx: &RequestCtx) {
-        let (Some(attempt), Some(route)) = (&ctx.attempt, &ctx.route) else {
-            return;
-        };
+        if let (Some(attempt), Some(route)) = (&ctx.attempt, &ctx.route) {
+            self.attempt_failed_on(route, attempt);
+        }
+    }
+
+    /// Counts a failed attempt of `route`; past its `passive` threshold, asks for an ejection.
+    pub(super) fn attempt_failed_on(&self, route: &Route, attempt: &crate::pool::InFlightGuard) {
         let live = attempt.live();
         live.record_failure();
         if let (Some(threshold), Some(ejections)) = (route.eject_after, &self.ejections) {
@@ -122,6 +126,11 @@ fn request_host(req: &RequestHeader) -> &str {
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.host())
         .unwrap_or("");
+    host_without_port(raw)
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port` without the port (and brackets).
+pub(super) fn host_without_port(raw: &str) -> &str {
     if let Some(rest) = raw.strip_prefix('[') {
         // [v6]:port
         return rest.split(']').next().unwrap_or(rest);
@@ -130,21 +139,40 @@ fn request_host(req: &RequestHeader) -> &str {
 }
 
 fn request_hash(hash_on: &HashOn, session: &Session) -> u64 {
+    let req = session.req_header();
+    hash_request(
+        hash_on,
+        |name| req.headers.get(name).map(|v| v.as_bytes()),
+        session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        req.uri.path(),
+    )
+}
+
+/// The `request_hash` of a request: the same on the pingora path and the fast path.
+pub(super) fn hash_request<'a>(
+    hash_on: &HashOn,
+    header: impl FnOnce(&http::HeaderName) -> Option<&'a [u8]>,
+    client_ip: Option<std::net::IpAddr>,
+    path: &str,
+) -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
     // A fixed-key hasher: the same input hashes the same in every process and thread.
     let mut h =
         std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
             .build_hasher();
     match hash_on {
-        HashOn::Header(name) => match session.req_header().headers.get(name) {
-            Some(v) => v.as_bytes().hash(&mut h),
+        HashOn::Header(name) => match header(name) {
+            Some(v) => v.hash(&mut h),
             None => return 0,
         },
-        HashOn::ClientIp => match session.client_addr().and_then(|a| a.as_inet()) {
-            Some(addr) => addr.ip().hash(&mut h),
+        HashOn::ClientIp => match client_ip {
+            Some(ip) => ip.hash(&mut h),
             None => return 0,
         },
-        HashOn::Path => session.req_header().uri.path().hash(&mut h),
+        HashOn::Path => path.hash(&mut h),
     }
     h.finish()
 }
@@ -163,7 +191,7 @@ async fn answer(session: &mut Session, status: u16, body: String) -> Result<()> 
     Ok(())
 }
 
-fn no_instance_body(route: &Route) -> String {
+pub(super) fn no_instance_body(route: &Route) -> String {
     format!(
         "sluice: no eligible instance of service \"{}\" (route \"{}\")\n",
         route.spec.service, route.spec.name

@@ -13,7 +13,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::rewind::Rewind;
-use crate::gateway::InFlightHold;
+use crate::gateway::{FastPath, InFlightHold, Served};
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
 /// seen (HTTP/2 has its own framing and flow control).
@@ -33,6 +33,8 @@ pub struct HeaderDeadline<A> {
     /// request and answers its size (431).
     max_bytes: usize,
     timeouts: IntCounter,
+    /// Serves plain HTTP/1.1 requests before anything reaches `inner`, when enabled.
+    fast: Option<FastPath>,
 }
 
 impl<A> HeaderDeadline<A> {
@@ -42,7 +44,15 @@ impl<A> HeaderDeadline<A> {
             timeout,
             max_bytes,
             timeouts,
+            fast: None,
         }
+    }
+
+    /// Lets `fast` serve the connection's requests first; it hands over the first one it does
+    /// not take, and `inner` serves the connection from then on.
+    pub fn with_fast_path(mut self, fast: FastPath) -> Self {
+        self.fast = Some(fast);
+        self
     }
 }
 
@@ -145,7 +155,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             }
         };
         match start {
-            Start::Ready(prefix) => {
+            Start::Ready(mut prefix) => {
+                if let Some(fast) = &self.fast {
+                    if let Served::Closed = fast.serve(&mut stream, &mut prefix, shutdown).await {
+                        return None;
+                    }
+                }
                 let stream: Stream = Box::new(Rewind::new(prefix, stream));
                 let reuse = self.inner.process_new(stream, shutdown).await;
                 drop(held);

@@ -54,6 +54,8 @@ pub struct Pool {
     eligible: Box<[u32]>,
     schedule: Box<[u32]>,
     cursor: AtomicUsize,
+    /// Every member is a plain `http` instance (what the fast path serves).
+    all_plain_http: bool,
 }
 
 impl Pool {
@@ -80,7 +82,11 @@ impl Pool {
         } else {
             fastrand::usize(..schedule.len())
         };
+        let all_plain_http = members
+            .iter()
+            .all(|m| m.spec.scheme == crate::registry::Scheme::Http);
         Self {
+            all_plain_http,
             service,
             generation,
             members: members.into_boxed_slice(),
@@ -88,6 +94,11 @@ impl Pool {
             schedule,
             cursor: AtomicUsize::new(start),
         }
+    }
+
+    /// Whether every member is a plain `http` instance.
+    pub fn all_plain_http(&self) -> bool {
+        self.all_plain_http
     }
 
     pub fn service(&self) -> &str {

@@ -23,7 +23,26 @@ pub struct PickRequest<'a> {
     /// Instance keys already tried by this request (retries go elsewhere when they can).
     pub exclude: &'a [u64],
     /// The request's headers, for plugins that read them (`sluice.request_header`).
-    pub headers: Option<&'a http::HeaderMap>,
+    pub headers: Option<&'a dyn RequestHeaders>,
+}
+
+/// The header fields of a request, as a strategy reads them: pingora's parsed header on its
+/// path, the raw parsed fields on the fast path (no map built per request).
+pub trait RequestHeaders: Sync {
+    /// The value of the first field named `name` (any case).
+    fn field(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl RequestHeaders for http::HeaderMap {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+}
+
+impl std::fmt::Debug for dyn RequestHeaders + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestHeaders")
+    }
 }
 
 /// What `/admin/strategies` shows of a strategy.

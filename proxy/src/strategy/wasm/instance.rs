@@ -12,6 +12,7 @@ use super::runtime::{on_deadline, DeadlineState, HeadersPtr, HostState, WasmRunt
 use super::ticker::EpochTicker;
 use super::LoadError;
 use crate::pool::Pool;
+use crate::strategy::RequestHeaders;
 
 /// Why one call into the plugin failed.
 #[derive(Debug)]
@@ -182,7 +183,7 @@ impl ThreadInstance {
         pool: &Pool,
         hash: u64,
         random: u64,
-        headers: Option<&http::HeaderMap>,
+        headers: Option<&dyn RequestHeaders>,
         tags: &[String],
     ) -> Result<i32, CallError> {
         let n = pool.eligible_len();
@@ -225,15 +226,24 @@ impl ThreadInstance {
         }
         // The guest could overwrite the records; rewrite them all after anything unusual.
         self.written = Some((pool.generation(), n));
-        self.store.data_mut().headers =
-            HeadersPtr(headers.map_or(std::ptr::null(), |h| h as *const _));
+        self.store.data_mut().headers = HeadersPtr(headers.map(|h| {
+            let h: *const (dyn RequestHeaders + '_) = h;
+            // SAFETY: only the lifetime is erased; the pointer is cleared below, before `h`'s
+            // borrow ends, and read only during the call (see HeadersPtr).
+            unsafe {
+                std::mem::transmute::<
+                    *const (dyn RequestHeaders + '_),
+                    *const (dyn RequestHeaders + 'static),
+                >(h)
+            }
+        }));
         // Each call starts with a fresh deadline: a CPU mark left by an earlier call that was
         // descheduled across a tick would make the next firing interrupt a healthy pick.
         self.store.data_mut().deadline = DeadlineState::default();
         self.ticker.call_starting();
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = self.pick.call(&mut self.store, n as i32);
-        self.store.data_mut().headers = HeadersPtr(std::ptr::null());
+        self.store.data_mut().headers = HeadersPtr(None);
         if result.is_err() {
             self.written = None;
         }

@@ -8,6 +8,7 @@ use wasmtime::{Caller, Config, Engine, Extern, Linker, OptLevel, StoreLimits};
 
 use super::ticker::EpochTicker;
 use super::LoadError;
+use crate::strategy::RequestHeaders;
 
 /// Default cap on a plugin instance's linear memory.
 pub const DEFAULT_MEMORY_LIMIT: usize = 16 << 20;
@@ -19,7 +20,7 @@ const LOG_LINES_PER_SECOND: u32 = 20;
 
 /// The request headers of the pick in progress, for `sluice.request_header`.
 #[derive(Clone, Copy)]
-pub(crate) struct HeadersPtr(pub(crate) *const http::HeaderMap);
+pub(crate) struct HeadersPtr(pub(crate) Option<*const (dyn RequestHeaders + 'static)>);
 
 // SAFETY: the pointer is set only for the duration of one synchronous call on the thread that
 // owns the store, and cleared before the call returns; it is never dereferenced elsewhere.
@@ -101,7 +102,7 @@ impl HostState {
                 .tables(4)
                 .memories(1)
                 .build(),
-            headers: HeadersPtr(std::ptr::null()),
+            headers: HeadersPtr(None),
             strategy,
             deadline: DeadlineState::default(),
             log_window: Instant::now(),
@@ -196,10 +197,9 @@ impl WasmRuntime {
                     let Some((memory, state)) = guest_memory(&mut caller) else {
                         return -1;
                     };
-                    let headers = state.headers.0;
-                    if headers.is_null() {
+                    let Some(headers) = state.headers.0 else {
                         return -1;
-                    }
+                    };
                     let Some(name_range) = slice(memory, name_ptr, name_len) else {
                         return -1;
                     };
@@ -209,10 +209,9 @@ impl WasmRuntime {
                     let Ok(name) = std::str::from_utf8(&memory[name_range]) else {
                         return -1;
                     };
-                    let Some(value) = headers.get(name) else {
+                    let Some(value) = headers.field(name) else {
                         return -1;
                     };
-                    let value = value.as_bytes();
                     let Some(out) = slice(memory, out_ptr, out_cap) else {
                         return -1;
                     };

@@ -1,0 +1,766 @@
+//! The fast path: plain HTTP/1.1 requests to plain-`http` instances, served by Sluice's own
+//! code on the shard's thread (httparse heads, per-thread upstream keep-alive connections, one
+//! write per response in the common case). Everything else — HTTP/2, upgrades, `Expect`,
+//! chunked or large request bodies, TLS or h2c instances, requests pingora answers itself
+//! (no route, no instance yet, over a limit, malformed) — is handed to pingora untouched.
+//!
+//! Same contract as the pingora path: routing, the strategy's pick with in-flight counts and
+//! latency feedback, retries on another instance (connect failures always; a reused
+//! connection that failed before the response only for idempotent methods), route and total
+//! timeouts, passive ejection, `X-Forwarded-*`, prefix strip, metrics, access log, drain.
+
+mod chunked;
+mod head;
+mod upstream;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use pingora::ErrorType;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use self::chunked::ChunkedTracker;
+use self::head::{Framing, ParsedRequest, ParsedResponse, RequestHead, ResponseHead, MAX_FIELDS};
+use self::upstream::{ConnectError, Upstream};
+use super::context::InFlightHold;
+use super::proxy::{hash_request, no_instance_body, Gateway};
+use super::{forward, Route};
+use crate::pool::InFlightGuard;
+use crate::strategy::{PickRequest, RequestHeaders};
+
+/// How long a client connection may sit idle between requests (pingora's default).
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Largest upstream response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Room kept free in a buffer before each read.
+const READ_ROOM: usize = 16 * 1024;
+/// Instance keys remembered for exclusion on retry (as on the pingora path).
+const MAX_TRIED: usize = 8;
+
+/// The fast path of one proxy: the gateway's routing and policies, and the upstream pool
+/// settings.
+#[derive(Clone)]
+pub struct FastPath {
+    gateway: Gateway,
+    /// Idle upstream connections kept per address and thread.
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Most bytes a request head may take before it is left to pingora (which answers 431).
+    max_head_bytes: usize,
+}
+
+/// What became of a connection.
+pub enum Served {
+    /// The request at the start of the buffer is pingora's: hand the connection over.
+    Handoff,
+    /// The connection is done with.
+    Closed,
+}
+
+impl FastPath {
+    pub fn new(
+        gateway: Gateway,
+        max_idle: usize,
+        idle_timeout: Duration,
+        max_head_bytes: usize,
+    ) -> Self {
+        Self {
+            gateway,
+            max_idle,
+            idle_timeout,
+            max_head_bytes,
+        }
+    }
+
+    /// Serves requests from `stream`, whose first bytes are in `buf`, until the connection
+    /// closes or a request is not the fast path's (then `buf` holds it, unread by anyone).
+    pub async fn serve(
+        &self,
+        stream: &mut Stream,
+        buf: &mut Vec<u8>,
+        shutdown: &ShutdownWatch,
+    ) -> Served {
+        let mut client = Client {
+            ip: stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
+            proto: if stream.get_ssl_digest().is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            stream,
+        };
+        let mut bufs = Buffers::default();
+        loop {
+            let step = {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                match head::parse_request(buf, &mut fields, self.gateway.limits) {
+                    ParsedRequest::NotMine => return Served::Handoff,
+                    ParsedRequest::Partial if buf.len() > self.max_head_bytes => {
+                        return Served::Handoff
+                    }
+                    ParsedRequest::Partial => Step::ReadHead,
+                    ParsedRequest::Plain(req) => {
+                        let Some(route) = self.route_for(&req) else {
+                            return Served::Handoff;
+                        };
+                        // Bounded by MAX_BUFFERED_BODY: fits a usize.
+                        let end = req.head_len + req.body_len as usize;
+                        if buf.len() < end {
+                            Step::ReadBody(end, route.spec.timeout)
+                        } else {
+                            let body = &buf[req.head_len..end];
+                            match self
+                                .serve_request(&req, body, &route, &mut client, &mut bufs, shutdown)
+                                .await
+                            {
+                                Outcome::Handoff => return Served::Handoff,
+                                Outcome::KeepAlive => Step::Next(end),
+                                Outcome::Close => Step::Close,
+                            }
+                        }
+                    }
+                }
+            };
+            match step {
+                Step::Next(end) => {
+                    buf.drain(..end);
+                    if buf.is_empty() && !wait_request(client.stream, buf, shutdown).await {
+                        return Served::Closed;
+                    }
+                }
+                Step::ReadHead => {
+                    let read = tokio::time::timeout(KEEPALIVE, read_more(client.stream, buf));
+                    if !matches!(read.await, Ok(Ok(n)) if n > 0) {
+                        return Served::Closed;
+                    }
+                }
+                Step::ReadBody(end, timeout) => {
+                    let read = tokio::time::timeout(timeout, async {
+                        while buf.len() < end {
+                            if read_more(client.stream, buf).await? == 0 {
+                                return Err(std::io::ErrorKind::UnexpectedEof.into());
+                            }
+                        }
+                        Ok::<_, std::io::Error>(())
+                    });
+                    match read.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return Served::Closed,
+                        Err(_) => {
+                            let body = format!(
+                                "sluice: request body not received within {}\n",
+                                humantime::format_duration(timeout)
+                            );
+                            answer(client.stream, 408, &body).await;
+                            return Served::Closed;
+                        }
+                    }
+                }
+                Step::Close => {
+                    // Closing anyway: a failed shutdown changes nothing.
+                    let _ = client.stream.shutdown().await;
+                    return Served::Closed;
+                }
+            }
+        }
+    }
+
+    /// The route of a request the fast path can serve: routed, with eligible instances that
+    /// are all plain `http`, and a body within the route's limit. Anything else gets pingora's
+    /// answer (404, the wait for the registry's first sync and 503, 413, TLS and h2c).
+    fn route_for(&self, req: &RequestHead<'_, '_>) -> Option<Arc<Route>> {
+        let router = self.gateway.router.load();
+        let route = router.find(req.host, req.path())?;
+        let pool = route.slot.load();
+        if pool.eligible_len() == 0 || !pool.all_plain_http() {
+            return None;
+        }
+        if route
+            .spec
+            .max_body_bytes
+            .is_some_and(|limit| req.body_len > limit)
+        {
+            return None;
+        }
+        Some(route.clone())
+    }
+
+    /// Forwards one request, then records it (metrics, access log).
+    async fn serve_request(
+        &self,
+        req: &RequestHead<'_, '_>,
+        body: &[u8],
+        route: &Arc<Route>,
+        client: &mut Client<'_>,
+        bufs: &mut Buffers,
+        shutdown: &ShutdownWatch,
+    ) -> Outcome {
+        let _active = InFlightHold::new();
+        let start = Instant::now();
+        let mut record = Record::default();
+        let outcome = self
+            .forward(req, body, route, client, bufs, shutdown, &mut record)
+            .await;
+        if matches!(outcome, Outcome::Handoff) {
+            return outcome;
+        }
+        let elapsed = start.elapsed();
+        route.metrics.record(record.status, elapsed);
+        if self.gateway.access_log {
+            tracing::info!(
+                target: "sluice::access",
+                method = req.method,
+                host = req.host,
+                path = req.path(),
+                status = record.status,
+                route = route.spec.name.as_str(),
+                service = route.spec.service.as_str(),
+                instance = record.attempt.as_ref().map_or("", |a| a.live().id()),
+                upstream = %record.upstream.map(|a| a.to_string()).unwrap_or_default(),
+                upstream_ms = record.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+                total_ms = elapsed.as_secs_f64() * 1e3,
+                bytes_sent = record.bytes_sent,
+                attempts = record.attempts,
+                error = record.error,
+                "access"
+            );
+        }
+        outcome
+    }
+
+    /// Picks, tries (and retries), and relays the response.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        req: &RequestHead<'_, '_>,
+        body: &[u8],
+        route: &Arc<Route>,
+        client: &mut Client<'_>,
+        bufs: &mut Buffers,
+        shutdown: &ShutdownWatch,
+        record: &mut Record,
+    ) -> Outcome {
+        let start = Instant::now();
+        let client_close = req.close || *shutdown.borrow();
+        let (path, query) = match req.target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (req.target, None),
+        };
+        let stripped = forward::stripped_target(&route.spec, path, query);
+        bufs.request.clear();
+        head::write_upstream_request(
+            &mut bufs.request,
+            req,
+            stripped.as_deref().unwrap_or(req.target),
+            client.ip,
+            client.proto,
+        );
+        bufs.request.extend_from_slice(body);
+        let hash = route.hash_on().map_or(0, |hash_on| {
+            hash_request(hash_on, |name| req.field(name.as_str()), client.ip, path)
+        });
+        let fields = Fields(req.fields);
+        let mut tried = [0u64; MAX_TRIED];
+        let mut tried_len = 0;
+        let mut last_error = None;
+        loop {
+            let remaining = route
+                .spec
+                .total_timeout
+                .map(|total| total.saturating_sub(start.elapsed()));
+            if remaining.is_some_and(|r| r.is_zero()) {
+                return self
+                    .fail(
+                        client,
+                        route,
+                        record,
+                        Failure::Upstream(AttemptError::TimedOut),
+                    )
+                    .await;
+            }
+            let pool = route.slot.load();
+            if !pool.all_plain_http() {
+                // The pool changed under the request: pingora takes a first try, and a retry
+                // ends with the error that asked for it.
+                return match last_error {
+                    None => Outcome::Handoff,
+                    Some(e) => self.fail(client, route, record, Failure::Upstream(e)).await,
+                };
+            }
+            let request = PickRequest {
+                hash,
+                exclude: &tried[..tried_len],
+                headers: Some(&fields),
+            };
+            let picked = route
+                .strategy
+                .pick(&pool, &request)
+                .filter(|&i| i < pool.eligible_len());
+            let Some(index) = picked else {
+                return self.fail(client, route, record, Failure::NoInstance).await;
+            };
+            let member = pool.eligible(index);
+            let Some(addr) = member.socket else {
+                return self.fail(client, route, record, Failure::NoAddress).await;
+            };
+            // The previous attempt's in-flight count ends before this one starts.
+            record.attempt = None;
+            let attempt = member.live.start_request();
+            if tried_len < MAX_TRIED {
+                tried[tried_len] = member.key;
+                tried_len += 1;
+            }
+            record.attempts += 1;
+            record.upstream = Some(addr);
+            let cap = |d: Duration| remaining.map_or(d, |r| d.min(r));
+            let timeouts = Timeouts {
+                connect: cap(route.connect_timeout),
+                io: cap(route.spec.timeout),
+            };
+            let attempt_start = Instant::now();
+            let exchanged = self.exchange(addr, req, timeouts, client_close, bufs).await;
+            match exchanged {
+                Ok((upstream, response)) => {
+                    let elapsed = attempt_start.elapsed();
+                    record.upstream_elapsed = Some(elapsed);
+                    attempt.live().observe_latency(elapsed);
+                    if response.status >= 500 {
+                        self.gateway.attempt_failed_on(route, &attempt);
+                    } else {
+                        attempt.live().record_success();
+                    }
+                    record.attempt = Some(attempt);
+                    return self
+                        .relay(upstream, addr, response, timeouts.io, client, bufs, record)
+                        .await;
+                }
+                Err(e) => {
+                    self.gateway.attempt_failed_on(route, &attempt);
+                    record.attempt = Some(attempt);
+                    let retry =
+                        record.attempts <= route.spec.retries && e.retryable(req.idempotent());
+                    if !retry {
+                        return self.fail(client, route, record, Failure::Upstream(e)).await;
+                    }
+                    last_error = Some(e);
+                }
+            }
+        }
+    }
+
+    /// One try: a connection (kept or new), the request, the response head.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        req: &RequestHead<'_, '_>,
+        timeouts: Timeouts,
+        client_close: bool,
+        bufs: &mut Buffers,
+    ) -> Result<(Upstream, ResponseHead), AttemptError> {
+        // A request that must not be repeated does not go out on a connection that may have
+        // been closed under us: check the kept one first (a syscall, only then).
+        let kept = upstream::take_idle(addr, self.idle_timeout, !req.idempotent());
+        let mut up = match kept {
+            Some(up) => up,
+            None => upstream::connect(addr, timeouts.connect)
+                .await
+                .map_err(AttemptError::Connect)?,
+        };
+        let reused = up.reused;
+        match tokio::time::timeout(timeouts.io, up.stream.write_all(&bufs.request)).await {
+            Err(_) => return Err(AttemptError::TimedOut),
+            Ok(Err(_)) => return Err(AttemptError::Write { reused }),
+            Ok(Ok(())) => {}
+        }
+        bufs.response.clear();
+        loop {
+            bufs.response.reserve(READ_ROOM);
+            let untouched = reused && bufs.response.is_empty();
+            let read = tokio::time::timeout(timeouts.io, up.stream.read_buf(&mut bufs.response));
+            match read.await {
+                Err(_) => return Err(AttemptError::TimedOut),
+                Ok(Err(_)) => return Err(AttemptError::Read { untouched }),
+                Ok(Ok(0)) => return Err(AttemptError::Closed { untouched }),
+                Ok(Ok(_)) => {}
+            }
+            loop {
+                bufs.client.clear();
+                match head::parse_response(
+                    &bufs.response,
+                    req.is_head(),
+                    client_close,
+                    &mut bufs.client,
+                ) {
+                    Err(_) => return Err(AttemptError::BadResponse),
+                    Ok(ParsedResponse::Final(response)) => return Ok((up, response)),
+                    Ok(ParsedResponse::Interim(len)) => {
+                        bufs.response.drain(..len);
+                    }
+                    Ok(ParsedResponse::Partial) if bufs.response.len() > MAX_RESPONSE_HEAD => {
+                        return Err(AttemptError::BadResponse)
+                    }
+                    Ok(ParsedResponse::Partial) => break,
+                }
+            }
+        }
+    }
+
+    /// Sends the response head (in `bufs.client`) and body to the client; keeps the upstream
+    /// connection when the response ended cleanly.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        mut up: Upstream,
+        addr: SocketAddr,
+        response: ResponseHead,
+        timeout: Duration,
+        client: &mut Client<'_>,
+        bufs: &mut Buffers,
+        record: &mut Record,
+    ) -> Outcome {
+        record.status = response.status;
+        let mut body = BodyState::new(response.framing);
+        let mut reusable = response.upstream_keepalive;
+        let first = &bufs.response[response.head_len..];
+        let taken = match body.take(first) {
+            Ok(n) => n,
+            Err(_) => return self.broken(client, record, "InvalidHTTPHeader").await,
+        };
+        reusable &= taken == first.len();
+        bufs.client.extend_from_slice(&first[..taken]);
+        record.bytes_sent += taken as u64;
+        if write_client(client.stream, &bufs.client, timeout)
+            .await
+            .is_err()
+        {
+            return self.client_gone(client, record).await;
+        }
+        while !body.is_done() {
+            bufs.response.clear();
+            bufs.response.reserve(READ_ROOM);
+            let read = tokio::time::timeout(timeout, up.stream.read_buf(&mut bufs.response));
+            let n = match read.await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => return self.broken(client, record, "ReadError").await,
+                Err(_) => return self.broken(client, record, "ReadTimedout").await,
+            };
+            if n == 0 {
+                if body.ends_at_close() {
+                    break;
+                }
+                return self.broken(client, record, "ConnectionClosed").await;
+            }
+            let taken = match body.take(&bufs.response) {
+                Ok(n) => n,
+                Err(_) => return self.broken(client, record, "InvalidHTTPHeader").await,
+            };
+            reusable &= taken == bufs.response.len();
+            record.bytes_sent += taken as u64;
+            if write_client(client.stream, &bufs.response[..taken], timeout)
+                .await
+                .is_err()
+            {
+                return self.client_gone(client, record).await;
+            }
+        }
+        if reusable && !body.ends_at_close() {
+            upstream::put_idle(addr, up.stream, self.max_idle, self.idle_timeout);
+        }
+        if response.client_close {
+            Outcome::Close
+        } else {
+            Outcome::KeepAlive
+        }
+    }
+
+    /// The upstream failed in the middle of a response: the client connection is closed so
+    /// the client sees a truncated response, not a complete-looking one.
+    async fn broken(
+        &self,
+        client: &mut Client<'_>,
+        record: &mut Record,
+        error: &'static str,
+    ) -> Outcome {
+        record.error = error;
+        // Closing anyway: a failed shutdown changes nothing.
+        let _ = client.stream.shutdown().await;
+        Outcome::Close
+    }
+
+    /// The client went away mid-response.
+    async fn client_gone(&self, client: &mut Client<'_>, record: &mut Record) -> Outcome {
+        record.error = "WriteError";
+        // Closing anyway: a failed shutdown changes nothing.
+        let _ = client.stream.shutdown().await;
+        Outcome::Close
+    }
+
+    /// Answers a request no instance could serve, as the pingora path does, and closes.
+    async fn fail(
+        &self,
+        client: &mut Client<'_>,
+        route: &Route,
+        record: &mut Record,
+        failure: Failure,
+    ) -> Outcome {
+        let service = route.spec.service.as_str();
+        let addr = record.upstream.map(|a| a.to_string()).unwrap_or_default();
+        let (status, body, error) = match failure {
+            Failure::NoInstance => (503, no_instance_body(route), "HTTPStatus"),
+            Failure::NoAddress => (503, "sluice: error 503\n".to_string(), "HTTPStatus"),
+            Failure::Upstream(e) if e.timed_out() => (
+                504,
+                format!("sluice: upstream {addr} of service \"{service}\" timed out\n"),
+                e.kind().as_str(),
+            ),
+            Failure::Upstream(e) => (
+                502,
+                format!(
+                    "sluice: upstream {addr} of service \"{service}\" failed: {}\n",
+                    e.kind().as_str()
+                ),
+                e.kind().as_str(),
+            ),
+        };
+        record.status = status;
+        record.error = error;
+        answer(client.stream, status, &body).await;
+        // Closing anyway: a failed shutdown changes nothing.
+        let _ = client.stream.shutdown().await;
+        Outcome::Close
+    }
+}
+
+/// The client side of a connection.
+struct Client<'s> {
+    stream: &'s mut Stream,
+    ip: Option<IpAddr>,
+    proto: &'static str,
+}
+
+/// Buffers kept for the connection's lifetime: no allocation per request once warm.
+#[derive(Default)]
+struct Buffers {
+    /// The request as sent upstream.
+    request: Vec<u8>,
+    /// Bytes read from the upstream.
+    response: Vec<u8>,
+    /// The response head (and first body bytes) as sent to the client.
+    client: Vec<u8>,
+}
+
+/// What one request left of the connection.
+enum Outcome {
+    Handoff,
+    KeepAlive,
+    Close,
+}
+
+enum Step {
+    /// The request ended at this offset; the next one may follow.
+    Next(usize),
+    ReadHead,
+    /// The body ends at this offset; read within this long.
+    ReadBody(usize, Duration),
+    Close,
+}
+
+/// What the access log and the metrics say of a request.
+struct Record {
+    status: u16,
+    attempt: Option<InFlightGuard>,
+    attempts: u32,
+    upstream: Option<SocketAddr>,
+    upstream_elapsed: Option<Duration>,
+    bytes_sent: u64,
+    error: &'static str,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            // A request that ends without any answer: the client went away (nginx's 499).
+            status: 499,
+            attempt: None,
+            attempts: 0,
+            upstream: None,
+            upstream_elapsed: None,
+            bytes_sent: 0,
+            error: "",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    io: Duration,
+}
+
+/// Why a try failed before the response head arrived.
+#[derive(Debug)]
+enum AttemptError {
+    Connect(ConnectError),
+    TimedOut,
+    Write {
+        reused: bool,
+    },
+    /// `untouched`: a kept connection that failed before any response byte (likely closed by
+    /// the upstream while idle).
+    Read {
+        untouched: bool,
+    },
+    Closed {
+        untouched: bool,
+    },
+    BadResponse,
+}
+
+impl AttemptError {
+    /// Whether another instance may be tried: always when nothing reached the upstream; after
+    /// a kept connection failed before any response byte, when the method is idempotent.
+    fn retryable(&self, idempotent: bool) -> bool {
+        match self {
+            AttemptError::Connect(_) => true,
+            AttemptError::Write { reused: stale }
+            | AttemptError::Read { untouched: stale }
+            | AttemptError::Closed { untouched: stale } => *stale && idempotent,
+            AttemptError::TimedOut | AttemptError::BadResponse => false,
+        }
+    }
+
+    fn timed_out(&self) -> bool {
+        matches!(
+            self,
+            AttemptError::TimedOut | AttemptError::Connect(ConnectError::TimedOut)
+        )
+    }
+
+    /// The pingora error type of the same failure: the same words in bodies and logs.
+    fn kind(&self) -> ErrorType {
+        match self {
+            AttemptError::Connect(ConnectError::TimedOut) => ErrorType::ConnectTimedout,
+            AttemptError::Connect(ConnectError::Refused) => ErrorType::ConnectRefused,
+            AttemptError::Connect(ConnectError::Other(_)) => ErrorType::ConnectError,
+            AttemptError::TimedOut => ErrorType::ReadTimedout,
+            AttemptError::Write { .. } => ErrorType::WriteError,
+            AttemptError::Read { .. } => ErrorType::ReadError,
+            AttemptError::Closed { .. } => ErrorType::ConnectionClosed,
+            AttemptError::BadResponse => ErrorType::InvalidHTTPHeader,
+        }
+    }
+}
+
+/// What the gateway answers itself.
+enum Failure {
+    NoInstance,
+    NoAddress,
+    Upstream(AttemptError),
+}
+
+/// Where the response body stands.
+enum BodyState {
+    Length(u64),
+    Chunked(ChunkedTracker),
+    UntilClose,
+}
+
+impl BodyState {
+    fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => BodyState::Length(0),
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkedTracker::default()),
+            Framing::UntilClose => BodyState::UntilClose,
+        }
+    }
+
+    /// How many of `bytes` belong to the body.
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, chunked::BadChunk> {
+        match self {
+            BodyState::Length(left) => {
+                let n = (*left).min(bytes.len() as u64);
+                *left -= n;
+                // At most bytes.len(): fits a usize.
+                Ok(n as usize)
+            }
+            BodyState::Chunked(tracker) => tracker.feed(bytes),
+            BodyState::UntilClose => Ok(bytes.len()),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            BodyState::Length(left) => *left == 0,
+            BodyState::Chunked(tracker) => tracker.is_done(),
+            BodyState::UntilClose => false,
+        }
+    }
+
+    fn ends_at_close(&self) -> bool {
+        matches!(self, BodyState::UntilClose)
+    }
+}
+
+/// The request's fields, as a strategy plugin reads them.
+struct Fields<'h, 'b>(&'h [httparse::Header<'b>]);
+
+impl RequestHeaders for Fields<'_, '_> {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    }
+}
+
+/// Reads more of the client's bytes into `buf`.
+async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    buf.reserve(READ_ROOM.min(buf.capacity().max(1024)));
+    stream.read_buf(buf).await
+}
+
+/// Waits for the client's next request; false when it closes, idles out, or the gateway stops
+/// (an idle keep-alive connection is closed at once then, as pingora does).
+async fn wait_request(stream: &mut Stream, buf: &mut Vec<u8>, shutdown: &ShutdownWatch) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    let mut stopping = shutdown.clone();
+    tokio::select! {
+        read = tokio::time::timeout(KEEPALIVE, read_more(stream, buf)) => {
+            matches!(read, Ok(Ok(n)) if n > 0)
+        }
+        _ = stopping.changed() => false,
+    }
+}
+
+async fn write_client(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(timeout, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// A response of the gateway's own, then the connection closes.
+async fn answer(stream: &mut Stream, status: u16, body: &str) {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nx-sluice-error: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // The client may be gone: nothing more to do then.
+    let _ = write_client(stream, response.as_bytes(), Duration::from_secs(1)).await;
+}

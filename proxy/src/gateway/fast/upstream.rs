@@ -1,0 +1,178 @@
+//! The fast path's upstream keep-alive connections: idle connections per upstream address,
+//! owned by the thread (one proxy shard) that made them, so taking one back is a `Vec::pop`
+//! with no lock and no cross-thread wake-up.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct Connections {
+    idle: HashMap<SocketAddr, Vec<Idle>>,
+    /// Whether this thread's sweeper task runs.
+    sweeping: bool,
+}
+
+thread_local! {
+    static CONNECTIONS: RefCell<Connections> = RefCell::new(Connections::default());
+}
+
+/// An upstream connection and whether it served a request before.
+pub(super) struct Upstream {
+    pub(super) stream: TcpStream,
+    pub(super) reused: bool,
+}
+
+/// A connection to `addr` that stayed idle less than `idle_timeout`, most recent first.
+/// With `verify`, one the reactor has seen become readable (closed by the upstream, or with
+/// stray bytes) is checked with a non-blocking read and dropped if it is not clean.
+pub(super) fn take_idle(
+    addr: SocketAddr,
+    idle_timeout: Duration,
+    verify: bool,
+) -> Option<Upstream> {
+    CONNECTIONS.with_borrow_mut(|c| {
+        let list = c.idle.get_mut(&addr)?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() >= idle_timeout {
+                continue;
+            }
+            if verify && !looks_clean(&idle.stream) {
+                continue;
+            }
+            return Some(Upstream {
+                stream: idle.stream,
+                reused: true,
+            });
+        }
+        None
+    })
+}
+
+/// Whether an idle connection has nothing to read and is not closed: costs a syscall only when
+/// the reactor has recorded read readiness since the last read.
+fn looks_clean(stream: &TcpStream) -> bool {
+    match stream.ready(Interest::READABLE).now_or_never() {
+        None => true,
+        Some(Err(_)) => false,
+        Some(Ok(ready)) if ready.is_read_closed() => false,
+        Some(Ok(_)) => {
+            let mut byte = [0u8; 1];
+            matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Keeps `stream` for the next request to `addr`, unless `max_idle` are kept already.
+pub(super) fn put_idle(
+    addr: SocketAddr,
+    stream: TcpStream,
+    max_idle: usize,
+    idle_timeout: Duration,
+) {
+    let start_sweeper = CONNECTIONS.with_borrow_mut(|c| {
+        let list = c.idle.entry(addr).or_default();
+        if list.len() < max_idle {
+            list.push(Idle {
+                stream,
+                since: Instant::now(),
+            });
+        }
+        !std::mem::replace(&mut c.sweeping, true)
+    });
+    if start_sweeper {
+        // The shard's runtime is single-threaded: the task runs on this thread and sweeps this
+        // thread's connections.
+        tokio::spawn(sweep_forever(idle_timeout));
+    }
+}
+
+/// Closes connections idle longer than `idle_timeout` (those to instances that left the pool
+/// included), checking a few times per timeout.
+async fn sweep_forever(idle_timeout: Duration) {
+    let period = (idle_timeout / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        CONNECTIONS.with_borrow_mut(|c| {
+            c.idle.retain(|_, list| {
+                list.retain(|idle| idle.since.elapsed() < idle_timeout);
+                !list.is_empty()
+            });
+        });
+    }
+}
+
+/// A new connection to `addr`, within `timeout`.
+pub(super) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upstream, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::TimedOut),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(ConnectError::Refused)
+        }
+        Ok(Err(e)) => return Err(ConnectError::Other(e)),
+        Ok(Ok(stream)) => stream,
+    };
+    // Small requests and responses go out at once.
+    let _ = stream.set_nodelay(true);
+    Ok(Upstream {
+        stream,
+        reused: false,
+    })
+}
+
+/// Why an upstream connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnectError {
+    #[error("connect timed out")]
+    TimedOut,
+    #[error("connection refused")]
+    Refused,
+    #[error("{0}")]
+    Other(std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reuses_a_clean_connection_and_drops_a_closed_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let timeout = Duration::from_secs(10);
+        let Upstream { stream, .. } = connect(addr, timeout).await.unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        put_idle(addr, stream, 4, timeout);
+        let again = take_idle(addr, timeout, true).expect("clean");
+        assert!(again.reused);
+        put_idle(addr, again.stream, 4, timeout);
+
+        drop(served);
+        // Let the reactor see the close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::task::yield_now().await;
+        assert!(
+            take_idle(addr, timeout, true).is_none(),
+            "closed by the upstream"
+        );
+
+        let Upstream { stream, .. } = connect(addr, timeout).await.unwrap();
+        put_idle(addr, stream, 4, timeout);
+        assert!(
+            take_idle(addr, Duration::ZERO, false).is_none(),
+            "idle too long"
+        );
+        let refused = connect("127.0.0.1:1".parse().unwrap(), timeout).await;
+        assert!(matches!(refused, Err(ConnectError::Refused)));
+    }
+}
