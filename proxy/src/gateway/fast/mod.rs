@@ -39,6 +39,10 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const READ_ROOM: usize = 16 * 1024;
 /// Instance keys remembered for exclusion on retry (as on the pingora path).
 const MAX_TRIED: usize = 8;
+/// How long a request waits for its response before the client connection is watched for a
+/// close (a client that gives up aborts the try, like on the pingora path). Fast responses
+/// never pay the extra read.
+const CLIENT_WATCH_DELAY: Duration = Duration::from_millis(10);
 
 /// The fast path of one proxy: the gateway's routing and policies, and the upstream pool
 /// settings.
@@ -129,6 +133,8 @@ impl FastPath {
             match step {
                 Step::Next(end) => {
                     buf.drain(..end);
+                    // What the client sent while its request was served comes next.
+                    buf.append(&mut bufs.early);
                     if buf.is_empty() && !wait_request(client.stream, buf, shutdown).await {
                         return Served::Closed;
                     }
@@ -323,7 +329,28 @@ impl FastPath {
                 io: cap(route.spec.timeout),
             };
             let attempt_start = Instant::now();
-            let exchanged = self.exchange(addr, req, timeouts, client_close, bufs).await;
+            let exchanged = {
+                let Buffers {
+                    request,
+                    response,
+                    client: head,
+                    early,
+                } = bufs;
+                let exchange =
+                    self.exchange(addr, req, timeouts, client_close, request, response, head);
+                tokio::select! {
+                    exchanged = exchange => exchanged,
+                    () = watch_client(client.stream, early) => Err(AttemptError::ClientGone),
+                }
+            };
+            if let Err(AttemptError::ClientGone) = exchanged {
+                // The client's business, not the instance's: no failure counted (499).
+                record.attempt = Some(attempt);
+                record.error = "ConnectionClosed";
+                // Closing anyway: a failed shutdown changes nothing.
+                let _ = client.stream.shutdown().await;
+                return Outcome::Close;
+            }
             match exchanged {
                 Ok((upstream, response)) => {
                     let elapsed = attempt_start.elapsed();
@@ -353,14 +380,18 @@ impl FastPath {
         }
     }
 
-    /// One try: a connection (kept or new), the request, the response head.
+    /// One try: a connection (kept or new), the request (in `request`), the response head
+    /// (read into `response`; as sent to the client, in `head`).
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         addr: SocketAddr,
         req: &RequestHead<'_, '_>,
         timeouts: Timeouts,
         client_close: bool,
-        bufs: &mut Buffers,
+        request: &[u8],
+        response: &mut Vec<u8>,
+        head: &mut Vec<u8>,
     ) -> Result<(Upstream, ResponseHead), AttemptError> {
         // A request that must not be repeated does not go out on a connection that may have
         // been closed under us: check the kept one first (a syscall, only then).
@@ -372,16 +403,16 @@ impl FastPath {
                 .map_err(AttemptError::Connect)?,
         };
         let reused = up.reused;
-        match tokio::time::timeout(timeouts.io, up.stream.write_all(&bufs.request)).await {
+        match tokio::time::timeout(timeouts.io, up.stream.write_all(request)).await {
             Err(_) => return Err(AttemptError::TimedOut),
             Ok(Err(_)) => return Err(AttemptError::Write { reused }),
             Ok(Ok(())) => {}
         }
-        bufs.response.clear();
+        response.clear();
         loop {
-            bufs.response.reserve(READ_ROOM);
-            let untouched = reused && bufs.response.is_empty();
-            let read = tokio::time::timeout(timeouts.io, up.stream.read_buf(&mut bufs.response));
+            response.reserve(READ_ROOM);
+            let untouched = reused && response.is_empty();
+            let read = tokio::time::timeout(timeouts.io, up.stream.read_buf(response));
             match read.await {
                 Err(_) => return Err(AttemptError::TimedOut),
                 Ok(Err(_)) => return Err(AttemptError::Read { untouched }),
@@ -389,19 +420,14 @@ impl FastPath {
                 Ok(Ok(_)) => {}
             }
             loop {
-                bufs.client.clear();
-                match head::parse_response(
-                    &bufs.response,
-                    req.is_head(),
-                    client_close,
-                    &mut bufs.client,
-                ) {
+                head.clear();
+                match head::parse_response(response, req.is_head(), client_close, head) {
                     Err(_) => return Err(AttemptError::BadResponse),
                     Ok(ParsedResponse::Final(response)) => return Ok((up, response)),
                     Ok(ParsedResponse::Interim(len)) => {
-                        bufs.response.drain(..len);
+                        response.drain(..len);
                     }
-                    Ok(ParsedResponse::Partial) if bufs.response.len() > MAX_RESPONSE_HEAD => {
+                    Ok(ParsedResponse::Partial) if response.len() > MAX_RESPONSE_HEAD => {
                         return Err(AttemptError::BadResponse)
                     }
                     Ok(ParsedResponse::Partial) => break,
@@ -552,6 +578,8 @@ struct Buffers {
     response: Vec<u8>,
     /// The response head (and first body bytes) as sent to the client.
     client: Vec<u8>,
+    /// Bytes the client sent while its request was served (a pipelined request).
+    early: Vec<u8>,
 }
 
 /// What one request left of the connection.
@@ -619,6 +647,8 @@ enum AttemptError {
         untouched: bool,
     },
     BadResponse,
+    /// The client closed its connection while waiting.
+    ClientGone,
 }
 
 impl AttemptError {
@@ -630,7 +660,7 @@ impl AttemptError {
             AttemptError::Write { reused: stale }
             | AttemptError::Read { untouched: stale }
             | AttemptError::Closed { untouched: stale } => *stale && idempotent,
-            AttemptError::TimedOut | AttemptError::BadResponse => false,
+            AttemptError::TimedOut | AttemptError::BadResponse | AttemptError::ClientGone => false,
         }
     }
 
@@ -650,7 +680,7 @@ impl AttemptError {
             AttemptError::TimedOut => ErrorType::ReadTimedout,
             AttemptError::Write { .. } => ErrorType::WriteError,
             AttemptError::Read { .. } => ErrorType::ReadError,
-            AttemptError::Closed { .. } => ErrorType::ConnectionClosed,
+            AttemptError::Closed { .. } | AttemptError::ClientGone => ErrorType::ConnectionClosed,
             AttemptError::BadResponse => ErrorType::InvalidHTTPHeader,
         }
     }
@@ -716,6 +746,16 @@ impl RequestHeaders for Fields<'_, '_> {
             .iter()
             .find(|f| f.name.eq_ignore_ascii_case(name))
             .map(|f| f.value)
+    }
+}
+
+/// Resolves when the client closes its connection, after CLIENT_WATCH_DELAY; bytes it sends
+/// meanwhile (a pipelined request) are kept in `early` and end the watch.
+async fn watch_client(stream: &mut Stream, early: &mut Vec<u8>) {
+    tokio::time::sleep(CLIENT_WATCH_DELAY).await;
+    early.reserve(1024);
+    if let Ok(1..) = stream.read_buf(early).await {
+        std::future::pending::<()>().await;
     }
 }
 
