@@ -13,10 +13,13 @@ mod chunked;
 mod head;
 mod upstream;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
@@ -99,6 +102,7 @@ impl FastPath {
             stream,
         };
         let mut bufs = Buffers::default();
+        let mut idle = Idle::new(shutdown);
         loop {
             let step = {
                 let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
@@ -118,10 +122,11 @@ impl FastPath {
                             Step::ReadBody(end, route.spec.timeout)
                         } else {
                             let body = &buf[req.head_len..end];
-                            match self
+                            let (outcome, ended) = self
                                 .serve_request(&req, body, &route, &mut client, &mut bufs, shutdown)
-                                .await
-                            {
+                                .await;
+                            idle.last_active = ended;
+                            match outcome {
                                 Outcome::Handoff => return Served::Handoff,
                                 Outcome::KeepAlive => Step::Next(end),
                                 Outcome::Close => Step::Close,
@@ -135,7 +140,7 @@ impl FastPath {
                     buf.drain(..end);
                     // What the client sent while its request was served comes next.
                     buf.append(&mut bufs.early);
-                    if buf.is_empty() && !wait_request(client.stream, buf, shutdown).await {
+                    if buf.is_empty() && !idle.wait_request(client.stream, buf, shutdown).await {
                         return Served::Closed;
                     }
                 }
@@ -205,17 +210,18 @@ impl FastPath {
         client: &mut Client<'_>,
         bufs: &mut Buffers,
         shutdown: &ShutdownWatch,
-    ) -> Outcome {
+    ) -> (Outcome, Instant) {
         let _active = InFlightHold::new();
         let start = Instant::now();
         let mut record = Record::default();
         let outcome = self
-            .forward(req, body, route, client, bufs, shutdown, &mut record)
+            .forward(req, body, route, client, bufs, shutdown, start, &mut record)
             .await;
+        let ended = Instant::now();
         if matches!(outcome, Outcome::Handoff) {
-            return outcome;
+            return (outcome, ended);
         }
-        let elapsed = start.elapsed();
+        let elapsed = ended - start;
         route.metrics.record(record.status, elapsed);
         if self.gateway.access_log {
             tracing::info!(
@@ -236,7 +242,7 @@ impl FastPath {
                 "access"
             );
         }
-        outcome
+        (outcome, ended)
     }
 
     /// Picks, tries (and retries), and relays the response.
@@ -249,9 +255,9 @@ impl FastPath {
         client: &mut Client<'_>,
         bufs: &mut Buffers,
         shutdown: &ShutdownWatch,
+        start: Instant,
         record: &mut Record,
     ) -> Outcome {
-        let start = Instant::now();
         let client_close = req.close || *shutdown.borrow();
         let (path, query) = match req.target.split_once('?') {
             Some((path, query)) => (path, Some(query)),
@@ -328,19 +334,27 @@ impl FastPath {
                 connect: cap(route.connect_timeout),
                 io: cap(route.spec.timeout),
             };
-            let attempt_start = Instant::now();
-            let exchanged = {
-                let Buffers {
-                    request,
-                    response,
-                    client: head,
-                    early,
-                } = bufs;
-                let exchange =
-                    self.exchange(addr, req, timeouts, client_close, request, response, head);
-                tokio::select! {
-                    exchanged = exchange => exchanged,
-                    () = watch_client(client.stream, early) => Err(AttemptError::ClientGone),
+            // The first try starts with the request: one clock read fewer.
+            let attempt_start = if record.attempts == 1 {
+                start
+            } else {
+                Instant::now()
+            };
+            let exchanged = match self
+                .connection(addr, req.idempotent(), timeouts.connect)
+                .await
+            {
+                Err(e) => Err(e),
+                Ok(up) => {
+                    let Buffers {
+                        request,
+                        response,
+                        client: head,
+                        early,
+                    } = bufs;
+                    let exchange =
+                        exchange(up, req.is_head(), client_close, request, response, head);
+                    watched(exchange, timeouts.io, client.stream, early).await
                 }
             };
             if let Err(AttemptError::ClientGone) = exchanged {
@@ -380,59 +394,20 @@ impl FastPath {
         }
     }
 
-    /// One try: a connection (kept or new), the request (in `request`), the response head
-    /// (read into `response`; as sent to the client, in `head`).
-    #[allow(clippy::too_many_arguments)]
-    async fn exchange(
+    /// A connection to `addr`: a kept one, or a new one within `timeout`. A request that must
+    /// not be repeated does not go out on a kept connection the upstream may have closed: that
+    /// one is checked first (a syscall, only then).
+    async fn connection(
         &self,
         addr: SocketAddr,
-        req: &RequestHead<'_, '_>,
-        timeouts: Timeouts,
-        client_close: bool,
-        request: &[u8],
-        response: &mut Vec<u8>,
-        head: &mut Vec<u8>,
-    ) -> Result<(Upstream, ResponseHead), AttemptError> {
-        // A request that must not be repeated does not go out on a connection that may have
-        // been closed under us: check the kept one first (a syscall, only then).
-        let kept = upstream::take_idle(addr, self.idle_timeout, !req.idempotent());
-        let mut up = match kept {
-            Some(up) => up,
-            None => upstream::connect(addr, timeouts.connect)
+        idempotent: bool,
+        timeout: Duration,
+    ) -> Result<Upstream, AttemptError> {
+        match upstream::take_idle(addr, self.idle_timeout, !idempotent) {
+            Some(up) => Ok(up),
+            None => upstream::connect(addr, timeout)
                 .await
-                .map_err(AttemptError::Connect)?,
-        };
-        let reused = up.reused;
-        match tokio::time::timeout(timeouts.io, up.stream.write_all(request)).await {
-            Err(_) => return Err(AttemptError::TimedOut),
-            Ok(Err(_)) => return Err(AttemptError::Write { reused }),
-            Ok(Ok(())) => {}
-        }
-        response.clear();
-        loop {
-            response.reserve(READ_ROOM);
-            let untouched = reused && response.is_empty();
-            let read = tokio::time::timeout(timeouts.io, up.stream.read_buf(response));
-            match read.await {
-                Err(_) => return Err(AttemptError::TimedOut),
-                Ok(Err(_)) => return Err(AttemptError::Read { untouched }),
-                Ok(Ok(0)) => return Err(AttemptError::Closed { untouched }),
-                Ok(Ok(_)) => {}
-            }
-            loop {
-                head.clear();
-                match head::parse_response(response, req.is_head(), client_close, head) {
-                    Err(_) => return Err(AttemptError::BadResponse),
-                    Ok(ParsedResponse::Final(response)) => return Ok((up, response)),
-                    Ok(ParsedResponse::Interim(len)) => {
-                        response.drain(..len);
-                    }
-                    Ok(ParsedResponse::Partial) if response.len() > MAX_RESPONSE_HEAD => {
-                        return Err(AttemptError::BadResponse)
-                    }
-                    Ok(ParsedResponse::Partial) => break,
-                }
-            }
+                .map_err(AttemptError::Connect),
         }
     }
 
@@ -749,10 +724,84 @@ impl RequestHeaders for Fields<'_, '_> {
     }
 }
 
-/// Resolves when the client closes its connection, after CLIENT_WATCH_DELAY; bytes it sends
-/// meanwhile (a pipelined request) are kept in `early` and end the watch.
+/// One try on `up`: sends `request`, reads the response head into `response` (and writes it
+/// as sent to the client to `head`). No timer of its own: see [`watched`].
+async fn exchange(
+    mut up: Upstream,
+    head_request: bool,
+    client_close: bool,
+    request: &[u8],
+    response: &mut Vec<u8>,
+    head: &mut Vec<u8>,
+) -> Result<(Upstream, ResponseHead), AttemptError> {
+    let reused = up.reused;
+    if up.stream.write_all(request).await.is_err() {
+        return Err(AttemptError::Write { reused });
+    }
+    response.clear();
+    loop {
+        response.reserve(READ_ROOM);
+        let untouched = reused && response.is_empty();
+        match up.stream.read_buf(response).await {
+            Err(_) => return Err(AttemptError::Read { untouched }),
+            Ok(0) => return Err(AttemptError::Closed { untouched }),
+            Ok(_) => {}
+        }
+        loop {
+            head.clear();
+            match head::parse_response(response, head_request, client_close, head) {
+                Err(_) => return Err(AttemptError::BadResponse),
+                Ok(ParsedResponse::Final(parsed)) => return Ok((up, parsed)),
+                Ok(ParsedResponse::Interim(len)) => {
+                    response.drain(..len);
+                }
+                Ok(ParsedResponse::Partial) if response.len() > MAX_RESPONSE_HEAD => {
+                    return Err(AttemptError::BadResponse)
+                }
+                Ok(ParsedResponse::Partial) => break,
+            }
+        }
+    }
+}
+
+/// Runs `exchange` within `timeout`, and ends it when the client closes its connection
+/// meanwhile. One timer per request: it first fires after CLIENT_WATCH_DELAY (most responses
+/// come before and never start the watch), then at the deadline.
+async fn watched<F>(
+    exchange: F,
+    timeout: Duration,
+    client: &mut Stream,
+    early: &mut Vec<u8>,
+) -> Result<(Upstream, ResponseHead), AttemptError>
+where
+    F: Future<Output = Result<(Upstream, ResponseHead), AttemptError>>,
+{
+    tokio::pin!(exchange);
+    let first = CLIENT_WATCH_DELAY.min(timeout);
+    let timer = tokio::time::sleep(first);
+    tokio::pin!(timer);
+    tokio::select! {
+        biased;
+        done = &mut exchange => return done,
+        () = &mut timer => {}
+    }
+    if timeout <= first {
+        return Err(AttemptError::TimedOut);
+    }
+    timer
+        .as_mut()
+        .reset(tokio::time::Instant::now() + (timeout - first));
+    tokio::select! {
+        biased;
+        done = &mut exchange => done,
+        () = &mut timer => Err(AttemptError::TimedOut),
+        () = watch_client(client, early) => Err(AttemptError::ClientGone),
+    }
+}
+
+/// Resolves when the client closes its connection; bytes it sends meanwhile (a pipelined
+/// request) are kept in `early` and end the watch.
 async fn watch_client(stream: &mut Stream, early: &mut Vec<u8>) {
-    tokio::time::sleep(CLIENT_WATCH_DELAY).await;
     early.reserve(1024);
     if let Ok(1..) = stream.read_buf(early).await {
         std::future::pending::<()>().await;
@@ -765,27 +814,87 @@ async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<us
     stream.read_buf(buf).await
 }
 
-/// Waits for the client's next request; false when it closes, idles out, or the gateway stops
-/// (an idle keep-alive connection is closed at once then, as pingora does).
-async fn wait_request(stream: &mut Stream, buf: &mut Vec<u8>, shutdown: &ShutdownWatch) -> bool {
-    if *shutdown.borrow() {
-        return false;
-    }
-    let mut stopping = shutdown.clone();
-    tokio::select! {
-        read = tokio::time::timeout(KEEPALIVE, read_more(stream, buf)) => {
-            matches!(read, Ok(Ok(n)) if n > 0)
+/// A keep-alive connection between requests, without a timer per request: one idle timer
+/// per connection, re-armed only when it fires, and one watch on the gateway's stop.
+struct Idle {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the last request ended.
+    last_active: Instant,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Idle {
+    fn new(shutdown: &ShutdownWatch) -> Self {
+        let mut watch = shutdown.clone();
+        Self {
+            timer: Box::pin(tokio::time::sleep(KEEPALIVE)),
+            last_active: Instant::now(),
+            stopping: Box::pin(async move {
+                while watch.changed().await.is_ok() {
+                    if *watch.borrow() {
+                        return;
+                    }
+                }
+                // The server is gone: nothing will say stop any more.
+                std::future::pending::<()>().await
+            }),
         }
-        _ = stopping.changed() => false,
+    }
+
+    /// Waits for the client's next request; false when it closes, idles out (KEEPALIVE), or
+    /// the gateway stops (an idle keep-alive connection is closed at once then, as pingora
+    /// does).
+    async fn wait_request(
+        &mut self,
+        stream: &mut Stream,
+        buf: &mut Vec<u8>,
+        shutdown: &ShutdownWatch,
+    ) -> bool {
+        if *shutdown.borrow() {
+            return false;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                read = read_more(stream, buf) => return matches!(read, Ok(n) if n > 0),
+                () = self.timer.as_mut() => {
+                    let idle_for = self.last_active.elapsed();
+                    if idle_for >= KEEPALIVE {
+                        return false;
+                    }
+                    let rearm = tokio::time::Instant::now() + (KEEPALIVE - idle_for);
+                    self.timer.as_mut().reset(rearm);
+                }
+                // Completes once, and the connection closes: never polled again.
+                () = self.stopping.as_mut() => return false,
+            }
+        }
     }
 }
 
+/// Writes `bytes` to the client: at once when the socket takes them (no timer), else within
+/// `timeout`.
 async fn write_client(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
-    let write = async {
-        stream.write_all(bytes).await?;
+    let mut written = 0;
+    while written < bytes.len() {
+        // Dropping a pending write is safe: nothing was written then.
+        match stream.write(&bytes[written..]).now_or_never() {
+            Some(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Some(Ok(n)) => written += n,
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    if written == bytes.len() {
+        if let Some(flushed) = stream.flush().now_or_never() {
+            return flushed;
+        }
+    }
+    let rest = async {
+        stream.write_all(&bytes[written..]).await?;
         stream.flush().await
     };
-    tokio::time::timeout(timeout, write)
+    tokio::time::timeout(timeout, rest)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
