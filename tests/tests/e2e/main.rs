@@ -9,6 +9,7 @@ mod config_check;
 mod demo;
 mod etcd_discovery;
 mod failover;
+mod fast_path;
 mod file_registry;
 mod grpc;
 mod health;

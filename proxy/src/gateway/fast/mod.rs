@@ -340,21 +340,30 @@ impl FastPath {
             } else {
                 Instant::now()
             };
-            let exchanged = match self
-                .connection(addr, req.idempotent(), timeouts.connect)
-                .await
-            {
-                Err(e) => Err(e),
-                Ok(up) => {
-                    let Buffers {
-                        request,
-                        response,
-                        client: head,
-                        early,
-                    } = bufs;
-                    let exchange =
-                        exchange(up, req.is_head(), client_close, request, response, head);
-                    watched(exchange, timeouts.io, client.stream, early).await
+            // A kept connection the upstream closed while it idled is no fault of the
+            // instance: an idempotent request goes again, once, on a new connection to it.
+            let mut fresh = false;
+            let exchanged = loop {
+                let result = match self
+                    .connection(addr, req.idempotent(), fresh, timeouts.connect)
+                    .await
+                {
+                    Err(e) => Err(e),
+                    Ok(up) => {
+                        let Buffers {
+                            request,
+                            response,
+                            client: head,
+                            early,
+                        } = &mut *bufs;
+                        let exchange =
+                            exchange(up, req.is_head(), client_close, request, response, head);
+                        watched(exchange, timeouts.io, client.stream, early).await
+                    }
+                };
+                match result {
+                    Err(e) if e.stale() && req.idempotent() && !fresh => fresh = true,
+                    result => break result,
                 }
             };
             if let Err(AttemptError::ClientGone) = exchanged {
@@ -394,16 +403,22 @@ impl FastPath {
         }
     }
 
-    /// A connection to `addr`: a kept one, or a new one within `timeout`. A request that must
-    /// not be repeated does not go out on a kept connection the upstream may have closed: that
-    /// one is checked first (a syscall, only then).
+    /// A connection to `addr`: a kept one (unless `fresh`), or a new one within `timeout`.
+    /// A request that must not be repeated does not go out on a kept connection the upstream
+    /// may have closed: that one is checked first (a syscall, only then).
     async fn connection(
         &self,
         addr: SocketAddr,
         idempotent: bool,
+        fresh: bool,
         timeout: Duration,
     ) -> Result<Upstream, AttemptError> {
-        match upstream::take_idle(addr, self.idle_timeout, !idempotent) {
+        let kept = if fresh {
+            None
+        } else {
+            upstream::take_idle(addr, self.idle_timeout, !idempotent)
+        };
+        match kept {
             Some(up) => Ok(up),
             None => upstream::connect(addr, timeout)
                 .await
@@ -637,6 +652,17 @@ impl AttemptError {
             | AttemptError::Closed { untouched: stale } => *stale && idempotent,
             AttemptError::TimedOut | AttemptError::BadResponse | AttemptError::ClientGone => false,
         }
+    }
+
+    /// A kept connection that failed before any response byte: most likely closed by the
+    /// upstream while it idled.
+    fn stale(&self) -> bool {
+        matches!(
+            self,
+            AttemptError::Write { reused: true }
+                | AttemptError::Read { untouched: true }
+                | AttemptError::Closed { untouched: true }
+        )
     }
 
     fn timed_out(&self) -> bool {
