@@ -62,7 +62,12 @@ connect_timeout = "500ms"
     })
     .await;
     let report = load.stop().await;
-    assert_eq!(report.failed, 0, "{report:?}");
+    let log = gw.log();
+    let failed: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("sluice::access") && !l.contains("status=200"))
+        .collect();
+    assert_eq!(report.failed, 0, "{report:?}\n{}", failed.join("\n"));
     assert!(report.sent > before + 2_000, "{report:?}");
     println!(
         "{before} requests before the kill, {} in all, 0 failed",

@@ -28,10 +28,20 @@ impl Drop for RawUpstream {
     }
 }
 
+/// How the hand-written upstream behaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    KeepAlive,
+    /// Every connection is closed right after its first response, without saying so (an
+    /// upstream whose idle timeout fires just then).
+    CloseAfterEach,
+    /// Every request is read, then the connection is closed without an answer (a process
+    /// that dies with the request).
+    DropRequests,
+}
+
 impl RawUpstream {
-    /// With `close_after_each`, every connection is closed right after its first response,
-    /// without saying so (an upstream whose idle timeout fires just then).
-    async fn start(close_after_each: bool) -> Self {
+    async fn start(mode: Mode) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -42,7 +52,7 @@ impl RawUpstream {
                     return;
                 };
                 counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, close_after_each));
+                tokio::spawn(serve(stream, mode));
             }
         });
         Self {
@@ -64,7 +74,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn serve(mut stream: TcpStream, close_after_each: bool) {
+async fn serve(mut stream: TcpStream, mode: Mode) {
     let mut buf = Vec::new();
     loop {
         // One request: the head, then its Content-Length body.
@@ -93,6 +103,9 @@ async fn serve(mut stream: TcpStream, close_after_each: bool) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
+        }
+        if mode == Mode::DropRequests {
+            return;
         }
         let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).to_string();
         buf.drain(..head_end + length);
@@ -138,7 +151,7 @@ async fn serve(mut stream: TcpStream, close_after_each: bool) {
         if stream.write_all(&response).await.is_err() {
             return;
         }
-        if path == "/close" || close_after_each {
+        if path == "/close" || mode == Mode::CloseAfterEach {
             return;
         }
     }
@@ -180,7 +193,7 @@ async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String
 
 #[tokio::test]
 async fn every_response_framing_passes_through_intact() {
-    let up = RawUpstream::start(false).await;
+    let up = RawUpstream::start(Mode::KeepAlive).await;
     let gw = gateway(&up, "").await;
     let http = client();
 
@@ -263,7 +276,7 @@ async fn every_response_framing_passes_through_intact() {
 
 #[tokio::test]
 async fn pipelined_requests_then_connection_close() {
-    let up = RawUpstream::start(false).await;
+    let up = RawUpstream::start(Mode::KeepAlive).await;
     let gw = gateway(&up, "").await;
     let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
     let three: String = (1..=3)
@@ -330,7 +343,7 @@ async fn a_request_it_does_not_take_goes_to_pingora_on_the_same_connection() {
 #[tokio::test]
 async fn a_kept_connection_the_upstream_closed_never_fails_a_request() {
     // No retries: only the stale-connection handling can save these requests.
-    let up = RawUpstream::start(true).await;
+    let up = RawUpstream::start(Mode::CloseAfterEach).await;
     let gw = gateway(&up, "retries = 0\n").await;
     let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
     let mut pending = Vec::new();
@@ -353,8 +366,39 @@ async fn a_kept_connection_the_upstream_closed_never_fails_a_request() {
 }
 
 #[tokio::test]
+async fn an_idempotent_request_the_upstream_dropped_is_retried_on_another_instance() {
+    let dropper = RawUpstream::start(Mode::DropRequests).await;
+    let good = RawUpstream::start(Mode::KeepAlive).await;
+    let services = format!(
+        "[services.svc]\ninstances = [{{ id = \"dropper\", addr = \"{}\" }}, {{ id = \"good\", addr = \"{}\" }}]\n",
+        dropper.addr, good.addr
+    );
+    let gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nretries = 1\n",
+        &services,
+    )
+    .await;
+    let http = client();
+    for i in 0..8 {
+        let get = http.get(gw.url(&format!("/g{i}"))).send().await.unwrap();
+        assert_eq!(get.status(), 200, "GET is retried");
+    }
+    // Round-robin: every other POST lands on the dropper first, and is not repeated.
+    let (mut ok, mut bad) = (0, 0);
+    for _ in 0..8 {
+        let post = http.post(gw.url("/p")).body("x").send().await.unwrap();
+        match post.status().as_u16() {
+            200 => ok += 1,
+            502 => bad += 1,
+            other => panic!("POST answered {other}"),
+        }
+    }
+    assert!(ok > 0 && bad > 0, "{ok} POSTs passed, {bad} answered 502");
+}
+
+#[tokio::test]
 async fn with_the_fast_path_off_pingora_serves_everything() {
-    let up = RawUpstream::start(false).await;
+    let up = RawUpstream::start(Mode::KeepAlive).await;
     let gw = Gateway::start_with_proxy(
         "fast_path = false",
         "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n",

@@ -642,14 +642,16 @@ enum AttemptError {
 }
 
 impl AttemptError {
-    /// Whether another instance may be tried: always when nothing reached the upstream; after
-    /// a kept connection failed before any response byte, when the method is idempotent.
+    /// Whether another instance may be tried: always when nothing reached the upstream; when
+    /// the request went out and no response came back, if the method is idempotent (the
+    /// contract: a request whose body was sent is not retried unless idempotent). Timeouts and
+    /// malformed responses are answered, not retried.
     fn retryable(&self, idempotent: bool) -> bool {
         match self {
             AttemptError::Connect(_) => true,
-            AttemptError::Write { reused: stale }
-            | AttemptError::Read { untouched: stale }
-            | AttemptError::Closed { untouched: stale } => *stale && idempotent,
+            AttemptError::Write { .. }
+            | AttemptError::Read { .. }
+            | AttemptError::Closed { .. } => idempotent,
             AttemptError::TimedOut | AttemptError::BadResponse | AttemptError::ClientGone => false,
         }
     }
