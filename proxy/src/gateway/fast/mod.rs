@@ -90,10 +90,13 @@ impl FastPath {
         buf: &mut Vec<u8>,
         shutdown: &ShutdownWatch,
     ) -> Served {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let mut client = Client {
-            ip: stream
-                .get_socket_digest()
-                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
+            ip,
+            // Formatted once per connection, not per request.
+            ip_text: ip.map(|ip| ip.to_string()),
             proto: if stream.get_ssl_digest().is_some() {
                 "https"
             } else {
@@ -269,7 +272,7 @@ impl FastPath {
             &mut bufs.request,
             req,
             stripped.as_deref().unwrap_or(req.target),
-            client.ip,
+            client.ip_text.as_deref(),
             client.proto,
         );
         bufs.request.extend_from_slice(body);
@@ -556,6 +559,7 @@ impl FastPath {
 struct Client<'s> {
     stream: &'s mut Stream,
     ip: Option<IpAddr>,
+    ip_text: Option<String>,
     proto: &'static str,
 }
 
