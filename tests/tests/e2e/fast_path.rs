@@ -70,6 +70,17 @@ impl RawUpstream {
     }
 }
 
+/// The Content-Length of a head (0 without one).
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -89,14 +100,7 @@ async fn serve(mut stream: TcpStream, mode: Mode) {
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
+        let length = content_length(&head);
         while buf.len() < head_end + length {
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk).await {
@@ -167,14 +171,7 @@ async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String
     loop {
         if let Some(i) = find(pending, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&pending[..i + 4]).to_string();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
+            let length = content_length(&head);
             if pending.len() >= i + 4 + length {
                 let body = String::from_utf8_lossy(&pending[i + 4..i + 4 + length]).to_string();
                 pending.drain(..i + 4 + length);
