@@ -319,10 +319,12 @@ pub(super) fn parse_response(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for field in resp.headers.iter() {
-        if ["connection", "keep-alive", "proxy-connection"]
+        let hop_by_hop = ["connection", "keep-alive", "proxy-connection"]
             .iter()
-            .any(|n| field.name.eq_ignore_ascii_case(n))
-        {
+            .any(|n| field.name.eq_ignore_ascii_case(n));
+        // Transfer-Encoding overrides Content-Length (RFC 9112 6.3): a proxy drops the latter.
+        let overridden = chunked.is_some() && field.name.eq_ignore_ascii_case("content-length");
+        if hop_by_hop || overridden {
             continue;
         }
         put_field(out, field.name.as_bytes(), field.value);
@@ -452,8 +454,8 @@ mod tests {
         assert!(!h.upstream_keepalive && h.client_close);
         assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
 
-        let (p, _) = response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        let (p, out) = response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
             false,
             false,
         );
@@ -462,6 +464,7 @@ mod tests {
         };
         assert_eq!(h.framing, Framing::Chunked);
         assert!(!h.upstream_keepalive && !h.client_close);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
 
         let (p, _) = response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, true);
         let ParsedResponse::Final(h) = p else {
