@@ -414,3 +414,35 @@ async fn with_the_fast_path_off_pingora_serves_everything() {
     let chunked = http.get(gw.url("/chunked")).send().await.unwrap();
     assert_eq!(chunked.text().await.unwrap(), "hello world");
 }
+
+#[tokio::test]
+async fn a_response_in_flight_when_the_gateway_stops_says_connection_close() {
+    let up = Upstream::start("slow").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
+    let mut gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n",
+        &services,
+    )
+    .await;
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    stream
+        .write_all(b"GET /slow?sleep_ms=800 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("TERM");
+    let mut pending = Vec::new();
+    let (head, _) = read_response(&mut stream, &mut pending).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed after the response");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).await, Some(0));
+}

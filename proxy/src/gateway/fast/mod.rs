@@ -389,7 +389,16 @@ impl FastPath {
                     }
                     record.attempt = Some(attempt);
                     return self
-                        .relay(upstream, addr, response, timeouts.io, client, bufs, record)
+                        .relay(
+                            upstream,
+                            addr,
+                            response,
+                            timeouts.io,
+                            client,
+                            bufs,
+                            shutdown,
+                            record,
+                        )
                         .await;
                 }
                 Err(e) => {
@@ -440,9 +449,19 @@ impl FastPath {
         timeout: Duration,
         client: &mut Client<'_>,
         bufs: &mut Buffers,
+        shutdown: &ShutdownWatch,
         record: &mut Record,
     ) -> Outcome {
         record.status = response.status;
+        let mut client_close = response.client_close;
+        if !client_close && *shutdown.borrow() {
+            // The gateway began to stop while the request was out: say that the connection
+            // ends with this response, so the client does not send another on it. The head
+            // (alone in the buffer so far) ends with its blank line.
+            bufs.client.truncate(bufs.client.len().saturating_sub(2));
+            bufs.client.extend_from_slice(b"connection: close\r\n\r\n");
+            client_close = true;
+        }
         let mut body = BodyState::new(response.framing);
         let mut reusable = response.upstream_keepalive;
         let first = &bufs.response[response.head_len..];
@@ -490,7 +509,7 @@ impl FastPath {
         if reusable && !body.ends_at_close() {
             upstream::put_idle(addr, up.stream, self.max_idle, self.idle_timeout);
         }
-        if response.client_close {
+        if client_close {
             Outcome::Close
         } else {
             Outcome::KeepAlive
