@@ -26,7 +26,7 @@ use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use self::chunked::ChunkedTracker;
-use self::head::{Framing, ParsedRequest, ParsedResponse, RequestHead, ResponseHead, MAX_FIELDS};
+use self::head::{Framing, ParsedRequest, ParsedResponse, RequestHead, ResponseHead};
 use self::upstream::{ConnectError, Upstream};
 use super::context::InFlightHold;
 use super::proxy::{hash_request, no_instance_body, Gateway};
@@ -108,7 +108,7 @@ impl FastPath {
         let mut idle = Idle::new(shutdown);
         loop {
             let step = {
-                let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                let mut fields = head::field_slots();
                 match head::parse_request(buf, &mut fields, self.gateway.limits) {
                     ParsedRequest::NotMine => return Served::Handoff,
                     ParsedRequest::Partial if buf.len() > self.max_head_bytes => {
