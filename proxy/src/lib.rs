@@ -10,7 +10,8 @@
 //!   (in flight, latency, failures) survives every swap.
 //! - [`strategy`]: picks an eligible instance per request: the WASM host and plugins, and the
 //!   native round-robin and least-conn.
-//! - [`gateway`]: routes by host and path prefix, forwards through pingora, answers errors.
+//! - [`gateway`]: routes by host and path prefix, forwards plain HTTP/1.1 on its own fast path
+//!   and everything else through pingora, answers errors.
 //! - [`listener`]: what sits in front of the proxy: the request-header deadline (408) and the
 //!   TLS certificates chosen by SNI.
 //! - [`health`]: active health checks, passive outlier ejection, and the HTTP probe (also

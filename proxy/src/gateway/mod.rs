@@ -1,7 +1,8 @@
 //! The data plane: the router (host + longest path prefix -> route), the pingora
 //! [`ProxyHttp`](pingora::proxy::ProxyHttp) implementation that picks an instance per request,
-//! rewrites and forwards it (over HTTP/1.1, TLS or h2c by the instance's scheme), and records
-//! metrics and the access log.
+//! rewrites and forwards it (over HTTP/1.1, TLS or h2c by the instance's scheme), the fast
+//! path that serves plain HTTP/1.1 requests without pingora's HTTP machinery, and the metrics
+//! and access log both record.
 
 mod context;
 pub use context::{active_requests, InFlightHold, RequestCtx};
