@@ -9,6 +9,7 @@
 //! connection that failed before the response only for idempotent methods), route and total
 //! timeouts, passive ejection, `X-Forwarded-*`, prefix strip, metrics, access log, drain.
 
+mod buffers;
 mod chunked;
 mod head;
 mod upstream;
@@ -25,6 +26,7 @@ use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use self::buffers::READ_ROOM;
 use self::chunked::ChunkedTracker;
 use self::head::{Framing, ParsedRequest, ParsedResponse, RequestHead, ResponseHead};
 use self::upstream::{ConnectError, Upstream};
@@ -38,8 +40,6 @@ use crate::strategy::{PickRequest, RequestHeaders};
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Room kept free in a buffer before each read.
-const READ_ROOM: usize = 16 * 1024;
 /// Instance keys remembered for exclusion on retry (as on the pingora path).
 const MAX_TRIED: usize = 8;
 /// How long a request waits for its response before the client connection is watched for a
@@ -143,6 +143,10 @@ impl FastPath {
                     buf.drain(..end);
                     // What the client sent while its request was served comes next.
                     buf.append(&mut bufs.early);
+                    if buf.is_empty() && buf.capacity() > KEPT_BETWEEN_REQUESTS {
+                        // A large request body grew it: an idle connection keeps little.
+                        *buf = Vec::new();
+                    }
                     if buf.is_empty() && !idle.wait_request(client.stream, buf, shutdown).await {
                         return Served::Closed;
                     }
@@ -217,9 +221,12 @@ impl FastPath {
         let _active = InFlightHold::new();
         let start = Instant::now();
         let mut record = Record::default();
+        bufs.response = buffers::lend();
         let outcome = self
             .forward(req, body, route, client, bufs, shutdown, start, &mut record)
             .await;
+        buffers::give_back(std::mem::take(&mut bufs.response));
+        bufs.shrink_idle();
         let ended = Instant::now();
         if matches!(outcome, Outcome::Handoff) {
             return (outcome, ended);
@@ -587,12 +594,31 @@ struct Client<'s> {
 struct Buffers {
     /// The request as sent upstream.
     request: Vec<u8>,
-    /// Bytes read from the upstream.
+    /// Bytes read from the upstream: lent per request (see `buffers`), empty between them.
     response: Vec<u8>,
     /// The response head (and first body bytes) as sent to the client.
     client: Vec<u8>,
     /// Bytes the client sent while its request was served (a pipelined request).
     early: Vec<u8>,
+}
+
+/// Most capacity the per-connection buffers keep between requests; a request with a large
+/// body or a response with a large first read grows them, and they are let go after it.
+const KEPT_BETWEEN_REQUESTS: usize = 4096;
+
+impl Buffers {
+    /// Frees what a large request or response left: an idle connection holds a few KiB.
+    fn shrink_idle(&mut self) {
+        for buffer in [&mut self.request, &mut self.client] {
+            if buffer.capacity() > KEPT_BETWEEN_REQUESTS {
+                *buffer = Vec::new();
+            }
+        }
+        // `early` may hold the client's next request: only an empty one goes.
+        if self.early.is_empty() && self.early.capacity() > KEPT_BETWEEN_REQUESTS {
+            self.early = Vec::new();
+        }
+    }
 }
 
 /// What one request left of the connection.
