@@ -42,6 +42,27 @@ impl Drop for InFlightHold {
 /// Most attempts one request makes (first try plus retries) that are remembered for exclusion.
 const MAX_TRIED: usize = 8;
 
+/// The instance keys a request has tried, for the strategy to exclude on retry.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TriedInstances {
+    keys: [u64; MAX_TRIED],
+    len: usize,
+}
+
+impl TriedInstances {
+    pub(crate) fn as_slice(&self) -> &[u64] {
+        &self.keys[..self.len]
+    }
+
+    /// Remembers `key`; past MAX_TRIED attempts the oldest ones are enough.
+    pub(crate) fn remember(&mut self, key: u64) {
+        if self.len < MAX_TRIED {
+            self.keys[self.len] = key;
+            self.len += 1;
+        }
+    }
+}
+
 /// Why the gateway itself answered instead of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LocalAnswer {
@@ -60,8 +81,7 @@ pub struct RequestCtx {
     pub(crate) upstream_elapsed: Option<std::time::Duration>,
     pub(crate) local_answer: Option<LocalAnswer>,
     pub(crate) request_hash: u64,
-    tried: [u64; MAX_TRIED],
-    tried_len: usize,
+    tried: TriedInstances,
     pub(crate) attempts: u32,
     /// Request body bytes seen so far (for the route's body limit).
     pub(crate) body_bytes: u64,
@@ -80,8 +100,7 @@ impl RequestCtx {
             upstream_elapsed: None,
             local_answer: None,
             request_hash: 0,
-            tried: [0; MAX_TRIED],
-            tried_len: 0,
+            tried: TriedInstances::default(),
             attempts: 0,
             body_bytes: 0,
             _active: InFlightHold::new(),
@@ -90,13 +109,10 @@ impl RequestCtx {
 
     /// Instance keys tried so far.
     pub(crate) fn tried(&self) -> &[u64] {
-        &self.tried[..self.tried_len]
+        self.tried.as_slice()
     }
 
     pub(crate) fn remember_tried(&mut self, key: u64) {
-        if self.tried_len < MAX_TRIED {
-            self.tried[self.tried_len] = key;
-            self.tried_len += 1;
-        }
+        self.tried.remember(key);
     }
 }

@@ -13,7 +13,7 @@ mod proxy;
 mod route_metrics;
 mod router;
 
-pub use fast::{FastPath, Served};
+pub use fast::{answer as local_answer, FastPath, Served};
 pub use peer::{CaError, UpstreamTls};
 pub use proxy::{Gateway, HeaderLimits};
 pub use router::{Route, Router, RouterError, DEFAULT_CONNECT_TIMEOUT};

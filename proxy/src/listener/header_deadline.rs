@@ -13,7 +13,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::rewind::Rewind;
-use crate::gateway::{FastPath, InFlightHold, Served};
+use crate::gateway::{local_answer, FastPath, InFlightHold, Served};
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
 /// seen (HTTP/2 has its own framing and flow control).
@@ -103,17 +103,7 @@ async fn answer_timeout(stream: &mut Stream, timeout: Duration) {
         "sluice: request header not received within {}\n",
         humantime::format_duration(timeout)
     );
-    let response = format!(
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         content-length: {}\r\nconnection: close\r\nx-sluice-error: 1\r\n\r\n{body}",
-        body.len()
-    );
-    // The client is slow or gone: a failed write changes nothing.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(response.as_bytes()).await;
-        let _ = stream.flush().await;
-    })
-    .await;
+    local_answer(stream, 408, &body).await;
     let _ = stream.shutdown().await;
 }
 

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::mem::MaybeUninit;
 
 use super::super::proxy::{host_without_port, HeaderLimits};
+use crate::strategy::RequestHeaders;
 
 /// Header fields parsed per head; a request with more is left to pingora (which answers 431
 /// when it is over `proxy.max_headers`).
@@ -46,9 +47,11 @@ impl RequestHead<'_, '_> {
     pub(super) fn is_head(&self) -> bool {
         self.method == "HEAD"
     }
+}
 
-    /// The value of the first field named `name` (any case).
-    pub(super) fn field(&self, name: &str) -> Option<&[u8]> {
+/// Strategies read the parsed fields in place: no header map is built per request.
+impl RequestHeaders for RequestHead<'_, '_> {
+    fn field(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
             .find(|f| f.name.eq_ignore_ascii_case(name))

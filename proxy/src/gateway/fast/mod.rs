@@ -30,7 +30,7 @@ use self::buffers::READ_ROOM;
 use self::chunked::ChunkedTracker;
 use self::head::{Framing, ParsedRequest, ParsedResponse, RequestHead, ResponseHead};
 use self::upstream::{ConnectError, Upstream};
-use super::context::InFlightHold;
+use super::context::{InFlightHold, TriedInstances};
 use super::proxy::{hash_request, no_instance_body, Gateway};
 use super::{forward, Route};
 use crate::pool::InFlightGuard;
@@ -40,8 +40,6 @@ use crate::strategy::{PickRequest, RequestHeaders};
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Instance keys remembered for exclusion on retry (as on the pingora path).
-const MAX_TRIED: usize = 8;
 /// How long a request waits for its response before the client connection is watched for a
 /// close (a client that gives up aborts the try, like on the pingora path). Fast responses
 /// never pay the extra read.
@@ -286,9 +284,7 @@ impl FastPath {
         let hash = route.hash_on().map_or(0, |hash_on| {
             hash_request(hash_on, |name| req.field(name.as_str()), client.ip, path)
         });
-        let fields = Fields(req.fields);
-        let mut tried = [0u64; MAX_TRIED];
-        let mut tried_len = 0;
+        let mut tried = TriedInstances::default();
         let mut last_error = None;
         loop {
             let remaining = route
@@ -316,8 +312,8 @@ impl FastPath {
             }
             let request = PickRequest {
                 hash,
-                exclude: &tried[..tried_len],
-                headers: Some(&fields),
+                exclude: tried.as_slice(),
+                headers: Some(req),
             };
             let picked = route
                 .strategy
@@ -333,10 +329,7 @@ impl FastPath {
             // The previous attempt's in-flight count ends before this one starts.
             record.attempt = None;
             let attempt = member.live.start_request();
-            if tried_len < MAX_TRIED {
-                tried[tried_len] = member.key;
-                tried_len += 1;
-            }
+            tried.remember(member.key);
             record.attempts += 1;
             record.upstream = Some(addr);
             let cap = |d: Duration| remaining.map_or(d, |r| d.min(r));
@@ -789,18 +782,6 @@ impl BodyState {
     }
 }
 
-/// The request's fields, as a strategy plugin reads them.
-struct Fields<'h, 'b>(&'h [httparse::Header<'b>]);
-
-impl RequestHeaders for Fields<'_, '_> {
-    fn field(&self, name: &str) -> Option<&[u8]> {
-        self.0
-            .iter()
-            .find(|f| f.name.eq_ignore_ascii_case(name))
-            .map(|f| f.value)
-    }
-}
-
 /// One try on `up`: sends `request`, reads the response head into `response` (and writes it
 /// as sent to the client to `head`). No timer of its own: see [`watched`].
 async fn exchange(
@@ -976,8 +957,9 @@ async fn write_client(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> s
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// A response of the gateway's own, then the connection closes.
-async fn answer(stream: &mut Stream, status: u16, body: &str) {
+/// A response of the gateway's own, written straight to the client (the fast path's errors,
+/// the header deadline's 408), that says the connection closes after it.
+pub async fn answer(stream: &mut Stream, status: u16, body: &str) {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
