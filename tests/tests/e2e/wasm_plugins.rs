@@ -306,7 +306,8 @@ fn runtime_failures_fall_back_to_round_robin_and_are_counted() {
 
 #[test]
 fn a_looping_pick_after_an_idle_spell_is_still_interrupted() {
-    // The epoch ticker parks after ~100 ms without a call; the first call wakes it.
+    // The epoch watchdog turns its timer off ~100 ms after the last call; the first call after
+    // that must set it again.
     let chaos =
         std::sync::Arc::new(load(&plugin("chaos"), json!({"mode": "loop", "when_n": 4})).unwrap());
     assert_eq!(
@@ -322,6 +323,39 @@ fn a_looping_pick_after_an_idle_spell_is_still_interrupted() {
     let picked = rx
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("the looping pick was interrupted");
+    assert!(picked.is_some(), "the fallback picked an instance");
+    assert_eq!(fallbacks(&chaos)["deadline"], 1);
+}
+
+#[test]
+fn a_looping_pick_is_interrupted_while_other_threads_keep_calling() {
+    // Busy callers advance the epoch themselves and keep the watchdog asleep: the epoch must
+    // still move for the call that is stuck.
+    let chaos =
+        std::sync::Arc::new(load(&plugin("chaos"), json!({"mode": "loop", "when_n": 4})).unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (chaos, stop) = (chaos.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let pool = sample_pool(3);
+            let mut picks = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(chaos.pick(&pool, &PickRequest::default()).is_some());
+                picks += 1;
+            }
+            picks
+        })
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let picker = chaos.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(picker.pick(&sample_pool(4), &PickRequest::default()));
+    });
+    let picked = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the looping pick was interrupted");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(busy.join().unwrap() > 0, "the other thread kept calling");
     assert!(picked.is_some(), "the fallback picked an instance");
     assert_eq!(fallbacks(&chaos)["deadline"], 1);
 }

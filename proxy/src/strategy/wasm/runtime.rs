@@ -111,7 +111,7 @@ impl HostState {
     }
 }
 
-/// Engine, linker, and the epoch ticker (one tick = the deadline).
+/// Engine, linker, and the epoch clock (one tick = the deadline).
 pub struct WasmRuntime {
     engine: Engine,
     linker: Linker<HostState>,
@@ -237,14 +237,12 @@ impl WasmRuntime {
     }
 
     /// Epoch ticks a call may run: between 1 and 2 ticks, i.e. the deadline to twice it, so a
-    /// tick landing just after a call starts never cuts a healthy call short. (Half-deadline
-    /// ticks cost 2 000 wake-ups a second under load, 0.4 µs of CPU per request at 64 k
-    /// requests/s on this VM: the whole WASM-vs-native gap; see docs/benchmarks.md.)
+    /// tick landing just after a call starts never cuts a healthy call short.
     pub(crate) fn deadline_ticks(&self) -> u64 {
         DEADLINE_TICKS
     }
 
-    /// The ticker that advances the epoch; started by the first instance.
+    /// The clock that advances the epoch; its watchdog is started by the first instance.
     pub(crate) fn ticker(&self) -> &Arc<EpochTicker> {
         &self.ticker
     }
