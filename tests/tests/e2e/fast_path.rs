@@ -2,7 +2,8 @@
 //! hand-written upstream whose responses are exact bytes: chunked, close-delimited, 204, HEAD,
 //! interim 1xx and large bodies pass through intact; pipelined and `Connection: close`
 //! requests; a request it does not take is handed to pingora on the same connection; a kept
-//! upstream connection the upstream closed is never a failed request; `fast_path = false`.
+//! upstream connection the upstream closed is never a failed request; every request on a kept
+//! client connection gets its own timeout; `fast_path = false`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,6 +117,10 @@ async fn serve(mut stream: TcpStream, mode: Mode) {
         let mut words = head.split_whitespace();
         let method = words.next().unwrap_or("").to_string();
         let path = words.next().unwrap_or("").to_string();
+        // `.../sleep/MS` answers after MS milliseconds.
+        if let Some((_, ms)) = path.rsplit_once("/sleep/") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        }
         let response: Vec<u8> = match path.as_str() {
             "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n".to_vec(),
             "/big-chunked" => {
@@ -445,4 +450,50 @@ async fn a_response_in_flight_when_the_gateway_stops_says_connection_close() {
         .unwrap_or(0);
     assert_eq!(n, 0, "closed after the response");
     assert_eq!(gw.wait_exit(Duration::from_secs(10)).await, Some(0));
+}
+
+/// Sends a GET for `path` on `stream` and reads its response head and body.
+async fn get(stream: &mut TcpStream, pending: &mut Vec<u8>, path: &str) -> (String, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_response(stream, pending).await
+}
+
+#[tokio::test]
+async fn each_request_on_a_kept_connection_gets_its_own_timeout() {
+    // The connection's requests share one timer: it must move to each request's due time,
+    // later (a request still running at an earlier one's due time) and earlier (a route with a
+    // shorter timeout than the request before).
+    let up = RawUpstream::start(Mode::KeepAlive).await;
+    let routes = "[[routes]]\npath_prefix = \"/short\"\nservice = \"svc\"\ntimeout = \"300ms\"\n\
+                  retries = 0\n\n[[routes]]\npath_prefix = \"/long\"\nservice = \"svc\"\n\
+                  timeout = \"5s\"\nretries = 0\n\n[[routes]]\npath_prefix = \"/\"\n\
+                  service = \"svc\"\ntimeout = \"1s\"\nretries = 0\n";
+    let gw = Gateway::start(routes, &up.services()).await;
+
+    // Requests at 0, 0.4 and 0.8 s; the last takes 0.5 s, past the first one's due time.
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    let mut pending = Vec::new();
+    for path in ["/a", "/b"] {
+        let (head, _) = get(&mut stream, &mut pending, path).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let (head, _) = get(&mut stream, &mut pending, "/c/sleep/500").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // After a request on a 5 s route, one on a 300 ms route: 504 at 300 ms, not at 5 s.
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = get(&mut stream, &mut pending, "/long/a").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = std::time::Instant::now();
+    let (head, body) = get(&mut stream, &mut pending, "/short/sleep/8000").await;
+    let took = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(body.contains("timed out"), "{body}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "timed out after {took:?}"
+    );
 }

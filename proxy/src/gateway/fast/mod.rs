@@ -40,11 +40,6 @@ use crate::strategy::{PickRequest, RequestHeaders};
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// How long a request waits for its response before the client connection is watched for a
-/// close (a client that gives up aborts the try, like on the pingora path). Fast responses
-/// never pay the extra read.
-const CLIENT_WATCH_DELAY: Duration = Duration::from_millis(10);
-
 /// The fast path of one proxy: the gateway's routing and policies, and the upstream pool
 /// settings.
 #[derive(Clone)]
@@ -101,6 +96,7 @@ impl FastPath {
                 "http"
             },
             stream,
+            deadline: RequestDeadline::default(),
         };
         let mut bufs = Buffers::default();
         let mut idle = Idle::new(shutdown);
@@ -361,7 +357,8 @@ impl FastPath {
                         } = &mut *bufs;
                         let exchange =
                             exchange(up, req.is_head(), client_close, request, response, head);
-                        watched(exchange, timeouts.io, client.stream, early).await
+                        let due = tokio::time::Instant::from_std(attempt_start) + timeouts.io;
+                        watched(exchange, due, &mut client.deadline, client.stream, early).await
                     }
                 };
                 match result {
@@ -577,6 +574,7 @@ impl FastPath {
 /// The client side of a connection.
 struct Client<'s> {
     stream: &'s mut Stream,
+    deadline: RequestDeadline,
     ip: Option<IpAddr>,
     ip_text: Option<String>,
     proto: &'static str,
@@ -822,38 +820,53 @@ async fn exchange(
     }
 }
 
-/// Runs `exchange` within `timeout`, and ends it when the client closes its connection
-/// meanwhile. One timer per request: it first fires after CLIENT_WATCH_DELAY (most responses
-/// come before and never start the watch), then at the deadline.
+/// Runs `exchange` until `due`, and ends it when the client closes its connection meanwhile
+/// (a client that gives up aborts the try, as on the pingora path). The watch costs no system
+/// call while the client sends nothing: the socket's readiness is already known.
 async fn watched<F>(
     exchange: F,
-    timeout: Duration,
+    due: tokio::time::Instant,
+    deadline: &mut RequestDeadline,
     client: &mut Stream,
     early: &mut Vec<u8>,
 ) -> Result<(Upstream, ResponseHead), AttemptError>
 where
     F: Future<Output = Result<(Upstream, ResponseHead), AttemptError>>,
 {
-    tokio::pin!(exchange);
-    let first = CLIENT_WATCH_DELAY.min(timeout);
-    let timer = tokio::time::sleep(first);
-    tokio::pin!(timer);
     tokio::select! {
         biased;
-        done = &mut exchange => return done,
-        () = &mut timer => {}
-    }
-    if timeout <= first {
-        return Err(AttemptError::TimedOut);
-    }
-    timer
-        .as_mut()
-        .reset(tokio::time::Instant::now() + (timeout - first));
-    tokio::select! {
-        biased;
-        done = &mut exchange => done,
-        () = &mut timer => Err(AttemptError::TimedOut),
+        done = exchange => done,
+        () = deadline.until(due) => Err(AttemptError::TimedOut),
         () = watch_client(client, early) => Err(AttemptError::ClientGone),
+    }
+}
+
+/// The deadline of a connection's requests, on one timer per connection. Setting a timer per
+/// request would touch the runtime's timer wheel twice a request; this one is set once, and
+/// moved only when it fires before the current request's due time (then to that time) or
+/// when a request is due before it (a route with a shorter timeout).
+#[derive(Default)]
+struct RequestDeadline {
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl RequestDeadline {
+    /// Resolves at `due`.
+    async fn until(&mut self, due: tokio::time::Instant) {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() > due {
+            timer.as_mut().reset(due);
+        }
+        loop {
+            timer.as_mut().await;
+            if timer.deadline() >= due {
+                return;
+            }
+            // Set by an earlier request: move it to this one's due time.
+            timer.as_mut().reset(due);
+        }
     }
 }
 
