@@ -1,7 +1,6 @@
 //! The fast path's HTTP/1.1 heads: which requests it takes, the request head as sent upstream,
 //! and the upstream's response head as sent to the client.
 
-use std::io::Write;
 use std::mem::MaybeUninit;
 
 use super::super::proxy::{host_without_port, HeaderLimits};
@@ -21,6 +20,8 @@ pub(super) struct RequestHead<'h, 'b> {
     pub(super) method: &'b str,
     /// The request target as sent (origin form: path and query).
     pub(super) target: &'b str,
+    /// Where the query starts in `target` (its `?`), or its length: found once per request.
+    path_len: usize,
     /// The `Host` field without its port.
     pub(super) host: &'b str,
     pub(super) head_len: usize,
@@ -30,10 +31,15 @@ pub(super) struct RequestHead<'h, 'b> {
     pub(super) fields: &'h [httparse::Header<'b>],
 }
 
-impl RequestHead<'_, '_> {
+impl<'b> RequestHead<'_, 'b> {
     /// The target without its query: what routes match.
-    pub(super) fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or(self.target)
+    pub(super) fn path(&self) -> &'b str {
+        &self.target[..self.path_len]
+    }
+
+    /// The query, without its `?`.
+    pub(super) fn query(&self) -> Option<&'b str> {
+        self.target.get(self.path_len + 1..)
     }
 
     /// Whether repeating the request is harmless (RFC 9110 9.2.2).
@@ -145,6 +151,11 @@ pub(super) fn parse_request<'h, 'b>(
     ParsedRequest::Plain(RequestHead {
         method,
         target,
+        // `?` is ASCII: a char boundary.
+        path_len: target
+            .bytes()
+            .position(|b| b == b'?')
+            .unwrap_or(target.len()),
         host: host_without_port(host),
         head_len,
         body_len,
@@ -332,8 +343,13 @@ pub(super) fn parse_response(
     };
     let client_close = client_close || framing == Framing::UntilClose;
     out.extend_from_slice(b"HTTP/1.1 ");
-    // A u16 into a Vec: cannot fail.
-    let _ = write!(out, "{status} ");
+    // httparse takes exactly three digits, so 100..=999 (a byte each, no formatter).
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for field in resp.headers.iter() {
@@ -416,6 +432,25 @@ mod tests {
     }
 
     #[test]
+    fn path_and_query_split_at_the_first_question_mark() {
+        for (raw, path, query) in [
+            (
+                &b"GET /a/b?x=1&y=? HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+                "/a/b",
+                Some("x=1&y=?"),
+            ),
+            (b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n", "/a", None),
+            (b"GET /a? HTTP/1.1\r\nHost: h\r\n\r\n", "/a", Some("")),
+        ] {
+            let mut fields = field_slots();
+            let ParsedRequest::Plain(r) = parse_request(raw, &mut fields, LIMITS) else {
+                panic!("plain");
+            };
+            assert_eq!((r.path(), r.query()), (path, query));
+        }
+    }
+
+    #[test]
     fn limits_leave_the_answer_to_pingora() {
         let many: String = (0..101).map(|i| format!("x-{i}: 1\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
@@ -471,6 +506,13 @@ mod tests {
         assert_eq!(h.framing, Framing::UntilClose);
         assert!(!h.upstream_keepalive && h.client_close);
         assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+
+        for (status, line) in [(404, "404 Not Found"), (599, "599 "), (302, "302 Found")] {
+            let raw = format!("HTTP/1.1 {line}\r\ncontent-length: 0\r\n\r\n");
+            let (p, out) = response(raw.as_bytes(), false, false);
+            assert!(matches!(p, ParsedResponse::Final(h) if h.status == status));
+            assert_eq!(out, format!("HTTP/1.1 {line}\r\ncontent-length: 0\r\n\r\n"));
+        }
 
         let (p, out) = response(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",

@@ -263,10 +263,7 @@ impl FastPath {
         record: &mut Record,
     ) -> Outcome {
         let client_close = req.close || *shutdown.borrow();
-        let (path, query) = match req.target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (req.target, None),
-        };
+        let (path, query) = (req.path(), req.query());
         let stripped = forward::stripped_target(&route.spec, path, query);
         bufs.request.clear();
         head::write_upstream_request(
@@ -339,12 +336,19 @@ impl FastPath {
             } else {
                 Instant::now()
             };
+            record.attempt_start = Some(attempt_start);
             // A kept connection the upstream closed while it idled is no fault of the
             // instance: an idempotent request goes again, once, on a new connection to it.
             let mut fresh = false;
             let exchanged = loop {
                 let result = match self
-                    .connection(addr, req.idempotent(), fresh, timeouts.connect)
+                    .connection(
+                        addr,
+                        req.idempotent(),
+                        fresh,
+                        attempt_start,
+                        timeouts.connect,
+                    )
                     .await
                 {
                     Err(e) => Err(e),
@@ -420,12 +424,13 @@ impl FastPath {
         addr: SocketAddr,
         idempotent: bool,
         fresh: bool,
+        now: Instant,
         timeout: Duration,
     ) -> Result<Upstream, AttemptError> {
         let kept = if fresh {
             None
         } else {
-            upstream::take_idle(addr, self.idle_timeout, !idempotent)
+            upstream::take_idle(addr, now, self.idle_timeout, !idempotent)
         };
         match kept {
             Some(up) => Ok(up),
@@ -504,7 +509,8 @@ impl FastPath {
             }
         }
         if reusable && !body.ends_at_close() {
-            upstream::put_idle(addr, up.stream, self.max_idle, self.idle_timeout);
+            let since = record.attempt_start.unwrap_or_else(Instant::now);
+            upstream::put_idle(addr, up.stream, since, self.max_idle, self.idle_timeout);
         }
         if client_close {
             Outcome::Close
@@ -635,6 +641,8 @@ struct Record {
     attempts: u32,
     upstream: Option<SocketAddr>,
     upstream_elapsed: Option<Duration>,
+    /// When the last try started.
+    attempt_start: Option<Instant>,
     bytes_sent: u64,
     error: &'static str,
 }
@@ -648,6 +656,7 @@ impl Default for Record {
             attempts: 0,
             upstream: None,
             upstream_elapsed: None,
+            attempt_start: None,
             bytes_sent: 0,
             error: "",
         }
