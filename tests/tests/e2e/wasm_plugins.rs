@@ -304,6 +304,18 @@ fn runtime_failures_fall_back_to_round_robin_and_are_counted() {
     }
 }
 
+/// Runs a pick the chaos plugin loops on (a pool of 4) on a thread of its own, and waits for it
+/// to be interrupted: what it picked instead.
+fn looping_pick_returns(chaos: &Arc<WasmStrategy>) -> Option<usize> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let picker = chaos.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(picker.pick(&sample_pool(4), &PickRequest::default()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the looping pick was interrupted")
+}
+
 #[test]
 fn a_looping_pick_after_an_idle_spell_is_still_interrupted() {
     // The epoch watchdog turns its timer off ~100 ms after the last call; the first call after
@@ -315,14 +327,7 @@ fn a_looping_pick_after_an_idle_spell_is_still_interrupted() {
         Some(0)
     );
     std::thread::sleep(std::time::Duration::from_millis(400));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let picker = chaos.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(picker.pick(&sample_pool(4), &PickRequest::default()));
-    });
-    let picked = rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("the looping pick was interrupted");
+    let picked = looping_pick_returns(&chaos);
     assert!(picked.is_some(), "the fallback picked an instance");
     assert_eq!(fallbacks(&chaos)["deadline"], 1);
 }
@@ -346,14 +351,7 @@ fn a_looping_pick_is_interrupted_while_other_threads_keep_calling() {
             picks
         })
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let picker = chaos.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(picker.pick(&sample_pool(4), &PickRequest::default()));
-    });
-    let picked = rx
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("the looping pick was interrupted");
+    let picked = looping_pick_returns(&chaos);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(busy.join().unwrap() > 0, "the other thread kept calling");
     assert!(picked.is_some(), "the fallback picked an instance");
