@@ -1,5 +1,6 @@
 //! The one wasmtime `Engine`, its linker of host functions (`sluice.log`,
-//! `sluice.request_header`) and the per-call deadline policy (the epoch clock and its watchdog are in `ticker`).
+//! `sluice.request_header`) and the per-call deadline policy (the epoch clock and its
+//! watchdog are in `ticker`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
