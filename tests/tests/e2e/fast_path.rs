@@ -303,12 +303,7 @@ async fn pipelined_requests_then_connection_close() {
         "{head}"
     );
     assert!(body.ends_with("\r\n\r\nbody"), "{body}");
-    let mut rest = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest))
-        .await
-        .unwrap()
-        .unwrap_or(0);
-    assert_eq!(n, 0, "the gateway closes after `Connection: close`");
+    assert_closed(&mut stream, "the gateway closes after `Connection: close`").await;
 }
 
 #[tokio::test]
@@ -443,13 +438,18 @@ async fn a_response_in_flight_when_the_gateway_stops_says_connection_close() {
         head.to_ascii_lowercase().contains("connection: close"),
         "{head}"
     );
+    assert_closed(&mut stream, "closed after the response").await;
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)).await, Some(0));
+}
+
+/// Asserts that the gateway closes `stream` (within 5 s) without sending anything more.
+async fn assert_closed(stream: &mut TcpStream, what: &str) {
     let mut rest = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest))
         .await
         .unwrap()
         .unwrap_or(0);
-    assert_eq!(n, 0, "closed after the response");
-    assert_eq!(gw.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert_eq!(n, 0, "{what}");
 }
 
 /// Sends a GET for `path` on `stream` and reads its response head and body.

@@ -96,7 +96,7 @@ impl FastPath {
                 "http"
             },
             stream,
-            deadline: RequestDeadline::default(),
+            deadline: LazyDeadline::default(),
         };
         let mut bufs = Buffers::default();
         let mut idle = Idle::new(shutdown);
@@ -580,7 +580,7 @@ impl FastPath {
 /// The client side of a connection.
 struct Client<'s> {
     stream: &'s mut Stream,
-    deadline: RequestDeadline,
+    deadline: LazyDeadline,
     ip: Option<IpAddr>,
     ip_text: Option<String>,
     proto: &'static str,
@@ -835,7 +835,7 @@ async fn exchange(
 async fn watched<F>(
     exchange: F,
     due: tokio::time::Instant,
-    deadline: &mut RequestDeadline,
+    deadline: &mut LazyDeadline,
     client: &mut Stream,
     early: &mut Vec<u8>,
 ) -> Result<(Upstream, ResponseHead), AttemptError>
@@ -850,16 +850,17 @@ where
     }
 }
 
-/// The deadline of a connection's requests, on one timer per connection. Setting a timer per
-/// request would touch the runtime's timer wheel twice a request; this one is set once, and
-/// moved only when it fires before the current request's due time (then to that time) or
-/// when a request is due before it (a route with a shorter timeout).
+/// Deadlines that follow one another on one timer per connection (its requests' due times, its
+/// idle keep-alive limit). Setting a timer per request would touch the runtime's timer wheel
+/// twice a request; this one is set once, and moved only when it fires before the current
+/// due time (then to that time) or when a due time comes before it (a route with a shorter
+/// timeout).
 #[derive(Default)]
-struct RequestDeadline {
+struct LazyDeadline {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl RequestDeadline {
+impl LazyDeadline {
     /// Resolves at `due`.
     async fn until(&mut self, due: tokio::time::Instant) {
         let timer = self
@@ -873,7 +874,7 @@ impl RequestDeadline {
             if timer.deadline() >= due {
                 return;
             }
-            // Set by an earlier request: move it to this one's due time.
+            // Set for an earlier due time: move it to this one.
             timer.as_mut().reset(due);
         }
     }
@@ -895,9 +896,9 @@ async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<us
 }
 
 /// A keep-alive connection between requests, without a timer per request: one idle timer
-/// per connection, re-armed only when it fires, and one watch on the gateway's stop.
+/// per connection, moved only when it fires, and one watch on the gateway's stop.
 struct Idle {
-    timer: Pin<Box<tokio::time::Sleep>>,
+    timer: LazyDeadline,
     /// When the last request ended.
     last_active: Instant,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -907,7 +908,7 @@ impl Idle {
     fn new(shutdown: &ShutdownWatch) -> Self {
         let mut watch = shutdown.clone();
         Self {
-            timer: Box::pin(tokio::time::sleep(KEEPALIVE)),
+            timer: LazyDeadline::default(),
             last_active: Instant::now(),
             stopping: Box::pin(async move {
                 while watch.changed().await.is_ok() {
@@ -933,21 +934,13 @@ impl Idle {
         if *shutdown.borrow() {
             return false;
         }
-        loop {
-            tokio::select! {
-                biased;
-                read = read_more(stream, buf) => return matches!(read, Ok(n) if n > 0),
-                () = self.timer.as_mut() => {
-                    let idle_for = self.last_active.elapsed();
-                    if idle_for >= KEEPALIVE {
-                        return false;
-                    }
-                    let rearm = tokio::time::Instant::now() + (KEEPALIVE - idle_for);
-                    self.timer.as_mut().reset(rearm);
-                }
-                // Completes once, and the connection closes: never polled again.
-                () = self.stopping.as_mut() => return false,
-            }
+        let idle_until = tokio::time::Instant::from_std(self.last_active) + KEEPALIVE;
+        tokio::select! {
+            biased;
+            read = read_more(stream, buf) => matches!(read, Ok(n) if n > 0),
+            () = self.timer.until(idle_until) => false,
+            // Completes once, and the connection closes: never polled again.
+            () = self.stopping.as_mut() => false,
         }
     }
 }

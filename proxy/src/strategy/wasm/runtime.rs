@@ -49,12 +49,19 @@ pub(crate) struct DeadlineState {
 
 /// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`); only read when a deadline fires.
 fn thread_cpu_time() -> Duration {
+    read_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// The time on `clock` (a vDSO read for the monotonic clock: no system call); zero if the
+/// clock cannot be read.
+#[inline]
+pub(super) fn read_clock(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     if rc != 0 {
         return Duration::ZERO;
     }
