@@ -65,7 +65,7 @@ def main():
                     r.update(round=rnd, strategy=s, success=100.0 * r["ok"] / max(r["total"], 1))
                     rows.append(r)
                     print(f"round {rnd} {s:12} {r}", flush=True)
-            slow_picks = metric(admin, 'sluice_upstream_picks_total{instance="i0"')
+            slow_picks = metric(admin, 'sluice_upstream_picks_total{instance_id="i0"')
         finally:
             procs.stop()
 

@@ -12,8 +12,11 @@ pub fn init(settings: &LogSettings) {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(&settings.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // Colours only for a terminal: a log file or a collector gets plain `key=value` text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A second init (tests, embedding) keeps the first subscriber; that is fine.
     let _ = match settings.format {

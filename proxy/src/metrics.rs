@@ -29,6 +29,7 @@ pub struct Metrics {
     pub health_checks_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     pub downstream_header_timeouts_total: IntCounter,
+    pub fast_path_handoffs_total: IntCounterVec,
 }
 
 /// Pick-duration buckets in seconds: 50 ns to 1 ms.
@@ -100,7 +101,7 @@ impl Metrics {
                 gauge(
                     "sluice_upstream_requests_in_flight",
                     "Requests in flight to each upstream instance.",
-                    &["service", "instance"],
+                    &["service", "instance_id"],
                 ),
             ),
             upstream_picks_total: register(
@@ -108,7 +109,7 @@ impl Metrics {
                 counter(
                     "sluice_upstream_picks_total",
                     "Times each instance was picked by the strategy.",
-                    &["service", "instance"],
+                    &["service", "instance_id"],
                 ),
             ),
             pool_instances: register(
@@ -184,6 +185,14 @@ impl Metrics {
                     "Connections answered 408: the request header was not complete within proxy.header_timeout.",
                 )
                 .expect("valid counter"),
+            ),
+            fast_path_handoffs_total: register(
+                &registry,
+                counter(
+                    "sluice_fast_path_handoffs_total",
+                    "Requests the fast path left to pingora's proxy, by reason.",
+                    &["reason"],
+                ),
             ),
             strategy_reloads_total: register(
                 &registry,

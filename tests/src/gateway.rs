@@ -143,8 +143,14 @@ impl Gateway {
         let services_path = dir.path().join("services.toml");
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Two shards unless the test sets its own.
+        let threads = if proxy_extra.contains("threads") {
+            ""
+        } else {
+            "threads = 2\n"
+        };
         let config = format!(
-            "[proxy]\nlisten = [\"{proxy}\"]\nthreads = 2\ngrace_period = \"10s\"\n{proxy_extra}\n\n\
+            "[proxy]\nlisten = [\"{proxy}\"]\n{threads}grace_period = \"10s\"\n{proxy_extra}\n\n\
              [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n{registry}\n\
              [log]\nformat = \"{log_format}\"\nlevel = \"info\"\naccess_log = true\n\n{rest}"
         );

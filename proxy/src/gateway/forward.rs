@@ -1,4 +1,5 @@
-//! What changes on the way upstream: the prefix strip and the `X-Forwarded-*` headers.
+//! What changes on the way upstream: the prefix strip, the hop-by-hop fields, and the
+//! `X-Forwarded-*` headers.
 
 use http::Uri;
 use pingora::http::RequestHeader;
@@ -39,6 +40,46 @@ pub(crate) fn stripped_target(
         path_and_query.push_str(query);
     }
     Some(path_and_query)
+}
+
+/// RFC 9110 7.6.1 and 8.6 on pingora's path, as the codec does on the fast path: the fields
+/// the client's `Connection` names are not forwarded, nor `Keep-Alive` and
+/// `Proxy-Connection`; equal duplicate `Content-Length`s (the only ones the codec lets
+/// through) go as one. `Connection: upgrade` and `Upgrade` stay: pingora proxies upgrades.
+/// Costs nothing for a request without these fields.
+pub(crate) fn hop_by_hop(request: &mut RequestHeader) -> Result<()> {
+    let named: Vec<String> = request
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| sluice_http1::fields::list(v.as_bytes()))
+        .filter(|o| {
+            !["close", "keep-alive", "upgrade"]
+                .iter()
+                .any(|keep| o.eq_ignore_ascii_case(keep.as_bytes()))
+        })
+        .map(|o| String::from_utf8_lossy(o).to_ascii_lowercase())
+        .collect();
+    for name in named
+        .iter()
+        .map(String::as_str)
+        .chain(["keep-alive", "proxy-connection"])
+    {
+        if request.headers.contains_key(name) {
+            request.remove_header(name);
+        }
+    }
+    let mut lengths = request.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let first = lengths.next().map(|v| v.as_bytes().to_vec());
+    if let Some(first) = first {
+        if lengths.next().is_some() || first.contains(&b',') {
+            let length = sluice_http1::fields::fold_content_length(None, &first).map_err(|e| {
+                pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "content-length", e)
+            })?;
+            request.insert_header(http::header::CONTENT_LENGTH, length)?;
+        }
+    }
+    Ok(())
 }
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.

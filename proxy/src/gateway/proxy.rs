@@ -33,16 +33,16 @@ pub struct HeaderLimits {
     pub max_header_bytes: usize,
 }
 
-/// Why a request is refused before routing, if it is.
+/// Why a request is refused before routing, if it is. An HTTP/1 head is held to the fast
+/// path's codec rules (one `Host`, one body length, no smuggling shapes): one rule for both
+/// paths.
 fn refuse(session: &Session, limits: HeaderLimits) -> Option<(u16, String)> {
-    let req = session.req_header();
-    let headers = &req.headers;
-    if headers.contains_key(http::header::TRANSFER_ENCODING) && sent_content_length(session) {
-        return Some((
-            400,
-            "sluice: request has both Content-Length and Transfer-Encoding\n".to_string(),
-        ));
+    if let Some(h1) = session.as_downstream().as_http1() {
+        if let Err(error) = sluice_http1::request::check_head(&h1.get_headers_raw_bytes()) {
+            return Some((error.status(), format!("sluice: bad request: {error}\n")));
+        }
     }
+    let headers = &session.req_header().headers;
     if headers.len() > limits.max_headers {
         return Some((
             431,
@@ -65,19 +65,6 @@ fn refuse(session: &Session, limits: HeaderLimits) -> Option<(u16, String)> {
     None
 }
 
-/// Whether the client sent a Content-Length field. Only asked when Transfer-Encoding is
-/// present too: pingora then drops Content-Length from the parsed header (RFC 9112 6.3), so
-/// the raw header bytes are the only witness of a request smuggling attempt.
-fn sent_content_length(session: &Session) -> bool {
-    let Some(h1) = session.as_downstream().as_http1() else {
-        return false; // HTTP/2 has no Transfer-Encoding framing
-    };
-    let raw = h1.get_headers_raw_bytes();
-    raw.split(|&b| b == b'\n')
-        .skip(1) // the request line
-        .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
-}
-
 /// Longest a request waits for the registry's first sync (a process just started or
 /// upgraded, with empty pools) before it is answered 503.
 pub(super) const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -97,6 +84,11 @@ impl Gateway {
             access_log,
             ejections,
         }
+    }
+
+    /// The metric families, for the recorders of both request paths.
+    pub(super) fn metrics(&self) -> &crate::metrics::Metrics {
+        self.directory.metrics()
     }
 
     /// Counts a failed attempt; past the route's `passive` threshold, asks for an ejection.
@@ -126,20 +118,7 @@ fn request_host(req: &RequestHeader) -> &str {
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.host())
         .unwrap_or("");
-    host_without_port(raw)
-}
-
-/// `host`, `host:port`, `[v6]` or `[v6]:port` without the port (and brackets).
-pub(super) fn host_without_port(raw: &str) -> &str {
-    if let Some(rest) = raw.strip_prefix('[') {
-        // [v6]:port
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    // A byte search: `split(':')` costs ~130 instructions a request in the char searcher.
-    match raw.bytes().position(|b| b == b':') {
-        Some(colon) => &raw[..colon],
-        None => raw,
-    }
+    sluice_http1::fields::host_without_port(raw)
 }
 
 fn request_hash(hash_on: &HashOn, session: &Session) -> u64 {
@@ -364,6 +343,7 @@ impl ProxyHttp for Gateway {
         if let Some(route) = &ctx.route {
             forward::strip_prefix(&route.spec, upstream_request)?;
         }
+        forward::hop_by_hop(upstream_request)?;
         let client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -519,6 +499,7 @@ impl ProxyHttp for Gateway {
                 route = ctx.route.as_ref().map_or("", |r| r.spec.name.as_str()),
                 service = ctx.route.as_ref().map_or("", |r| r.spec.service.as_str()),
                 instance = attempt.as_ref().map_or("", |a| a.live().id()),
+                via = "pingora",
                 upstream = %ctx.upstream_addr.map(|a| a.to_string()).unwrap_or_default(),
                 upstream_ms = ctx.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 total_ms = elapsed.as_secs_f64() * 1e3,

@@ -39,6 +39,13 @@ impl RequestHeaders for http::HeaderMap {
     }
 }
 
+/// The fast path's parsed request: strategies read its fields in place.
+impl RequestHeaders for sluice_http1::RequestHead<'_, '_> {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        sluice_http1::RequestHead::field(self, name)
+    }
+}
+
 impl std::fmt::Debug for dyn RequestHeaders + '_ {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RequestHeaders")

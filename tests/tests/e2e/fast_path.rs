@@ -413,6 +413,80 @@ async fn with_the_fast_path_off_pingora_serves_everything() {
         .contains("x-forwarded-proto: http"));
     let chunked = http.get(gw.url("/chunked")).send().await.unwrap();
     assert_eq!(chunked.text().await.unwrap(), "hello world");
+    // Both requests were pingora's: the access log says so, and nothing was handed off.
+    let log = eventually_access_lines(&gw, 2).await;
+    assert!(
+        log.iter().all(|l| l.contains("via=\"pingora\"")),
+        "{log:#?}"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        !metrics.contains("sluice_fast_path_handoffs_total{"),
+        "{metrics}"
+    );
+}
+
+/// The access lines once at least `n` are written.
+async fn eventually_access_lines(gw: &Gateway, n: usize) -> Vec<String> {
+    sluice_tests::eventually("access lines", Duration::from_secs(5), || async {
+        let lines: Vec<String> = gw
+            .log()
+            .lines()
+            .filter(|l| l.contains("sluice::access"))
+            .map(str::to_string)
+            .collect();
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_access_log_names_the_path_and_every_handoff_is_counted_by_reason() {
+    let up = RawUpstream::start(Mode::KeepAlive).await;
+    let gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/api\"\nservice = \"svc\"\n",
+        &up.services(),
+    )
+    .await;
+    let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = get(&mut stream, &mut pending, "/api/fast").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // HTTP/1.0 and an unrouted path go to pingora, on fresh connections.
+    for (raw, status) in [
+        (&b"GET /api/old HTTP/1.0\r\nHost: x\r\n\r\n"[..], "200"),
+        (
+            b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "404",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(gw.proxy).await.unwrap();
+        stream.write_all(raw).await.unwrap();
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all)).await;
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+    }
+    let log = eventually_access_lines(&gw, 3).await;
+    let via = |path: &str| {
+        log.iter()
+            .find(|l| {
+                l.contains(&format!("path=\"{path}\"")) || l.contains(&format!("path={path}"))
+            })
+            .map(|l| l.contains("via=\"fast\""))
+            .unwrap_or_else(|| panic!("no access line for {path}: {log:#?}"))
+    };
+    assert!(via("/api/fast"), "{log:#?}");
+    assert!(!via("/api/old"), "{log:#?}");
+    assert!(!via("/nowhere"), "{log:#?}");
+    let metrics = gw.metrics().await;
+    for needle in [
+        "sluice_fast_path_handoffs_total{reason=\"http10\"} 1",
+        "sluice_fast_path_handoffs_total{reason=\"no_route\"} 1",
+        "sluice_fast_path_handoffs_total{reason=\"upgrade\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

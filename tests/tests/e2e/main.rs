@@ -7,6 +7,7 @@
 
 mod config_check;
 mod demo;
+mod desync;
 mod etcd_discovery;
 mod failover;
 mod fast_path;

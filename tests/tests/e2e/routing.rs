@@ -297,8 +297,8 @@ async fn metrics_families_are_exported() {
     for needle in [
         r#"sluice_requests_total{route="all",service="svc",status="200"} 3"#,
         r#"sluice_request_duration_seconds_count{route="all",service="svc"} 3"#,
-        r#"sluice_upstream_requests_in_flight{instance="a",service="svc"} 0"#,
-        r#"sluice_upstream_picks_total{instance="a",service="svc"} 3"#,
+        r#"sluice_upstream_requests_in_flight{instance_id="a",service="svc"} 0"#,
+        r#"sluice_upstream_picks_total{instance_id="a",service="svc"} 3"#,
         r#"sluice_pool_instances{service="svc",state="eligible"} 1"#,
         r#"sluice_pool_swaps_total{service="svc"} 1"#,
         r#"sluice_registry_events_total{kind="reset",source="file"} 1"#,

@@ -10,7 +10,7 @@
 //! timeouts, passive ejection, `X-Forwarded-*`, prefix strip, metrics, access log, drain.
 
 mod buffers;
-mod chunked;
+mod handoff;
 mod head;
 mod upstream;
 
@@ -26,15 +26,18 @@ use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use sluice_http1::response::parse_response;
+use sluice_http1::{ChunkedTracker, Framing, ParsedResponse, RequestError, ResponseHead};
+
 use self::buffers::READ_ROOM;
-use self::chunked::ChunkedTracker;
-use self::head::{Framing, ParsedRequest, ParsedResponse, RequestHead, ResponseHead};
+use self::handoff::{Handoff, HandoffCounters};
+use self::head::{ParsedRequest, RequestHead};
 use self::upstream::{ConnectError, Upstream};
 use super::context::{InFlightHold, TriedInstances};
 use super::proxy::{hash_request, no_instance_body, Gateway};
 use super::{forward, Route};
 use crate::pool::InFlightGuard;
-use crate::strategy::{PickRequest, RequestHeaders};
+use crate::strategy::PickRequest;
 
 /// How long a client connection may sit idle between requests (pingora's default).
 const KEEPALIVE: Duration = Duration::from_secs(60);
@@ -50,6 +53,7 @@ pub struct FastPath {
     idle_timeout: Duration,
     /// Most bytes a request head may take before it is left to pingora (which answers 431).
     max_head_bytes: usize,
+    handoffs: HandoffCounters,
 }
 
 /// What became of a connection.
@@ -68,11 +72,22 @@ impl FastPath {
         max_head_bytes: usize,
     ) -> Self {
         Self {
+            handoffs: HandoffCounters::new(gateway.metrics()),
             gateway,
             max_idle,
             idle_timeout,
             max_head_bytes,
         }
+    }
+
+    /// Leaves the request at the start of the buffer to pingora, counted by reason.
+    fn hand_off(&self, reason: Handoff) -> Served {
+        self.handoffs.count(reason);
+        tracing::debug!(
+            reason = reason.as_str(),
+            "fast path hands the request to pingora"
+        );
+        Served::Handoff
     }
 
     /// Serves requests from `stream`, whose first bytes are in `buf`, until the connection
@@ -103,15 +118,19 @@ impl FastPath {
         loop {
             let step = {
                 let mut fields = head::field_slots();
-                match head::parse_request(buf, &mut fields, self.gateway.limits) {
-                    ParsedRequest::NotMine => return Served::Handoff,
+                match head::parse(buf, &mut fields, self.gateway.limits) {
+                    ParsedRequest::Handoff(reason) => {
+                        return self.hand_off(Handoff::Request(reason))
+                    }
+                    ParsedRequest::Invalid(error) => Step::Refuse(error),
                     ParsedRequest::Partial if buf.len() > self.max_head_bytes => {
-                        return Served::Handoff
+                        return self.hand_off(Handoff::HeadTooLarge)
                     }
                     ParsedRequest::Partial => Step::ReadHead,
                     ParsedRequest::Plain(req) => {
-                        let Some(route) = self.route_for(&req) else {
-                            return Served::Handoff;
+                        let route = match self.route_for(&req) {
+                            Ok(route) => route,
+                            Err(reason) => return self.hand_off(reason),
                         };
                         // Bounded by MAX_BUFFERED_BODY: fits a usize.
                         let end = req.head_len + req.body_len as usize;
@@ -124,7 +143,7 @@ impl FastPath {
                                 .await;
                             idle.last_active = ended;
                             match outcome {
-                                Outcome::Handoff => return Served::Handoff,
+                                Outcome::Handoff(reason) => return self.hand_off(reason),
                                 Outcome::KeepAlive => Step::Next(end),
                                 Outcome::Close => Step::Close,
                             }
@@ -173,6 +192,10 @@ impl FastPath {
                         }
                     }
                 }
+                Step::Refuse(error) => {
+                    self.refuse(&mut client, error).await;
+                    return Served::Closed;
+                }
                 Step::Close => {
                     // Closing anyway: a failed shutdown changes nothing.
                     let _ = client.stream.shutdown().await;
@@ -185,21 +208,48 @@ impl FastPath {
     /// The route of a request the fast path can serve: routed, with eligible instances that
     /// are all plain `http`, and a body within the route's limit. Anything else gets pingora's
     /// answer (404, the wait for the registry's first sync and 503, 413, TLS and h2c).
-    fn route_for(&self, req: &RequestHead<'_, '_>) -> Option<Arc<Route>> {
+    fn route_for(&self, req: &RequestHead<'_, '_>) -> Result<Arc<Route>, Handoff> {
         let router = self.gateway.router.load();
-        let route = router.find(req.host, req.path())?;
+        let route = router.find(req.host, req.path()).ok_or(Handoff::NoRoute)?;
         let pool = route.slot.load();
-        if pool.eligible_len() == 0 || !pool.all_plain_http() {
-            return None;
+        if pool.eligible_len() == 0 {
+            return Err(Handoff::NoEligibleInstance);
+        }
+        if !pool.all_plain_http() {
+            return Err(Handoff::NotPlainHttp);
         }
         if route
             .spec
             .max_body_bytes
             .is_some_and(|limit| req.body_len > limit)
         {
-            return None;
+            return Err(Handoff::RouteBodyLimit);
         }
-        Some(route.clone())
+        Ok(route.clone())
+    }
+
+    /// Answers a request no one may forward (RFC 9112: 400, or 501 for a transfer coding it
+    /// does not know) and closes: what follows its head cannot be framed.
+    async fn refuse(&self, client: &mut Client<'_>, error: RequestError) {
+        let status = error.status();
+        answer(
+            client.stream,
+            status,
+            &format!("sluice: bad request: {error}\n"),
+        )
+        .await;
+        if self.gateway.access_log {
+            tracing::info!(
+                target: "sluice::access",
+                status,
+                via = "fast",
+                error = "InvalidHTTPHeader",
+                reason = %error,
+                "access"
+            );
+        }
+        // Closing anyway: a failed shutdown changes nothing.
+        let _ = client.stream.shutdown().await;
     }
 
     /// Forwards one request, then records it (metrics, access log).
@@ -222,7 +272,7 @@ impl FastPath {
         buffers::give_back(std::mem::take(&mut bufs.response));
         bufs.shrink_idle();
         let ended = Instant::now();
-        if matches!(outcome, Outcome::Handoff) {
+        if matches!(outcome, Outcome::Handoff(_)) {
             return (outcome, ended);
         }
         let elapsed = ended - start;
@@ -237,6 +287,7 @@ impl FastPath {
                 route = route.spec.name.as_str(),
                 service = route.spec.service.as_str(),
                 instance = record.attempt.as_ref().map_or("", |a| a.live().id()),
+                via = "fast",
                 upstream = %record.upstream.map(|a| a.to_string()).unwrap_or_default(),
                 upstream_ms = record.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 total_ms = elapsed.as_secs_f64() * 1e3,
@@ -299,7 +350,7 @@ impl FastPath {
                 // The pool changed under the request: pingora takes a first try, and a retry
                 // ends with the error that asked for it.
                 return match last_error {
-                    None => Outcome::Handoff,
+                    None => Outcome::Handoff(Handoff::PoolChanged),
                     Some(e) => self.fail(client, route, record, Failure::Upstream(e)).await,
                 };
             }
@@ -342,13 +393,7 @@ impl FastPath {
             let mut fresh = false;
             let exchanged = loop {
                 let result = match self
-                    .connection(
-                        addr,
-                        req.idempotent(),
-                        fresh,
-                        attempt_start,
-                        timeouts.connect,
-                    )
+                    .connection(addr, fresh, attempt_start, timeouts.connect)
                     .await
                 {
                     Err(e) => Err(e),
@@ -393,6 +438,7 @@ impl FastPath {
                         .relay(
                             upstream,
                             addr,
+                            route,
                             response,
                             timeouts.io,
                             client,
@@ -416,13 +462,11 @@ impl FastPath {
         }
     }
 
-    /// A connection to `addr`: a kept one (unless `fresh`), or a new one within `timeout`.
-    /// A request that must not be repeated does not go out on a kept connection the upstream
-    /// may have closed: that one is checked first (a syscall, only then).
+    /// A connection to `addr`: a kept, clean one (unless `fresh`), or a new one within
+    /// `timeout`.
     async fn connection(
         &self,
         addr: SocketAddr,
-        idempotent: bool,
         fresh: bool,
         now: Instant,
         timeout: Duration,
@@ -430,7 +474,7 @@ impl FastPath {
         let kept = if fresh {
             None
         } else {
-            upstream::take_idle(addr, now, self.idle_timeout, !idempotent)
+            upstream::take_idle(addr, now, self.idle_timeout)
         };
         match kept {
             Some(up) => Ok(up),
@@ -447,6 +491,7 @@ impl FastPath {
         &self,
         mut up: Upstream,
         addr: SocketAddr,
+        route: &Route,
         response: ResponseHead,
         timeout: Duration,
         client: &mut Client<'_>,
@@ -469,7 +514,11 @@ impl FastPath {
         let first = &bufs.response[response.head_len..];
         let taken = match body.take(first) {
             Ok(n) => n,
-            Err(_) => return self.broken(client, record, "InvalidHTTPHeader").await,
+            Err(_) => {
+                // Nothing reached the client yet: it gets a 502, not a truncated response.
+                let failure = Failure::Upstream(AttemptError::BadResponse);
+                return self.fail(client, route, record, failure).await;
+            }
         };
         reusable &= taken == first.len();
         bufs.client.extend_from_slice(&first[..taken]);
@@ -620,7 +669,7 @@ impl Buffers {
 
 /// What one request left of the connection.
 enum Outcome {
-    Handoff,
+    Handoff(Handoff),
     KeepAlive,
     Close,
 }
@@ -631,6 +680,8 @@ enum Step {
     ReadHead,
     /// The body ends at this offset; read within this long.
     ReadBody(usize, Duration),
+    /// The request cannot be forwarded: answer and close.
+    Refuse(RequestError),
     Close,
 }
 
@@ -763,7 +814,7 @@ impl BodyState {
     }
 
     /// How many of `bytes` belong to the body.
-    fn take(&mut self, bytes: &[u8]) -> Result<usize, chunked::BadChunk> {
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, sluice_http1::BadChunk> {
         match self {
             BodyState::Length(left) => {
                 let n = (*left).min(bytes.len() as u64);
@@ -814,7 +865,7 @@ async fn exchange(
         }
         loop {
             head.clear();
-            match head::parse_response(response, head_request, client_close, head) {
+            match parse_response(response, head_request, client_close, head) {
                 Err(_) => return Err(AttemptError::BadResponse),
                 Ok(ParsedResponse::Final(parsed)) => return Ok((up, parsed)),
                 Ok(ParsedResponse::Interim(len)) => {

@@ -6,9 +6,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use rustc_hash::FxHashMap;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 struct Idle {
@@ -36,14 +34,13 @@ pub(super) struct Upstream {
 }
 
 /// A connection to `addr` that stayed idle less than `idle_timeout` by `now`, most recent
-/// first.
-/// With `verify`, one the reactor has seen become readable (closed by the upstream, or with
-/// stray bytes) is checked with a non-blocking read and dropped if it is not clean.
+/// first, and that is clean: every kept connection is checked before reuse, whatever the
+/// method, so bytes an upstream wrote after its response (a late second response, a body
+/// after a HEAD answer or a 204) never reach the next request, and a closed one is not tried.
 pub(super) fn take_idle(
     addr: SocketAddr,
     now: Instant,
     idle_timeout: Duration,
-    verify: bool,
 ) -> Option<Upstream> {
     CONNECTIONS.with_borrow_mut(|c| {
         let list = c.idle.get_mut(&addr)?;
@@ -51,7 +48,7 @@ pub(super) fn take_idle(
             if now.saturating_duration_since(idle.since) >= idle_timeout {
                 continue;
             }
-            if verify && !looks_clean(&idle.stream) {
+            if !is_clean(&idle.stream) {
                 continue;
             }
             return Some(Upstream {
@@ -63,17 +60,25 @@ pub(super) fn take_idle(
     })
 }
 
-/// Whether an idle connection has nothing to read and is not closed: costs a syscall only when
-/// the reactor has recorded read readiness since the last read.
-fn looks_clean(stream: &TcpStream) -> bool {
-    match stream.ready(Interest::READABLE).now_or_never() {
-        None => true,
-        Some(Err(_)) => false,
-        Some(Ok(ready)) if ready.is_read_closed() => false,
-        Some(Ok(_)) => {
-            let mut byte = [0u8; 1];
-            matches!(stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        }
+/// Whether an idle connection has nothing to read and is not closed: one non-blocking peek
+/// (`recv(MSG_PEEK | MSG_DONTWAIT)`). The reactor's cached readiness is not enough: bytes that
+/// arrived after the last read may not have been polled yet on a busy shard.
+fn is_clean(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: the fd is the open socket `stream` owns; one byte is written at most, into
+    // `byte`, which outlives the call.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && {
+        let e = std::io::Error::last_os_error();
+        e.kind() == std::io::ErrorKind::WouldBlock
     }
 }
 
@@ -157,23 +162,34 @@ mod tests {
         let Upstream { stream, .. } = connect(addr, timeout).await.unwrap();
         let (served, _) = listener.accept().await.unwrap();
         put_idle(addr, stream, Instant::now(), 4, timeout);
-        let again = take_idle(addr, Instant::now(), timeout, true).expect("clean");
+        let again = take_idle(addr, Instant::now(), timeout).expect("clean");
         assert!(again.reused);
         put_idle(addr, again.stream, Instant::now(), 4, timeout);
 
         drop(served);
-        // Let the reactor see the close.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        tokio::task::yield_now().await;
+        // The close reaches the socket; the reactor is not polled in between (no await).
+        std::thread::sleep(Duration::from_millis(50));
         assert!(
-            take_idle(addr, Instant::now(), timeout, true).is_none(),
+            take_idle(addr, Instant::now(), timeout).is_none(),
             "closed by the upstream"
+        );
+
+        // Stray bytes after a response: seen before reuse, even before the reactor is polled.
+        let Upstream { stream, .. } = connect(addr, timeout).await.unwrap();
+        let (served, _) = listener.accept().await.unwrap();
+        put_idle(addr, stream, Instant::now(), 4, timeout);
+        std::io::Write::write_all(&mut served.into_std().unwrap(), b"HTTP/1.1 200 OK\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            take_idle(addr, Instant::now(), timeout).is_none(),
+            "bytes left over"
         );
 
         let Upstream { stream, .. } = connect(addr, timeout).await.unwrap();
         put_idle(addr, stream, Instant::now(), 4, timeout);
         assert!(
-            take_idle(addr, Instant::now(), Duration::ZERO, false).is_none(),
+            take_idle(addr, Instant::now(), Duration::ZERO).is_none(),
             "idle too long"
         );
         let refused = connect("127.0.0.1:1".parse().unwrap(), timeout).await;

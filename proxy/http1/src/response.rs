@@ -1,0 +1,438 @@
+//! The upstream's response head (RFC 9112 4, 6; RFC 9110 6.4.1, 7.6.1, 8.6, 15): its framing,
+//! and the head as a proxy sends it on. A head whose framing could be read two ways is
+//! refused: the proxy answers 502 and does not reuse the connection.
+
+use std::mem::MaybeUninit;
+
+use crate::fields::{self, decimal, put_field, LengthError};
+use crate::hop::{self, ConnectionError, ConnectionOptions};
+use crate::request::MAX_FIELDS;
+
+/// How the response body is delimited (RFC 9112 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a response to HEAD, or a 204 or 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// No length: the body ends when the upstream closes.
+    UntilClose,
+}
+
+/// A complete final response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// The head's length in bytes, its blank line included.
+    pub head_len: usize,
+    pub framing: Framing,
+    /// The upstream connection may serve another request after this response (if it leaves
+    /// no bytes over).
+    pub upstream_keepalive: bool,
+    /// The client connection closes after this response.
+    pub client_close: bool,
+}
+
+/// What an upstream's bytes so far hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParsedResponse {
+    Partial,
+    /// An interim (1xx) response of this many bytes: skipped.
+    Interim(usize),
+    /// A final response; its head for the client was written.
+    Final(ResponseHead),
+}
+
+/// Why an upstream's response head is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    /// RFC 9112 4, 5: bad status line or field syntax (obsolete folding, whitespace before a
+    /// colon, control bytes included).
+    #[error("malformed response head ({0})")]
+    Syntax(httparse::Error),
+    /// RFC 9110 15.2.2: a switch nobody asked for.
+    #[error("unexpected 101 Switching Protocols")]
+    UnexpectedSwitch,
+    #[error("{0}")]
+    ContentLength(LengthError),
+    /// RFC 9112 6.1: HTTP/1.0 has no transfer codings.
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    TransferEncodingInHttp10,
+    /// RFC 9112 6.3: chunked applied twice or not last.
+    #[error("chunked is not the final transfer coding")]
+    ChunkedNotFinal,
+    #[error("{0}")]
+    Connection(ConnectionError),
+}
+
+/// What the `Transfer-Encoding` fields of a response say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Codings {
+    present: bool,
+    chunked: u32,
+    last_chunked: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &[u8]) -> Result<(), ResponseError> {
+        let mut any = false;
+        for coding in fields::list(value) {
+            let name = fields::trim_ows(coding.split(|&b| b == b';').next().unwrap_or(coding));
+            if !fields::is_token(name) {
+                return Err(ResponseError::Syntax(httparse::Error::HeaderValue));
+            }
+            let chunked = name.eq_ignore_ascii_case(b"chunked");
+            self.chunked += u32::from(chunked);
+            self.last_chunked = chunked;
+            any = true;
+        }
+        if !any {
+            return Err(ResponseError::Syntax(httparse::Error::HeaderValue));
+        }
+        self.present = true;
+        Ok(())
+    }
+}
+
+/// Parses the response at the start of `buf` to a request that was HEAD or not; when
+/// complete and final, writes the head as sent to the client to `out`: HTTP/1.1, hop-by-hop
+/// fields (and those `Connection` names) dropped, one `Content-Length`, none on a 204, and
+/// `connection: close` when the client connection ends with it.
+pub fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    client_close: bool,
+    out: &mut Vec<u8>,
+) -> Result<ParsedResponse, ResponseError> {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_FIELDS] =
+        [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let head_len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(ParsedResponse::Partial),
+        Err(e) => return Err(ResponseError::Syntax(e)),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(ResponseError::Syntax(httparse::Error::Status));
+    };
+    if status < 100 {
+        return Err(ResponseError::Syntax(httparse::Error::Status));
+    }
+    if status == 101 {
+        return Err(ResponseError::UnexpectedSwitch);
+    }
+    if status < 200 {
+        return Ok(ParsedResponse::Interim(head_len));
+    }
+    let mut length = None;
+    let mut collapse_length = false;
+    let mut codings = Codings::default();
+    let mut connection = ConnectionOptions::default();
+    for field in resp.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            collapse_length |= length.is_some() || field.value.contains(&b',');
+            length = Some(
+                fields::fold_content_length(length, field.value)
+                    .map_err(ResponseError::ContentLength)?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            codings.add(field.value)?;
+        } else if name.eq_ignore_ascii_case("connection") {
+            connection
+                .add(field.value)
+                .map_err(ResponseError::Connection)?;
+        }
+    }
+    // RFC 9112 6.3: with both, Transfer-Encoding wins; the proxy drops Content-Length before
+    // forwarding and does not trust the connection for another request.
+    let length_overridden = codings.present && length.is_some();
+    if codings.present {
+        if version == 0 {
+            return Err(ResponseError::TransferEncodingInHttp10);
+        }
+        if codings.chunked > 1 || (codings.chunked == 1 && !codings.last_chunked) {
+            return Err(ResponseError::ChunkedNotFinal);
+        }
+    }
+    let no_body = status == 204 || status == 304;
+    let framing = if head_request || no_body {
+        Framing::Empty
+    } else if codings.present && codings.last_chunked {
+        Framing::Chunked
+    } else if codings.present {
+        // A coding other than chunked: the body ends with the connection (RFC 9112 6.3).
+        Framing::UntilClose
+    } else {
+        length.map_or(Framing::UntilClose, Framing::Length)
+    };
+    let upstream_close =
+        connection.close || (version == 0 && !connection.keep_alive) || length_overridden;
+    let client_close = client_close || framing == Framing::UntilClose;
+    write_client_head(
+        out,
+        status,
+        resp.reason.unwrap_or(""),
+        resp.headers,
+        |name| {
+            // RFC 9110 8.6: no Content-Length on a 204; RFC 9112 6.1: nor Transfer-Encoding.
+            let framing_field = name.eq_ignore_ascii_case("content-length")
+                || name.eq_ignore_ascii_case("transfer-encoding");
+            let length_field = name.eq_ignore_ascii_case("content-length");
+            (status == 204 && framing_field)
+                || ((collapse_length || length_overridden) && length_field)
+                || (connection.names_fields && hop::named_by_connection(name, resp.headers))
+        },
+    );
+    if collapse_length && status != 204 && !length_overridden {
+        if let Some(n) = length {
+            let mut digits = [0u8; 20];
+            put_field(out, b"content-length", decimal(n, &mut digits));
+        }
+    }
+    if client_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ParsedResponse::Final(ResponseHead {
+        status,
+        head_len,
+        framing,
+        upstream_keepalive: !upstream_close && framing != Framing::UntilClose,
+        client_close,
+    }))
+}
+
+/// The status line and the fields to forward, without the blank line.
+fn write_client_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    all: &[httparse::Header<'_>],
+    skip: impl Fn(&str) -> bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // httparse takes exactly three digits, so 100..=999 (a byte each, no formatter).
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for field in all {
+        if hop::is_hop_by_hop(field.name) || skip(field.name) {
+            continue;
+        }
+        put_field(out, field.name.as_bytes(), field.value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(raw: &[u8], head: bool, close: bool) -> (ParsedResponse, String) {
+        let mut out = Vec::new();
+        let parsed = parse_response(raw, head, close, &mut out).expect("valid");
+        (parsed, String::from_utf8(out).expect("ASCII"))
+    }
+
+    fn final_head(raw: &[u8], head: bool) -> (ResponseHead, String) {
+        match response(raw, head, false) {
+            (ParsedResponse::Final(h), out) => (h, out),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn refused(raw: &[u8]) -> ResponseError {
+        let mut out = Vec::new();
+        parse_response(raw, false, false, &mut out).expect_err(&String::from_utf8_lossy(raw))
+    }
+
+    #[test]
+    fn rfc9112_6_3_framing() {
+        let (h, out) = final_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok",
+            false,
+        );
+        assert_eq!(
+            h,
+            ResponseHead {
+                status: 200,
+                head_len: 61,
+                framing: Framing::Length(2),
+                upstream_keepalive: true,
+                client_close: false,
+            }
+        );
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+
+        let (h, out) = final_head(b"HTTP/1.0 200 OK\r\n\r\nbody", false);
+        assert_eq!(h.framing, Framing::UntilClose);
+        assert!(!h.upstream_keepalive && h.client_close);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+
+        let (h, _) = final_head(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(h.upstream_keepalive);
+
+        let (h, out) = final_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.upstream_keepalive && !h.client_close);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+        );
+
+        let (h, _) = final_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false);
+        assert_eq!(h.framing, Framing::UntilClose);
+    }
+
+    #[test]
+    fn rfc9110_9_3_2_and_15_3_5_head_204_and_304_have_no_body() {
+        let (h, _) = final_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true);
+        assert_eq!(h.framing, Framing::Empty);
+        assert!(h.upstream_keepalive);
+        let (h, out) = final_head(
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(out, "HTTP/1.1 204 No Content\r\n\r\n");
+        let (h, out) = final_head(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!(
+            out,
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"
+        );
+        let (h, _) = final_head(
+            b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn rfc9110_8_6_content_length() {
+        let (h, out) = final_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX: y\r\nContent-Length: 3\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Length(3));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nX: y\r\ncontent-length: 3\r\n\r\n");
+        let (_, out) = final_head(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n", false);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n");
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        ] {
+            assert!(matches!(refused(bad), ResponseError::ContentLength(_)));
+        }
+    }
+
+    #[test]
+    fn rfc9112_6_1_transfer_encoding_shapes_that_could_be_read_two_ways() {
+        // RFC 9112 6.3: Transfer-Encoding overrides; Content-Length is not forwarded and the
+        // upstream connection is not reused.
+        let (h, out) = final_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.upstream_keepalive);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(
+            refused(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ResponseError::TransferEncodingInHttp10
+        );
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(refused(bad), ResponseError::ChunkedNotFinal);
+        }
+        assert!(matches!(
+            refused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\n"),
+            ResponseError::Syntax(_)
+        ));
+    }
+
+    #[test]
+    fn rfc9112_4_and_5_syntax() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nX : y\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nX: y\r\n folded\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n",
+            b"HTTP/1.1 200 OK\rX: y\r\n\r\n",
+            b"garbage\r\n\r\n",
+        ] {
+            assert!(
+                matches!(refused(bad), ResponseError::Syntax(_)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            refused(b"HTTP/1.1 101 Switching\r\n\r\n"),
+            ResponseError::UnexpectedSwitch
+        );
+        assert!(matches!(
+            refused(b"HTTP/1.1 000 Zero\r\n\r\n"),
+            ResponseError::Syntax(_)
+        ));
+    }
+
+    #[test]
+    fn rfc9110_7_6_1_hop_by_hop_fields_are_not_forwarded() {
+        let (_, out) = final_head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nUpgrade: h2c\r\nProxy-Connection: k\r\nTrailer: x-t\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nTrailer: x-t\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert_eq!(
+            refused(b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\n"),
+            ResponseError::Connection(ConnectionError::NamesEndToEndField)
+        );
+    }
+
+    #[test]
+    fn status_lines_and_interim_responses() {
+        for (status, line) in [(404, "404 Not Found"), (599, "599 "), (302, "302 Found")] {
+            let raw = format!("HTTP/1.1 {line}\r\ncontent-length: 0\r\n\r\n");
+            let (h, out) = final_head(raw.as_bytes(), false);
+            assert_eq!(h.status, status);
+            assert_eq!(out, format!("HTTP/1.1 {line}\r\ncontent-length: 0\r\n\r\n"));
+        }
+        assert_eq!(
+            response(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1", false, false).0,
+            ParsedResponse::Interim(25)
+        );
+        assert_eq!(
+            response(b"HTTP/1.1 200 OK\r\nContent-Le", false, false).0,
+            ParsedResponse::Partial
+        );
+        let (h, out) = response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
+        assert!(matches!(h, ParsedResponse::Final(h) if h.client_close));
+        assert!(out.ends_with("connection: close\r\n\r\n"));
+    }
+}
