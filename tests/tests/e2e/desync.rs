@@ -311,6 +311,7 @@ const AMBIGUOUS_REQUESTS: &[&[u8]] = &[
     b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
     b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 30\r\n\r\nx",
     b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 30\r\n\r\nx",
+    b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\nx",
     b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nx",
     b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
     b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
