@@ -506,7 +506,7 @@ impl BackgroundService for RegistryWatch {
                                 Err(_) => break,
                             }
                         }
-                        self.directory.apply_all(batch);
+                        self.directory.apply_all_resolving(batch).await;
                     }
                     None => {
                         if !*shutdown.borrow() {

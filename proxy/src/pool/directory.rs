@@ -154,7 +154,8 @@ impl Directory {
     pub fn refresh(&self, service: &str) {
         let mut inner = self.lock();
         let name: Arc<str> = service.into();
-        self.rebuild(&mut inner, &name);
+        // Instances are unchanged: every member keeps the address it had.
+        self.rebuild(&mut inner, &name, &Resolved::default());
     }
 
     /// Seeds the pools from a saved state (a cold start while the source is unreachable). It
@@ -204,8 +205,37 @@ impl Directory {
     }
 
     /// Applies a batch of events in order, then rebuilds each service they touched once: a
-    /// burst of updates (a bulk registration, a re-list) costs one swap per service.
+    /// burst of updates (a bulk registration, a re-list) costs one swap per service. Host
+    /// names are resolved first, on this thread and without the lock; an async caller uses
+    /// [`Directory::apply_all_resolving`] instead.
     pub fn apply_all(&self, events: impl IntoIterator<Item = SourceEvent>) {
+        let events: Vec<SourceEvent> = events.into_iter().collect();
+        let mut resolved = Resolved::default();
+        for name in host_names(&events) {
+            let addr = name.to_socket_addrs().map(|mut a| a.next());
+            resolved.insert(name, addr);
+        }
+        self.apply_resolved(events, &resolved);
+    }
+
+    /// As [`Directory::apply_all`], for the registry tasks: host names are resolved on the
+    /// runtime's blocking pool (`getaddrinfo` may take seconds), before the lock is taken.
+    pub async fn apply_all_resolving(&self, events: Vec<SourceEvent>) {
+        let mut resolved = Resolved::default();
+        for name in host_names(&events) {
+            let lookup =
+                tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name.clone()));
+            let addr = match lookup.await {
+                Ok(Ok(mut addrs)) => Ok(addrs.next()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+            };
+            resolved.insert(name, addr);
+        }
+        self.apply_resolved(events, &resolved);
+    }
+
+    fn apply_resolved(&self, events: Vec<SourceEvent>, resolved: &Resolved) {
         let mut inner = self.lock();
         let mut touched: Vec<Arc<str>> = Vec::new();
         for event in events {
@@ -216,7 +246,7 @@ impl Directory {
             }
         }
         for service in touched {
-            self.rebuild(&mut inner, &service);
+            self.rebuild(&mut inner, &service, resolved);
         }
         self.update_ready(&inner);
     }
@@ -292,7 +322,7 @@ impl Directory {
         }
     }
 
-    fn rebuild(&self, inner: &mut Inner, service: &Arc<str>) {
+    fn rebuild(&self, inner: &mut Inner, service: &Arc<str>, resolved: &Resolved) {
         let slot = Self::slot_locked(inner, service);
         let previous = slot.load_full();
         let before: HashMap<&str, &Member> = previous
@@ -332,7 +362,7 @@ impl Directory {
             };
             let socket = match before.get(spec.id.as_str()) {
                 Some(old) if old.spec.addr == spec.addr && old.socket.is_some() => old.socket,
-                _ => resolve(service, spec),
+                _ => resolve(service, spec, resolved),
             };
             members.push(Member {
                 key: instance_key(&spec.id),
@@ -388,17 +418,48 @@ impl Directory {
     }
 }
 
-/// Resolves `host:port` (an IP literal without DNS); `None`, logged, when it cannot be.
-fn resolve(service: &str, spec: &InstanceSpec) -> Option<SocketAddr> {
+/// Longest a host name's resolution may take before its instance is left without an address.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Host names resolved ahead of a rebuild: `host:port` to its first address, or why not.
+type Resolved = HashMap<String, std::io::Result<Option<SocketAddr>>>;
+
+/// The instance addresses in `events` that are not IP literals, once each.
+fn host_names(events: &[SourceEvent]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut note = |spec: &InstanceSpec| {
+        if spec.addr.parse::<SocketAddr>().is_err() && !names.contains(&spec.addr) {
+            names.push(spec.addr.clone());
+        }
+    };
+    for event in events {
+        match &event.update {
+            Update::Reset { services } => services.values().flatten().for_each(&mut note),
+            Update::Upsert { instance, .. } => note(instance),
+            Update::Remove { .. } => {}
+        }
+    }
+    names
+}
+
+/// The address of `host:port`: an IP literal as it is, a host name as resolved ahead;
+/// `None`, logged, when it cannot be.
+fn resolve(service: &str, spec: &InstanceSpec, resolved: &Resolved) -> Option<SocketAddr> {
     if let Ok(addr) = spec.addr.parse::<SocketAddr>() {
         return Some(addr);
     }
-    match spec.addr.to_socket_addrs() {
-        Ok(mut addrs) => addrs.next(),
-        Err(e) => {
+    match resolved.get(&spec.addr) {
+        Some(Ok(Some(addr))) => Some(*addr),
+        Some(Ok(None)) => {
+            tracing::warn!(%service, instance = %spec.id, addr = %spec.addr, "cannot resolve: no address");
+            None
+        }
+        Some(Err(e)) => {
             tracing::warn!(%service, instance = %spec.id, addr = %spec.addr, "cannot resolve: {e}");
             None
         }
+        // Unchanged instances keep their address; a new one is always resolved ahead.
+        None => None,
     }
 }
 
@@ -417,6 +478,45 @@ mod tests {
 
     fn spec(id: &str, port: u16) -> InstanceSpec {
         decode_value(id, format!("127.0.0.1:{port}").as_bytes()).unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn host_names_are_resolved_before_the_lock_and_off_the_runtime() {
+        let dir = Arc::new(Directory::new(Arc::new(Metrics::new()), &["test"]));
+        let slot = dir.slot("svc");
+        let named = |id: &str, addr: &str| decode_value(id, addr.as_bytes()).unwrap();
+        let reset = event(
+            1,
+            Update::Reset {
+                services: [(
+                    "svc".to_string(),
+                    vec![
+                        named("literal", "127.0.0.1:1"),
+                        named("name", "localhost:2"),
+                        named("nowhere", "no-such-host.invalid:3"),
+                    ],
+                )]
+                .into(),
+            },
+        );
+        // While the name is looked up, the directory answers (its lock is not held).
+        let applying = {
+            let dir = dir.clone();
+            tokio::spawn(async move { dir.apply_all_resolving(vec![reset]).await })
+        };
+        let _ = dir.slots();
+        applying.await.unwrap();
+        let pool = slot.load_full();
+        let socket = |id: &str| {
+            pool.members()
+                .iter()
+                .find(|m| m.spec.id == id)
+                .unwrap()
+                .socket
+        };
+        assert_eq!(socket("literal"), Some("127.0.0.1:1".parse().unwrap()));
+        assert!(socket("name").is_some_and(|a| a.ip().is_loopback() && a.port() == 2));
+        assert_eq!(socket("nowhere"), None);
     }
 
     #[test]

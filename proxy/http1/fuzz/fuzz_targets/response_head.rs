@@ -1,0 +1,55 @@
+//! The response head: never panics, and the head written for the client is sound — it parses
+//! again with the same status, carries no hop-by-hop field, at most one `Content-Length`, and
+//! the framing the proxy follows is the framing the client will read.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sluice_http1::response::parse_response;
+use sluice_http1::{Framing, ParsedResponse};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&flags, data)) = data.split_first() else {
+        return;
+    };
+    let head_request = flags & 1 == 1;
+    let client_close = flags & 2 == 2;
+    let mut out = Vec::new();
+    let Ok(ParsedResponse::Final(head)) = parse_response(data, head_request, client_close, &mut out)
+    else {
+        return;
+    };
+    assert!(head.head_len <= data.len());
+    let mut fields = [httparse::EMPTY_HEADER; 256];
+    let mut again = httparse::Response::new(&mut fields);
+    let status = again.parse(&out).expect("the client head parses");
+    assert_eq!(status, httparse::Status::Complete(out.len()));
+    assert_eq!(again.code, Some(head.status));
+    let mut lengths = Vec::new();
+    let mut chunked = false;
+    for field in again.headers.iter() {
+        let name = field.name.to_ascii_lowercase();
+        assert!(
+            !["keep-alive", "te", "upgrade", "proxy-connection"].contains(&name.as_str()),
+            "{name} forwarded"
+        );
+        if name == "connection" {
+            assert_eq!(field.value, b"close");
+        }
+        if name == "content-length" {
+            lengths.push(field.value.to_vec());
+        }
+        if name == "transfer-encoding" {
+            chunked = field.value.to_ascii_lowercase().ends_with(b"chunked");
+        }
+    }
+    assert!(lengths.len() <= 1);
+    match head.framing {
+        Framing::Length(n) => {
+            assert!(!chunked);
+            assert_eq!(lengths, [n.to_string().into_bytes()]);
+        }
+        Framing::Chunked => assert!(chunked && lengths.is_empty()),
+        Framing::UntilClose => assert!(head.client_close && !head.upstream_keepalive),
+        Framing::Empty => {}
+    }
+});
