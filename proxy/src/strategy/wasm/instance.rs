@@ -226,10 +226,37 @@ impl ThreadInstance {
         }
         // The guest could overwrite the records; rewrite them all after anything unusual.
         self.written = Some((pool.generation(), n));
-        self.store.data_mut().headers = HeadersPtr(headers.map(|h| {
+        // The guest reads the request's headers during the call only: the guard clears the
+        // pointer when it drops, after the call returns or while a panic unwinds through it.
+        let mut store = LentHeaders::lend(&mut self.store, headers);
+        // Each call starts with a fresh deadline: a CPU mark left by an earlier call that was
+        // descheduled across a tick would make the next firing interrupt a healthy pick.
+        store.data_mut().deadline = DeadlineState::default();
+        self.ticker.call_starting();
+        store.set_epoch_deadline(self.deadline_ticks);
+        let result = self.pick.call(&mut *store, n as i32);
+        drop(store);
+        if result.is_err() {
+            self.written = None;
+        }
+        Ok(result?)
+    }
+}
+
+/// The store while a request's headers are lent to the guest: `HostState::headers` points at
+/// them with its lifetime erased, and is cleared when this guard drops, so no path (a return,
+/// an error, a panic) leaves a pointer to headers that are gone.
+struct LentHeaders<'s> {
+    store: &'s mut Store<HostState>,
+}
+
+impl<'s> LentHeaders<'s> {
+    fn lend(store: &'s mut Store<HostState>, headers: Option<&dyn RequestHeaders>) -> Self {
+        store.data_mut().headers = HeadersPtr(headers.map(|h| {
             let h: *const (dyn RequestHeaders + '_) = h;
-            // SAFETY: only the lifetime is erased; the pointer is cleared below, before `h`'s
-            // borrow ends, and read only during the call (see HeadersPtr).
+            // SAFETY: only the lifetime is erased. The guard that clears the pointer lives
+            // shorter than `h`'s borrow (it is dropped in `pick` before that returns), and
+            // the pointer is read only during the call (see HeadersPtr).
             unsafe {
                 std::mem::transmute::<
                     *const (dyn RequestHeaders + '_),
@@ -237,16 +264,48 @@ impl ThreadInstance {
                 >(h)
             }
         }));
-        // Each call starts with a fresh deadline: a CPU mark left by an earlier call that was
-        // descheduled across a tick would make the next firing interrupt a healthy pick.
-        self.store.data_mut().deadline = DeadlineState::default();
-        self.ticker.call_starting();
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        let result = self.pick.call(&mut self.store, n as i32);
+        Self { store }
+    }
+}
+
+impl Drop for LentHeaders<'_> {
+    fn drop(&mut self) {
         self.store.data_mut().headers = HeadersPtr(None);
-        if result.is_err() {
-            self.written = None;
+    }
+}
+
+impl std::ops::Deref for LentHeaders<'_> {
+    type Target = Store<HostState>;
+    fn deref(&self) -> &Self::Target {
+        self.store
+    }
+}
+
+impl std::ops::DerefMut for LentHeaders<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lent_headers_are_taken_back_even_when_the_call_panics() {
+        let engine = wasmtime::Engine::default();
+        let mut store = Store::new(&engine, HostState::new("t".into(), 1 << 20));
+        let headers = http::HeaderMap::new();
+        {
+            let lent = LentHeaders::lend(&mut store, Some(&headers));
+            assert!(lent.data().headers.0.is_some());
         }
-        Ok(result?)
+        assert!(store.data().headers.0.is_none(), "cleared after a normal return");
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _lent = LentHeaders::lend(&mut store, Some(&headers));
+            panic!("a host function panicked");
+        }));
+        assert!(unwound.is_err());
+        assert!(store.data().headers.0.is_none(), "cleared while unwinding");
     }
 }
