@@ -41,12 +41,39 @@ pub fn metric(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A port nobody listens on right now (bound, read, released).
+/// A loopback port for a listener a test starts by address (the gateway's, etcd's), that no
+/// other listener of the tests can get: it lies below the kernel's ephemeral range, so no
+/// `bind(…:0)` (every test upstream's) and no client's source port is ever given it; this
+/// process never hands it out twice (etcd restarted on its old port keeps it); and it was
+/// free when handed out. Processes start at different offsets of the range.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = reserved_ports();
+    let span = u32::from(high - low);
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "every test port of {low}..{high} was handed out");
+        // Below `high` (a u16): fits.
+        let port = low + ((offset + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The ports below the ephemeral range (`net.ipv4.ip_local_port_range`), from 10000.
+fn reserved_ports() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    assert!(
+        ephemeral_low >= 12000,
+        "the ephemeral port range starts at {ephemeral_low}: no room below it for test ports"
+    );
+    (10000, ephemeral_low)
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
