@@ -217,18 +217,18 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
         method,
         target,
         version,
-        host,
+        (host, framing),
         fields,
         line_end(),
         body,
         damage,
     )
         .prop_map(
-            |(method, target, version, host, fields, end, body, damage)| {
+            |(method, target, version, (host, framing), fields, end, body, damage)| {
                 let mut raw = format!("{method} {target} {version}").into_bytes();
                 raw.extend_from_slice(end);
-                if let Some(host) = host {
-                    raw.extend_from_slice(&host);
+                for field in host.into_iter().chain(framing) {
+                    raw.extend_from_slice(&field);
                     raw.extend_from_slice(b"\r\n");
                 }
                 for (field, end) in fields {

@@ -10,6 +10,7 @@ mod fast;
 mod forward;
 mod peer;
 mod proxy;
+mod retry;
 mod route_metrics;
 mod router;
 

@@ -12,6 +12,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::context::{LocalAnswer, RequestCtx};
+use super::retry::{may_retry, Failed};
 use super::{forward, Route, Router};
 use crate::config::HashOn;
 use crate::strategy::PickRequest;
@@ -376,15 +377,20 @@ impl ProxyHttp for Gateway {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.attempt_failed(ctx);
         let retries = ctx.route.as_ref().map_or(0, |r| r.spec.retries);
-        // Nothing reached the upstream: safe to retry any method on another instance.
-        e.set_retry(ctx.attempts <= retries);
+        e.set_retry(may_retry(
+            Failed::BeforeSending,
+            session.req_header().method.is_idempotent(),
+            true,
+            ctx.attempts,
+            retries,
+        ));
         e
     }
 
@@ -394,20 +400,26 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut Self::CTX,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
         self.attempt_failed(ctx);
         let mut e = e.more_context(format!("peer: {peer}"));
         let retries = ctx.route.as_ref().map_or(0, |r| r.spec.retries);
-        // Bytes may have reached the upstream: only idempotent methods are retried.
-        if ctx.attempts > retries
-            || !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
+        let failed = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::InvalidHTTPHeader => {
+                Failed::Final
+            }
+            _ if e.esource() == &ErrorSource::Downstream => Failed::Final,
+            _ => Failed::AfterSending,
+        };
+        // The same rule as the fast path's, whether the connection was new or reused.
+        e.set_retry(may_retry(
+            failed,
+            session.req_header().method.is_idempotent(),
+            !session.as_ref().retry_buffer_truncated(),
+            ctx.attempts,
+            retries,
+        ));
         e
     }
 

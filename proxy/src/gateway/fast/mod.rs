@@ -35,6 +35,7 @@ use self::head::{ParsedRequest, RequestHead};
 use self::upstream::{ConnectError, Upstream};
 use super::context::{InFlightHold, TriedInstances};
 use super::proxy::{hash_request, no_instance_body, Gateway};
+use super::retry::{may_retry, Failed};
 use super::{forward, Route};
 use crate::pool::InFlightGuard;
 use crate::strategy::PickRequest;
@@ -398,6 +399,14 @@ impl FastPath {
                 {
                     Err(e) => Err(e),
                     Ok(up) => {
+                        // The route's timeout runs from the request's sending: a new
+                        // connection's connect time is not part of it (its own limit is
+                        // `connect_timeout`), as on the pingora path.
+                        let sending = if up.reused {
+                            attempt_start
+                        } else {
+                            Instant::now()
+                        };
                         let Buffers {
                             request,
                             response,
@@ -406,7 +415,7 @@ impl FastPath {
                         } = &mut *bufs;
                         let exchange =
                             exchange(up, req.is_head(), client_close, request, response, head);
-                        let due = tokio::time::Instant::from_std(attempt_start) + timeouts.io;
+                        let due = tokio::time::Instant::from_std(sending) + timeouts.io;
                         watched(exchange, due, &mut client.deadline, client.stream, early).await
                     }
                 };
@@ -451,8 +460,14 @@ impl FastPath {
                 Err(e) => {
                     self.gateway.attempt_failed_on(route, &attempt);
                     record.attempt = Some(attempt);
-                    let retry =
-                        record.attempts <= route.spec.retries && e.retryable(req.idempotent());
+                    // The body is buffered whole before the first try: always at hand.
+                    let retry = may_retry(
+                        e.failed(),
+                        req.idempotent(),
+                        true,
+                        record.attempts,
+                        route.spec.retries,
+                    );
                     if !retry {
                         return self.fail(client, route, record, Failure::Upstream(e)).await;
                     }
@@ -742,17 +757,16 @@ enum AttemptError {
 }
 
 impl AttemptError {
-    /// Whether another instance may be tried: always when nothing reached the upstream; when
-    /// the request went out and no response came back, if the method is idempotent (the
-    /// contract: a request whose body was sent is not retried unless idempotent). Timeouts and
-    /// malformed responses are answered, not retried.
-    fn retryable(&self, idempotent: bool) -> bool {
+    /// How far the try got, for the retry rule (`gateway::retry`).
+    fn failed(&self) -> Failed {
         match self {
-            AttemptError::Connect(_) => true,
+            AttemptError::Connect(_) => Failed::BeforeSending,
             AttemptError::Write { .. }
             | AttemptError::Read { .. }
-            | AttemptError::Closed { .. } => idempotent,
-            AttemptError::TimedOut | AttemptError::BadResponse | AttemptError::ClientGone => false,
+            | AttemptError::Closed { .. } => Failed::AfterSending,
+            AttemptError::TimedOut | AttemptError::BadResponse | AttemptError::ClientGone => {
+                Failed::Final
+            }
         }
     }
 

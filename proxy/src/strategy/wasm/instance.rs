@@ -300,7 +300,10 @@ mod tests {
             let lent = LentHeaders::lend(&mut store, Some(&headers));
             assert!(lent.data().headers.0.is_some());
         }
-        assert!(store.data().headers.0.is_none(), "cleared after a normal return");
+        assert!(
+            store.data().headers.0.is_none(),
+            "cleared after a normal return"
+        );
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _lent = LentHeaders::lend(&mut store, Some(&headers));
             panic!("a host function panicked");
