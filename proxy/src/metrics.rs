@@ -204,6 +204,31 @@ impl Metrics {
             ),
             registry,
         }
+        .with_process_and_build_info()
+    }
+
+    /// `sluice_build_info{version} 1` and the standard `process_*` families (CPU seconds,
+    /// open and max fds, resident memory, start time), read from `/proc` on each scrape.
+    fn with_process_and_build_info(self) -> Self {
+        #[allow(clippy::expect_used)] // fixed, valid name and label: cannot fail
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "sluice_build_info",
+                "1, labelled with the running build's version.",
+            ),
+            &["version"],
+        )
+        .expect("valid gauge family");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        register(&self.registry, build_info);
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        #[allow(clippy::expect_used)] // registered once into a fresh registry: cannot fail
+        self.registry
+            .register(Box::new(process))
+            .expect("the process collector is registered once");
+        self
     }
 
     /// The registry, for collectors added elsewhere.

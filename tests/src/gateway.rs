@@ -149,8 +149,9 @@ impl Gateway {
         } else {
             "threads = 2\n"
         };
+        let path = request_path_switch(proxy_extra);
         let config = format!(
-            "[proxy]\nlisten = [\"{proxy}\"]\n{threads}grace_period = \"10s\"\n{proxy_extra}\n\n\
+            "[proxy]\nlisten = [\"{proxy}\"]\n{threads}{path}grace_period = \"10s\"\n{proxy_extra}\n\n\
              [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n{registry}\n\
              [log]\nformat = \"{log_format}\"\nlevel = \"info\"\naccess_log = true\n\n{rest}"
         );
@@ -338,6 +339,18 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The harness switch for the request path: with `SLUICE_TEST_FAST_PATH=false` every gateway
+/// a test starts serves through pingora's proxy (`proxy.fast_path = false`), unless the test
+/// chose the path itself. `.ci/run` runs the path-sensitive suites once more that way.
+fn request_path_switch(proxy_extra: &str) -> &'static str {
+    let off = std::env::var("SLUICE_TEST_FAST_PATH").is_ok_and(|v| v == "false");
+    if off && !proxy_extra.contains("fast_path") {
+        "fast_path = false\n"
+    } else {
+        ""
     }
 }
 

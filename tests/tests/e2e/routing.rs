@@ -302,6 +302,16 @@ async fn metrics_families_are_exported() {
         r#"sluice_pool_instances{service="svc",state="eligible"} 1"#,
         r#"sluice_pool_swaps_total{service="svc"} 1"#,
         r#"sluice_registry_events_total{kind="reset",source="file"} 1"#,
+        concat!(
+            r#"sluice_build_info{version=""#,
+            env!("CARGO_PKG_VERSION"),
+            r#""} 1"#
+        ),
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_resident_memory_bytes ",
+        "process_start_time_seconds ",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
