@@ -89,42 +89,16 @@ impl Reloader {
         let certificates =
             crate::server::load_certificates(&new).map_err(|e| vec![e.to_string()])?;
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        for (what, changed) in [
-            (
-                "proxy.listen / proxy.threads",
-                current.proxy.listen != new.proxy.listen
-                    || current.proxy.threads != new.proxy.threads,
-            ),
-            (
-                "proxy.tls.listen / proxy.tls.h2",
-                current.proxy.tls.as_ref().map(|t| (&t.listen, t.h2))
-                    != new.proxy.tls.as_ref().map(|t| (&t.listen, t.h2)),
-            ),
-            (
-                "proxy.header_timeout / max_headers / max_header_bytes",
-                current.proxy.header_timeout != new.proxy.header_timeout
-                    || current.proxy.max_headers != new.proxy.max_headers
-                    || current.proxy.max_header_bytes != new.proxy.max_header_bytes,
-            ),
-            ("admin", current.admin != new.admin),
-            ("registry", current.registry != new.registry),
-            (
-                "services.*.health_check / passive",
-                current.services.iter().any(|(name, p)| {
-                    new.services
-                        .get(name)
-                        .is_none_or(|n| n.health_check != p.health_check || n.passive != p.passive)
-                }) || new.services.len() != current.services.len(),
-            ),
-        ] {
-            if changed {
-                tracing::warn!(
-                    "config reload: {what} changed; that part takes effect at the next restart"
-                );
-            }
+        for key in restart_only_changes(&current, &new) {
+            tracing::warn!(
+                key,
+                "config reload: {key} changed; the running value stays until the next restart"
+            );
         }
         self.strategies.store(Arc::new(strategies));
         self.router.store(Arc::new(router));
+        self.directory
+            .set_default_schemes(crate::server::default_schemes(&new));
         if let (Some(resolver), Some(index)) = (&self.tls, certificates) {
             // Renewed certificates are served from the next handshake on.
             crate::server::log_certificates(&index);
@@ -133,6 +107,67 @@ impl Reloader {
         *current = new;
         Ok(())
     }
+}
+
+/// The settings a reload does not apply (they shape listeners, threads, the registry watch or
+/// the process log), one key each, when `new` changes them. Everything else applies: routes and
+/// their services' `connect_timeout`, `upstream_tls` and `scheme`, strategies and plugins,
+/// `proxy.upstream_idle_timeout` (for connections kept from then on), `log.access_log`, and
+/// the TLS certificates.
+pub(crate) fn restart_only_changes(current: &Config, new: &Config) -> Vec<String> {
+    let (p, q) = (&current.proxy, &new.proxy);
+    let mut changed: Vec<String> = [
+        ("proxy.listen", p.listen != q.listen),
+        ("proxy.threads", p.threads != q.threads),
+        ("proxy.grace_period", p.grace_period != q.grace_period),
+        (
+            "proxy.upstream_keepalive_pool_size",
+            p.upstream_keepalive_pool_size != q.upstream_keepalive_pool_size,
+        ),
+        ("proxy.max_headers", p.max_headers != q.max_headers),
+        (
+            "proxy.max_header_bytes",
+            p.max_header_bytes != q.max_header_bytes,
+        ),
+        ("proxy.work_stealing", p.work_stealing != q.work_stealing),
+        ("proxy.fast_path", p.fast_path != q.fast_path),
+        ("proxy.header_timeout", p.header_timeout != q.header_timeout),
+        (
+            "proxy.tls.listen",
+            p.tls.as_ref().map(|t| &t.listen) != q.tls.as_ref().map(|t| &t.listen),
+        ),
+        (
+            "proxy.tls.h2",
+            p.tls.as_ref().map(|t| t.h2) != q.tls.as_ref().map(|t| t.h2),
+        ),
+        ("admin.listen", current.admin.listen != new.admin.listen),
+        ("admin.token", current.admin.token != new.admin.token),
+        ("registry", current.registry != new.registry),
+        ("log.format", current.log.format != new.log.format),
+        ("log.level", current.log.level != new.log.level),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(key, _)| key.to_string())
+    .collect();
+    let names: std::collections::BTreeSet<&String> =
+        current.services.keys().chain(new.services.keys()).collect();
+    let default = crate::config::ServicePolicy::default();
+    for name in names {
+        let before = current.services.get(name).unwrap_or(&default);
+        let after = new.services.get(name).unwrap_or(&default);
+        for (field, differs) in [
+            ("health_check", before.health_check != after.health_check),
+            ("passive", before.passive != after.passive),
+            ("format", before.format != after.format),
+            ("key_prefix", before.key_prefix != after.key_prefix),
+        ] {
+            if differs {
+                changed.push(format!("services.{name}.{field}"));
+            }
+        }
+    }
+    changed
 }
 
 /// Reloads on SIGHUP.
@@ -173,5 +208,37 @@ impl BackgroundService for ReloadOnSignal {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        crate::config::parse(std::path::Path::new("sluice.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn each_restart_only_setting_a_reload_ignores_is_named() {
+        let base = "[proxy]\nlisten = [\"127.0.0.1:8080\"]\n\n[registry]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n\n\
+                    [[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n";
+        let same = config(base);
+        assert!(restart_only_changes(&same, &config(base)).is_empty());
+        let changed = config(
+            "[proxy]\nlisten = [\"127.0.0.1:8081\"]\nthreads = 1\nmax_headers = 50\n\
+             upstream_idle_timeout = \"5s\"\n\n[registry]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n\n\
+             [log]\naccess_log = true\n\n[services.svc]\nformat = \"kratos\"\nscheme = \"grpc\"\n\n\
+             [[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\ntimeout = \"1s\"\n",
+        );
+        assert_eq!(
+            restart_only_changes(&same, &changed),
+            [
+                "proxy.listen",
+                "proxy.threads",
+                "proxy.max_headers",
+                "services.svc.format"
+            ]
+        );
     }
 }

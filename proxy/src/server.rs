@@ -311,7 +311,6 @@ impl Parts {
                 max_header_bytes: cfg.proxy.max_header_bytes,
             },
             self.directory.clone(),
-            cfg.log.access_log,
             ejections,
         );
         // Without work stealing, one single-threaded shard per proxy thread (see
@@ -338,7 +337,6 @@ impl Parts {
                 app = app.with_fast_path(FastPath::new(
                     gateway.clone(),
                     cfg.proxy.upstream_keepalive_pool_size,
-                    cfg.proxy.upstream_idle_timeout,
                     max_head_bytes,
                 ));
             }
@@ -420,6 +418,7 @@ impl Parts {
                 })
             })
             .collect();
+        self.directory.set_default_schemes(default_schemes(cfg));
         self.directory.set_wait_first(
             cfg.services
                 .iter()
@@ -545,3 +544,13 @@ struct NoCallbacks;
 
 #[async_trait]
 impl pingora::listeners::TlsAccept for NoCallbacks {}
+
+/// `[services.NAME] scheme`, by service: for instances whose registry value names none.
+pub(crate) fn default_schemes(
+    cfg: &Config,
+) -> std::collections::HashMap<String, crate::registry::Scheme> {
+    cfg.services
+        .iter()
+        .filter_map(|(name, policy)| policy.scheme.map(|s| (name.clone(), s)))
+        .collect()
+}

@@ -139,6 +139,14 @@ impl GrpcUpstream {
     }
 }
 
+impl GrpcUpstream {
+    /// The instance line without a scheme, as a registrar that writes a bare `host:port`
+    /// (go-zero's zrpc) leaves it.
+    pub fn bare_instance(&self) -> String {
+        format!("{{ id = \"{}\", addr = \"{}\" }}", self.id, self.addr)
+    }
+}
+
 impl Drop for GrpcUpstream {
     fn drop(&mut self) {
         self.task.abort();

@@ -131,6 +131,7 @@ pub(super) struct ServiceSection {
     pub(super) format: Option<String>,
     pub(super) key_prefix: Option<String>,
     pub(super) upstream_tls: Option<UpstreamTlsSection>,
+    pub(super) scheme: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

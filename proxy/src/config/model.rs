@@ -288,6 +288,8 @@ pub struct ServicePolicy {
     pub key_prefix: Option<String>,
     /// How `https`/`grpcs` instances are verified.
     pub upstream_tls: UpstreamTlsSpec,
+    /// The scheme of instances whose registry value names none (go-zero's bare `host:port`).
+    pub scheme: Option<crate::registry::Scheme>,
 }
 
 impl Config {

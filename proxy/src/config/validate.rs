@@ -319,6 +319,18 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 }),
             },
             key_prefix: section.key_prefix.clone(),
+            scheme: section.scheme.as_deref().and_then(|name| {
+                let scheme = crate::registry::Scheme::from_name(name);
+                if scheme.is_none() {
+                    issues.push(
+                        format!("{key}.scheme"),
+                        format!(
+                            "unknown scheme {name:?}: expected one of \"http\", \"https\", \"grpc\", \"grpcs\""
+                        ),
+                    );
+                }
+                scheme
+            }),
             upstream_tls: section
                 .upstream_tls
                 .as_ref()

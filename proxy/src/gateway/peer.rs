@@ -120,6 +120,7 @@ mod tests {
             tags: Vec::new(),
             metadata: Default::default(),
             scheme,
+            scheme_named: true,
         }
     }
 

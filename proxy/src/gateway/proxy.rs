@@ -23,7 +23,6 @@ pub struct Gateway {
     pub(super) router: Arc<ArcSwap<Router>>,
     pub(super) limits: HeaderLimits,
     directory: Arc<crate::pool::Directory>,
-    pub(super) access_log: bool,
     ejections: Option<crate::health::EjectionRequests>,
 }
 
@@ -75,14 +74,12 @@ impl Gateway {
         router: Arc<ArcSwap<Router>>,
         limits: HeaderLimits,
         directory: Arc<crate::pool::Directory>,
-        access_log: bool,
         ejections: Option<crate::health::EjectionRequests>,
     ) -> Self {
         Self {
             router,
             limits,
             directory,
-            access_log,
             ejections,
         }
     }
@@ -500,7 +497,11 @@ impl ProxyHttp for Gateway {
         if let Some(route) = &ctx.route {
             route.metrics.record(status, elapsed);
         }
-        if self.access_log {
+        let access_log = match &ctx.route {
+            Some(route) => route.access_log,
+            None => self.router.load().access_log,
+        };
+        if access_log {
             let req = session.req_header();
             tracing::info!(
                 target: "sluice::access",

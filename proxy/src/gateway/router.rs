@@ -26,6 +26,8 @@ pub struct Route {
     pub eject_after: Option<u32>,
     /// How the service's `https`/`grpcs` instances are verified.
     pub upstream_tls: Arc<UpstreamTls>,
+    /// `[log] access_log`: reloaded with the routes, on both request paths.
+    pub access_log: bool,
     pub(crate) metrics: RouteMetrics,
 }
 
@@ -77,6 +79,8 @@ pub enum RouterError {
 #[derive(Debug, Default)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    /// `[log] access_log`, for requests no route matched.
+    pub access_log: bool,
 }
 
 impl Router {
@@ -117,6 +121,7 @@ impl Router {
                 idle_timeout: config.proxy.upstream_idle_timeout,
                 eject_after: policy.passive.as_ref().map(|p| p.consecutive_failures),
                 upstream_tls: tls,
+                access_log: config.log.access_log,
                 metrics: RouteMetrics::new(directory.metrics(), &spec.name, &spec.service),
                 spec: spec.clone(),
             }));
@@ -128,7 +133,10 @@ impl Router {
                 r.spec.hosts.is_empty(),
             )
         });
-        Ok(Self { routes })
+        Ok(Self {
+            routes,
+            access_log: config.log.access_log,
+        })
     }
 
     /// The route for `host` (any case, without port) and `path`.

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use super::{instance_key, InstanceLive, Member, Pool};
 use crate::metrics::Metrics;
-use crate::registry::{InstanceSpec, SourceEvent, Update};
+use crate::registry::{InstanceSpec, Scheme, SourceEvent, Update};
 
 /// The one atomically swapped pool of one service. Routes hold the slot; requests load the pool.
 #[derive(Debug)]
@@ -58,6 +58,8 @@ struct Inner {
     expected_sources: Vec<String>,
     /// Services whose new instances wait for a passing health check (`wait_first`).
     wait_first: HashSet<String>,
+    /// `[services.NAME] scheme`: for instances whose registry value names none.
+    default_schemes: HashMap<String, Scheme>,
 }
 
 /// Every service the gateway knows, by name.
@@ -148,6 +150,22 @@ impl Directory {
     /// Services whose new instances get no traffic until their first health check passes.
     pub fn set_wait_first(&self, services: impl IntoIterator<Item = String>) {
         self.lock().wait_first = services.into_iter().collect();
+    }
+
+    /// Sets the scheme of each service's instances whose registry value names none, and
+    /// rebuilds the services whose setting changed.
+    pub fn set_default_schemes(&self, schemes: HashMap<String, Scheme>) {
+        let mut inner = self.lock();
+        let changed: Vec<Arc<str>> = inner
+            .slots
+            .keys()
+            .filter(|name| inner.default_schemes.get(&***name) != schemes.get(&***name))
+            .cloned()
+            .collect();
+        inner.default_schemes = schemes;
+        for service in changed {
+            self.rebuild(&mut inner, &service, &Resolved::default());
+        }
     }
 
     /// Rebuilds and swaps the pool of `service` (after a health change).
@@ -331,8 +349,10 @@ impl Directory {
             .map(|m| (m.spec.id.as_str(), m))
             .collect();
         let specs = inner.instances.get(service);
+        let default_scheme = inner.default_schemes.get(&**service).copied();
         let mut members = Vec::with_capacity(specs.map_or(0, BTreeMap::len));
         for spec in specs.into_iter().flat_map(|m| m.values()) {
+            let spec = &with_default_scheme(spec, default_scheme);
             // An unchanged instance carries over as it was: same live state, key and address.
             if let Some(old) = before.get(spec.id.as_str()) {
                 if Arc::ptr_eq(&old.spec, spec) || old.spec == *spec {
@@ -420,6 +440,18 @@ impl Directory {
 
 /// Longest a host name's resolution may take before its instance is left without an address.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `spec`, with `default` as its scheme when its registry value named none.
+fn with_default_scheme(spec: &Arc<InstanceSpec>, default: Option<Scheme>) -> Arc<InstanceSpec> {
+    match default {
+        Some(scheme) if !spec.scheme_named && spec.scheme != scheme => {
+            let mut defaulted = (**spec).clone();
+            defaulted.scheme = scheme;
+            Arc::new(defaulted)
+        }
+        _ => spec.clone(),
+    }
+}
 
 /// Host names resolved ahead of a rebuild: `host:port` to its first address, or why not.
 type Resolved = HashMap<String, std::io::Result<Option<SocketAddr>>>;

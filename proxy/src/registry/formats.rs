@@ -125,6 +125,7 @@ fn grpc_naming(id: &str, value: &[u8]) -> Result<Vec<InstanceSpec>, DecodeError>
     spec.metadata = metadata_of(v.metadata);
     if spec.scheme == Scheme::Http && !v.addr.contains("://") {
         spec.scheme = Scheme::Grpc; // it is gRPC naming: cleartext gRPC unless a URL says else
+        spec.scheme_named = true;
     }
     from_metadata(&mut spec);
     Ok(vec![spec])
@@ -186,6 +187,7 @@ fn go_micro(value: &[u8]) -> Result<Vec<InstanceSpec>, DecodeError> {
             if let Some(proto) = spec.metadata.get("protocol").and_then(|p| p.as_str()) {
                 if proto == "grpc" {
                     spec.scheme = Scheme::Grpc;
+                    spec.scheme_named = true;
                 }
             }
             from_metadata(&mut spec);

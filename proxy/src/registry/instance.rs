@@ -2,25 +2,41 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Registration status; only `Up` receives traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+/// Registration status; only `Up` receives traffic. Read in any case (`UP`, `up`, `Up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum Status {
     #[default]
-    #[serde(rename = "UP", alias = "up")]
+    #[serde(rename = "UP")]
     Up,
-    #[serde(rename = "STARTING", alias = "starting")]
+    #[serde(rename = "STARTING")]
     Starting,
-    #[serde(rename = "DOWN", alias = "down")]
+    #[serde(rename = "DOWN")]
     Down,
-    #[serde(rename = "OUT_OF_SERVICE", alias = "out_of_service")]
+    #[serde(rename = "OUT_OF_SERVICE")]
     OutOfService,
-    #[serde(rename = "MAINTENANCE", alias = "maintenance")]
+    #[serde(rename = "MAINTENANCE")]
     Maintenance,
-    #[serde(rename = "DRAINING", alias = "draining")]
+    #[serde(rename = "DRAINING")]
     Draining,
 }
 
 impl Status {
+    const ALL: [Status; 6] = [
+        Status::Up,
+        Status::Starting,
+        Status::Down,
+        Status::OutOfService,
+        Status::Maintenance,
+        Status::Draining,
+    ];
+
+    /// The status named `name`, in any case.
+    pub fn from_name(name: &str) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(name))
+    }
+
     /// The status as written in the registry.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,8 +50,8 @@ impl Status {
     }
 }
 
-/// How the gateway talks to the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+/// How the gateway talks to the instance. Read in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     #[default]
@@ -46,12 +62,110 @@ pub enum Scheme {
 }
 
 impl Scheme {
+    /// The scheme named `name`, in any case.
+    pub fn from_name(name: &str) -> Option<Scheme> {
+        [Scheme::Http, Scheme::Https, Scheme::Grpc, Scheme::Grpcs]
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// The TLS variant of this scheme (kratos' `isSecure=true`).
+    fn secure(self) -> Scheme {
+        match self {
+            Scheme::Http | Scheme::Https => Scheme::Https,
+            Scheme::Grpc | Scheme::Grpcs => Scheme::Grpcs,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
             Scheme::Grpc => "grpc",
             Scheme::Grpcs => "grpcs",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Status {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Status::from_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown status {name:?}: expected UP, STARTING, DOWN, OUT_OF_SERVICE, MAINTENANCE or DRAINING"
+            ))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Scheme {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Scheme::from_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown scheme {name:?}: expected http, https, grpc or grpcs"
+            ))
+        })
+    }
+}
+
+/// What real encoders write (SPEC §4): a Go struct without `omitempty` writes `null` or `""`
+/// for every unset field, and some write numbers as strings. `null` and `""` read as absent.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+
+    use super::{Scheme, Status};
+
+    /// A text field; `null` and `""` are absent.
+    pub(super) fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+    }
+
+    pub(super) fn status<'de, D: Deserializer<'de>>(d: D) -> Result<Status, D::Error> {
+        match text(d)? {
+            None => Ok(Status::default()),
+            Some(name) => Status::deserialize(serde::de::value::StringDeserializer::new(name)),
+        }
+    }
+
+    pub(super) fn scheme<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Scheme>, D::Error> {
+        text(d)?
+            .map(|name| Scheme::deserialize(serde::de::value::StringDeserializer::new(name)))
+            .transpose()
+    }
+
+    pub(super) fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+    }
+
+    pub(super) fn metadata<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, D::Error> {
+        Ok(Option::deserialize(d)?.unwrap_or_default())
+    }
+
+    /// A weight as a number or a numeric string (`100`, `"100"`); `null` and `""` are absent.
+    pub(super) fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Weight {
+            Number(u64),
+            Text(String),
+        }
+        let invalid = |shown: &str| {
+            serde::de::Error::custom(format!("weight {shown} is not a whole number 0-10000"))
+        };
+        match Option::<Weight>::deserialize(d)? {
+            None => Ok(None),
+            Some(Weight::Number(n)) => u32::try_from(n)
+                .map(Some)
+                .map_err(|_| invalid(&n.to_string())),
+            Some(Weight::Text(t)) if t.trim().is_empty() => Ok(None),
+            Some(Weight::Text(t)) => t
+                .trim()
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| invalid(&format!("{t:?}"))),
         }
     }
 }
@@ -81,6 +195,10 @@ pub struct InstanceSpec {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub scheme: Scheme,
+    /// The value named its scheme (a `scheme` field, a URL, a format that implies one); when
+    /// not, the service's `[services.NAME] scheme` applies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scheme_named: bool,
 }
 
 /// Why a registry value was skipped.
@@ -96,19 +214,25 @@ pub enum DecodeError {
     WeightTooHigh(u32),
 }
 
-/// The canonical JSON value; every field but `addr` optional, unknown fields ignored.
+/// The canonical JSON value; every field but `addr` optional, unknown fields ignored, and
+/// read as real encoders write it (see `lenient`).
 #[derive(Debug, Deserialize)]
 pub(super) struct CanonicalRecord {
+    #[serde(default, deserialize_with = "lenient::text")]
     pub(super) addr: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::status")]
     pub(super) status: Status,
+    #[serde(default, deserialize_with = "lenient::weight")]
     pub(super) weight: Option<u32>,
+    #[serde(default, deserialize_with = "lenient::text")]
     pub(super) version: Option<String>,
+    #[serde(default, deserialize_with = "lenient::text")]
     pub(super) zone: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::tags")]
     pub(super) tags: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::metadata")]
     pub(super) metadata: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, deserialize_with = "lenient::scheme")]
     pub(super) scheme: Option<Scheme>,
 }
 
@@ -141,28 +265,42 @@ impl CanonicalRecord {
             zone: self.zone,
             tags: self.tags,
             metadata: self.metadata,
+            scheme_named: self.scheme.is_some() || url_scheme.is_some(),
             scheme: self.scheme.or(url_scheme).unwrap_or_default(),
         })
     }
 }
 
-/// Splits `http://host:port/` or `host:port` into an optional scheme and `host:port`.
+/// Splits `http://host:port/`, `http://host:port?isSecure=true` (kratos) or `host:port` into
+/// an optional scheme and `host:port`. `isSecure=true` in the query means TLS (`https`,
+/// `grpcs`).
 fn split_address(raw: &str) -> Result<(Option<Scheme>, String), DecodeError> {
     let raw = raw.trim();
     let (scheme, rest) = match raw.split_once("://") {
         Some((s, rest)) => {
-            let scheme = match s.to_ascii_lowercase().as_str() {
-                "http" => Scheme::Http,
-                "https" => Scheme::Https,
-                "grpc" => Scheme::Grpc,
-                "grpcs" => Scheme::Grpcs,
-                _ => return Err(DecodeError::BadAddr(raw.to_string())),
-            };
+            let scheme =
+                Scheme::from_name(s).ok_or_else(|| DecodeError::BadAddr(raw.to_string()))?;
             (Some(scheme), rest)
         }
         None => (None, raw),
     };
-    let host_port = rest.split('/').next().unwrap_or_default();
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host_port = &rest[..end];
+    let secure = rest[end..]
+        .split_once('?')
+        .map(|(_, query)| query.split('#').next().unwrap_or(query))
+        .is_some_and(|query| {
+            query.split('&').any(|pair| {
+                pair.split_once('=').is_some_and(|(k, v)| {
+                    k.eq_ignore_ascii_case("isSecure") && v.eq_ignore_ascii_case("true")
+                })
+            })
+        });
+    let scheme = if secure {
+        Some(scheme.unwrap_or_default().secure())
+    } else {
+        scheme
+    };
     let valid = match host_port.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
         None => false,
@@ -197,6 +335,7 @@ pub fn decode_value(id: &str, value: &[u8]) -> Result<InstanceSpec, DecodeError>
         zone: None,
         tags: Vec::new(),
         metadata: Default::default(),
+        scheme_named: scheme.is_some(),
         scheme: scheme.unwrap_or_default(),
     })
 }
@@ -244,6 +383,90 @@ mod tests {
             decode_value("a", br#""10.1.1.1:80""#).unwrap().addr,
             "10.1.1.1:80"
         );
+    }
+
+    #[test]
+    fn what_real_encoders_write_is_read() {
+        // A Go struct without omitempty.
+        let spec = decode_value(
+            "go",
+            br#"{"addr":"10.0.0.1:80","status":"","weight":"100","version":"",
+                "tags":null,"metadata":null,"zone":"","scheme":""}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (spec.status, spec.weight, spec.scheme),
+            (Status::Up, 100, Scheme::Http)
+        );
+        assert_eq!((spec.version, spec.zone), (None, None));
+        assert!(spec.tags.is_empty() && spec.metadata.is_empty());
+        for (value, weight) in [
+            (&br#"{"addr":"10.0.0.1:80","weight":" 7 "}"#[..], 7),
+            (br#"{"addr":"10.0.0.1:80","weight":null}"#, 100),
+            (br#"{"addr":"10.0.0.1:80","weight":""}"#, 100),
+            (br#"{"addr":"10.0.0.1:80","weight":0}"#, 0),
+        ] {
+            assert_eq!(decode_value("w", value).unwrap().weight, weight);
+        }
+        for (value, status) in [
+            (&br#"{"addr":"10.0.0.1:80","status":"up"}"#[..], Status::Up),
+            (br#"{"addr":"10.0.0.1:80","status":"Down"}"#, Status::Down),
+            (br#"{"addr":"10.0.0.1:80","status":null}"#, Status::Up),
+            (
+                br#"{"addr":"10.0.0.1:80","status":"out_of_service"}"#,
+                Status::OutOfService,
+            ),
+        ] {
+            assert_eq!(decode_value("s", value).unwrap().status, status);
+        }
+        let spec = decode_value("s", br#"{"addr":"10.0.0.1:80","scheme":"GRPC"}"#).unwrap();
+        assert_eq!(spec.scheme, Scheme::Grpc);
+        for bad in [
+            &br#"{"addr":"10.0.0.1:80","weight":"heavy"}"#[..],
+            br#"{"addr":"10.0.0.1:80","weight":-1}"#,
+            br#"{"addr":"10.0.0.1:80","weight":1.5}"#,
+            br#"{"addr":"10.0.0.1:80","status":"SLEEPY"}"#,
+            br#"{"addr":"10.0.0.1:80","scheme":"ftp"}"#,
+            br#"{"addr":""}"#,
+            br#"{"addr":null}"#,
+        ] {
+            assert!(
+                decode_value("b", bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn url_addresses_may_carry_a_query() {
+        for (value, addr, scheme) in [
+            (
+                "http://10.0.0.2:8000?isSecure=false",
+                "10.0.0.2:8000",
+                Scheme::Http,
+            ),
+            (
+                "http://10.0.0.2:8000?isSecure=true",
+                "10.0.0.2:8000",
+                Scheme::Https,
+            ),
+            (
+                "grpc://10.0.0.2:9000?isSecure=true",
+                "10.0.0.2:9000",
+                Scheme::Grpcs,
+            ),
+            (
+                "grpc://10.0.0.2:9000?a=b&isSecure=false",
+                "10.0.0.2:9000",
+                Scheme::Grpc,
+            ),
+            ("http://h.local:80/?x=1", "h.local:80", Scheme::Http),
+            ("HTTPS://h.local:443", "h.local:443", Scheme::Https),
+        ] {
+            let spec = decode_value("k", value.as_bytes()).unwrap();
+            assert_eq!((spec.addr.as_str(), spec.scheme), (addr, scheme), "{value}");
+        }
     }
 
     #[test]

@@ -93,6 +93,29 @@ async fn grpc_over_h2c_to_cleartext_instances() {
 }
 
 #[tokio::test]
+async fn a_service_scheme_makes_bare_addresses_grpc() {
+    // go-zero registers `host:port` with no scheme: `[services.NAME] scheme` says what it is.
+    let a = GrpcUpstream::start("a", None).await;
+    let b = GrpcUpstream::start("b", None).await;
+    let services = format!(
+        "[services.echo]\ninstances = [{}, {}]\n",
+        a.bare_instance(),
+        b.bare_instance()
+    );
+    let rest = format!("{ROUTES}\n[services.echo]\nscheme = \"grpc\"\n");
+    let gw = Gateway::start(&rest, &services).await;
+    let echo = gw.services().await;
+    assert!(echo.to_string().contains("\"grpc\""), "{echo}");
+    let channel = Endpoint::from_shared(gw.url(""))
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    exercise(channel, &a, &b).await;
+}
+
+#[tokio::test]
 async fn grpc_over_tls_to_tls_instances() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path());

@@ -51,7 +51,6 @@ pub struct FastPath {
     gateway: Gateway,
     /// Idle upstream connections kept per address and thread.
     max_idle: usize,
-    idle_timeout: Duration,
     /// Most bytes a request head may take before it is left to pingora (which answers 431).
     max_head_bytes: usize,
     handoffs: HandoffCounters,
@@ -66,17 +65,11 @@ pub enum Served {
 }
 
 impl FastPath {
-    pub fn new(
-        gateway: Gateway,
-        max_idle: usize,
-        idle_timeout: Duration,
-        max_head_bytes: usize,
-    ) -> Self {
+    pub fn new(gateway: Gateway, max_idle: usize, max_head_bytes: usize) -> Self {
         Self {
             handoffs: HandoffCounters::new(gateway.metrics()),
             gateway,
             max_idle,
-            idle_timeout,
             max_head_bytes,
         }
     }
@@ -239,7 +232,7 @@ impl FastPath {
             &format!("sluice: bad request: {error}\n"),
         )
         .await;
-        if self.gateway.access_log {
+        if self.gateway.router.load().access_log {
             tracing::info!(
                 target: "sluice::access",
                 status,
@@ -278,7 +271,7 @@ impl FastPath {
         }
         let elapsed = ended - start;
         route.metrics.record(record.status, elapsed);
-        if self.gateway.access_log {
+        if route.access_log {
             tracing::info!(
                 target: "sluice::access",
                 method = req.method,
@@ -489,7 +482,7 @@ impl FastPath {
         let kept = if fresh {
             None
         } else {
-            upstream::take_idle(addr, now, self.idle_timeout)
+            upstream::take_idle(addr, now)
         };
         match kept {
             Some(up) => Ok(up),
@@ -574,7 +567,7 @@ impl FastPath {
         }
         if reusable && !body.ends_at_close() {
             let since = record.attempt_start.unwrap_or_else(Instant::now);
-            upstream::put_idle(addr, up.stream, since, self.max_idle, self.idle_timeout);
+            upstream::put_idle(addr, up.stream, since, self.max_idle, route.idle_timeout);
         }
         if client_close {
             Outcome::Close

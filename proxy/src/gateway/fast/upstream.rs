@@ -11,7 +11,9 @@ use tokio::net::TcpStream;
 
 struct Idle {
     stream: TcpStream,
-    since: Instant,
+    /// When it is closed unused (`proxy.upstream_idle_timeout` after it became idle, as the
+    /// route that kept it had it: a reload applies to the connections kept after it).
+    expires: Instant,
 }
 
 #[derive(Default)]
@@ -33,19 +35,14 @@ pub(super) struct Upstream {
     pub(super) reused: bool,
 }
 
-/// A connection to `addr` that stayed idle less than `idle_timeout` by `now`, most recent
-/// first, and that is clean: every kept connection is checked before reuse, whatever the
+/// A connection to `addr` that has not expired by `now`, most recent first, and that is clean: every kept connection is checked before reuse, whatever the
 /// method, so bytes an upstream wrote after its response (a late second response, a body
 /// after a HEAD answer or a 204) never reach the next request, and a closed one is not tried.
-pub(super) fn take_idle(
-    addr: SocketAddr,
-    now: Instant,
-    idle_timeout: Duration,
-) -> Option<Upstream> {
+pub(super) fn take_idle(addr: SocketAddr, now: Instant) -> Option<Upstream> {
     CONNECTIONS.with_borrow_mut(|c| {
         let list = c.idle.get_mut(&addr)?;
         while let Some(idle) = list.pop() {
-            if now.saturating_duration_since(idle.since) >= idle_timeout {
+            if now >= idle.expires {
                 continue;
             }
             if !is_clean(&idle.stream) {
@@ -95,7 +92,10 @@ pub(super) fn put_idle(
     let start_sweeper = CONNECTIONS.with_borrow_mut(|c| {
         let list = c.idle.entry(addr).or_default();
         if list.len() < max_idle {
-            list.push(Idle { stream, since });
+            list.push(Idle {
+                stream,
+                expires: since + idle_timeout,
+            });
         }
         !std::mem::replace(&mut c.sweeping, true)
     });
@@ -106,15 +106,16 @@ pub(super) fn put_idle(
     }
 }
 
-/// Closes connections idle longer than `idle_timeout` (those to instances that left the pool
-/// included), checking a few times per timeout.
+/// Closes expired connections (those to instances that left the pool included), checking a
+/// few times per timeout (the first one kept: a sweeping period, not a limit).
 async fn sweep_forever(idle_timeout: Duration) {
     let period = (idle_timeout / 4).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(period).await;
+        let now = Instant::now();
         CONNECTIONS.with_borrow_mut(|c| {
             c.idle.retain(|_, list| {
-                list.retain(|idle| idle.since.elapsed() < idle_timeout);
+                list.retain(|idle| now < idle.expires);
                 !list.is_empty()
             });
         });
@@ -162,7 +163,7 @@ mod tests {
         let Upstream { stream, .. } = connect(addr, timeout).await.unwrap();
         let (served, _) = listener.accept().await.unwrap();
         put_idle(addr, stream, Instant::now(), 4, timeout);
-        let again = take_idle(addr, Instant::now(), timeout).expect("clean");
+        let again = take_idle(addr, Instant::now()).expect("clean");
         assert!(again.reused);
         put_idle(addr, again.stream, Instant::now(), 4, timeout);
 
@@ -170,7 +171,7 @@ mod tests {
         // The close reaches the socket; the reactor is not polled in between (no await).
         std::thread::sleep(Duration::from_millis(50));
         assert!(
-            take_idle(addr, Instant::now(), timeout).is_none(),
+            take_idle(addr, Instant::now()).is_none(),
             "closed by the upstream"
         );
 
@@ -181,17 +182,11 @@ mod tests {
         std::io::Write::write_all(&mut served.into_std().unwrap(), b"HTTP/1.1 200 OK\r\n\r\n")
             .unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        assert!(
-            take_idle(addr, Instant::now(), timeout).is_none(),
-            "bytes left over"
-        );
+        assert!(take_idle(addr, Instant::now()).is_none(), "bytes left over");
 
         let Upstream { stream, .. } = connect(addr, timeout).await.unwrap();
-        put_idle(addr, stream, Instant::now(), 4, timeout);
-        assert!(
-            take_idle(addr, Instant::now(), Duration::ZERO).is_none(),
-            "idle too long"
-        );
+        put_idle(addr, stream, Instant::now(), 4, Duration::ZERO);
+        assert!(take_idle(addr, Instant::now()).is_none(), "idle too long");
         let refused = connect("127.0.0.1:1".parse().unwrap(), timeout).await;
         assert!(matches!(refused, Err(ConnectError::Refused)));
     }
