@@ -123,7 +123,11 @@ async fn maintenance_stops_new_traffic_while_a_slow_request_finishes() {
     let etcd = Etcd::start().await;
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let gw = Gateway::start_etcd(&etcd.endpoint(), "", ROUTE).await;
+    // Round-robin, not least-conn: least-conn alone would keep new requests off the busy
+    // instance, and the test would pass whether or not MAINTENANCE did anything.
+    let round_robin =
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrategy = \"native-round-robin\"\n";
+    let gw = Gateway::start_etcd(&etcd.endpoint(), "", round_robin).await;
     let mut c = etcd.client().await.unwrap();
     c.put("/services/svc/a", value(&a, ""), None).await.unwrap();
     c.put("/services/svc/b", value(&b, ""), None).await.unwrap();

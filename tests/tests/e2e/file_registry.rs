@@ -64,11 +64,16 @@ async fn broken_edit_is_refused_and_last_good_keeps_serving() {
 
     // Deleting the file is refused the same way.
     std::fs::remove_file(&gw.services_path).unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        client().get(gw.url("/")).send().await.unwrap().status(),
-        200
-    );
+    // Noticed (logged), and only then is the serving pool checked.
+    eventually("deletion noticed", Duration::from_secs(3), || async {
+        gw.log()
+            .contains("services file unreadable, last good instances keep serving")
+            .then_some(())
+    })
+    .await;
+    let resp = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-upstream-id"], "a");
 
     // A good edit after that is applied.
     let b = Upstream::start("b").await;

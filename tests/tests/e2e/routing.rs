@@ -95,10 +95,20 @@ service = "ghost-svc"
     let gw = Gateway::start(routes, &services).await;
     let resp = client().get(gw.url("/nowhere")).send().await.unwrap();
     assert_eq!(resp.status(), 404);
+    assert_eq!(
+        resp.headers()["x-sluice-error"],
+        "1",
+        "the gateway's own answer"
+    );
     assert!(resp.text().await.unwrap().contains("no route"));
 
     let resp = client().get(gw.url("/ghost/1")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.headers()["x-sluice-error"],
+        "1",
+        "the gateway's own answer"
+    );
     let body = resp.text().await.unwrap();
     assert!(
         body.contains("ghost-svc"),
