@@ -5,6 +5,10 @@ the gateway's CPU time per request (utime + stime of all its threads, from /proc
 
     python3 benches/load/fast_path_ab.py                # 4 rounds, 1 worker, 5 s per run
     python3 benches/load/fast_path_ab.py --workers 2 --rounds 6
+    python3 benches/load/fast_path_ab.py --baseline /path/to/old/sluice   # before/after
+
+With `--baseline BIN` the second gateway is that binary with the same config (fast path on):
+a before/after of a change to the request path, in alternating rounds.
 
 Needs nginx (the upstreams) and wrk. Loopback only, bounded by rounds x 2 x duration.
 """
@@ -38,6 +42,7 @@ def main():
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
+    ap.add_argument("--baseline", help="another sluice binary to compare with, same config")
     args = ap.parse_args()
     if args.sluice.startswith(ROOT):
         subprocess.run(["cargo", "build", "--release", "-q", "--bin", "sluice"], cwd=ROOT, check=True)
@@ -53,18 +58,22 @@ def main():
             port, admin = free_port(), free_port()
             conf = re.sub(r'(\[proxy\]\nlisten = )\["[^"]+"\]', rf'\1["127.0.0.1:{port}"]', conf)
             conf = re.sub(r'(\[admin\]\nlisten = )"[^"]+"', rf'\1"127.0.0.1:{admin}"', conf)
-            conf = conf.replace("[proxy]\n", "[proxy]\nfast_path = false\n", 1)
+            if not args.baseline:
+                conf = conf.replace("[proxy]\n", "[proxy]\nfast_path = false\n", 1)
             off_conf = os.path.join(work, "sluice-off.toml")
             with open(off_conf, "w") as f:
                 f.write(conf)
-            off = stack.procs.spawn([args.sluice, "serve", "--config", off_conf], os.path.join(work, "off.log"))
-            wait_http(f"http://127.0.0.1:{admin}/readyz", "sluice (fast path off)")
+            other = args.baseline or args.sluice
+            off = stack.procs.spawn([other, "serve", "--config", off_conf], os.path.join(work, "off.log"))
+            wait_http(f"http://127.0.0.1:{admin}/readyz", "the second sluice")
+            names = ("this", "baseline") if args.baseline else ("true", "false")
             on_url = stack.url("sluice-native")
             off_url = on_url.replace(f":{stack.ports['sluice']}/", f":{port}/")
             print(f"# {args.rounds} rounds, {args.workers} worker(s), wrk -t1 -c{args.conns} -d{args.duration}s", flush=True)
-            print("| round | fast_path | requests/s | p99 | CPU per request |\n| ---: | --- | ---: | ---: | ---: |", flush=True)
+            column = "binary" if args.baseline else "fast_path"
+            print(f"| round | {column} | requests/s | p99 | CPU per request |\n| ---: | --- | ---: | ---: | ---: |", flush=True)
             for rnd in range(1, args.rounds + 1):
-                runs = [("true", on_url, on_pid), ("false", off_url, off.pid)]
+                runs = [(names[0], on_url, on_pid), (names[1], off_url, off.pid)]
                 if rnd % 2 == 0:
                     runs.reverse()
                 for name, url, pid in runs:
