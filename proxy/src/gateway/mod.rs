@@ -4,7 +4,9 @@
 //! path that serves plain HTTP/1.1 requests without pingora's HTTP machinery, and the metrics
 //! and access log both record.
 
+mod access_log;
 mod context;
+mod failure;
 pub use context::{active_requests, InFlightHold, RequestCtx};
 mod fast;
 mod forward;

@@ -11,7 +11,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use super::access_log::{AccessLine, Via};
 use super::context::{LocalAnswer, RequestCtx};
+use super::failure::{self, no_instance_body, Failure};
 use super::retry::{may_retry, Failed};
 use super::{forward, Route, Router};
 use crate::config::HashOn;
@@ -170,13 +172,6 @@ async fn answer(session: &mut Session, status: u16, body: String) -> Result<()> 
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(())
-}
-
-pub(super) fn no_instance_body(route: &Route) -> String {
-    format!(
-        "sluice: no eligible instance of service \"{}\" (route \"{}\")\n",
-        route.spec.service, route.spec.name
-    )
 }
 
 #[async_trait]
@@ -426,7 +421,6 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let service = ctx.route.as_ref().map_or("", |r| r.spec.service.as_str());
         let (code, reason) = match e.etype() {
             ErrorType::HTTPStatus(503) if ctx.local_answer == Some(LocalAnswer::NoInstance) => {
                 let body = ctx
@@ -437,38 +431,21 @@ impl ProxyHttp for Gateway {
                 (503, body)
             }
             ErrorType::HTTPStatus(413) => (413, "sluice: request body too large\n".to_string()),
-            ErrorType::HTTPStatus(code) => (*code, format!("sluice: error {code}\n")),
-            _ => match e.esource() {
-                ErrorSource::Upstream => {
-                    let timed_out = matches!(
-                        e.etype(),
-                        ErrorType::ConnectTimedout
-                            | ErrorType::ReadTimedout
-                            | ErrorType::WriteTimedout
-                    );
-                    let addr = ctx.upstream_addr.map(|a| a.to_string()).unwrap_or_default();
-                    if timed_out {
-                        (
-                            504,
-                            format!("sluice: upstream {addr} of service \"{service}\" timed out\n"),
-                        )
-                    } else {
-                        (
-                            502,
-                            format!(
-                                "sluice: upstream {addr} of service \"{service}\" failed: {}\n",
-                                e.etype().as_str()
-                            ),
-                        )
-                    }
+            ErrorType::HTTPStatus(code) => (*code, failure::status_body(*code)),
+            _ => match (e.esource(), &ctx.route) {
+                (ErrorSource::Upstream, Some(route)) => {
+                    let answer =
+                        failure::answer(Failure::Upstream(e.etype()), route, ctx.upstream_addr);
+                    (answer.status, answer.body)
                 }
-                ErrorSource::Downstream => match e.etype() {
+                (ErrorSource::Upstream, None) => (502, failure::status_body(502)),
+                (ErrorSource::Downstream, _) => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                         (0, String::new())
                     }
                     _ => (400, "sluice: bad request\n".to_string()),
                 },
-                ErrorSource::Internal | ErrorSource::Unset => {
+                (ErrorSource::Internal | ErrorSource::Unset, _) => {
                     (500, "sluice: internal error\n".to_string())
                 }
             },
@@ -503,24 +480,23 @@ impl ProxyHttp for Gateway {
         };
         if access_log {
             let req = session.req_header();
-            tracing::info!(
-                target: "sluice::access",
-                method = %req.method,
-                host = request_host(req),
-                path = req.uri.path(),
+            AccessLine {
+                method: req.method.as_str(),
+                host: request_host(req),
+                path: req.uri.path(),
                 status,
-                route = ctx.route.as_ref().map_or("", |r| r.spec.name.as_str()),
-                service = ctx.route.as_ref().map_or("", |r| r.spec.service.as_str()),
-                instance = attempt.as_ref().map_or("", |a| a.live().id()),
-                via = "pingora",
-                upstream = %ctx.upstream_addr.map(|a| a.to_string()).unwrap_or_default(),
-                upstream_ms = ctx.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-                total_ms = elapsed.as_secs_f64() * 1e3,
-                bytes_sent = session.as_downstream().body_bytes_sent(),
-                attempts = ctx.attempts,
-                error = e.map(|e| e.etype().as_str()).unwrap_or(""),
-                "access"
-            );
+                route: ctx.route.as_ref().map_or("", |r| r.spec.name.as_str()),
+                service: ctx.route.as_ref().map_or("", |r| r.spec.service.as_str()),
+                instance: attempt.as_ref().map_or("", |a| a.live().id()),
+                via: Via::Pingora,
+                upstream: ctx.upstream_addr,
+                upstream_elapsed: ctx.upstream_elapsed,
+                total: elapsed,
+                bytes_sent: session.as_downstream().body_bytes_sent() as u64,
+                attempts: ctx.attempts,
+                error: e.map(|e| e.etype().as_str()).unwrap_or(""),
+            }
+            .write();
         }
         drop(attempt);
     }

@@ -33,8 +33,10 @@ use self::buffers::READ_ROOM;
 use self::handoff::{Handoff, HandoffCounters};
 use self::head::{ParsedRequest, RequestHead};
 use self::upstream::{ConnectError, Upstream};
+use super::access_log::{AccessLine, Via};
 use super::context::{InFlightHold, TriedInstances};
-use super::proxy::{hash_request, no_instance_body, Gateway};
+use super::failure;
+use super::proxy::{hash_request, Gateway};
 use super::retry::{may_retry, Failed};
 use super::{forward, Route};
 use crate::pool::InFlightGuard;
@@ -232,15 +234,25 @@ impl FastPath {
             &format!("sluice: bad request: {error}\n"),
         )
         .await;
+        tracing::debug!(status, "request refused: {error}");
         if self.gateway.router.load().access_log {
-            tracing::info!(
-                target: "sluice::access",
+            AccessLine {
+                method: "",
+                host: "",
+                path: "",
                 status,
-                via = "fast",
-                error = "InvalidHTTPHeader",
-                reason = %error,
-                "access"
-            );
+                route: "",
+                service: "",
+                instance: "",
+                via: Via::Fast,
+                upstream: None,
+                upstream_elapsed: None,
+                total: Duration::ZERO,
+                bytes_sent: 0,
+                attempts: 0,
+                error: "InvalidHTTPHeader",
+            }
+            .write();
         }
         // Closing anyway: a failed shutdown changes nothing.
         let _ = client.stream.shutdown().await;
@@ -272,24 +284,23 @@ impl FastPath {
         let elapsed = ended - start;
         route.metrics.record(record.status, elapsed);
         if route.access_log {
-            tracing::info!(
-                target: "sluice::access",
-                method = req.method,
-                host = req.host,
-                path = req.path(),
-                status = record.status,
-                route = route.spec.name.as_str(),
-                service = route.spec.service.as_str(),
-                instance = record.attempt.as_ref().map_or("", |a| a.live().id()),
-                via = "fast",
-                upstream = %record.upstream.map(|a| a.to_string()).unwrap_or_default(),
-                upstream_ms = record.upstream_elapsed.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-                total_ms = elapsed.as_secs_f64() * 1e3,
-                bytes_sent = record.bytes_sent,
-                attempts = record.attempts,
-                error = record.error,
-                "access"
-            );
+            AccessLine {
+                method: req.method,
+                host: req.host,
+                path: req.path(),
+                status: record.status,
+                route: route.spec.name.as_str(),
+                service: route.spec.service.as_str(),
+                instance: record.attempt.as_ref().map_or("", |a| a.live().id()),
+                via: Via::Fast,
+                upstream: record.upstream,
+                upstream_elapsed: record.upstream_elapsed,
+                total: elapsed,
+                bytes_sent: record.bytes_sent,
+                attempts: record.attempts,
+                error: record.error,
+            }
+            .write();
         }
         (outcome, ended)
     }
@@ -606,25 +617,20 @@ impl FastPath {
         record: &mut Record,
         failure: Failure,
     ) -> Outcome {
-        let service = route.spec.service.as_str();
-        let addr = record.upstream.map(|a| a.to_string()).unwrap_or_default();
-        let (status, body, error) = match failure {
-            Failure::NoInstance => (503, no_instance_body(route), "HTTPStatus"),
-            Failure::NoAddress => (503, "sluice: error 503\n".to_string(), "HTTPStatus"),
-            Failure::Upstream(e) if e.timed_out() => (
-                504,
-                format!("sluice: upstream {addr} of service \"{service}\" timed out\n"),
-                e.kind().as_str(),
-            ),
-            Failure::Upstream(e) => (
-                502,
-                format!(
-                    "sluice: upstream {addr} of service \"{service}\" failed: {}\n",
-                    e.kind().as_str()
-                ),
-                e.kind().as_str(),
-            ),
+        let kind;
+        let failure = match failure {
+            Failure::NoInstance => failure::Failure::NoInstance,
+            Failure::NoAddress => failure::Failure::NoAddress,
+            Failure::Upstream(e) => {
+                kind = e.kind();
+                failure::Failure::Upstream(&kind)
+            }
         };
+        let failure::Answer {
+            status,
+            body,
+            error,
+        } = failure::answer(failure, route, record.upstream);
         record.status = status;
         record.error = error;
         answer(client.stream, status, &body).await;
@@ -771,13 +777,6 @@ impl AttemptError {
             AttemptError::Write { reused: true }
                 | AttemptError::Read { untouched: true }
                 | AttemptError::Closed { untouched: true }
-        )
-    }
-
-    fn timed_out(&self) -> bool {
-        matches!(
-            self,
-            AttemptError::TimedOut | AttemptError::Connect(ConnectError::TimedOut)
         )
     }
 
