@@ -24,6 +24,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod drain;
+pub mod fd_limit;
 pub mod gateway;
 pub mod health;
 pub mod listener;

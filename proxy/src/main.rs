@@ -321,6 +321,7 @@ fn plugin_check(file: PathBuf, config: &str, picks: u64) -> ExitCode {
 fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     let config = config::load(&path).map_err(|e| anyhow::anyhow!(e.lines().join("\n")))?;
     sluice::logging::init(&config.log);
+    raise_open_files_limit();
     let source = server::source_for(&config)?;
     let parts = Parts::new(config, source)?;
     if !upgrade {
@@ -335,12 +336,21 @@ fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     parts.into_server(Vec::new(), upgrade).run_forever()
 }
 
+/// A gateway needs a descriptor per connection: the soft open-files limit goes to the hard one.
+fn raise_open_files_limit() {
+    match sluice::fd_limit::raise_to_hard() {
+        Ok(files) => tracing::info!(open_files = files, "open-files limit"),
+        Err(e) => tracing::warn!("open-files limit not raised: {e}"),
+    }
+}
+
 fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     sluice::logging::init(&LogSettings {
         format: LogFormat::Text,
         level: "info".into(),
         access_log: true,
     });
+    raise_open_files_limit();
     let demo = sluice::demo::build(listen, admin).context("building the demo")?;
     println!("sluice demo: three echo upstreams behind the gateway (strategy least-conn)");
     for a in &demo.described {

@@ -354,6 +354,30 @@ fn request_path_switch(proxy_extra: &str) -> &'static str {
     }
 }
 
+/// Runs `sluice ARGS…` to completion within `limit`; a run still going then is killed and
+/// reported as a failure (a `serve` that should have refused its config must not hang a test).
+pub fn run_sluice_within(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(sluice_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sluice");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait for sluice").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("sluice output");
+            panic!(
+                "sluice {args:?} still running after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("sluice output")
+}
+
 /// Runs `sluice ARGS…` to completion.
 pub fn run_sluice(args: &[&str]) -> Output {
     Command::new(sluice_bin())

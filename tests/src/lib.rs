@@ -10,7 +10,7 @@ pub mod upstream;
 
 pub use certs::{Ca, Leaf};
 pub use etcd::{Etcd, Relay};
-pub use gateway::{run_sluice, sluice_bin, Gateway};
+pub use gateway::{run_sluice, run_sluice_within, sluice_bin, Gateway};
 pub use grpc::GrpcUpstream;
 pub use load::{Load, LoadReport};
 pub use upstream::Upstream;

@@ -48,9 +48,18 @@ impl AdminApp {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_credentials);
         presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))
     }
+}
+
+/// The credentials of `Bearer <token>`: the scheme in any case (RFC 9110 11.1), one or more
+/// spaces after it.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

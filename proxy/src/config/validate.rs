@@ -13,6 +13,15 @@ use super::file::{
 use super::model::*;
 use super::{ConfigError, ConfigIssue};
 
+/// Bounds a value must be within: past them it is a typo, not a setting.
+const MAX_THREADS: usize = 1024;
+const MAX_HEADER_FIELDS: usize = 10_000;
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+const MAX_KEEPALIVE_POOL: usize = 1_000_000;
+const MAX_RETRIES: u32 = 100;
+/// Shortest `admin.token` for an admin reachable beyond loopback.
+const MIN_PUBLIC_TOKEN_CHARS: usize = 16;
+
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,8 +89,30 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
             .filter_map(|(i, a)| issues.socket_addr(&format!("proxy.listen[{i}]"), a))
             .collect();
         let threads = p.threads.unwrap_or(2);
-        if threads == 0 {
-            issues.push("proxy.threads", "must be at least 1");
+        if threads == 0 || threads > MAX_THREADS {
+            issues.push(
+                "proxy.threads",
+                format!("{threads} is out of range: 1 to {MAX_THREADS}"),
+            );
+        }
+        for (key, value, low, high) in [
+            ("proxy.max_headers", p.max_headers, 1, MAX_HEADER_FIELDS),
+            (
+                "proxy.max_header_bytes",
+                p.max_header_bytes,
+                256,
+                MAX_HEADER_BYTES,
+            ),
+            (
+                "proxy.upstream_keepalive_pool_size",
+                p.upstream_keepalive_pool_size,
+                0,
+                MAX_KEEPALIVE_POOL,
+            ),
+        ] {
+            if let Some(v) = value.filter(|v| !(low..=high).contains(v)) {
+                issues.push(key, format!("{v} is out of range: {low} to {high}"));
+            }
         }
         ProxySettings {
             listen,
@@ -119,11 +150,28 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
             .socket_addr("admin.listen", listen_text)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
         let token = file.admin.token.clone().filter(|t| !t.is_empty());
-        if !listen.ip().is_loopback() && token.is_none() {
-            issues.push(
-                "admin.token",
-                format!("required because admin.listen {listen} is not a loopback address"),
-            );
+        if let Some(t) = &token {
+            if t.chars().any(char::is_whitespace) || t.chars().any(char::is_control) {
+                issues.push(
+                    "admin.token",
+                    "must not contain whitespace or control characters",
+                );
+            }
+        }
+        if !listen.ip().is_loopback() {
+            match &token {
+                None => issues.push(
+                    "admin.token",
+                    format!("required because admin.listen {listen} is not a loopback address"),
+                ),
+                Some(t) if t.chars().count() < MIN_PUBLIC_TOKEN_CHARS => issues.push(
+                    "admin.token",
+                    format!(
+                        "too short for a non-loopback admin.listen: at least {MIN_PUBLIC_TOKEN_CHARS} characters"
+                    ),
+                ),
+                Some(_) => {}
+            }
         }
         AdminSettings { listen, token }
     };
@@ -581,7 +629,16 @@ fn validate_route(
         hash_on,
         strip_prefix: section.strip_prefix.unwrap_or(false),
         timeout,
-        retries: section.retries.unwrap_or(1),
+        retries: match section.retries.unwrap_or(1) {
+            r if r > MAX_RETRIES => {
+                issues.push(
+                    format!("{key}.retries"),
+                    format!("{r} is out of range: 0 to {MAX_RETRIES}"),
+                );
+                MAX_RETRIES
+            }
+            r => r,
+        },
         total_timeout: section.total_timeout.as_deref().map(|t| {
             issues.duration(
                 &format!("{key}.total_timeout"),

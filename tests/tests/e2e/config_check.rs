@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use sluice_tests::run_sluice;
+use sluice_tests::{run_sluice, run_sluice_within};
+
+/// A `serve` that must refuse its config does so at once; past this it hangs the suite no more.
+const SERVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -61,6 +64,55 @@ fn unknown_key_names_file_line_and_key() {
         "{stderr}"
     );
     assert!(stderr.contains("unknown field `strip_prefx`"), "{stderr}");
+}
+
+#[test]
+fn values_out_of_range_and_weak_public_tokens_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(
+        dir.path(),
+        r#"
+[proxy]
+threads = 100000
+max_headers = 0
+max_header_bytes = 10
+upstream_keepalive_pool_size = 99999999
+
+[admin]
+listen = "0.0.0.0:9901"
+token = "x"
+
+[[routes]]
+path_prefix = "/"
+service = "svc"
+retries = 1000000
+"#,
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    let expect = [
+        "proxy.threads: 100000 is out of range: 1 to 1024",
+        "proxy.max_headers: 0 is out of range: 1 to 10000",
+        "proxy.max_header_bytes: 10 is out of range: 256 to 1048576",
+        "proxy.upstream_keepalive_pool_size: 99999999 is out of range: 0 to 1000000",
+        "admin.token: too short for a non-loopback admin.listen: at least 16 characters",
+        "routes[0].retries: 1000000 is out of range: 0 to 100",
+    ];
+    for e in expect {
+        assert!(stderr.contains(e), "missing {e:?} in:\n{stderr}");
+    }
+    assert_eq!(stderr.lines().count(), expect.len(), "{stderr}");
+
+    let spaces = config(
+        dir.path(),
+        "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"                    \"\n",
+    );
+    let (ok, _, stderr) = check(&spaces);
+    assert!(!ok);
+    assert!(
+        stderr.contains("admin.token: must not contain whitespace"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -159,11 +211,11 @@ fn serve_refuses_a_bad_config_too() {
         dir.path(),
         "[proxy]\nthreads = 0\nlisten = [\"localhost\"]\n",
     );
-    let out = run_sluice(&["serve", "--config", path.to_str().unwrap()]);
+    let out = run_sluice_within(&["serve", "--config", path.to_str().unwrap()], SERVE_LIMIT);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("proxy.threads: must be at least 1"),
+        stderr.contains("proxy.threads: 0 is out of range: 1 to 1024"),
         "{stderr}"
     );
     assert!(
@@ -187,7 +239,7 @@ fn serve_names_the_key_of_a_port_in_use_and_exits() {
              [[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n"
         ),
     );
-    let out = run_sluice(&["serve", "--config", path.to_str().unwrap()]);
+    let out = run_sluice_within(&["serve", "--config", path.to_str().unwrap()], SERVE_LIMIT);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

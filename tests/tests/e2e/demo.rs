@@ -82,3 +82,40 @@ async fn demo_serves_three_echo_instances_with_least_conn() {
         .unwrap();
     assert_eq!(lc["routes"][0], "echo");
 }
+
+#[tokio::test]
+async fn the_open_files_limit_is_raised_to_the_hard_one() {
+    // Started under a soft limit of 256 (the shell lowers it, as a service manager might).
+    let (proxy, admin) = (free_port(), free_port());
+    let script = format!(
+        "ulimit -Sn 256 && exec {} demo --listen 127.0.0.1:{proxy} --admin 127.0.0.1:{admin}",
+        sluice_bin().display()
+    );
+    let child = Killed(
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = client();
+    eventually("demo ready", Duration::from_secs(10), || async {
+        let r = http
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_ne!(soft, "256", "{line}");
+    assert_eq!(soft, hard, "{line}");
+}

@@ -285,6 +285,14 @@ async fn admin_token_guards_everything_but_healthz() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "{path} with the token");
+        // RFC 9110 11.1: the scheme is case-insensitive.
+        let resp = http
+            .get(gw.admin_url(path))
+            .header("authorization", "bearer s3cret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path} with a lower-case scheme");
     }
 }
 
@@ -325,6 +333,17 @@ async fn metrics_families_are_exported() {
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
+    // The gateway raised its open-files limit to the hard one it inherited from this test.
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let hard = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("process_max_fds {hard}")),
+        "process_max_fds is not the hard limit {hard}:\n{metrics}"
+    );
 }
 
 #[tokio::test]
