@@ -391,6 +391,7 @@ impl Directory {
                 live,
             });
         }
+        log_membership_changes(service, &before, &members);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let pool = Pool::new(service.clone(), generation, members);
         let eligible = pool.eligible_len() as i64;
@@ -440,6 +441,39 @@ impl Directory {
 
 /// Longest a host name's resolution may take before its instance is left without an address.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Logs instances that joined or left `service`'s pool, and status changes, at info: what an
+/// operator reads when traffic moves.
+fn log_membership_changes(service: &str, before: &HashMap<&str, &Member>, after: &[Member]) {
+    for member in after {
+        let spec = &member.spec;
+        match before.get(spec.id.as_str()) {
+            None => tracing::info!(
+                %service,
+                instance = %spec.id,
+                addr = %spec.addr,
+                status = spec.status.as_str(),
+                weight = spec.weight,
+                "instance joined"
+            ),
+            Some(old) if old.spec.status != spec.status => tracing::info!(
+                %service,
+                instance = %spec.id,
+                from = old.spec.status.as_str(),
+                to = spec.status.as_str(),
+                "instance status changed"
+            ),
+            Some(_) => {}
+        }
+    }
+    if before.len() + after.len() == 0 {
+        return;
+    }
+    let present: HashSet<&str> = after.iter().map(|m| m.spec.id.as_str()).collect();
+    for id in before.keys().filter(|id| !present.contains(*id)) {
+        tracing::info!(%service, instance = %id, "instance left");
+    }
+}
 
 /// `spec`, with `default` as its scheme when its registry value named none.
 fn with_default_scheme(spec: &Arc<InstanceSpec>, default: Option<Scheme>) -> Arc<InstanceSpec> {

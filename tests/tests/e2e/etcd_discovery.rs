@@ -55,6 +55,15 @@ async fn a_registration_is_routed_within_a_second_and_a_delete_removes_it() {
         client().get(gw.url("/")).send().await.unwrap().status(),
         503
     );
+    // Both moves are in the log, for the operator.
+    let log = gw.log();
+    let joined = log
+        .lines()
+        .any(|l| l.contains("instance joined") && l.contains("instance=a"));
+    let left = log
+        .lines()
+        .any(|l| l.contains("instance left") && l.contains("instance=a"));
+    assert!(joined && left, "{log}");
     let metrics = gw.metrics().await;
     assert_eq!(
         metric(&metrics, "sluice_registry_connected{source=\"etcd\"}"),
