@@ -160,6 +160,18 @@ pub enum HandoffReason {
 }
 
 impl HandoffReason {
+    /// Every reason, for callers that keep one counter each.
+    pub const ALL: [HandoffReason; 8] = [
+        HandoffReason::Http2,
+        HandoffReason::Http10,
+        HandoffReason::TargetForm,
+        HandoffReason::Upgrade,
+        HandoffReason::Expect,
+        HandoffReason::ChunkedBody,
+        HandoffReason::LargeBody,
+        HandoffReason::HeaderLimits,
+    ];
+
     /// The reason's name in metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

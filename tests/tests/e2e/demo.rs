@@ -14,18 +14,16 @@ impl Drop for Killed {
     }
 }
 
-#[tokio::test]
-async fn demo_serves_three_echo_instances_with_least_conn() {
+/// `sluice demo` on free ports, run by `sh` after `shell_setup` (e.g. a `ulimit`), ready.
+async fn start_demo(shell_setup: &str) -> (Killed, u16, u16) {
     let (proxy, admin) = (free_port(), free_port());
-    let _child = Killed(
-        Command::new(sluice_bin())
-            .args([
-                "demo",
-                "--listen",
-                &format!("127.0.0.1:{proxy}"),
-                "--admin",
-                &format!("127.0.0.1:{admin}"),
-            ])
+    let script = format!(
+        "{shell_setup} exec {} demo --listen 127.0.0.1:{proxy} --admin 127.0.0.1:{admin}",
+        sluice_bin().display()
+    );
+    let child = Killed(
+        Command::new("sh")
+            .args(["-c", &script])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -41,6 +39,13 @@ async fn demo_serves_three_echo_instances_with_least_conn() {
         (r.status() == 200).then_some(())
     })
     .await;
+    (child, proxy, admin)
+}
+
+#[tokio::test]
+async fn demo_serves_three_echo_instances_with_least_conn() {
+    let (_child, proxy, admin) = start_demo("").await;
+    let http = client();
     let mut seen = HashSet::new();
     for _ in 0..30 {
         let r = http
@@ -86,29 +91,7 @@ async fn demo_serves_three_echo_instances_with_least_conn() {
 #[tokio::test]
 async fn the_open_files_limit_is_raised_to_the_hard_one() {
     // Started under a soft limit of 256 (the shell lowers it, as a service manager might).
-    let (proxy, admin) = (free_port(), free_port());
-    let script = format!(
-        "ulimit -Sn 256 && exec {} demo --listen 127.0.0.1:{proxy} --admin 127.0.0.1:{admin}",
-        sluice_bin().display()
-    );
-    let child = Killed(
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let http = client();
-    eventually("demo ready", Duration::from_secs(10), || async {
-        let r = http
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
+    let (child, _, _) = start_demo("ulimit -Sn 256 &&").await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
     let line = limits
         .lines()

@@ -25,20 +25,6 @@ pub(super) enum Handoff {
     PoolChanged,
 }
 
-const REQUEST_REASONS: [sluice_http1::HandoffReason; 8] = {
-    use sluice_http1::HandoffReason::*;
-    [
-        Http2,
-        Http10,
-        TargetForm,
-        Upgrade,
-        Expect,
-        ChunkedBody,
-        LargeBody,
-        HeaderLimits,
-    ]
-};
-
 const GATEWAY_REASONS: [Handoff; 6] = [
     Handoff::HeadTooLarge,
     Handoff::NoRoute,
@@ -48,7 +34,7 @@ const GATEWAY_REASONS: [Handoff; 6] = [
     Handoff::PoolChanged,
 ];
 
-const COUNT: usize = REQUEST_REASONS.len() + GATEWAY_REASONS.len();
+const COUNT: usize = sluice_http1::HandoffReason::ALL.len() + GATEWAY_REASONS.len();
 
 impl Handoff {
     /// The reason's name in the metric and the log.
@@ -65,7 +51,7 @@ impl Handoff {
     }
 
     fn all() -> impl Iterator<Item = Handoff> {
-        REQUEST_REASONS
+        sluice_http1::HandoffReason::ALL
             .into_iter()
             .map(Handoff::Request)
             .chain(GATEWAY_REASONS)
