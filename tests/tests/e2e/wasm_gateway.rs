@@ -237,6 +237,73 @@ async fn consistent_hash_on_a_header_is_sticky() {
 }
 
 #[tokio::test]
+async fn consistent_hash_on_the_path_and_on_the_client_ip() {
+    let (_ups, services) = four_upstreams().await;
+    let route = |hash_on: &str| {
+        format!(
+            "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n\
+             strategy = \"consistent-hash\"\nhash_on = \"{hash_on}\"\n"
+        )
+    };
+    let served_by =
+        |r: reqwest::Response| r.headers()["x-upstream-id"].to_str().unwrap().to_string();
+
+    // `path`: each path sticks to one instance; paths spread.
+    let gw = Gateway::start(&route("path"), &services).await;
+    let http = client();
+    let mut owners = HashSet::new();
+    for p in 0..40 {
+        let mut seen = HashSet::new();
+        for _ in 0..4 {
+            let r = http
+                .get(gw.url(&format!("/item/{p}")))
+                .send()
+                .await
+                .unwrap();
+            seen.insert(served_by(r));
+        }
+        assert_eq!(seen.len(), 1, "/item/{p} always lands on one instance");
+        owners.extend(seen);
+    }
+    assert!(owners.len() >= 3, "paths spread over instances: {owners:?}");
+
+    // `client_ip`: every request of this client (127.0.0.1), whatever its path, on one.
+    let gw = Gateway::start(&route("client_ip"), &services).await;
+    let mut seen = HashSet::new();
+    for p in 0..40 {
+        let r = http.get(gw.url(&format!("/any/{p}"))).send().await.unwrap();
+        seen.insert(served_by(r));
+    }
+    assert_eq!(seen.len(), 1, "one client, one instance: {seen:?}");
+}
+
+#[tokio::test]
+async fn p2c_ewma_on_a_route_keeps_traffic_off_a_slow_instance() {
+    let (ups, services) = four_upstreams().await;
+    ups[0].set_delay_ms(40);
+    let gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrategy = \"p2c-ewma\"\n",
+        &services,
+    )
+    .await;
+    let http = client();
+    for _ in 0..200 {
+        assert_eq!(http.get(gw.url("/")).send().await.unwrap().status(), 200);
+    }
+    let slow = ups[0].hits();
+    let fast: Vec<usize> = ups[1..].iter().map(Upstream::hits).collect();
+    // Two random choices, the lower latency wins: the slow one only while its EWMA is young.
+    assert!(
+        slow < 20,
+        "slow instance served {slow} of 200 (fast: {fast:?})"
+    );
+    assert!(
+        fast.iter().all(|&n| n > 20),
+        "fast instances share the rest: {fast:?}"
+    );
+}
+
+#[tokio::test]
 async fn wasm_least_conn_is_the_default_demo_strategy_and_listed() {
     let (_ups, services) = four_upstreams().await;
     let gw = Gateway::start(
