@@ -69,6 +69,63 @@ async fn an_idle_gateway_exits_promptly_on_sigterm() {
 }
 
 #[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let mut gw = Gateway::start(ROUTE, &services).await; // grace_period = 10s
+    let mut kept = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let sent = Instant::now();
+    gw.signal("TERM");
+    // The idle connection is closed by the gateway, well inside the grace period.
+    let n = tokio::time::timeout(Duration::from_secs(3), kept.read(&mut buf))
+        .await
+        .expect("closed within 3 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without another byte");
+    assert_eq!(gw.wait_exit(Duration::from_secs(5)).await, Some(0));
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn sigint_stops_at_once_even_with_a_request_in_flight() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let mut gw = Gateway::start(ROUTE, &services).await;
+    let slow = tokio::spawn({
+        let url = gw.url("/slow?sleep_ms=8000");
+        async move { client().get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    eventually("slow request in flight", Duration::from_secs(3), || async {
+        (gw.instance("svc", "a").await?["requests_in_flight"] == 1).then_some(())
+    })
+    .await;
+    let sent = Instant::now();
+    gw.signal("INT");
+    assert!(
+        gw.wait_exit(Duration::from_secs(3)).await.is_some(),
+        "stopped"
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        sent.elapsed()
+    );
+    // The request in flight did not get its answer: an immediate stop does not drain.
+    assert!(!matches!(slow.await.unwrap(), Ok(200)));
+}
+
+#[tokio::test]
 async fn sighup_reloads_routes_and_strategies_and_refuses_a_broken_file() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
