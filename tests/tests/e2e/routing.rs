@@ -399,3 +399,41 @@ async fn access_log_as_json() {
     assert!(entry["total_ms"].as_f64().unwrap() > 0.0);
     assert!(entry["bytes_sent"].as_u64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn work_stealing_serves_through_one_shared_runtime_on_pingoras_path() {
+    let a = Upstream::start("a").await;
+    let b = Upstream::start("b").await;
+    let services = format!(
+        "[services.svc]\ninstances = [{}, {}]\n",
+        a.instance(),
+        b.instance()
+    );
+    let gw = Gateway::start_with_proxy(
+        "work_stealing = true",
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nstrategy = \"native-round-robin\"\n",
+        &services,
+    )
+    .await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(http.get(gw.url("/")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (10, 10),
+        "round-robin across the shared runtime"
+    );
+    // The fast path needs shards: every request went through pingora's proxy.
+    let log = sluice_tests::eventually(
+        "access lines",
+        std::time::Duration::from_secs(5),
+        || async {
+            let log = gw.log();
+            (log.matches("sluice::access").count() >= 20).then_some(log)
+        },
+    )
+    .await;
+    assert_eq!(log.matches("via=\"pingora\"").count(), 20, "{log}");
+    gw.wait_in_flight_zero("svc").await;
+}
