@@ -89,6 +89,9 @@ async fn websocket_tunnel_survives_a_pool_swap() {
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(roundtrip(&mut stream, b"ping-1").await, b"ping-1");
+    // An open tunnel is a request in flight to its instance (least-conn sees it as load).
+    let ws_view = gw.instance("svc", "ws").await.unwrap();
+    assert_eq!(ws_view["requests_in_flight"], 1, "{ws_view}");
 
     // The instance leaves the pool; the open tunnel keeps working.
     gw.write_services(&format!(
@@ -104,4 +107,18 @@ async fn websocket_tunnel_survives_a_pool_swap() {
         b"ping-2 after the swap"
     );
     assert_eq!(other.hits(), 0);
+    // Closing the tunnel ends its count (the instance is gone from the pool: read the gauge).
+    let gauge = r#"sluice_upstream_requests_in_flight{instance_id="ws",service="svc"} 1"#;
+    assert!(
+        gw.metrics().await.contains(gauge),
+        "still counted while open"
+    );
+    drop(stream);
+    eventually("tunnel count ended", Duration::from_secs(5), || async {
+        let metrics = gw.metrics().await;
+        (!metrics
+            .contains(r#"sluice_upstream_requests_in_flight{instance_id="ws",service="svc"} 1"#))
+        .then_some(())
+    })
+    .await;
 }
