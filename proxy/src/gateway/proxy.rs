@@ -67,6 +67,37 @@ fn refuse(session: &Session, limits: HeaderLimits) -> Option<(u16, String)> {
     None
 }
 
+/// Whether an HTTP/2 client reset its stream (`RST_STREAM` with `CANCEL` or `NO_ERROR`): it
+/// gave up waiting, as an HTTP/1 client that closes its connection does (a 499, not an error).
+/// pingora reports the reset it sees while the request waits only in its error's context
+/// ("Client closed H2, reason: …", `HttpSession::read_body_or_idle`); elsewhere as an
+/// `h2::Error` cause.
+fn h2_stream_cancelled(error: &Error) -> bool {
+    if error.etype() != &ErrorType::H2Error {
+        return false;
+    }
+    // The reset may sit under contexts added later (the peer, by `error_while_proxy`).
+    // A wrapped pingora error is a cause of type `Box<Error>` (it was boxed once more).
+    let idle_reset = std::iter::successors(Some(error), |e| {
+        let cause = e.cause.as_ref()?;
+        cause
+            .downcast_ref::<Box<Error>>()
+            .map(|b| &**b)
+            .or_else(|| cause.downcast_ref::<Error>())
+    })
+    .any(|e| {
+        e.context
+            .as_ref()
+            .is_some_and(|c| c.as_str().starts_with("Client closed H2"))
+    });
+    idle_reset
+        || error
+            .root_cause()
+            .downcast_ref::<h2::Error>()
+            .and_then(h2::Error::reason)
+            .is_some_and(|r| r == h2::Reason::CANCEL || r == h2::Reason::NO_ERROR)
+}
+
 /// Longest a request waits for the registry's first sync (a process just started or
 /// upgraded, with empty pools) before it is answered 503.
 pub(super) const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -186,10 +217,10 @@ impl ProxyHttp for Gateway {
     /// `sluice_requests_total{status="499"}`: not an error line per request in the log.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
         error.esource() == &ErrorSource::Downstream
-            && matches!(
+            && (matches!(
                 error.etype(),
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            )
+            ) || h2_stream_cancelled(error))
     }
 
     /// No downstream modules: pingora's default adds a (disabled) response-compression module
@@ -499,5 +530,22 @@ impl ProxyHttp for Gateway {
             .write();
         }
         drop(attempt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_h2_client_reset_under_added_context_is_a_cancel() {
+        let reset = Error::explain(
+            ErrorType::H2Error,
+            "Client closed H2, reason: stream no longer needed",
+        );
+        let wrapped = reset.more_context("peer: addr: 127.0.0.1:1");
+        assert!(h2_stream_cancelled(&wrapped));
+        let other = Error::explain(ErrorType::H2Error, "while accepting");
+        assert!(!h2_stream_cancelled(&other));
     }
 }

@@ -178,6 +178,25 @@ async fn client_abort_path() {
 }
 
 #[tokio::test]
+async fn an_http2_client_that_cancels_is_a_499_not_an_error() {
+    let (_up, gw) = one_instance("").await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    // The client gives up after 300 ms: its stream is reset (RST_STREAM CANCEL).
+    assert!(h2.get(gw.url("/slow?sleep_ms=3000")).send().await.is_err());
+    gw.wait_in_flight_zero("svc").await;
+    let log = eventually("the access line", Duration::from_secs(5), || async {
+        let log = gw.log();
+        log.contains("status=499").then_some(log)
+    })
+    .await;
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[tokio::test]
 async fn pipelined_keepalive_requests_each_count_once() {
     let (_up, gw) = one_instance("").await;
     let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
