@@ -442,35 +442,56 @@ impl Directory {
 /// Longest a host name's resolution may take before its instance is left without an address.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Most membership lines one rebuild writes; a larger change (a first listing of a big pool,
+/// a re-list) is one summary line instead of a line per instance.
+const MAX_MEMBERSHIP_LINES: usize = 16;
+
 /// Logs instances that joined or left `service`'s pool, and status changes, at info: what an
 /// operator reads when traffic moves.
 fn log_membership_changes(service: &str, before: &HashMap<&str, &Member>, after: &[Member]) {
-    for member in after {
-        let spec = &member.spec;
-        match before.get(spec.id.as_str()) {
-            None => tracing::info!(
-                %service,
-                instance = %spec.id,
-                addr = %spec.addr,
-                status = spec.status.as_str(),
-                weight = spec.weight,
-                "instance joined"
-            ),
-            Some(old) if old.spec.status != spec.status => tracing::info!(
-                %service,
-                instance = %spec.id,
-                from = old.spec.status.as_str(),
-                to = spec.status.as_str(),
-                "instance status changed"
-            ),
-            Some(_) => {}
-        }
-    }
-    if before.len() + after.len() == 0 {
+    let present: HashSet<&str> = after.iter().map(|m| m.spec.id.as_str()).collect();
+    let joined: Vec<&Member> = after
+        .iter()
+        .filter(|m| !before.contains_key(m.spec.id.as_str()))
+        .collect();
+    let changed: Vec<(&Member, &Member)> = after
+        .iter()
+        .filter_map(|m| before.get(m.spec.id.as_str()).map(|old| (*old, m)))
+        .filter(|(old, new)| old.spec.status != new.spec.status)
+        .collect();
+    let left: Vec<&&str> = before.keys().filter(|id| !present.contains(**id)).collect();
+    if joined.len() + changed.len() + left.len() > MAX_MEMBERSHIP_LINES {
+        tracing::info!(
+            %service,
+            joined = joined.len(),
+            left = left.len(),
+            status_changed = changed.len(),
+            instances = after.len(),
+            "pool changed"
+        );
         return;
     }
-    let present: HashSet<&str> = after.iter().map(|m| m.spec.id.as_str()).collect();
-    for id in before.keys().filter(|id| !present.contains(*id)) {
+    for member in joined {
+        let spec = &member.spec;
+        tracing::info!(
+            %service,
+            instance = %spec.id,
+            addr = %spec.addr,
+            status = spec.status.as_str(),
+            weight = spec.weight,
+            "instance joined"
+        );
+    }
+    for (old, new) in changed {
+        tracing::info!(
+            %service,
+            instance = %new.spec.id,
+            from = old.spec.status.as_str(),
+            to = new.spec.status.as_str(),
+            "instance status changed"
+        );
+    }
+    for id in left {
         tracing::info!(%service, instance = %id, "instance left");
     }
 }
