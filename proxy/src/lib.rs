@@ -25,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod drain;
 pub mod fd_limit;
+pub mod filters;
 pub mod gateway;
 pub mod health;
 pub mod listener;

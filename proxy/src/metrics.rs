@@ -30,6 +30,7 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub downstream_header_timeouts_total: IntCounter,
     pub fast_path_handoffs_total: IntCounterVec,
+    pub filter_rejections_total: IntCounterVec,
 }
 
 /// Pick-duration buckets in seconds: 50 ns to 1 ms.
@@ -192,6 +193,14 @@ impl Metrics {
                     "sluice_fast_path_handoffs_total",
                     "Requests the fast path left to pingora's proxy, by reason.",
                     &["reason"],
+                ),
+            ),
+            filter_rejections_total: register(
+                &registry,
+                counter(
+                    "sluice_filter_rejections_total",
+                    "Requests a filter answered itself, by route, filter and status.",
+                    &["route", "filter", "status"],
                 ),
             ),
             strategy_reloads_total: register(

@@ -84,8 +84,13 @@ impl Reloader {
                 .map(|e| format!("{}: {e}", self.path.display()))
                 .collect::<Vec<_>>()
         })?;
-        let router = Router::build(&new, &self.directory, &strategies)
-            .map_err(|e| vec![format!("{}: {e}", self.path.display())])?;
+        let router = Router::build(
+            &new,
+            &self.directory,
+            &strategies,
+            Some(&self.router.load()),
+        )
+        .map_err(|e| vec![format!("{}: {e}", self.path.display())])?;
         let certificates =
             crate::server::load_certificates(&new).map_err(|e| vec![e.to_string()])?;
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());

@@ -175,7 +175,7 @@ pub fn check(config: &Config) -> Result<(), BuildError> {
     let metrics = Arc::new(Metrics::new());
     let strategies = load_strategies(config, &metrics)?;
     let directory = Directory::new(metrics, &[]);
-    Router::build(config, &directory, &strategies).map_err(|source| BuildError::Router {
+    Router::build(config, &directory, &strategies, None).map_err(|source| BuildError::Router {
         path: config.source.display().to_string(),
         source,
     })?;
@@ -192,7 +192,7 @@ impl Parts {
             log_certificates(&index);
             Arc::new(SniResolver::new(index))
         });
-        let router = Router::build(&config, &directory, &strategies).map_err(|source| {
+        let router = Router::build(&config, &directory, &strategies, None).map_err(|source| {
             BuildError::Router {
                 path: config.source.display().to_string(),
                 source,

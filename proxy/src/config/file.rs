@@ -24,6 +24,9 @@ pub(super) struct FileConfig {
     pub(super) routes: Vec<RouteSection>,
     #[serde(default)]
     pub(super) services: BTreeMap<String, ServiceSection>,
+    /// `[filters.NAME]`: each kind's keys are read by its own module (`crate::filters`).
+    #[serde(default)]
+    pub(super) filters: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +43,8 @@ pub(super) struct ProxySection {
     pub(super) fast_path: Option<bool>,
     pub(super) header_timeout: Option<String>,
     pub(super) tls: Option<ListenerTlsSection>,
+    pub(super) filters: Option<Vec<String>>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +125,7 @@ pub(super) struct RouteSection {
     pub(super) retries: Option<u32>,
     pub(super) total_timeout: Option<String>,
     pub(super) max_body_bytes: Option<u64>,
+    pub(super) filters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

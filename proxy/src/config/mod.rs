@@ -8,10 +8,12 @@ mod validate;
 
 pub use error::{ConfigError, ConfigIssue};
 pub use model::{
-    AdminSettings, BuiltinStrategy, CertificateSpec, Config, EtcdTls, HashOn, HealthCheckSpec,
-    ListenerTls, LogFormat, LogSettings, PassiveSpec, ProxySettings, RegistrySettings, RouteSpec,
-    ServicePolicy, StrategyRef, StrategySpec, UpstreamTlsSpec, BUILTIN_STRATEGIES,
+    AdminSettings, BuiltinStrategy, CertificateSpec, Config, EtcdTls, FilterSpec, HashOn,
+    HealthCheckSpec, ListenerTls, LogFormat, LogSettings, PassiveSpec, ProxySettings,
+    RegistrySettings, RouteSpec, ServicePolicy, StrategyRef, StrategySpec, UpstreamTlsSpec,
+    BUILTIN_STRATEGIES,
 };
+pub use validate::parse_cidr;
 
 use std::path::Path;
 

@@ -75,6 +75,17 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Per-service policy by service name.
     pub services: BTreeMap<String, ServicePolicy>,
+    /// `[filters.NAME]` by name: a kind and its keys, built by `crate::filters`.
+    pub filters: BTreeMap<String, FilterSpec>,
+}
+
+/// `[filters.NAME]`: a filter's kind and its table as written (the kind's module reads it,
+/// so each kind's keys live beside its code).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterSpec {
+    pub kind: String,
+    /// The table without `kind`.
+    pub table: toml::Table,
 }
 
 /// `[proxy]`: the data-plane listeners and runtime.
@@ -100,6 +111,11 @@ pub struct ProxySettings {
     pub header_timeout: Duration,
     /// `[proxy.tls]`: TLS listeners, if any.
     pub tls: Option<ListenerTls>,
+    /// Filters every request runs before its route's own.
+    pub filters: Vec<String>,
+    /// Peers whose `X-Forwarded-For` names the client (the client IP filters, limits and
+    /// `hash_on = "client_ip"` see).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[proxy.tls]`: TLS termination on its own listeners.
@@ -256,6 +272,8 @@ pub struct RouteSpec {
     pub total_timeout: Option<Duration>,
     /// Larger request bodies are answered 413; `None`: no limit.
     pub max_body_bytes: Option<u64>,
+    /// The route's filters, after `[proxy] filters`.
+    pub filters: Vec<String>,
 }
 
 /// Active health check settings (`health_check = { ... }`).

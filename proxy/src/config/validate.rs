@@ -1,5 +1,6 @@
 //! File model -> internal model: every value checked, every problem collected.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -141,8 +142,26 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 .tls
                 .as_ref()
                 .and_then(|t| validate_listener_tls(&mut issues, t)),
+            filters: filter_names(&mut issues, "proxy.filters", p.filters.as_deref(), &file),
+            trusted_proxies: p
+                .trusted_proxies
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter_map(|(i, text)| {
+                    let parsed = parse_cidr(text);
+                    if parsed.is_none() {
+                        issues.push(
+                            format!("proxy.trusted_proxies[{i}]"),
+                            format!("{text:?} is not an IP address or CIDR block"),
+                        );
+                    }
+                    parsed
+                })
+                .collect(),
         }
     };
+    let filters = validate_filters(&mut issues, &file);
 
     let admin = {
         let listen_text = file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN);
@@ -408,6 +427,7 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
             strategies,
             routes,
             services,
+            filters,
         })
     } else {
         Err(ConfigError::Invalid {
@@ -647,7 +667,83 @@ fn validate_route(
             )
         }),
         max_body_bytes: section.max_body_bytes,
+        filters: filter_names(
+            issues,
+            &format!("{key}.filters"),
+            section.filters.as_deref(),
+            file,
+        ),
     })
+}
+
+/// An IP address (one host) or a CIDR block, IPv4 or IPv6.
+pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .map(|net| net.trunc())
+        .or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        })
+}
+
+/// A list of filter names, each naming a `[filters.NAME]`.
+fn filter_names(
+    issues: &mut Issues,
+    key: &str,
+    names: Option<&[String]>,
+    file: &FileConfig,
+) -> Vec<String> {
+    let names = names.unwrap_or_default();
+    for (i, name) in names.iter().enumerate() {
+        if !file.filters.contains_key(name) {
+            issues.push(
+                format!("{key}[{i}]"),
+                format!("no filter named {name:?}: define it as [filters.{name}]"),
+            );
+        }
+    }
+    names.to_vec()
+}
+
+/// `[filters.NAME]`: a known `kind` each (their other keys are the kind's to read).
+fn validate_filters(issues: &mut Issues, file: &FileConfig) -> BTreeMap<String, FilterSpec> {
+    let mut filters = BTreeMap::new();
+    for (name, table) in &file.filters {
+        let key = format!("filters.{name}");
+        let mut table = table.clone();
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => {
+                issues.push(
+                    format!("{key}.kind"),
+                    format!("expected a string, found {}", other.type_str()),
+                );
+                continue;
+            }
+            None => {
+                issues.push(
+                    format!("{key}.kind"),
+                    format!("required: one of {:?}", crate::filters::KINDS),
+                );
+                continue;
+            }
+        };
+        if !crate::filters::KINDS.contains(&kind.as_str()) {
+            issues.push(
+                format!("{key}.kind"),
+                format!(
+                    "unknown filter kind {kind:?}: known are {:?}",
+                    crate::filters::KINDS
+                ),
+            );
+            continue;
+        }
+        filters.insert(name.clone(), FilterSpec { kind, table });
+    }
+    filters
 }
 
 fn validate_health_check(

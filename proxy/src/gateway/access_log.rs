@@ -39,6 +39,10 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) attempts: u32,
     /// The error name (pingora's error types), or empty.
     pub(crate) error: &'a str,
+    /// Who the request authenticated as (a filter's), or empty.
+    pub(crate) consumer: &'a str,
+    /// The `request-id` filter's id, or empty.
+    pub(crate) request_id: &'a str,
 }
 
 /// An upstream address, or nothing: formatted in place, no string built per request.
@@ -72,6 +76,8 @@ impl AccessLine<'_> {
             bytes_sent = self.bytes_sent,
             attempts = self.attempts,
             error = self.error,
+            consumer = self.consumer,
+            request_id = self.request_id,
             "access"
         );
     }

@@ -1,15 +1,23 @@
 //! What changes on the way upstream: the prefix strip, the hop-by-hop fields, and the
 //! `X-Forwarded-*` headers.
 
+use std::net::IpAddr;
+
 use http::Uri;
 use pingora::http::RequestHeader;
 use pingora::Result;
 
 use crate::config::RouteSpec;
 
-/// Rewrites the path when the route strips its prefix; `/users/1?q` -> `/1?q`, `/users` -> `/`.
-pub(crate) fn strip_prefix(route: &RouteSpec, request: &mut RequestHeader) -> Result<()> {
-    let Some(path_and_query) = stripped_target(route, request.uri.path(), request.uri.query())
+/// Rewrites the target when the route strips its prefix (`/users/1?q` -> `/1?q`, `/users`
+/// -> `/`) or a filter changed the query (`new_query`; empty: none).
+pub(crate) fn rewrite_target(
+    route: &RouteSpec,
+    request: &mut RequestHeader,
+    new_query: Option<&str>,
+) -> Result<()> {
+    let Some(path_and_query) =
+        upstream_target(route, request.uri.path(), request.uri.query(), new_query)
     else {
         return Ok(());
     };
@@ -20,26 +28,67 @@ pub(crate) fn strip_prefix(route: &RouteSpec, request: &mut RequestHeader) -> Re
     Ok(())
 }
 
-/// The request target after the route strips its prefix from `path`; `None` when unchanged.
-pub(crate) fn stripped_target(
+/// The request target as sent upstream, when it is not the client's: the route strips its
+/// prefix from `path`, or a filter set `new_query` (empty: no query). `None`: unchanged.
+pub(crate) fn upstream_target(
     route: &RouteSpec,
     path: &str,
     query: Option<&str>,
+    new_query: Option<&str>,
 ) -> Option<String> {
-    if !route.strip_prefix || route.path_prefix == "/" {
+    let strips = route.strip_prefix && route.path_prefix != "/";
+    let rest = if strips {
+        path.strip_prefix(route.path_prefix.as_str())
+    } else {
+        None
+    };
+    if rest.is_none() && new_query.is_none() {
         return None;
     }
-    let rest = path.strip_prefix(route.path_prefix.as_str())?;
-    let mut path_and_query = String::with_capacity(rest.len() + 16);
-    if !rest.starts_with('/') {
+    let path = rest.unwrap_or(path);
+    let query = match new_query {
+        Some(q) => Some(q).filter(|q| !q.is_empty()),
+        None => query,
+    };
+    let mut path_and_query = String::with_capacity(path.len() + 16);
+    if !path.starts_with('/') {
         path_and_query.push('/');
     }
-    path_and_query.push_str(rest);
+    path_and_query.push_str(path);
     if let Some(query) = query {
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
     Some(path_and_query)
+}
+
+/// The client's IP: the peer's, or, when the peer is one of `trusted` proxies, the
+/// rightmost address of the first `X-Forwarded-For` field that is not a trusted proxy
+/// (the leftmost when all are; the peer when the field is missing or unreadable).
+pub(crate) fn client_ip(
+    peer: Option<IpAddr>,
+    forwarded_for: Option<&[u8]>,
+    trusted: &[ipnet::IpNet],
+) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&ip.to_canonical()));
+    let peer = peer?;
+    if trusted.is_empty() || !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let Some(list) = forwarded_for.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return Some(peer);
+    };
+    let mut client = peer;
+    for entry in list.rsplit(',') {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    Some(client)
 }
 
 /// RFC 9110 7.6.1 and 8.6 on pingora's path, as the codec does on the fast path: the fields
@@ -126,12 +175,13 @@ mod tests {
             retries: 1,
             total_timeout: None,
             max_body_bytes: None,
+            filters: Vec::new(),
         }
     }
 
     fn path_after(prefix: &str, strip: bool, uri: &str) -> String {
         let mut req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
-        strip_prefix(&route(prefix, strip), &mut req).unwrap();
+        rewrite_target(&route(prefix, strip), &mut req, None).unwrap();
         req.uri.to_string()
     }
 
@@ -141,6 +191,53 @@ mod tests {
         assert_eq!(path_after("/users", true, "/users"), "/");
         assert_eq!(path_after("/users/", true, "/users/x"), "/x");
         assert_eq!(path_after("/users", false, "/users/1"), "/users/1");
+    }
+
+    #[test]
+    fn a_filter_changes_the_query() {
+        let r = route("/users", true);
+        assert_eq!(
+            upstream_target(&r, "/users/1", Some("k=s&a=1"), Some("a=1")).as_deref(),
+            Some("/1?a=1")
+        );
+        let r = route("/", false);
+        assert_eq!(
+            upstream_target(&r, "/x", Some("k=s"), Some("")).as_deref(),
+            Some("/x")
+        );
+        assert_eq!(upstream_target(&r, "/x", Some("k=s"), None), None);
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies() {
+        let trusted = [
+            crate::config::parse_cidr("10.0.0.0/8").unwrap(),
+            crate::config::parse_cidr("::1").unwrap(),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let peer = Some(ip("10.0.0.2"));
+        let xff = |v: &'static str| Some(v.as_bytes());
+        assert_eq!(
+            client_ip(peer, xff("203.0.113.9, 10.1.1.1"), &trusted),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            client_ip(peer, xff("198.51.100.1, 203.0.113.9"), &trusted),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            client_ip(peer, xff("10.1.1.1"), &trusted),
+            Some(ip("10.1.1.1"))
+        );
+        assert_eq!(client_ip(peer, xff("junk"), &trusted), peer);
+        assert_eq!(client_ip(peer, None, &trusted), peer);
+        // An untrusted peer's header is not believed.
+        let outsider = Some(ip("192.0.2.1"));
+        assert_eq!(client_ip(outsider, xff("203.0.113.9"), &trusted), outsider);
+        assert_eq!(
+            client_ip(Some(ip("::1")), xff("2001:db8::5"), &trusted),
+            Some(ip("2001:db8::5"))
+        );
     }
 
     #[test]

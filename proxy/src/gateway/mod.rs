@@ -1,13 +1,12 @@
-//! The data plane: the router (host + longest path prefix -> route), the pingora
-//! [`ProxyHttp`](pingora::proxy::ProxyHttp) implementation that picks an instance per request,
-//! rewrites and forwards it (over HTTP/1.1, TLS or h2c by the instance's scheme), the fast
-//! path that serves plain HTTP/1.1 requests without pingora's HTTP machinery, and the metrics
-//! and access log both record.
+//! The data plane: the router (host + longest path prefix -> route), the one request engine
+//! (admit, try, feedback, finish: `engine`), and its two drivers — pingora's
+//! [`ProxyHttp`](pingora::proxy::ProxyHttp) (HTTP/1.1, HTTP/2, TLS, h2c and TLS upstreams) and
+//! the fast path that serves plain HTTP/1.1 requests without pingora's HTTP machinery.
 
 mod access_log;
-mod context;
-mod failure;
-pub use context::{active_requests, InFlightHold, RequestCtx};
+pub(crate) mod engine;
+pub(crate) mod failure;
+pub use engine::{active_requests, Engine, InFlightHold, RequestRecord};
 mod fast;
 mod forward;
 mod peer;

@@ -1,5 +1,8 @@
-//! The pingora proxy: route, pick, forward, answer errors with a body that says why, record.
+//! The pingora driver of the request engine: pingora's `ProxyHttp` callbacks call the
+//! engine's steps (admit, try, feedback, finish) and carry the bytes; every decision is the
+//! engine's (`gateway::engine`).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,21 +14,18 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use super::access_log::{AccessLine, Via};
-use super::context::{LocalAnswer, RequestCtx};
-use super::failure::{self, no_instance_body, Failure};
-use super::retry::{may_retry, Failed};
-use super::{forward, Route, Router};
-use crate::config::HashOn;
-use crate::strategy::PickRequest;
+use super::access_log::Via;
+use super::engine::filters::HeaderEdit;
+use super::engine::{Admission, Engine, PickFailure, RequestLine, RequestRecord, RequestView};
+use super::failure::{self, Answer, Failure};
+use super::retry::Failed;
+use super::{forward, Router};
+use crate::strategy::RequestHeaders;
 
-/// The gateway's request handler; the router is swapped whole on reload.
+/// The gateway's request handler on pingora's path; the router is swapped whole on reload.
 #[derive(Clone)]
 pub struct Gateway {
-    pub(super) router: Arc<ArcSwap<Router>>,
-    pub(super) limits: HeaderLimits,
-    directory: Arc<crate::pool::Directory>,
-    ejections: Option<crate::health::EjectionRequests>,
+    engine: Arc<Engine>,
 }
 
 /// Header limits of the listener (`proxy.max_headers`, `proxy.max_header_bytes`).
@@ -98,10 +98,6 @@ fn h2_stream_cancelled(error: &Error) -> bool {
             .is_some_and(|r| r == h2::Reason::CANCEL || r == h2::Reason::NO_ERROR)
 }
 
-/// Longest a request waits for the registry's first sync (a process just started or
-/// upgraded, with empty pools) before it is answered 503.
-pub(super) const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 impl Gateway {
     pub fn new(
         router: Arc<ArcSwap<Router>>,
@@ -110,34 +106,13 @@ impl Gateway {
         ejections: Option<crate::health::EjectionRequests>,
     ) -> Self {
         Self {
-            router,
-            limits,
-            directory,
-            ejections,
+            engine: Arc::new(Engine::new(router, limits, directory, ejections)),
         }
     }
 
-    /// The metric families, for the recorders of both request paths.
-    pub(super) fn metrics(&self) -> &crate::metrics::Metrics {
-        self.directory.metrics()
-    }
-
-    /// Counts a failed attempt; past the route's `passive` threshold, asks for an ejection.
-    fn attempt_failed(&self, ctx: &RequestCtx) {
-        if let (Some(attempt), Some(route)) = (&ctx.attempt, &ctx.route) {
-            self.attempt_failed_on(route, attempt);
-        }
-    }
-
-    /// Counts a failed attempt of `route`; past its `passive` threshold, asks for an ejection.
-    pub(super) fn attempt_failed_on(&self, route: &Route, attempt: &crate::pool::InFlightGuard) {
-        let live = attempt.live();
-        live.record_failure();
-        if let (Some(threshold), Some(ejections)) = (route.eject_after, &self.ejections) {
-            if live.failures() == threshold {
-                ejections.request(route.slot.name_arc());
-            }
-        }
+    /// The engine this driver steps, shared with the fast path.
+    pub(super) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 }
 
@@ -152,65 +127,95 @@ fn request_host(req: &RequestHeader) -> &str {
     sluice_http1::fields::host_without_port(raw)
 }
 
-fn request_hash(hash_on: &HashOn, session: &Session) -> u64 {
-    let req = session.req_header();
-    hash_request(
-        hash_on,
-        |name| req.headers.get(name).map(|v| v.as_bytes()),
-        session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip()),
-        req.uri.path(),
-    )
+/// The peer's IP address.
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
-/// The `request_hash` of a request: the same on the pingora path and the fast path.
-pub(super) fn hash_request<'a>(
-    hash_on: &HashOn,
-    header: impl FnOnce(&http::HeaderName) -> Option<&'a [u8]>,
-    client_ip: Option<std::net::IpAddr>,
-    path: &str,
-) -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    // A fixed-key hasher: the same input hashes the same in every process and thread.
-    let mut h =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .build_hasher();
-    match hash_on {
-        HashOn::Header(name) => match header(name) {
-            Some(v) => v.hash(&mut h),
-            None => return 0,
-        },
-        HashOn::ClientIp => match client_ip {
-            Some(ip) => ip.hash(&mut h),
-            None => return 0,
-        },
-        HashOn::Path => path.hash(&mut h),
+/// A request on pingora's path as the engine reads it.
+struct SessionView<'a> {
+    req: &'a RequestHeader,
+    client_ip: Option<IpAddr>,
+}
+
+impl<'a> SessionView<'a> {
+    fn new(session: &'a Session, engine: &Engine) -> Self {
+        let req = session.req_header();
+        let forwarded_for = || req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+        Self {
+            req,
+            client_ip: engine.client_ip(client_ip(session), forwarded_for),
+        }
     }
-    h.finish()
 }
 
-async fn answer(session: &mut Session, status: u16, body: String) -> Result<()> {
-    let mut header = ResponseHeader::build(status, Some(3))?;
+impl RequestHeaders for SessionView<'_> {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.req.headers.get(name).map(|v| v.as_bytes())
+    }
+}
+
+impl RequestView for SessionView<'_> {
+    fn method(&self) -> &str {
+        self.req.method.as_str()
+    }
+
+    fn host(&self) -> &str {
+        request_host(self.req)
+    }
+
+    fn path(&self) -> &str {
+        self.req.uri.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.req.uri.query()
+    }
+
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    fn declared_body_len(&self) -> Option<u64> {
+        self.req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn idempotent(&self) -> bool {
+        self.req.method.is_idempotent()
+    }
+}
+
+/// Writes one of the gateway's own answers.
+async fn answer(session: &mut Session, answer: Answer) -> Result<()> {
+    let mut header = ResponseHeader::build(answer.status, Some(3 + answer.headers.len()))?;
     header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    header.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
     header.insert_header("x-sluice-error", "1")?;
+    for (name, value) in answer.headers {
+        header.append_header(name, value)?;
+    }
     session
         .write_response_header(Box::new(header), false)
         .await?;
     session
-        .write_response_body(Some(Bytes::from(body)), true)
+        .write_response_body(Some(Bytes::from(answer.body)), true)
         .await?;
     Ok(())
 }
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    type CTX = RequestRecord;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::new()
+        RequestRecord::new()
     }
 
     /// A client that went away (the 499s) is the client's business, counted in
@@ -228,55 +233,24 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        if let Some((status, body)) = refuse(session, self.limits) {
-            answer(session, status, body).await?;
+        if let Some((status, body)) = refuse(session, self.engine.limits) {
+            ctx.error = "InvalidHTTPHeader";
+            answer(session, Answer::plain(status, body, ctx.error)).await?;
             return Ok(true);
         }
-        let router = self.router.load();
-        let (host, path) = {
-            let req = session.req_header();
-            (request_host(req), req.uri.path())
+        let admission = {
+            let view = SessionView::new(session, &self.engine);
+            let route = self.engine.route(view.host(), view.path());
+            self.engine.admit(ctx, route, &view).await
         };
-        let Some(route) = router.find(host, path).cloned() else {
-            let body = format!("sluice: no route for host \"{host}\" and path \"{path}\"\n");
-            ctx.local_answer = Some(LocalAnswer::NoRoute);
-            answer(session, 404, body).await?;
-            return Ok(true);
-        };
-        if route.slot.load().eligible_len() == 0 && !self.directory.is_ready() {
-            // A process just started or upgraded: give the registry its first sync.
-            self.directory.wait_ready(FIRST_SYNC_WAIT).await;
-        }
-        if route.slot.load().eligible_len() == 0 {
-            ctx.local_answer = Some(LocalAnswer::NoInstance);
-            let body = no_instance_body(&route);
-            ctx.route = Some(route);
-            answer(session, 503, body).await?;
-            return Ok(true);
-        }
-        if let Some(limit) = route.spec.max_body_bytes {
-            let declared = session
-                .req_header()
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limit) {
-                ctx.route = Some(route);
-                answer(
-                    session,
-                    413,
-                    format!("sluice: request body larger than {limit} bytes\n"),
-                )
-                .await?;
-                return Ok(true);
+        match admission {
+            Admission::Forward => Ok(false),
+            Admission::Answer(reply) => {
+                ctx.error = reply.error;
+                answer(session, reply).await?;
+                Ok(true)
             }
         }
-        if let Some(hash_on) = route.hash_on() {
-            ctx.request_hash = request_hash(hash_on, session);
-        }
-        ctx.route = Some(route);
-        Ok(false)
     }
 
     async fn request_body_filter(
@@ -311,49 +285,27 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
-        // What is left of the route's total timeout bounds this try.
-        let remaining = route
-            .spec
-            .total_timeout
-            .map(|total| total.saturating_sub(ctx.start.elapsed()));
-        if remaining.is_some_and(|r| r.is_zero()) {
-            return Err(Error::explain(ErrorType::ReadTimedout, "total timeout spent").into_up());
-        }
         let pool = route.slot.load();
-        let request = PickRequest {
-            hash: ctx.request_hash,
-            exclude: ctx.tried(),
-            headers: Some(&session.req_header().headers),
+        let view = SessionView::new(session, &self.engine);
+        let picked = match self.engine.next_try(ctx, &pool, &view) {
+            Ok(picked) => picked,
+            Err(PickFailure::TotalTimeout) => {
+                return Err(
+                    Error::explain(ErrorType::ReadTimedout, "total timeout spent").into_up(),
+                )
+            }
+            Err(failure) => {
+                ctx.pick_failure = Some(failure);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no eligible instance",
+                ));
+            }
         };
-        let picked = route
-            .strategy
-            .pick(&pool, &request)
-            .filter(|&i| i < pool.eligible_len());
-        let Some(index) = picked else {
-            ctx.local_answer = Some(LocalAnswer::NoInstance);
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                "no eligible instance",
-            ));
-        };
-        let member = pool.eligible(index);
-        let Some(socket) = member.socket else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                "instance has no address",
-            ));
-        };
-        // Replacing the previous attempt's guard ends its in-flight count.
-        ctx.attempt = Some(member.live.start_request());
-        ctx.remember_tried(member.key);
-        ctx.attempts += 1;
-        ctx.upstream_addr = Some(socket);
-        ctx.upstream_start = Some(Instant::now());
-        let mut peer = route.upstream_tls.peer(&member.spec, socket);
-        let cap = |d: std::time::Duration| remaining.map_or(d, |r| d.min(r));
-        peer.options.connection_timeout = Some(cap(route.connect_timeout));
-        peer.options.read_timeout = Some(cap(route.spec.timeout));
-        peer.options.write_timeout = Some(cap(route.spec.timeout));
+        let mut peer = route.upstream_tls.peer(&picked.member.spec, picked.addr);
+        peer.options.connection_timeout = Some(ctx.timeouts.connect);
+        peer.options.read_timeout = Some(ctx.timeouts.io);
+        peer.options.write_timeout = Some(ctx.timeouts.io);
         peer.options.idle_timeout = Some(route.idle_timeout);
         Ok(Box::new(peer))
     }
@@ -365,18 +317,28 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(route) = &ctx.route {
-            forward::strip_prefix(&route.spec, upstream_request)?;
+            let new_query = ctx.filters.as_ref().and_then(|s| s.query.as_deref());
+            forward::rewrite_target(&route.spec, upstream_request, new_query)?;
         }
         forward::hop_by_hop(upstream_request)?;
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        if let Some(state) = &ctx.filters {
+            for edit in state.upstream.iter() {
+                match edit.clone() {
+                    HeaderEdit::Set(name, value) => upstream_request.insert_header(name, value)?,
+                    HeaderEdit::Add(name, value) => {
+                        upstream_request.append_header(name, value)?;
+                    }
+                    HeaderEdit::Remove(name) => {
+                        upstream_request.remove_header(&name);
+                    }
+                }
+            }
+        }
         // The downstream header and the upstream one are separate: borrow the host, no copy.
         let host = request_host(session.req_header());
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let proto = if tls { "https" } else { "http" };
-        forward::forwarded_headers(upstream_request, client_ip, host, proto)
+        forward::forwarded_headers(upstream_request, client_ip(session), host, proto)
     }
 
     async fn upstream_response_filter(
@@ -385,14 +347,19 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if let (Some(attempt), Some(start)) = (&ctx.attempt, ctx.upstream_start) {
-            let elapsed = start.elapsed();
-            ctx.upstream_elapsed = Some(elapsed);
-            attempt.live().observe_latency(elapsed);
-            if upstream_response.status.is_server_error() {
-                self.attempt_failed(ctx);
-            } else {
-                attempt.live().record_success();
+        self.engine
+            .response_head(ctx, upstream_response.status.as_u16());
+        if let Some(state) = &ctx.filters {
+            for edit in state.response.iter() {
+                match edit.clone() {
+                    HeaderEdit::Set(name, value) => upstream_response.insert_header(name, value)?,
+                    HeaderEdit::Add(name, value) => {
+                        upstream_response.append_header(name, value)?;
+                    }
+                    HeaderEdit::Remove(name) => {
+                        upstream_response.remove_header(&name);
+                    }
+                }
             }
         }
         Ok(())
@@ -405,15 +372,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        self.attempt_failed(ctx);
-        let retries = ctx.route.as_ref().map_or(0, |r| r.spec.retries);
-        e.set_retry(may_retry(
-            Failed::BeforeSending,
-            session.req_header().method.is_idempotent(),
-            true,
-            ctx.attempts,
-            retries,
-        ));
+        let idempotent = session.req_header().method.is_idempotent();
+        e.set_retry(
+            self.engine
+                .try_failed(ctx, Failed::BeforeSending, idempotent, true),
+        );
         e
     }
 
@@ -425,24 +388,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         _client_reused: bool,
     ) -> Box<Error> {
-        self.attempt_failed(ctx);
         let mut e = e.more_context(format!("peer: {peer}"));
-        let retries = ctx.route.as_ref().map_or(0, |r| r.spec.retries);
         let failed = match e.etype() {
+            _ if e.esource() == &ErrorSource::Downstream => Failed::ClientLeft,
             ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::InvalidHTTPHeader => {
                 Failed::Final
             }
-            _ if e.esource() == &ErrorSource::Downstream => Failed::Final,
             _ => Failed::AfterSending,
         };
         // The same rule as the fast path's, whether the connection was new or reused.
-        e.set_retry(may_retry(
-            failed,
-            session.req_header().method.is_idempotent(),
-            !session.as_ref().retry_buffer_truncated(),
-            ctx.attempts,
-            retries,
-        ));
+        let idempotent = session.req_header().method.is_idempotent();
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        e.set_retry(self.engine.try_failed(ctx, failed, idempotent, replayable));
         e
     }
 
@@ -452,38 +409,51 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let (code, reason) = match e.etype() {
-            ErrorType::HTTPStatus(503) if ctx.local_answer == Some(LocalAnswer::NoInstance) => {
-                let body = ctx
-                    .route
-                    .as_deref()
-                    .map(no_instance_body)
-                    .unwrap_or_default();
-                (503, body)
+        let route = ctx.route.as_deref();
+        let reply = match e.etype() {
+            ErrorType::HTTPStatus(503) if ctx.pick_failure.is_some() => {
+                let failure = ctx.pick_failure.map_or(Failure::NoInstance, Failure::from);
+                Some(failure::answer(failure, route, None))
             }
-            ErrorType::HTTPStatus(413) => (413, "sluice: request body too large\n".to_string()),
-            ErrorType::HTTPStatus(code) => (*code, failure::status_body(*code)),
-            _ => match (e.esource(), &ctx.route) {
-                (ErrorSource::Upstream, Some(route)) => {
-                    let answer =
-                        failure::answer(Failure::Upstream(e.etype()), route, ctx.upstream_addr);
-                    (answer.status, answer.body)
-                }
-                (ErrorSource::Upstream, None) => (502, failure::status_body(502)),
-                (ErrorSource::Downstream, _) => match e.etype() {
+            ErrorType::HTTPStatus(413) => Some(Answer::plain(
+                413,
+                "sluice: request body too large\n".to_string(),
+                "HTTPStatus",
+            )),
+            ErrorType::HTTPStatus(code) => Some(Answer::plain(
+                *code,
+                failure::status_body(*code),
+                "HTTPStatus",
+            )),
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(failure::answer(
+                    Failure::Upstream(e.etype()),
+                    route,
+                    ctx.upstream,
+                )),
+                ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
-                        (0, String::new())
+                        None
                     }
-                    _ => (400, "sluice: bad request\n".to_string()),
+                    _ => Some(Answer::plain(
+                        400,
+                        "sluice: bad request\n".to_string(),
+                        "InvalidHTTPHeader",
+                    )),
                 },
-                (ErrorSource::Internal | ErrorSource::Unset, _) => {
-                    (500, "sluice: internal error\n".to_string())
-                }
+                ErrorSource::Internal | ErrorSource::Unset => Some(Answer::plain(
+                    500,
+                    "sluice: internal error\n".to_string(),
+                    "InternalError",
+                )),
             },
         };
-        if code > 0 && session.response_written().is_none() {
-            if let Err(write_error) = answer(session, code, reason).await {
-                tracing::debug!("could not send the error response: {write_error}");
+        let code = reply.as_ref().map_or(0, |r| r.status);
+        if let Some(reply) = reply {
+            if session.response_written().is_none() {
+                if let Err(write_error) = answer(session, reply).await {
+                    tracing::debug!("could not send the error response: {write_error}");
+                }
             }
         }
         FailToProxy {
@@ -493,43 +463,23 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
-        // End the in-flight count now rather than whenever the context is dropped.
-        let attempt = ctx.attempt.take();
-        let elapsed = ctx.start.elapsed();
-        let status = match session.response_written() {
+        ctx.status = match session.response_written() {
             Some(resp) => resp.status.as_u16(),
             // The client went away before any answer (nginx's 499).
             None if e.is_some() => 499,
             None => 0,
         };
-        if let Some(route) = &ctx.route {
-            route.metrics.record(status, elapsed);
+        if let Some(e) = e {
+            ctx.error = e.etype().as_str();
         }
-        let access_log = match &ctx.route {
-            Some(route) => route.access_log,
-            None => self.router.load().access_log,
+        ctx.bytes_sent = session.as_downstream().body_bytes_sent() as u64;
+        let req = session.req_header();
+        let line = RequestLine {
+            method: req.method.as_str(),
+            host: request_host(req),
+            path: req.uri.path(),
         };
-        if access_log {
-            let req = session.req_header();
-            AccessLine {
-                method: req.method.as_str(),
-                host: request_host(req),
-                path: req.uri.path(),
-                status,
-                route: ctx.route.as_ref().map_or("", |r| r.spec.name.as_str()),
-                service: ctx.route.as_ref().map_or("", |r| r.spec.service.as_str()),
-                instance: attempt.as_ref().map_or("", |a| a.live().id()),
-                via: Via::Pingora,
-                upstream: ctx.upstream_addr,
-                upstream_elapsed: ctx.upstream_elapsed,
-                total: elapsed,
-                bytes_sent: session.as_downstream().body_bytes_sent() as u64,
-                attempts: ctx.attempts,
-                error: e.map(|e| e.etype().as_str()).unwrap_or(""),
-            }
-            .write();
-        }
-        drop(attempt);
+        self.engine.finish(ctx, line, Via::Pingora, Instant::now());
     }
 }
 

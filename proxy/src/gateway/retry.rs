@@ -6,7 +6,7 @@
 //!   retried only when the method is idempotent (RFC 9110 9.2.2) and the body, if any, is
 //!   still at hand to send again.
 //! - A timeout, or a response the gateway could not use: answered (504, 502), not retried; a
-//!   client that went away ends the request.
+//!   client that went away ends the request (and is no fault of the instance).
 //!
 //! Either way no more than the route's `retries`: try number `attempts` may be followed by
 //! another while `attempts <= retries`.
@@ -18,8 +18,10 @@ pub(crate) enum Failed {
     BeforeSending,
     /// Sent (or partly sent), with no response.
     AfterSending,
-    /// Timed out, or the response was unusable, or the client left.
+    /// Timed out, or the response was unusable.
     Final,
+    /// The client went away while the try was out.
+    ClientLeft,
 }
 
 /// Whether the try that failed as `failed` may be followed by another.
@@ -36,7 +38,7 @@ pub(crate) fn may_retry(
     match failed {
         Failed::BeforeSending => true,
         Failed::AfterSending => idempotent && body_replayable,
-        Failed::Final => false,
+        Failed::Final | Failed::ClientLeft => false,
     }
 }
 
@@ -55,6 +57,7 @@ mod tests {
         assert!(!may_retry(Failed::AfterSending, true, false, 1, 1));
         // Timeouts and bad responses are answered.
         assert!(!may_retry(Failed::Final, true, true, 1, 5));
+        assert!(!may_retry(Failed::ClientLeft, true, true, 1, 5));
         assert!(!may_retry(Failed::BeforeSending, true, true, 1, 0));
     }
 }

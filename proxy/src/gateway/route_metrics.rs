@@ -16,6 +16,7 @@ pub(crate) struct RouteMetrics {
     route: String,
     service: String,
     requests: IntCounterVec,
+    rejections: IntCounterVec,
     by_status: Box<[OnceLock<IntCounter>]>,
     duration: Histogram,
 }
@@ -26,6 +27,7 @@ impl RouteMetrics {
             route: route.to_string(),
             service: service.to_string(),
             requests: metrics.requests_total.clone(),
+            rejections: metrics.filter_rejections_total.clone(),
             by_status: (0..CACHED_STATUSES).map(|_| OnceLock::new()).collect(),
             duration: metrics
                 .request_duration_seconds
@@ -42,6 +44,13 @@ impl RouteMetrics {
             None => &self.counter(status),
         };
         counter.inc();
+    }
+
+    /// Counts a request the filter `filter` answered with `status`.
+    pub(crate) fn rejected(&self, filter: &str, status: u16) {
+        self.rejections
+            .with_label_values(&[&self.route, filter, &status.to_string()])
+            .inc();
     }
 
     fn counter(&self, status: u16) -> IntCounter {

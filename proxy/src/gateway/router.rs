@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::engine::filters::FilterChain;
 use super::peer::{CaError, UpstreamTls};
 use super::route_metrics::RouteMetrics;
 use crate::config::{Config, HashOn, RouteSpec};
+use crate::filters::FilterSet;
 use crate::pool::{Directory, ServiceSlot};
 use crate::strategy::{Strategy, StrategySet};
 
@@ -29,6 +31,8 @@ pub struct Route {
     /// `[log] access_log`: reloaded with the routes, on both request paths.
     pub access_log: bool,
     pub(crate) metrics: RouteMetrics,
+    /// `[proxy] filters`, then the route's own, in order.
+    pub(crate) filters: FilterChain,
 }
 
 impl std::fmt::Debug for Route {
@@ -43,6 +47,13 @@ impl std::fmt::Debug for Route {
 impl Route {
     pub fn hash_on(&self) -> Option<&HashOn> {
         self.spec.hash_on.as_ref()
+    }
+
+    /// Counts the answer of the chain's filter number `filter`.
+    pub(crate) fn count_rejection(&self, filter: usize, status: u16) {
+        if let Some(filter) = self.filters.filters().get(filter) {
+            self.metrics.rejected(filter.name(), status);
+        }
     }
 
     fn matches_host(&self, host: &str) -> bool {
@@ -67,6 +78,8 @@ impl Route {
 pub enum RouterError {
     #[error("routes[{index}].strategy: no strategy named {name:?} is loaded")]
     Strategy { index: usize, name: String },
+    #[error(transparent)]
+    Filter(#[from] crate::filters::FilterError),
     #[error("services.{service}.upstream_tls.ca: {source}")]
     UpstreamTls {
         service: String,
@@ -81,15 +94,23 @@ pub struct Router {
     routes: Vec<Arc<Route>>,
     /// `[log] access_log`, for requests no route matched.
     pub access_log: bool,
+    /// `[proxy] trusted_proxies`.
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    /// The built filters, kept for the next build to take over their state.
+    filters: FilterSet,
 }
 
 impl Router {
-    /// Builds the routes of `config`, creating service slots in `directory` as needed.
+    /// Builds the routes of `config`, creating service slots in `directory` as needed; the
+    /// filters of `previous` (the router it replaces) that keep state and did not change are
+    /// taken over.
     pub fn build(
         config: &Config,
         directory: &Directory,
         strategies: &StrategySet,
+        previous: Option<&Router>,
     ) -> Result<Self, RouterError> {
+        let filters = FilterSet::build(config, previous.map(|p| &p.filters))?;
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut upstream_tls: HashMap<&str, Arc<UpstreamTls>> = HashMap::new();
         for (index, spec) in config.routes.iter().enumerate() {
@@ -123,6 +144,7 @@ impl Router {
                 upstream_tls: tls,
                 access_log: config.log.access_log,
                 metrics: RouteMetrics::new(directory.metrics(), &spec.name, &spec.service),
+                filters: filters.chain(config.proxy.filters.iter().chain(&spec.filters)),
                 spec: spec.clone(),
             }));
         }
@@ -136,6 +158,8 @@ impl Router {
         Ok(Self {
             routes,
             access_log: config.log.access_log,
+            trusted_proxies: config.proxy.trusted_proxies.clone(),
+            filters,
         })
     }
 
@@ -162,7 +186,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let strategies = StrategySet::build(&config, &metrics).unwrap();
         let dir = Directory::new(metrics, &[]);
-        Router::build(&config, &dir, &strategies).unwrap()
+        Router::build(&config, &dir, &strategies, None).unwrap()
     }
 
     #[test]

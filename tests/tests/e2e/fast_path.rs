@@ -452,7 +452,7 @@ async fn the_access_log_names_the_path_and_every_handoff_is_counted_by_reason() 
     let mut pending = Vec::new();
     let (head, _) = get(&mut stream, &mut pending, "/api/fast").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    // HTTP/1.0 and an unrouted path go to pingora, on fresh connections.
+    // HTTP/1.0 goes to pingora; an unrouted path is the engine's 404, on the fast path.
     for (raw, status) in [
         (&b"GET /api/old HTTP/1.0\r\nHost: x\r\n\r\n"[..], "200"),
         (
@@ -478,11 +478,11 @@ async fn the_access_log_names_the_path_and_every_handoff_is_counted_by_reason() 
     };
     assert!(via("/api/fast"), "{log:#?}");
     assert!(!via("/api/old"), "{log:#?}");
-    assert!(!via("/nowhere"), "{log:#?}");
+    assert!(via("/nowhere"), "{log:#?}");
     let metrics = gw.metrics().await;
     for needle in [
         "sluice_fast_path_handoffs_total{reason=\"http10\"} 1",
-        "sluice_fast_path_handoffs_total{reason=\"no_route\"} 1",
+        "sluice_fast_path_handoffs_total{reason=\"not_plain_http\"} 0",
         "sluice_fast_path_handoffs_total{reason=\"upgrade\"} 0",
     ] {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");

@@ -12,6 +12,7 @@ mod etcd_discovery;
 mod failover;
 mod fast_path;
 mod file_registry;
+mod filters;
 mod grpc;
 mod health;
 mod in_flight;

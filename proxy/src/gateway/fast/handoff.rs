@@ -13,24 +13,19 @@ pub(super) enum Handoff {
     Request(sluice_http1::HandoffReason),
     /// The head is still incomplete past the header byte limit (pingora answers 431).
     HeadTooLarge,
-    /// No route matches: pingora answers 404.
-    NoRoute,
     /// No eligible instance yet: pingora waits for the first sync, then answers 503.
     NoEligibleInstance,
     /// The pool has `https` or h2c instances.
     NotPlainHttp,
-    /// The body is over the route's `max_body_bytes`: pingora answers 413.
-    RouteBodyLimit,
-    /// The pool changed to one the fast path does not serve before the first try.
+    /// The pool changed to one the fast path does not serve before the first try (of a
+    /// request whose route has no filters: theirs run once).
     PoolChanged,
 }
 
-const GATEWAY_REASONS: [Handoff; 6] = [
+const GATEWAY_REASONS: [Handoff; 4] = [
     Handoff::HeadTooLarge,
-    Handoff::NoRoute,
     Handoff::NoEligibleInstance,
     Handoff::NotPlainHttp,
-    Handoff::RouteBodyLimit,
     Handoff::PoolChanged,
 ];
 
@@ -42,10 +37,8 @@ impl Handoff {
         match self {
             Handoff::Request(reason) => reason.as_str(),
             Handoff::HeadTooLarge => "head_too_large",
-            Handoff::NoRoute => "no_route",
             Handoff::NoEligibleInstance => "no_eligible_instance",
             Handoff::NotPlainHttp => "not_plain_http",
-            Handoff::RouteBodyLimit => "route_body_limit",
             Handoff::PoolChanged => "pool_changed",
         }
     }
@@ -97,12 +90,12 @@ mod tests {
         assert_eq!(names.len(), COUNT);
         let metrics = Metrics::new();
         let counters = HandoffCounters::new(&metrics);
-        counters.count(Handoff::NoRoute);
+        counters.count(Handoff::NotPlainHttp);
         counters.count(Handoff::Request(sluice_http1::HandoffReason::Upgrade));
-        counters.count(Handoff::NoRoute);
+        counters.count(Handoff::NotPlainHttp);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(
-            text.contains("sluice_fast_path_handoffs_total{reason=\"no_route\"} 2"),
+            text.contains("sluice_fast_path_handoffs_total{reason=\"not_plain_http\"} 2"),
             "{text}"
         );
         assert!(

@@ -5,6 +5,7 @@ use sluice_http1::fields::put_field;
 pub(super) use sluice_http1::request::{field_slots, ParsedRequest, RequestHead};
 use sluice_http1::request::{parse_request, RequestLimits};
 
+use super::super::engine::filters::HeaderEdits;
 use super::super::proxy::HeaderLimits;
 
 /// Largest request body the fast path takes: it reads the whole body before the first try,
@@ -33,7 +34,8 @@ fn set_by_gateway(name: &str) -> bool {
 }
 
 /// Writes the request head as sent upstream to `out`: `target` (the route may have stripped
-/// its prefix), the client's fields as the codec forwards them, and `X-Forwarded-For`
+/// its prefix), the client's fields as the codec forwards them with the filters' `edits`,
+/// and `X-Forwarded-For`
 /// (appended to), `-Proto` and `-Host`, as the pingora path does.
 pub(super) fn write_upstream_request(
     out: &mut Vec<u8>,
@@ -41,12 +43,21 @@ pub(super) fn write_upstream_request(
     target: &str,
     client_ip: Option<&str>,
     proto: &str,
+    edits: Option<&HeaderEdits>,
 ) {
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    req.write_forwarded_fields(out, set_by_gateway);
+    match edits {
+        None => req.write_forwarded_fields(out, set_by_gateway),
+        Some(edits) => {
+            req.write_forwarded_fields(out, |name| set_by_gateway(name) || edits.replaces(name));
+            for (name, value) in edits.added() {
+                put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+    }
     if let Some(ip) = client_ip {
         out.extend_from_slice(b"x-forwarded-for: ");
         match req.field("x-forwarded-for") {
@@ -83,7 +94,7 @@ mod tests {
             panic!("plain");
         };
         let mut out = Vec::new();
-        write_upstream_request(&mut out, &req, "/x?q", Some("127.0.0.1"), "http");
+        write_upstream_request(&mut out, &req, "/x?q", Some("127.0.0.1"), "http", None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /x?q HTTP/1.1\r\nHost: ex.test\r\nAccept: */*\r\n\

@@ -1,13 +1,12 @@
-//! The fast path: plain HTTP/1.1 requests to plain-`http` instances, served by Sluice's own
-//! code on the shard's thread (httparse heads, per-thread upstream keep-alive connections, one
-//! write per response in the common case). Everything else — HTTP/2, upgrades, `Expect`,
-//! chunked or large request bodies, TLS or h2c instances, requests pingora answers itself
-//! (no route, no instance yet, over a limit, malformed) — is handed to pingora untouched.
+//! The fast path: the HTTP/1.1 driver of the request engine for plain HTTP/1.1 requests to
+//! plain-`http` instances, on the shard's thread (the strict codec of `sluice_http1`,
+//! per-thread upstream keep-alive connections, one write per response in the common case).
+//! Everything else — HTTP/2, HTTP/1.0, upgrades, `Expect`, chunked or large request bodies,
+//! TLS or h2c instances, a pool with no eligible instance yet, heads over the limits — is
+//! handed to pingora untouched, before the engine has seen it.
 //!
-//! Same contract as the pingora path: routing, the strategy's pick with in-flight counts and
-//! latency feedback, retries on another instance (connect failures always; a reused
-//! connection that failed before the response only for idempotent methods), route and total
-//! timeouts, passive ejection, `X-Forwarded-*`, prefix strip, metrics, access log, drain.
+//! Every decision is the engine's (`gateway::engine`): admission, filters, picks, retries,
+//! timeouts, failure answers, metrics and the access log. This module carries bytes.
 
 mod buffers;
 mod handoff;
@@ -26,6 +25,7 @@ use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use sluice_http1::fields::put_field;
 use sluice_http1::response::parse_response;
 use sluice_http1::{ChunkedTracker, Framing, ParsedResponse, RequestError, ResponseHead};
 
@@ -33,24 +33,25 @@ use self::buffers::READ_ROOM;
 use self::handoff::{Handoff, HandoffCounters};
 use self::head::{ParsedRequest, RequestHead};
 use self::upstream::{ConnectError, Upstream};
-use super::access_log::{AccessLine, Via};
-use super::context::{InFlightHold, TriedInstances};
-use super::failure;
-use super::proxy::{hash_request, Gateway};
-use super::retry::{may_retry, Failed};
+use super::access_log::Via;
+use super::engine::filters::HeaderEdits;
+use super::engine::{Admission, Engine, RequestLine, RequestRecord, RequestView};
+use super::failure::{self, Answer, Failure};
+use super::proxy::Gateway;
+use super::retry::Failed;
 use super::{forward, Route};
-use crate::pool::InFlightGuard;
-use crate::strategy::PickRequest;
+use crate::strategy::RequestHeaders;
 
 /// How long a client connection may sit idle between requests (pingora's default).
 const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Longest wait for the rest of a request body when no route sets a timeout for it.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// The fast path of one proxy: the gateway's routing and policies, and the upstream pool
-/// settings.
+/// The fast path of one proxy: the engine, and the upstream pool settings.
 #[derive(Clone)]
 pub struct FastPath {
-    gateway: Gateway,
+    engine: Arc<Engine>,
     /// Idle upstream connections kept per address and thread.
     max_idle: usize,
     /// Most bytes a request head may take before it is left to pingora (which answers 431).
@@ -66,11 +67,54 @@ pub enum Served {
     Closed,
 }
 
+/// A request on the fast path as the engine reads it: the codec's fields in place.
+struct FastView<'r, 'h, 'b> {
+    head: &'r RequestHead<'h, 'b>,
+    client_ip: Option<IpAddr>,
+}
+
+impl RequestHeaders for FastView<'_, '_, '_> {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.head.field(name)
+    }
+}
+
+impl RequestView for FastView<'_, '_, '_> {
+    fn method(&self) -> &str {
+        self.head.method
+    }
+
+    fn host(&self) -> &str {
+        self.head.host
+    }
+
+    fn path(&self) -> &str {
+        self.head.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.head.query()
+    }
+
+    fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    fn declared_body_len(&self) -> Option<u64> {
+        Some(self.head.body_len)
+    }
+
+    fn idempotent(&self) -> bool {
+        self.head.idempotent()
+    }
+}
+
 impl FastPath {
     pub fn new(gateway: Gateway, max_idle: usize, max_head_bytes: usize) -> Self {
+        let engine = gateway.engine().clone();
         Self {
-            handoffs: HandoffCounters::new(gateway.metrics()),
-            gateway,
+            handoffs: HandoffCounters::new(engine.metrics()),
+            engine,
             max_idle,
             max_head_bytes,
         }
@@ -114,7 +158,7 @@ impl FastPath {
         loop {
             let step = {
                 let mut fields = head::field_slots();
-                match head::parse(buf, &mut fields, self.gateway.limits) {
+                match head::parse(buf, &mut fields, self.engine.limits) {
                     ParsedRequest::Handoff(reason) => {
                         return self.hand_off(Handoff::Request(reason))
                     }
@@ -131,11 +175,12 @@ impl FastPath {
                         // Bounded by MAX_BUFFERED_BODY: fits a usize.
                         let end = req.head_len + req.body_len as usize;
                         if buf.len() < end {
-                            Step::ReadBody(end, route.spec.timeout)
+                            let timeout = route.as_ref().map_or(BODY_TIMEOUT, |r| r.spec.timeout);
+                            Step::ReadBody(end, timeout)
                         } else {
                             let body = &buf[req.head_len..end];
                             let (outcome, ended) = self
-                                .serve_request(&req, body, &route, &mut client, &mut bufs, shutdown)
+                                .serve_request(&req, body, route, &mut client, &mut bufs, shutdown)
                                 .await;
                             idle.last_active = ended;
                             match outcome {
@@ -201,12 +246,14 @@ impl FastPath {
         }
     }
 
-    /// The route of a request the fast path can serve: routed, with eligible instances that
-    /// are all plain `http`, and a body within the route's limit. Anything else gets pingora's
-    /// answer (404, the wait for the registry's first sync and 503, 413, TLS and h2c).
-    fn route_for(&self, req: &RequestHead<'_, '_>) -> Result<Arc<Route>, Handoff> {
-        let router = self.gateway.router.load();
-        let route = router.find(req.host, req.path()).ok_or(Handoff::NoRoute)?;
+    /// The route of a request the fast path serves (`None`: no route, the engine answers
+    /// 404), or why pingora serves it: its pool has no eligible instance yet (pingora waits
+    /// for the registry's first sync), or instances that are not plain `http`. Decided before
+    /// the engine sees the request, so its filters run once, on one path.
+    fn route_for(&self, req: &RequestHead<'_, '_>) -> Result<Option<Arc<Route>>, Handoff> {
+        let Some(route) = self.engine.route(req.host, req.path()) else {
+            return Ok(None);
+        };
         let pool = route.slot.load();
         if pool.eligible_len() == 0 {
             return Err(Handoff::NoEligibleInstance);
@@ -214,113 +261,91 @@ impl FastPath {
         if !pool.all_plain_http() {
             return Err(Handoff::NotPlainHttp);
         }
-        if route
-            .spec
-            .max_body_bytes
-            .is_some_and(|limit| req.body_len > limit)
-        {
-            return Err(Handoff::RouteBodyLimit);
-        }
-        Ok(route.clone())
+        Ok(Some(route))
     }
 
     /// Answers a request no one may forward (RFC 9112: 400, or 501 for a transfer coding it
     /// does not know) and closes: what follows its head cannot be framed.
     async fn refuse(&self, client: &mut Client<'_>, error: RequestError) {
-        let status = error.status();
-        answer(
-            client.stream,
-            status,
-            &format!("sluice: bad request: {error}\n"),
-        )
-        .await;
-        tracing::debug!(status, "request refused: {error}");
-        if self.gateway.router.load().access_log {
-            AccessLine {
-                method: "",
-                host: "",
-                path: "",
-                status,
-                route: "",
-                service: "",
-                instance: "",
-                via: Via::Fast,
-                upstream: None,
-                upstream_elapsed: None,
-                total: Duration::ZERO,
-                bytes_sent: 0,
-                attempts: 0,
-                error: "InvalidHTTPHeader",
-            }
-            .write();
-        }
+        let mut record = RequestRecord::new();
+        record.status = error.status();
+        record.error = "InvalidHTTPHeader";
+        let body = format!("sluice: bad request: {error}\n");
+        answer(client.stream, record.status, &body).await;
+        tracing::debug!(status = record.status, "request refused: {error}");
+        let line = RequestLine {
+            method: "",
+            host: "",
+            path: "",
+        };
+        self.engine
+            .finish(&mut record, line, Via::Fast, Instant::now());
         // Closing anyway: a failed shutdown changes nothing.
         let _ = client.stream.shutdown().await;
     }
 
-    /// Forwards one request, then records it (metrics, access log).
+    /// Serves one request through the engine: admission, then the tries and the relay, then
+    /// the record (metrics, access log).
     async fn serve_request(
         &self,
         req: &RequestHead<'_, '_>,
         body: &[u8],
-        route: &Arc<Route>,
+        route: Option<Arc<Route>>,
         client: &mut Client<'_>,
         bufs: &mut Buffers,
         shutdown: &ShutdownWatch,
     ) -> (Outcome, Instant) {
-        let _active = InFlightHold::new();
-        let start = Instant::now();
-        let mut record = Record::default();
-        bufs.response = buffers::lend();
-        let outcome = self
-            .forward(req, body, route, client, bufs, shutdown, start, &mut record)
-            .await;
-        buffers::give_back(std::mem::take(&mut bufs.response));
-        bufs.shrink_idle();
+        let mut record = RequestRecord::new();
+        let view = FastView {
+            head: req,
+            client_ip: self
+                .engine
+                .client_ip(client.ip, || req.field("x-forwarded-for")),
+        };
+        let outcome = match self.engine.admit(&mut record, route, &view).await {
+            Admission::Answer(reply) => {
+                let close = req.close || *shutdown.borrow();
+                self.reply(client, &mut record, reply, close).await
+            }
+            Admission::Forward => {
+                bufs.response = buffers::lend();
+                let outcome = self
+                    .forward(&view, body, client, bufs, shutdown, &mut record)
+                    .await;
+                buffers::give_back(std::mem::take(&mut bufs.response));
+                bufs.shrink_idle();
+                outcome
+            }
+        };
         let ended = Instant::now();
-        if matches!(outcome, Outcome::Handoff(_)) {
-            return (outcome, ended);
-        }
-        let elapsed = ended - start;
-        route.metrics.record(record.status, elapsed);
-        if route.access_log {
-            AccessLine {
+        if !matches!(outcome, Outcome::Handoff(_)) {
+            let line = RequestLine {
                 method: req.method,
                 host: req.host,
                 path: req.path(),
-                status: record.status,
-                route: route.spec.name.as_str(),
-                service: route.spec.service.as_str(),
-                instance: record.attempt.as_ref().map_or("", |a| a.live().id()),
-                via: Via::Fast,
-                upstream: record.upstream,
-                upstream_elapsed: record.upstream_elapsed,
-                total: elapsed,
-                bytes_sent: record.bytes_sent,
-                attempts: record.attempts,
-                error: record.error,
-            }
-            .write();
+            };
+            self.engine.finish(&mut record, line, Via::Fast, ended);
         }
         (outcome, ended)
     }
 
     /// Picks, tries (and retries), and relays the response.
-    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        req: &RequestHead<'_, '_>,
+        view: &FastView<'_, '_, '_>,
         body: &[u8],
-        route: &Arc<Route>,
         client: &mut Client<'_>,
         bufs: &mut Buffers,
         shutdown: &ShutdownWatch,
-        start: Instant,
-        record: &mut Record,
+        record: &mut RequestRecord,
     ) -> Outcome {
+        let req = view.head;
+        let Some(route) = record.route.clone() else {
+            return self.fail(client, record, Failure::NoInstance).await;
+        };
         let client_close = req.close || *shutdown.borrow();
-        let (path, query) = (req.path(), req.query());
-        let stripped = forward::stripped_target(&route.spec, path, query);
+        let new_query = record.filters.as_ref().and_then(|s| s.query.as_deref());
+        let stripped = forward::upstream_target(&route.spec, req.path(), req.query(), new_query);
         bufs.request.clear();
         head::write_upstream_request(
             &mut bufs.request,
@@ -328,71 +353,29 @@ impl FastPath {
             stripped.as_deref().unwrap_or(req.target),
             client.ip_text.as_deref(),
             client.proto,
+            record.filters.as_ref().map(|s| &s.upstream),
         );
         bufs.request.extend_from_slice(body);
-        let hash = route.hash_on().map_or(0, |hash_on| {
-            hash_request(hash_on, |name| req.field(name.as_str()), client.ip, path)
-        });
-        let mut tried = TriedInstances::default();
         let mut last_error = None;
         loop {
-            let remaining = route
-                .spec
-                .total_timeout
-                .map(|total| total.saturating_sub(start.elapsed()));
-            if remaining.is_some_and(|r| r.is_zero()) {
-                return self
-                    .fail(
-                        client,
-                        route,
-                        record,
-                        Failure::Upstream(AttemptError::TimedOut),
-                    )
-                    .await;
-            }
             let pool = route.slot.load();
             if !pool.all_plain_http() {
-                // The pool changed under the request: pingora takes a first try, and a retry
-                // ends with the error that asked for it.
+                // The pool changed under the request. A first try goes to pingora unless the
+                // filters already ran (they run once per request); a retry ends with the
+                // error that asked for it.
                 return match last_error {
-                    None => Outcome::Handoff(Handoff::PoolChanged),
-                    Some(e) => self.fail(client, route, record, Failure::Upstream(e)).await,
+                    None if record.filters.is_none() => Outcome::Handoff(Handoff::PoolChanged),
+                    None => self.fail(client, record, Failure::PoolChanged).await,
+                    Some(e) => self.fail_upstream(client, record, e).await,
                 };
             }
-            let request = PickRequest {
-                hash,
-                exclude: tried.as_slice(),
-                headers: Some(req),
+            let picked = match self.engine.next_try(record, &pool, view) {
+                Ok(picked) => picked,
+                Err(failure) => return self.fail(client, record, failure.into()).await,
             };
-            let picked = route
-                .strategy
-                .pick(&pool, &request)
-                .filter(|&i| i < pool.eligible_len());
-            let Some(index) = picked else {
-                return self.fail(client, route, record, Failure::NoInstance).await;
-            };
-            let member = pool.eligible(index);
-            let Some(addr) = member.socket else {
-                return self.fail(client, route, record, Failure::NoAddress).await;
-            };
-            // The previous attempt's in-flight count ends before this one starts.
-            record.attempt = None;
-            let attempt = member.live.start_request();
-            tried.remember(member.key);
-            record.attempts += 1;
-            record.upstream = Some(addr);
-            let cap = |d: Duration| remaining.map_or(d, |r| d.min(r));
-            let timeouts = Timeouts {
-                connect: cap(route.connect_timeout),
-                io: cap(route.spec.timeout),
-            };
-            // The first try starts with the request: one clock read fewer.
-            let attempt_start = if record.attempts == 1 {
-                start
-            } else {
-                Instant::now()
-            };
-            record.attempt_start = Some(attempt_start);
+            let addr = picked.addr;
+            let timeouts = record.timeouts;
+            let attempt_start = record.try_start.unwrap_or(record.start);
             // A kept connection the upstream closed while it idled is no fault of the
             // instance: an idempotent request goes again, once, on a new connection to it.
             let mut fresh = false;
@@ -428,52 +411,32 @@ impl FastPath {
                     result => break result,
                 }
             };
-            if let Err(AttemptError::ClientGone) = exchanged {
-                // The client's business, not the instance's: no failure counted (499).
-                record.attempt = Some(attempt);
-                record.error = "ConnectionClosed";
-                // Closing anyway: a failed shutdown changes nothing.
-                let _ = client.stream.shutdown().await;
-                return Outcome::Close;
-            }
             match exchanged {
                 Ok((upstream, response)) => {
-                    let elapsed = attempt_start.elapsed();
-                    record.upstream_elapsed = Some(elapsed);
-                    attempt.live().observe_latency(elapsed);
-                    if response.status >= 500 {
-                        self.gateway.attempt_failed_on(route, &attempt);
-                    } else {
-                        attempt.live().record_success();
+                    self.engine.response_head(record, response.status);
+                    if let Some(state) = &record.filters {
+                        edit_response_head(&mut bufs.client, &state.response);
                     }
-                    record.attempt = Some(attempt);
                     return self
                         .relay(
-                            upstream,
-                            addr,
-                            route,
-                            response,
-                            timeouts.io,
-                            client,
-                            bufs,
-                            shutdown,
-                            record,
+                            upstream, addr, &route, response, client, bufs, shutdown, record,
                         )
                         .await;
                 }
                 Err(e) => {
-                    self.gateway.attempt_failed_on(route, &attempt);
-                    record.attempt = Some(attempt);
                     // The body is buffered whole before the first try: always at hand.
-                    let retry = may_retry(
-                        e.failed(),
-                        req.idempotent(),
-                        true,
-                        record.attempts,
-                        route.spec.retries,
-                    );
+                    let retry = self
+                        .engine
+                        .try_failed(record, e.failed(), req.idempotent(), true);
+                    if let AttemptError::ClientGone = e {
+                        // The client's business, not the instance's (499).
+                        record.error = "ConnectionClosed";
+                        // Closing anyway: a failed shutdown changes nothing.
+                        let _ = client.stream.shutdown().await;
+                        return Outcome::Close;
+                    }
                     if !retry {
-                        return self.fail(client, route, record, Failure::Upstream(e)).await;
+                        return self.fail_upstream(client, record, e).await;
                     }
                     last_error = Some(e);
                 }
@@ -512,13 +475,12 @@ impl FastPath {
         addr: SocketAddr,
         route: &Route,
         response: ResponseHead,
-        timeout: Duration,
         client: &mut Client<'_>,
         bufs: &mut Buffers,
         shutdown: &ShutdownWatch,
-        record: &mut Record,
+        record: &mut RequestRecord,
     ) -> Outcome {
-        record.status = response.status;
+        let timeout = record.timeouts.io;
         let mut client_close = response.client_close;
         if !client_close && *shutdown.borrow() {
             // The gateway began to stop while the request was out: say that the connection
@@ -535,8 +497,9 @@ impl FastPath {
             Ok(n) => n,
             Err(_) => {
                 // Nothing reached the client yet: it gets a 502, not a truncated response.
-                let failure = Failure::Upstream(AttemptError::BadResponse);
-                return self.fail(client, route, record, failure).await;
+                return self
+                    .fail_upstream(client, record, AttemptError::BadResponse)
+                    .await;
             }
         };
         reusable &= taken == first.len();
@@ -577,7 +540,7 @@ impl FastPath {
             }
         }
         if reusable && !body.ends_at_close() {
-            let since = record.attempt_start.unwrap_or_else(Instant::now);
+            let since = record.try_start.unwrap_or(record.start);
             upstream::put_idle(addr, up.stream, since, self.max_idle, route.idle_timeout);
         }
         if client_close {
@@ -592,7 +555,7 @@ impl FastPath {
     async fn broken(
         &self,
         client: &mut Client<'_>,
-        record: &mut Record,
+        record: &mut RequestRecord,
         error: &'static str,
     ) -> Outcome {
         record.error = error;
@@ -602,42 +565,88 @@ impl FastPath {
     }
 
     /// The client went away mid-response.
-    async fn client_gone(&self, client: &mut Client<'_>, record: &mut Record) -> Outcome {
+    async fn client_gone(&self, client: &mut Client<'_>, record: &mut RequestRecord) -> Outcome {
         record.error = "WriteError";
         // Closing anyway: a failed shutdown changes nothing.
         let _ = client.stream.shutdown().await;
         Outcome::Close
     }
 
+    /// Answers a request whose last try failed with `error`, and closes.
+    async fn fail_upstream(
+        &self,
+        client: &mut Client<'_>,
+        record: &mut RequestRecord,
+        error: AttemptError,
+    ) -> Outcome {
+        let kind = error.kind();
+        self.fail(client, record, Failure::Upstream(&kind)).await
+    }
+
     /// Answers a request no instance could serve, as the pingora path does, and closes.
     async fn fail(
         &self,
         client: &mut Client<'_>,
-        route: &Route,
-        record: &mut Record,
-        failure: Failure,
+        record: &mut RequestRecord,
+        failure: Failure<'_>,
     ) -> Outcome {
-        let kind;
-        let failure = match failure {
-            Failure::NoInstance => failure::Failure::NoInstance,
-            Failure::NoAddress => failure::Failure::NoAddress,
-            Failure::Upstream(e) => {
-                kind = e.kind();
-                failure::Failure::Upstream(&kind)
-            }
-        };
-        let failure::Answer {
-            status,
-            body,
-            error,
-        } = failure::answer(failure, route, record.upstream);
-        record.status = status;
-        record.error = error;
-        answer(client.stream, status, &body).await;
-        // Closing anyway: a failed shutdown changes nothing.
-        let _ = client.stream.shutdown().await;
-        Outcome::Close
+        let reply = failure::answer(failure, record.route.as_deref(), record.upstream);
+        self.reply(client, record, reply, true).await
     }
+
+    /// Sends one of the gateway's own answers; the connection stays open for the next
+    /// request unless `close` (the request's whole body was read before the engine decided).
+    async fn reply(
+        &self,
+        client: &mut Client<'_>,
+        record: &mut RequestRecord,
+        reply: Answer,
+        close: bool,
+    ) -> Outcome {
+        record.status = reply.status;
+        record.error = reply.error;
+        let sent = write_answer(client.stream, &reply, close).await;
+        if sent.is_err() || close {
+            // Closing anyway: a failed shutdown changes nothing.
+            let _ = client.stream.shutdown().await;
+            return Outcome::Close;
+        }
+        Outcome::KeepAlive
+    }
+}
+
+/// Writes the response edits of the filters into the response head in `head` (status line
+/// and fields, its blank line last): fields the edits replace go, the ones they add come
+/// before the blank line. Nothing happens without edits.
+fn edit_response_head(head: &mut Vec<u8>, edits: &HeaderEdits) {
+    if edits.is_empty() {
+        return;
+    }
+    let mut edited = Vec::with_capacity(head.len() + 128);
+    let body_start = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 4);
+    let mut lines = head[..body_start].split(|&b| b == b'\n');
+    if let Some(status_line) = lines.next() {
+        edited.extend_from_slice(status_line);
+        edited.push(b'\n');
+    }
+    for line in lines {
+        let name_end = line.iter().position(|&b| b == b':');
+        let Some(name_end) = name_end else { continue };
+        let replaced = std::str::from_utf8(&line[..name_end]).is_ok_and(|n| edits.replaces(n));
+        if !replaced {
+            edited.extend_from_slice(line);
+            edited.push(b'\n');
+        }
+    }
+    for (name, value) in edits.added() {
+        sluice_http1::fields::put_field(&mut edited, name.as_str().as_bytes(), value.as_bytes());
+    }
+    edited.extend_from_slice(b"\r\n");
+    edited.extend_from_slice(&head[body_start..]);
+    *head = edited;
 }
 
 /// The client side of a connection.
@@ -699,41 +708,6 @@ enum Step {
     Close,
 }
 
-/// What the access log and the metrics say of a request.
-struct Record {
-    status: u16,
-    attempt: Option<InFlightGuard>,
-    attempts: u32,
-    upstream: Option<SocketAddr>,
-    upstream_elapsed: Option<Duration>,
-    /// When the last try started.
-    attempt_start: Option<Instant>,
-    bytes_sent: u64,
-    error: &'static str,
-}
-
-impl Default for Record {
-    fn default() -> Self {
-        Self {
-            // A request that ends without any answer: the client went away (nginx's 499).
-            status: 499,
-            attempt: None,
-            attempts: 0,
-            upstream: None,
-            upstream_elapsed: None,
-            attempt_start: None,
-            bytes_sent: 0,
-            error: "",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Timeouts {
-    connect: Duration,
-    io: Duration,
-}
-
 /// Why a try failed before the response head arrived.
 #[derive(Debug)]
 enum AttemptError {
@@ -763,9 +737,8 @@ impl AttemptError {
             AttemptError::Write { .. }
             | AttemptError::Read { .. }
             | AttemptError::Closed { .. } => Failed::AfterSending,
-            AttemptError::TimedOut | AttemptError::BadResponse | AttemptError::ClientGone => {
-                Failed::Final
-            }
+            AttemptError::TimedOut | AttemptError::BadResponse => Failed::Final,
+            AttemptError::ClientGone => Failed::ClientLeft,
         }
     }
 
@@ -793,13 +766,6 @@ impl AttemptError {
             AttemptError::BadResponse => ErrorType::InvalidHTTPHeader,
         }
     }
-}
-
-/// What the gateway answers itself.
-enum Failure {
-    NoInstance,
-    NoAddress,
-    Upstream(AttemptError),
 }
 
 /// Where the response body stands.
@@ -1029,18 +995,38 @@ async fn write_client(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> s
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// A response of the gateway's own, written straight to the client (the fast path's errors,
-/// the header deadline's 408), that says the connection closes after it.
+/// A response of the gateway's own, written straight to the client (the header deadline's
+/// 408, a body that never came), that says the connection closes after it.
 pub async fn answer(stream: &mut Stream, status: u16, body: &str) {
-    let reason = http::StatusCode::from_u16(status)
+    let reply = Answer::plain(status, body.to_string(), "");
+    // The client may be gone: nothing more to do then.
+    let _ = write_answer(stream, &reply, true).await;
+}
+
+/// Writes one of the gateway's answers: its status, plain-text body and fields,
+/// `x-sluice-error: 1`, and `connection: close` when `close`.
+async fn write_answer(stream: &mut Stream, reply: &Answer, close: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let reason = http::StatusCode::from_u16(reply.status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         content-length: {}\r\nx-sluice-error: 1\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+    let mut out = Vec::with_capacity(160 + reply.body.len());
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nx-sluice-error: 1\r\n",
+        reply.status,
+        reply.body.len()
     );
-    // The client may be gone: nothing more to do then.
-    let _ = write_client(stream, response.as_bytes(), Duration::from_secs(1)).await;
+    for (name, value) in &reply.headers {
+        put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(reply.body.as_bytes());
+    write_client(stream, &out, Duration::from_secs(1)).await
 }

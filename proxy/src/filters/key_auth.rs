@@ -1,0 +1,283 @@
+//! `key-auth`: an API key from a header or a query parameter names a consumer (inline
+//! `consumers`, or a `consumers_file` read again on reload). Keys are kept as their SHA-256
+//! (given as `key` or `key_sha256`) and looked up by the digest of the presented key, so no
+//! comparison runs on the key itself and the time taken says nothing about near misses; the
+//! digest found is confirmed in constant time. The key is removed before forwarding and
+//! `x-consumer` is set to the consumer's name (a client's own `x-consumer` never passes).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{read, reject, FilterError};
+use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, Verdict};
+use crate::gateway::engine::RequestView;
+use crate::gateway::Route;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    from: Option<String>,
+    consumers: Option<Vec<Consumer>>,
+    consumers_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Consumer {
+    name: String,
+    key: Option<String>,
+    key_sha256: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsumersFile {
+    consumers: Vec<Consumer>,
+}
+
+/// Where the key is read from.
+#[derive(Debug, Clone)]
+enum KeySource {
+    Header(HeaderName),
+    Query(String),
+}
+
+/// One `key-auth` filter.
+#[derive(Debug)]
+pub(super) struct KeyAuth {
+    name: String,
+    from: KeySource,
+    /// Consumer name by key digest.
+    consumers: HashMap<[u8; 32], KnownConsumer>,
+}
+
+#[derive(Debug)]
+struct KnownConsumer {
+    name: Arc<str>,
+    value: HeaderValue,
+    digest: [u8; 32],
+}
+
+const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer");
+
+impl KeyAuth {
+    pub(super) fn build(name: &str, table: &toml::Table) -> Result<Self, FilterError> {
+        let settings: Settings = read(name, table)?;
+        let from_text = settings.from.as_deref().unwrap_or("header:X-Api-Key");
+        let from = parse_from(from_text).ok_or_else(|| {
+            FilterError::new(
+                name,
+                "from",
+                format!("{from_text:?}: expected \"header:NAME\" or \"query:NAME\""),
+            )
+        })?;
+        let (listed, key) = match (settings.consumers, &settings.consumers_file) {
+            (Some(consumers), None) => (consumers, "consumers".to_string()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    FilterError::new(
+                        name,
+                        "consumers_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let file: ConsumersFile = toml::from_str(&text).map_err(|e| {
+                    FilterError::new(
+                        name,
+                        "consumers_file",
+                        format!("{}: {}", path.display(), e.message().trim()),
+                    )
+                })?;
+                (
+                    file.consumers,
+                    format!("consumers_file ({})", path.display()),
+                )
+            }
+            (Some(_), Some(_)) => {
+                return Err(FilterError::new(
+                    name,
+                    "consumers",
+                    "give consumers or consumers_file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(FilterError::new(
+                    name,
+                    "consumers",
+                    "required (or consumers_file)",
+                ))
+            }
+        };
+        let mut consumers = HashMap::with_capacity(listed.len());
+        for (i, consumer) in listed.into_iter().enumerate() {
+            let at = |field: &str| format!("{key}[{i}].{field}");
+            let digest = match (&consumer.key, &consumer.key_sha256) {
+                (Some(key), None) if !key.is_empty() => Sha256::digest(key.as_bytes()).into(),
+                (None, Some(hex_digest)) => {
+                    let mut digest = [0u8; 32];
+                    hex::decode_to_slice(hex_digest.trim(), &mut digest).map_err(|_| {
+                        FilterError::new(name, at("key_sha256"), "expected 64 hexadecimal digits")
+                    })?;
+                    digest
+                }
+                (Some(_), None) => {
+                    return Err(FilterError::new(name, at("key"), "must not be empty"))
+                }
+                _ => {
+                    return Err(FilterError::new(
+                        name,
+                        at("key"),
+                        "give key or key_sha256 (one)",
+                    ))
+                }
+            };
+            let value = HeaderValue::from_str(&consumer.name)
+                .map_err(|_| FilterError::new(name, at("name"), "not usable as a header value"))?;
+            if consumer.name.is_empty() {
+                return Err(FilterError::new(name, at("name"), "must not be empty"));
+            }
+            let entry = KnownConsumer {
+                name: consumer.name.as_str().into(),
+                value,
+                digest,
+            };
+            if consumers.insert(digest, entry).is_some() {
+                return Err(FilterError::new(
+                    name,
+                    at("key"),
+                    "the same key as an earlier consumer",
+                ));
+            }
+        }
+        Ok(Self {
+            name: name.to_string(),
+            from,
+            consumers,
+        })
+    }
+
+    /// The presented key, if any.
+    fn presented<'r>(&self, request: &'r dyn RequestView) -> Option<&'r [u8]> {
+        match &self.from {
+            KeySource::Header(header) => request.field(header.as_str()),
+            KeySource::Query(param) => request.query().and_then(|q| {
+                q.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == param).then_some(v.as_bytes())
+                })
+            }),
+        }
+        .filter(|k| !k.is_empty())
+    }
+}
+
+fn parse_from(text: &str) -> Option<KeySource> {
+    if let Some(name) = text.strip_prefix("header:") {
+        return HeaderName::from_bytes(name.trim().as_bytes())
+            .ok()
+            .map(KeySource::Header);
+    }
+    let name = text.strip_prefix("query:")?.trim();
+    (!name.is_empty()).then(|| KeySource::Query(name.to_string()))
+}
+
+/// `query` without the parameters named `param`.
+fn without_param(query: &str, param: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != param)
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Filter for KeyAuth {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn on_request(
+        &self,
+        _route: &Route,
+        request: &dyn RequestView,
+        state: &mut FilterState,
+    ) -> Verdict {
+        let Some(key) = self.presented(request) else {
+            let wanted = match &self.from {
+                KeySource::Header(h) => format!("header {h}"),
+                KeySource::Query(q) => format!("query parameter {q}"),
+            };
+            return Verdict::Answer(reject(
+                401,
+                format!("sluice: an API key is required ({wanted})\n"),
+            ));
+        };
+        let digest: [u8; 32] = Sha256::digest(key).into();
+        let found = self
+            .consumers
+            .get(&digest)
+            .filter(|c| bool::from(c.digest.ct_eq(&digest)));
+        let Some(consumer) = found else {
+            return Verdict::Answer(reject(
+                401,
+                "sluice: the API key is not valid\n".to_string(),
+            ));
+        };
+        match &self.from {
+            KeySource::Header(header) => state.upstream.push(HeaderEdit::Remove(header.clone())),
+            KeySource::Query(param) => {
+                let query = state.query.as_deref().or(request.query()).unwrap_or("");
+                state.query = Some(without_param(query, param));
+            }
+        }
+        state
+            .upstream
+            .push(HeaderEdit::Set(CONSUMER_HEADER, consumer.value.clone()));
+        state.consumer = Some(consumer.name.clone());
+        Verdict::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_and_query_removal() {
+        assert!(matches!(
+            parse_from("header:X-Key"),
+            Some(KeySource::Header(_))
+        ));
+        assert!(matches!(parse_from("query:apikey"), Some(KeySource::Query(q)) if q == "apikey"));
+        assert!(parse_from("cookie:x").is_none());
+        assert_eq!(without_param("a=1&apikey=s&b", "apikey"), "a=1&b");
+        assert_eq!(without_param("apikey=s", "apikey"), "");
+    }
+
+    #[test]
+    fn consumers_are_checked() {
+        let table: toml::Table = toml::from_str(
+            "consumers = [{ name = \"a\", key = \"k1\" }, { name = \"b\", key_sha256 = \"zz\" }]",
+        )
+        .unwrap();
+        let error = KeyAuth::build("keys", &table).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "filters.keys.consumers[1].key_sha256: expected 64 hexadecimal digits"
+        );
+        let table: toml::Table = toml::from_str(
+            "consumers = [{ name = \"a\", key = \"k1\" }, { name = \"b\", key = \"k1\" }]",
+        )
+        .unwrap();
+        assert!(KeyAuth::build("keys", &table).is_err());
+        let table: toml::Table =
+            toml::from_str("consumers = [{ name = \"a\", key = \"k1\", extra = 1 }]").unwrap();
+        let error = KeyAuth::build("keys", &table).unwrap_err();
+        assert!(error.to_string().contains("consumers[0]"), "{error}");
+    }
+}

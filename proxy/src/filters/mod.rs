@@ -1,0 +1,146 @@
+//! The gateway's filters (shared/SPEC.md §9), one module per kind, each reading its own
+//! `[filters.NAME]` keys. They are built with the routes (a bad one refuses the whole config
+//! or reload, the running one keeps serving) and run in the request engine's chain
+//! (`gateway::engine::filters`), whichever path serves the request.
+
+mod concurrency;
+mod ip;
+mod key_auth;
+mod rate_limit;
+mod request_id;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::config::{Config, FilterSpec};
+use crate::gateway::engine::filters::{Filter, FilterChain};
+use crate::gateway::failure::Answer;
+
+/// The filter kinds this build knows.
+pub const KINDS: [&str; 6] = [
+    "key-auth",
+    "ip-allow",
+    "ip-deny",
+    "concurrency-limit",
+    "rate-limit",
+    // Listed last: the kinds above are the ones every gateway has first.
+    "request-id",
+];
+
+/// Why a filter could not be built: the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("filters.{name}{}: {reason}", key_suffix(key))]
+pub struct FilterError {
+    pub name: String,
+    /// The key inside the filter's table, or empty for the table itself.
+    pub key: String,
+    pub reason: String,
+}
+
+fn key_suffix(key: &str) -> String {
+    if key.is_empty() || key == "." {
+        String::new()
+    } else {
+        format!(".{key}")
+    }
+}
+
+impl FilterError {
+    fn new(name: &str, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The built filters of a config, by name.
+#[derive(Debug, Default)]
+pub struct FilterSet {
+    built: BTreeMap<String, Built>,
+}
+
+#[derive(Debug)]
+struct Built {
+    spec: FilterSpec,
+    filter: Arc<dyn Filter>,
+}
+
+impl FilterSet {
+    /// Builds every `[filters.NAME]` of `config`. A filter whose kind keeps state between
+    /// requests (budgets, counts) and whose table did not change is taken over from
+    /// `previous` as it is, so a reload does not reset it; every other one is built anew
+    /// (key files are read again).
+    pub fn build(config: &Config, previous: Option<&FilterSet>) -> Result<Self, FilterError> {
+        let mut built = BTreeMap::new();
+        for (name, spec) in &config.filters {
+            let kept = previous
+                .and_then(|p| p.built.get(name))
+                .filter(|old| old.spec == *spec && keeps_state(&spec.kind));
+            let filter = match kept {
+                Some(old) => old.filter.clone(),
+                None => build_one(name, spec)?,
+            };
+            built.insert(
+                name.clone(),
+                Built {
+                    spec: spec.clone(),
+                    filter,
+                },
+            );
+        }
+        Ok(Self { built })
+    }
+
+    /// The chain of `[proxy] filters` then `names`, in order; names were checked with the
+    /// config (an unknown one is left out).
+    pub(crate) fn chain<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> FilterChain {
+        FilterChain::new(
+            names
+                .into_iter()
+                .filter_map(|name| self.built.get(name).map(|b| b.filter.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// Kinds whose filters carry state across requests.
+fn keeps_state(kind: &str) -> bool {
+    matches!(kind, "rate-limit" | "concurrency-limit")
+}
+
+fn build_one(name: &str, spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterError> {
+    let filter: Arc<dyn Filter> = match spec.kind.as_str() {
+        "key-auth" => Arc::new(key_auth::KeyAuth::build(name, &spec.table)?),
+        "ip-allow" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Allow)?),
+        "ip-deny" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Deny)?),
+        "concurrency-limit" => Arc::new(concurrency::ConcurrencyLimit::build(name, &spec.table)?),
+        "rate-limit" => Arc::new(rate_limit::RateLimit::build(name, &spec.table)?),
+        "request-id" => Arc::new(request_id::RequestId::build(name, &spec.table)?),
+        other => {
+            return Err(FilterError::new(
+                name,
+                "kind",
+                format!("unknown filter kind {other:?}"),
+            ))
+        }
+    };
+    Ok(filter)
+}
+
+/// Reads a filter's table into its kind's settings; an unknown or mistyped key is named.
+fn read<T: DeserializeOwned>(name: &str, table: &toml::Table) -> Result<T, FilterError> {
+    let value = toml::Value::Table(table.clone());
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        FilterError::new(name, key, e.into_inner().to_string().trim().to_string())
+    })
+}
+
+/// A filter's answer: its status, and a plain-text body saying why.
+fn reject(status: u16, body: String) -> Answer {
+    Answer::plain(status, body, "FilterRejected")
+}

@@ -1,0 +1,106 @@
+//! `request-id`: every request carries an id in `header` (default `x-request-id`): a valid
+//! one from the client is kept, else a new UUIDv7 is made. The upstream gets it, the
+//! response echoes it, and the access log has it as `request_id`.
+
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::{read, FilterError};
+use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, Verdict};
+use crate::gateway::engine::RequestView;
+use crate::gateway::Route;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    header: Option<String>,
+}
+
+/// Longest id kept from a client.
+const MAX_ID_BYTES: usize = 128;
+
+/// One `request-id` filter.
+#[derive(Debug)]
+pub(super) struct RequestId {
+    name: String,
+    header: HeaderName,
+}
+
+impl RequestId {
+    pub(super) fn build(name: &str, table: &toml::Table) -> Result<Self, FilterError> {
+        let settings: Settings = read(name, table)?;
+        let text = settings.header.as_deref().unwrap_or("x-request-id");
+        let header = HeaderName::from_bytes(text.trim().as_bytes())
+            .map_err(|_| FilterError::new(name, "header", format!("bad header name {text:?}")))?;
+        Ok(Self {
+            name: name.to_string(),
+            header,
+        })
+    }
+}
+
+/// Whether a client's id is kept: 1 to 128 characters of letters, digits and `-_.:+/=`
+/// (UUIDs, ULIDs, base64 and the ids other proxies make), nothing that could break a log
+/// line or a header.
+fn is_valid(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
+}
+
+/// A new UUIDv7 (time-ordered, random below the millisecond).
+fn new_id() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text);
+    // A hyphenated UUID is ASCII hex digits and hyphens: a valid header value.
+    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
+}
+
+impl Filter for RequestId {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn on_request(
+        &self,
+        _route: &Route,
+        request: &dyn RequestView,
+        state: &mut FilterState,
+    ) -> Verdict {
+        let id = request
+            .field(self.header.as_str())
+            .filter(|id| is_valid(id))
+            .and_then(|id| HeaderValue::from_bytes(id).ok())
+            .unwrap_or_else(new_id);
+        state
+            .upstream
+            .push(HeaderEdit::Set(self.header.clone(), id.clone()));
+        state
+            .response
+            .push(HeaderEdit::Set(self.header.clone(), id.clone()));
+        state.request_id = Some(id);
+        Verdict::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_or_made() {
+        assert!(is_valid(b"0190a1b2-7c3d-7e4f-8a9b-0c1d2e3f4a5b"));
+        assert!(is_valid(b"abc+/="));
+        assert!(!is_valid(b""));
+        assert!(!is_valid(b"has space"));
+        assert!(!is_valid(b"quote\""));
+        assert!(!is_valid(&[b'a'; 129]));
+        let made = new_id();
+        let text = made.to_str().unwrap();
+        assert_eq!(text.len(), 36);
+        assert_eq!(&text[14..15], "7", "{text}");
+        assert_ne!(new_id(), made);
+    }
+}

@@ -1,0 +1,237 @@
+//! The seam where a route's filter chain runs, once per request whichever path serves it:
+//! the request phase before the pick (a filter lets the request through, perhaps with header
+//! changes, answers it itself, or waits for an outbound call first), the response phase on
+//! the response head, and the end phase after the last byte. A route without filters has an
+//! empty chain: one branch per phase, nothing allocated.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+
+use super::RequestView;
+use crate::gateway::failure::Answer;
+use crate::gateway::Route;
+
+/// One policy of the chain.
+pub(crate) trait Filter: Send + Sync + fmt::Debug {
+    /// The filter's name (`[filters.NAME]`): the metric label and the log's word for it.
+    fn name(&self) -> &str;
+
+    /// Before the pick: let the request to `route` through or answer it.
+    fn on_request(
+        &self,
+        route: &Route,
+        request: &dyn RequestView,
+        state: &mut FilterState,
+    ) -> Verdict;
+
+    /// On the response head, before it goes to the client.
+    fn on_response(&self, _status: u16, _state: &mut FilterState) {}
+
+    /// After the request ended with `status` (sent or not: 499 when the client left).
+    fn on_end(&self, _status: u16, _state: &FilterState) {}
+}
+
+/// A filter's decision on a request.
+pub(crate) enum Verdict {
+    /// The next filter runs (the upstream request carries `state`'s changes).
+    Continue,
+    /// The gateway answers this itself; the rest of the chain does not run.
+    Answer(Answer),
+    /// Decided by an outbound call (an auth service, a shared store): the request waits for
+    /// it, then this verdict counts (never `Later` again).
+    Later(Pin<Box<dyn Future<Output = Later> + Send>>),
+}
+
+/// What an outbound call decided.
+pub(crate) struct Later {
+    pub(crate) answer: Option<Answer>,
+    /// Header changes for the upstream request.
+    pub(crate) upstream: HeaderEdits,
+}
+
+/// What the chain keeps of a request between its phases.
+#[derive(Debug, Default)]
+pub(crate) struct FilterState {
+    /// Changes to the request as sent upstream.
+    pub(crate) upstream: HeaderEdits,
+    /// Changes to the response head as sent to the client.
+    pub(crate) response: HeaderEdits,
+    /// Who the request authenticated as (the access log's `consumer`).
+    pub(crate) consumer: Option<Arc<str>>,
+    /// The request's id (`request-id`): the access log's `request_id`.
+    pub(crate) request_id: Option<HeaderValue>,
+    /// The query as forwarded, when a filter changed it (`Some("")`: none).
+    pub(crate) query: Option<String>,
+    /// What the request holds until it ends (a concurrency slot): dropped with the record,
+    /// however the request ends.
+    pub(crate) held: Held,
+}
+
+/// Values held for the life of a request.
+#[derive(Default)]
+pub(crate) struct Held(Vec<Box<dyn Send + Sync>>);
+
+impl Held {
+    pub(crate) fn push(&mut self, value: Box<dyn Send + Sync>) {
+        self.0.push(value);
+    }
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Held({})", self.0.len())
+    }
+}
+
+/// Changes to a header block, in order.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderEdits {
+    edits: Vec<HeaderEdit>,
+}
+
+/// One change to a header block.
+#[derive(Debug, Clone)]
+pub(crate) enum HeaderEdit {
+    /// Replaces every field of this name.
+    Set(HeaderName, HeaderValue),
+    /// Adds a field beside those of the name.
+    Add(HeaderName, HeaderValue),
+    /// Removes every field of this name.
+    Remove(HeaderName),
+}
+
+impl HeaderEdits {
+    pub(crate) fn push(&mut self, edit: HeaderEdit) {
+        self.edits.push(edit);
+    }
+
+    pub(crate) fn extend(&mut self, other: HeaderEdits) {
+        self.edits.extend(other.edits);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &HeaderEdit> {
+        self.edits.iter()
+    }
+
+    /// Whether the original fields named `name` are not to be forwarded (set or removed).
+    pub(crate) fn replaces(&self, name: &str) -> bool {
+        self.edits.iter().any(|e| match e {
+            HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => n.as_str().eq_ignore_ascii_case(name),
+            HeaderEdit::Add(..) => false,
+        })
+    }
+
+    /// The fields the edits add, as they go out: a set field once, added ones each, a
+    /// removal dropping what came before it.
+    pub(crate) fn added(&self) -> Vec<(&HeaderName, &HeaderValue)> {
+        let mut out: Vec<(&HeaderName, &HeaderValue)> = Vec::new();
+        for edit in &self.edits {
+            match edit {
+                HeaderEdit::Set(name, value) => {
+                    out.retain(|(n, _)| *n != name);
+                    out.push((name, value));
+                }
+                HeaderEdit::Add(name, value) => out.push((name, value)),
+                HeaderEdit::Remove(name) => out.retain(|(n, _)| *n != name),
+            }
+        }
+        out
+    }
+}
+
+/// A route's filters in the order they run (`[proxy] filters` first, then the route's).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FilterChain {
+    filters: Arc<[Arc<dyn Filter>]>,
+}
+
+/// A chain's answer to a request, and which filter gave it.
+pub(crate) struct Rejection {
+    pub(crate) filter: usize,
+    pub(crate) answer: Answer,
+}
+
+impl FilterChain {
+    pub(crate) fn new(filters: Vec<Arc<dyn Filter>>) -> Self {
+        Self {
+            filters: filters.into(),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    pub(crate) fn filters(&self) -> &[Arc<dyn Filter>] {
+        &self.filters
+    }
+
+    /// The request phase: each filter in order until one answers.
+    pub(crate) async fn on_request(
+        &self,
+        route: &Route,
+        request: &dyn RequestView,
+        state: &mut FilterState,
+    ) -> Option<Rejection> {
+        for (index, filter) in self.filters.iter().enumerate() {
+            let answer = match filter.on_request(route, request, state) {
+                Verdict::Continue => continue,
+                Verdict::Answer(answer) => answer,
+                Verdict::Later(call) => {
+                    let later = call.await;
+                    state.upstream.extend(later.upstream);
+                    match later.answer {
+                        None => continue,
+                        Some(answer) => answer,
+                    }
+                }
+            };
+            return Some(Rejection {
+                filter: index,
+                answer,
+            });
+        }
+        None
+    }
+
+    /// The response phase, in the chain's order.
+    pub(crate) fn on_response(&self, status: u16, state: &mut FilterState) {
+        for filter in self.filters.iter() {
+            filter.on_response(status, state);
+        }
+    }
+
+    /// The end phase, in the chain's order.
+    pub(crate) fn on_end(&self, status: u16, state: &FilterState) {
+        for filter in self.filters.iter() {
+            filter.on_end(status, state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_in_order() {
+        let name = HeaderName::from_static("x-a");
+        let value = |v: &'static str| HeaderValue::from_static(v);
+        let mut edits = HeaderEdits::default();
+        edits.push(HeaderEdit::Add(name.clone(), value("1")));
+        edits.push(HeaderEdit::Set(name.clone(), value("2")));
+        edits.push(HeaderEdit::Add(name.clone(), value("3")));
+        edits.push(HeaderEdit::Remove(HeaderName::from_static("x-gone")));
+        assert!(edits.replaces("X-A") && edits.replaces("x-gone") && !edits.replaces("x-b"));
+        let added: Vec<_> = edits.added().into_iter().map(|(_, v)| v.clone()).collect();
+        assert_eq!(added, [value("2"), value("3")]);
+    }
+}

@@ -1,0 +1,361 @@
+//! The filter chain (shared/SPEC.md §9) through the real gateway: authentication, IP rules,
+//! limits and request ids, each on whichever request path the harness switch selects.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sluice_tests::{client, eventually, metric, Gateway, Upstream};
+
+/// One route `/` to `svc` with `filters`, and the filter tables.
+fn config(filters: &str, tables: &str) -> String {
+    format!("[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nfilters = [{filters}]\n\n{tables}")
+}
+
+fn services(up: &Upstream) -> String {
+    format!("[services.svc]\ninstances = [{}]\n", up.instance())
+}
+
+/// Status, headers and the echo upstream's JSON (or the text) of a GET.
+async fn get(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = client().get(gw.url(path));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        headers,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn access_lines(gw: &Gateway, n: usize) -> Vec<String> {
+    eventually("access lines", Duration::from_secs(5), || async {
+        let lines: Vec<String> = gw
+            .log()
+            .lines()
+            .filter(|l| l.contains("sluice::access"))
+            .map(str::to_string)
+            .collect();
+        (lines.len() >= n).then_some(lines)
+    })
+    .await
+}
+
+const KEYS: &str = r#"
+[filters.keys]
+kind = "key-auth"
+consumers = [
+  { name = "alice", key = "alice-secret-key" },
+  # sha256("bob-secret-key")
+  { name = "bob", key_sha256 = "KEY_SHA" },
+]
+"#;
+
+fn keys_table() -> String {
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(b"bob-secret-key"));
+    KEYS.replace("KEY_SHA", &digest)
+}
+
+#[tokio::test]
+async fn key_auth_names_the_consumer_and_hides_the_key() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(&config("\"keys\"", &keys_table()), &services(&up)).await;
+
+    let (status, headers, body) = get(&gw, "/x", &[]).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(headers["x-sluice-error"], "1");
+    assert!(
+        body.as_str().unwrap().contains("X-Api-Key")
+            || body.as_str().unwrap().contains("x-api-key"),
+        "{body}"
+    );
+    let (status, headers, _) = get(&gw, "/x", &[("x-api-key", "wrong")]).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["x-sluice-error"], "1");
+    assert_eq!(up.hits(), 0, "rejected requests never reach the upstream");
+
+    // A client's own x-consumer never passes.
+    let (status, _, body) = get(
+        &gw,
+        "/x",
+        &[("x-api-key", "alice-secret-key"), ("x-consumer", "root")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-consumer"], "alice");
+    assert!(body["headers"].get("x-api-key").is_none(), "{body}");
+    let (status, _, body) = get(&gw, "/x", &[("X-Api-Key", "bob-secret-key")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-consumer"], "bob");
+
+    let lines = access_lines(&gw, 4).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("consumer=\"alice\"") || l.contains("consumer=alice")),
+        "{lines:#?}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_filter_rejections_total{filter=\"keys\",route=\"/\",status=\"401\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn key_auth_from_the_query_keeps_the_other_parameters() {
+    let up = Upstream::start("a").await;
+    let tables = "[filters.keys]\nkind = \"key-auth\"\nfrom = \"query:apikey\"\nconsumers = [{ name = \"carol\", key = \"k-carol\" }]\n";
+    let gw = Gateway::start(&config("\"keys\"", tables), &services(&up)).await;
+    let (status, _, body) = get(&gw, "/p?a=1&apikey=k-carol&b=2", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["query"], "a=1&b=2");
+    assert_eq!(body["headers"]["x-consumer"], "carol");
+    let (status, _, _) = get(&gw, "/p?apikey=nope", &[]).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_consumers_file_is_read_again_on_reload_and_a_bad_filter_is_refused() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("consumers.toml");
+    std::fs::write(
+        &file,
+        "consumers = [{ name = \"dave\", key = \"k-dave-1\" }]\n",
+    )
+    .unwrap();
+    let tables = format!(
+        "[filters.keys]\nkind = \"key-auth\"\nconsumers_file = \"{}\"\n",
+        file.display()
+    );
+    let gw = Gateway::start(&config("\"keys\"", &tables), &services(&up)).await;
+    assert_eq!(get(&gw, "/", &[("x-api-key", "k-dave-1")]).await.0, 200);
+
+    std::fs::write(
+        &file,
+        "consumers = [{ name = \"dave\", key = \"k-dave-2\" }]\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    eventually("new key live", Duration::from_secs(5), || async {
+        (get(&gw, "/", &[("x-api-key", "k-dave-2")]).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get(&gw, "/", &[("x-api-key", "k-dave-1")]).await.0, 401);
+
+    // A broken consumers file: the reload is refused, naming the key; the old keys serve.
+    std::fs::write(&file, "consumers = [{ name = \"dave\" }]\n").unwrap();
+    gw.signal("HUP");
+    eventually("refusal counted", Duration::from_secs(5), || async {
+        let m = gw.metrics().await;
+        (metric(&m, "sluice_config_reloads_total{result=\"error\"}") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        gw.log().contains("filters.keys.consumers_file"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(get(&gw, "/", &[("x-api-key", "k-dave-2")]).await.0, 200);
+}
+
+#[tokio::test]
+async fn ip_rules_see_the_client_behind_trusted_proxies() {
+    let up = Upstream::start("a").await;
+    let tables =
+        "[filters.office]\nkind = \"ip-allow\"\ncidrs = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n\
+                  [filters.blocked]\nkind = \"ip-deny\"\ncidrs = [\"10.6.6.0/24\"]\n";
+    // Without trusted proxies the peer (127.0.0.1) is the client: not in the office.
+    let gw = Gateway::start(&config("\"office\", \"blocked\"", tables), &services(&up)).await;
+    let (status, headers, body) = get(&gw, "/", &[("x-forwarded-for", "10.1.2.3")]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(headers["x-sluice-error"], "1");
+    drop(gw);
+
+    let gw = Gateway::start_with_proxy(
+        "trusted_proxies = [\"127.0.0.1\"]",
+        &config("\"office\", \"blocked\"", tables),
+        &services(&up),
+    )
+    .await;
+    let (status, _, body) = get(&gw, "/", &[("x-forwarded-for", "10.1.2.3")]).await;
+    assert_eq!(status, 200, "{body}");
+    // The upstream still learns the whole chain.
+    assert_eq!(body["headers"]["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(
+        get(&gw, "/", &[("x-forwarded-for", "10.6.6.6")]).await.0,
+        403
+    );
+    assert_eq!(
+        get(&gw, "/", &[("x-forwarded-for", "2001:db8::7")]).await.0,
+        200
+    );
+    assert_eq!(
+        get(&gw, "/", &[("x-forwarded-for", "192.0.2.1")]).await.0,
+        403
+    );
+    assert_eq!(
+        get(&gw, "/", &[]).await.0,
+        403,
+        "the proxy itself is no office client"
+    );
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_answers_503_and_frees_its_slots() {
+    let up = Upstream::start("a").await;
+    up.set_delay_ms(400);
+    let tables = "[filters.one]\nkind = \"concurrency-limit\"\nmax = 1\n";
+    let gw = Gateway::start(&config("\"one\"", tables), &services(&up)).await;
+    let url = gw.url("/");
+    let first =
+        tokio::spawn(async move { client().get(url).send().await.unwrap().status().as_u16() });
+    // The first is in flight once the upstream has it.
+    eventually("first request upstream", Duration::from_secs(5), || async {
+        (up.open_connections() > 0).then_some(())
+    })
+    .await;
+    let (status, headers, body) = get(&gw, "/", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["x-sluice-error"], "1");
+    assert_eq!(first.await.unwrap(), 200);
+    up.set_delay_ms(0);
+    assert_eq!(get(&gw, "/", &[]).await.0, 200, "the slot came back");
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_one_budget_per_key_across_threads_and_reloads() {
+    let up = Upstream::start("a").await;
+    let tables = "[filters.per-user]\nkind = \"rate-limit\"\nrate = 3\nper = \"1h\"\nkey = \"header:x-user\"\n";
+    let gw = Gateway::start(&config("\"per-user\"", tables), &services(&up)).await;
+    // Each on its own connection: two shards share the budget.
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let (status, headers, _) = get(&gw, "/", &[("x-user", "u1")]).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["ratelimit-limit"], "3");
+        remaining.push(headers["ratelimit-remaining"].to_str().unwrap().to_string());
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let (status, headers, body) = get(&gw, "/", &[("x-user", "u1")]).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(headers["x-sluice-error"], "1");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (1100..=1200).contains(&retry),
+        "one request's worth of an hour at 3/h: {retry}"
+    );
+    assert_eq!(headers["ratelimit-remaining"], "0");
+    // Another key has its own budget.
+    assert_eq!(get(&gw, "/", &[("x-user", "u2")]).await.0, 200);
+
+    // A reload that leaves the filter as it was keeps its budget.
+    let original = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        format!("{original}\n[[routes]]\npath_prefix = \"/other\"\nservice = \"svc\"\n"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    eventually("reload applied", Duration::from_secs(5), || async {
+        let m = gw.metrics().await;
+        (metric(&m, "sluice_config_reloads_total{result=\"ok\"}") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert_eq!(get(&gw, "/", &[("x-user", "u1")]).await.0, 429);
+    assert_eq!(up.hits(), 4);
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_made_and_logged() {
+    let up = Upstream::start("a").await;
+    let tables = "[filters.rid]\nkind = \"request-id\"\n";
+    let gw =
+        Gateway::start_with_proxy("filters = [\"rid\"]", &config("", tables), &services(&up)).await;
+    let (status, headers, body) = get(&gw, "/", &[("x-request-id", "abc-123")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-request-id"], "abc-123");
+    assert_eq!(body["headers"]["x-request-id"], "abc-123");
+    // A missing or unusable id is replaced by a UUIDv7, the same upstream and back.
+    let (_, headers, body) = get(&gw, "/", &[("x-request-id", "has space")]).await;
+    let made = headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 36, "{made}");
+    assert_eq!(&made[14..15], "7", "{made}");
+    assert_eq!(body["headers"]["x-request-id"], made.as_str());
+    let lines = access_lines(&gw, 2).await;
+    assert!(lines.iter().any(|l| l.contains(&made)), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn check_names_the_file_and_key_of_a_bad_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = dir.path().join("services.toml");
+    std::fs::write(&services, "").unwrap();
+    for (tables, expected) in [
+        (
+            "[filters.f]\nkind = \"nope\"\n",
+            "filters.f.kind: unknown filter kind \"nope\"",
+        ),
+        (
+            "[filters.f]\nkind = \"rate-limit\"\nrate = 0\nper = \"1s\"\n",
+            "filters.f.rate: must be at least 1",
+        ),
+        (
+            "[filters.f]\nkind = \"rate-limit\"\nrate = 1\nper = \"soon\"\n",
+            "filters.f.per",
+        ),
+        (
+            "[filters.f]\nkind = \"ip-deny\"\ncidrs = [\"300.1.1.1\"]\n",
+            "filters.f.cidrs[0]",
+        ),
+        (
+            "[filters.f]\nkind = \"key-auth\"\nconsumers = []\nbogus = 1\n",
+            "filters.f",
+        ),
+        ("[filters.f]\nkind = \"concurrency-limit\"\n", "filters.f"),
+    ] {
+        let path = dir.path().join("sluice.toml");
+        let text = format!(
+            "[registry]\nkind = \"file\"\npath = \"{}\"\n[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nfilters = [\"f\"]\n{tables}",
+            services.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = sluice_tests::run_sluice_within(
+            &["check", "--config", path.to_str().unwrap()],
+            Duration::from_secs(30),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tables}: accepted");
+        assert!(stderr.contains("sluice.toml"), "{stderr}");
+        assert!(stderr.contains(expected), "{tables}: {stderr}");
+    }
+    let path = dir.path().join("sluice.toml");
+    let text = format!(
+        "[registry]\nkind = \"file\"\npath = \"{}\"\n[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nfilters = [\"missing\"]\n",
+        services.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = sluice_tests::run_sluice_within(
+        &["check", "--config", path.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[0].filters[0]: no filter named \"missing\""),
+        "{stderr}"
+    );
+}
