@@ -4,6 +4,7 @@
 //! (`gateway::engine::filters`), whichever path serves the request.
 
 mod concurrency;
+mod forward_auth;
 mod ip;
 mod key_auth;
 mod rate_limit;
@@ -19,8 +20,9 @@ use crate::gateway::engine::filters::{Filter, FilterChain};
 use crate::gateway::failure::Answer;
 
 /// The filter kinds this build knows.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "key-auth",
+    "forward-auth",
     "ip-allow",
     "ip-deny",
     "concurrency-limit",
@@ -115,6 +117,7 @@ fn keeps_state(kind: &str) -> bool {
 fn build_one(name: &str, spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterError> {
     let filter: Arc<dyn Filter> = match spec.kind.as_str() {
         "key-auth" => Arc::new(key_auth::KeyAuth::build(name, &spec.table)?),
+        "forward-auth" => Arc::new(forward_auth::ForwardAuth::build(name, &spec.table)?),
         "ip-allow" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Allow)?),
         "ip-deny" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Deny)?),
         "concurrency-limit" => Arc::new(concurrency::ConcurrencyLimit::build(name, &spec.table)?),

@@ -43,11 +43,13 @@ impl From<PickFailure> for Failure<'static> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Answer {
     pub(crate) status: u16,
-    /// Plain text saying why.
-    pub(crate) body: String,
-    /// Fields beside `content-type`, `content-length` and `x-sluice-error` (a filter's
-    /// `WWW-Authenticate`, `Retry-After`, …).
+    /// Plain text saying why (or a relayed answer's body).
+    pub(crate) body: bytes::Bytes,
+    /// Fields beside `content-length` and `x-sluice-error` (a filter's `WWW-Authenticate`,
+    /// `Retry-After`, …); `content-type` is plain text unless one is here.
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    /// Another server's answer passed on as it was (`forward-auth`): no `x-sluice-error`.
+    pub(crate) relayed: bool,
     /// The access log's `error` field.
     pub(crate) error: &'static str,
 }
@@ -57,8 +59,9 @@ impl Answer {
     pub(crate) fn plain(status: u16, body: String, error: &'static str) -> Self {
         Self {
             status,
-            body,
+            body: body.into(),
             headers: Vec::new(),
+            relayed: false,
             error,
         }
     }
@@ -98,15 +101,20 @@ pub(crate) fn answer(
             "HTTPStatus",
         ),
         Failure::NoAddress => Answer::plain(503, status_body(503), "HTTPStatus"),
-        Failure::PoolChanged => Answer {
-            status: 503,
-            body: format!(
-                "sluice: the instances of service \"{service}\" changed while the request \
-                 was admitted; try again\n"
-            ),
-            headers: vec![(http::header::RETRY_AFTER, HeaderValue::from_static("0"))],
-            error: "HTTPStatus",
-        },
+        Failure::PoolChanged => {
+            let mut answer = Answer::plain(
+                503,
+                format!(
+                    "sluice: the instances of service \"{service}\" changed while the request \
+                     was admitted; try again\n"
+                ),
+                "HTTPStatus",
+            );
+            answer
+                .headers
+                .push((http::header::RETRY_AFTER, HeaderValue::from_static("0")));
+            answer
+        }
         Failure::Upstream(error) => {
             let addr = upstream.map(|a| a.to_string()).unwrap_or_default();
             let body = if is_timeout(error) {

@@ -135,10 +135,20 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
+/// `https` when the client connection is TLS, else `http`.
+fn proto(session: &Session) -> &'static str {
+    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// A request on pingora's path as the engine reads it.
 struct SessionView<'a> {
     req: &'a RequestHeader,
     client_ip: Option<IpAddr>,
+    proto: &'static str,
 }
 
 impl<'a> SessionView<'a> {
@@ -148,6 +158,7 @@ impl<'a> SessionView<'a> {
         Self {
             req,
             client_ip: engine.client_ip(client_ip(session), forwarded_for),
+            proto: proto(session),
         }
     }
 }
@@ -187,26 +198,32 @@ impl RequestView for SessionView<'_> {
             .and_then(|v| v.parse().ok())
     }
 
-    fn idempotent(&self) -> bool {
-        self.req.method.is_idempotent()
+    fn proto(&self) -> &'static str {
+        self.proto
     }
 }
 
 /// Writes one of the gateway's own answers.
 async fn answer(session: &mut Session, answer: Answer) -> Result<()> {
     let mut header = ResponseHeader::build(answer.status, Some(3 + answer.headers.len()))?;
-    header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    if !answer
+        .headers
+        .iter()
+        .any(|(name, _)| name == http::header::CONTENT_TYPE)
+    {
+        header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    }
     header.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
-    header.insert_header("x-sluice-error", "1")?;
+    if !answer.relayed {
+        header.insert_header("x-sluice-error", "1")?;
+    }
     for (name, value) in answer.headers {
         header.append_header(name, value)?;
     }
     session
         .write_response_header(Box::new(header), false)
         .await?;
-    session
-        .write_response_body(Some(Bytes::from(answer.body)), true)
-        .await?;
+    session.write_response_body(Some(answer.body), true).await?;
     Ok(())
 }
 
@@ -336,9 +353,7 @@ impl ProxyHttp for Gateway {
         }
         // The downstream header and the upstream one are separate: borrow the host, no copy.
         let host = request_host(session.req_header());
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let proto = if tls { "https" } else { "http" };
-        forward::forwarded_headers(upstream_request, client_ip(session), host, proto)
+        forward::forwarded_headers(upstream_request, client_ip(session), host, proto(session))
     }
 
     async fn upstream_response_filter(

@@ -21,7 +21,13 @@ async fn get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = client().get(gw.url(path));
+    // Redirects are answers to look at, not to follow.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let mut req = no_redirects.get(gw.url(path));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -357,5 +363,142 @@ async fn check_names_the_file_and_key_of_a_bad_filter() {
     assert!(
         stderr.contains("routes[0].filters[0]: no filter named \"missing\""),
         "{stderr}"
+    );
+}
+
+/// An auth service on loopback: `Bearer good` passes (with `x-user: u1`), `Bearer moved`
+/// is sent to a login page, `Bearer slow` answers after 3 s, anything else is a 401. It
+/// keeps the last request's `x-forwarded-uri`.
+struct AuthService {
+    addr: std::net::SocketAddr,
+    seen_uri: std::sync::Arc<std::sync::Mutex<String>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AuthService {
+    async fn start() -> Self {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen_uri = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let seen = seen_uri.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let header = |n: &str| {
+                                req.headers()
+                                    .get(n)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string()
+                            };
+                            *seen.lock().unwrap() = header("x-forwarded-uri");
+                            let builder = hyper::Response::builder();
+                            let response = match header("authorization").as_str() {
+                                "Bearer good" => builder.status(200).header("x-user", "u1"),
+                                "Bearer moved" => builder.status(302).header("location", "/login"),
+                                "Bearer slow" => {
+                                    tokio::time::sleep(Duration::from_secs(3)).await;
+                                    builder.status(200)
+                                }
+                                _ => builder
+                                    .status(401)
+                                    .header("www-authenticate", "Bearer realm=\"test\"")
+                                    .header("content-type", "application/json"),
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                response
+                                    .body(Full::new(bytes::Bytes::from_static(
+                                        b"{\"auth\":\"no\"}",
+                                    )))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            seen_uri,
+            task,
+        }
+    }
+}
+
+impl Drop for AuthService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn forward_auth_passes_relays_and_times_out() {
+    let up = Upstream::start("a").await;
+    let auth = AuthService::start().await;
+    let tables = format!(
+        "[filters.auth]\nkind = \"forward-auth\"\nurl = \"http://{}/check\"\ntimeout = \"1s\"\ncopy_response_headers = [\"x-user\"]\n",
+        auth.addr
+    );
+    let gw = Gateway::start(&config("\"auth\"", &tables), &services(&up)).await;
+
+    // Passed: the auth service's x-user replaces the client's own.
+    let (status, _, body) = get(
+        &gw,
+        "/orders/7?x=1",
+        &[("authorization", "Bearer good"), ("x-user", "admin")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["headers"]["x-user"], "u1");
+    assert_eq!(*auth.seen_uri.lock().unwrap(), "/orders/7?x=1");
+    // A client without the auth's header gets none through either.
+    let (status, _, _) = get(&gw, "/", &[("authorization", "Bearer good")]).await;
+    assert_eq!(status, 200);
+
+    // Refused: the auth service's answer as it came (status, fields, body; no x-sluice-error).
+    let (status, headers, body) = get(&gw, "/", &[("authorization", "Bearer nope")]).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"test\"");
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(headers.get("x-sluice-error").is_none());
+    assert_eq!(body["auth"], "no");
+    let (status, headers, _) = get(&gw, "/", &[("authorization", "Bearer moved")]).await;
+    assert_eq!(status, 302);
+    assert_eq!(headers["location"], "/login");
+    let hits = up.hits();
+    assert_eq!(hits, 2);
+
+    // Too slow, then gone: 503 from the gateway.
+    let (status, headers, body) = get(&gw, "/", &[("authorization", "Bearer slow")]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["x-sluice-error"], "1");
+    assert!(
+        body.as_str().unwrap().contains("did not answer within 1s"),
+        "{body}"
+    );
+    drop(auth);
+    let (status, _, body) = get(&gw, "/", &[("authorization", "Bearer good")]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(up.hits(), hits, "nothing reached the upstream unauthorised");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_filter_rejections_total{filter=\"auth\",route=\"/\",status=\"503\"}"
+        ),
+        Some(2.0),
+        "{m}"
     );
 }

@@ -20,8 +20,8 @@ pub(crate) trait RequestView: RequestHeaders {
     fn client_ip(&self) -> Option<IpAddr>;
     /// The body length the request declares (`Content-Length`), if it declares one.
     fn declared_body_len(&self) -> Option<u64>;
-    /// Whether repeating the request is harmless (RFC 9110 9.2.2).
-    fn idempotent(&self) -> bool;
+    /// `https` or `http`: how the client reached the gateway.
+    fn proto(&self) -> &'static str;
 }
 
 /// The `request_hash` of a request for `hash_on`: the same on both paths and in every

@@ -71,6 +71,7 @@ pub enum Served {
 struct FastView<'r, 'h, 'b> {
     head: &'r RequestHead<'h, 'b>,
     client_ip: Option<IpAddr>,
+    proto: &'static str,
 }
 
 impl RequestHeaders for FastView<'_, '_, '_> {
@@ -104,8 +105,8 @@ impl RequestView for FastView<'_, '_, '_> {
         Some(self.head.body_len)
     }
 
-    fn idempotent(&self) -> bool {
-        self.head.idempotent()
+    fn proto(&self) -> &'static str {
+        self.proto
     }
 }
 
@@ -301,6 +302,7 @@ impl FastPath {
             client_ip: self
                 .engine
                 .client_ip(client.ip, || req.field("x-forwarded-for")),
+            proto: client.proto,
         };
         let outcome = match self.engine.admit(&mut record, route, &view).await {
             Admission::Answer(reply) => {
@@ -1015,11 +1017,20 @@ async fn write_answer(stream: &mut Stream, reply: &Answer, close: bool) -> std::
     // Writing to a Vec cannot fail.
     let _ = write!(
         out,
-        "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         content-length: {}\r\nx-sluice-error: 1\r\n",
+        "HTTP/1.1 {} {reason}\r\ncontent-length: {}\r\n",
         reply.status,
         reply.body.len()
     );
+    if !reply
+        .headers
+        .iter()
+        .any(|(name, _)| name == http::header::CONTENT_TYPE)
+    {
+        out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
+    }
+    if !reply.relayed {
+        out.extend_from_slice(b"x-sluice-error: 1\r\n");
+    }
     for (name, value) in &reply.headers {
         put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -1027,6 +1038,6 @@ async fn write_answer(stream: &mut Stream, reply: &Answer, close: bool) -> std::
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(reply.body.as_bytes());
+    out.extend_from_slice(&reply.body);
     write_client(stream, &out, Duration::from_secs(1)).await
 }
