@@ -10,8 +10,10 @@
 //!   (in flight, latency, failures) survives every swap.
 //! - [`strategy`]: picks an eligible instance per request: the WASM host and plugins, and the
 //!   native round-robin and least-conn.
-//! - [`gateway`]: routes by host and path prefix, forwards plain HTTP/1.1 on its own fast path
-//!   and everything else through pingora, answers errors.
+//! - [`gateway`]: the one request engine (admit, try, feedback, finish) and its two drivers:
+//!   plain HTTP/1.1 on Sluice's own fast path, everything else through pingora.
+//! - [`filters`]: the gateway's policies (authentication, IP rules, limits, request ids),
+//!   built with the routes and run in the engine's chain.
 //! - [`listener`]: what sits in front of the proxy: the request-header deadline (408) and the
 //!   TLS certificates chosen by SNI.
 //! - [`health`]: active health checks, passive outlier ejection, and the HTTP probe (also

@@ -50,10 +50,19 @@ fn is_valid(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
 }
 
-/// A new UUIDv7 (time-ordered, random below the millisecond).
+/// A new UUIDv7: the Unix time in milliseconds, then 74 random bits (RFC 9562 5.7). Made from
+/// the thread's own random generator and the clock: no lock and no system call (the uuid
+/// crate's `now_v7` serialises every thread on one shared context and reads the OS's random
+/// source per call).
 fn new_id() -> HeaderValue {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut random = [0u8; 10];
+    fastrand::fill(&mut random);
+    let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text);
+    let id = uuid.hyphenated().encode_lower(&mut text);
     // A hyphenated UUID is ASCII hex digits and hyphens: a valid header value.
     HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
 }

@@ -130,20 +130,19 @@ impl HeaderEdits {
     }
 
     /// The fields the edits add, as they go out: a set field once, added ones each, a
-    /// removal dropping what came before it.
-    pub(crate) fn added(&self) -> Vec<(&HeaderName, &HeaderValue)> {
-        let mut out: Vec<(&HeaderName, &HeaderValue)> = Vec::new();
-        for edit in &self.edits {
-            match edit {
-                HeaderEdit::Set(name, value) => {
-                    out.retain(|(n, _)| *n != name);
-                    out.push((name, value));
-                }
-                HeaderEdit::Add(name, value) => out.push((name, value)),
-                HeaderEdit::Remove(name) => out.retain(|(n, _)| *n != name),
-            }
-        }
-        out
+    /// removal dropping what came before it (no allocation: a few edits at most).
+    pub(crate) fn added(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.edits.iter().enumerate().filter_map(|(i, edit)| {
+            let (name, value) = match edit {
+                HeaderEdit::Set(name, value) | HeaderEdit::Add(name, value) => (name, value),
+                HeaderEdit::Remove(_) => return None,
+            };
+            let overridden = self.edits[i + 1..].iter().any(|later| match later {
+                HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => n == name,
+                HeaderEdit::Add(..) => false,
+            });
+            (!overridden).then_some((name, value))
+        })
     }
 }
 
@@ -231,7 +230,7 @@ mod tests {
         edits.push(HeaderEdit::Add(name.clone(), value("3")));
         edits.push(HeaderEdit::Remove(HeaderName::from_static("x-gone")));
         assert!(edits.replaces("X-A") && edits.replaces("x-gone") && !edits.replaces("x-b"));
-        let added: Vec<_> = edits.added().into_iter().map(|(_, v)| v.clone()).collect();
+        let added: Vec<_> = edits.added().map(|(_, v)| v.clone()).collect();
         assert_eq!(added, [value("2"), value("3")]);
     }
 }

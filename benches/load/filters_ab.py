@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""What filters cost: one Sluice gateway, two routes to the same upstreams — `/plain` without
+filters and `/filtered` with `key-auth` + `rate-limit` (local store, a budget no run exhausts)
++ `request-id` — driven in alternating rounds with the same wrk load, on the fast path and on
+pingora's path (`proxy.fast_path = false`, a second gateway). Reports requests/s, p99, the
+gateway's CPU time per request, and the filtered/plain ratio per path.
+
+    python3 benches/load/filters_ab.py                 # 4 rounds, 1 worker, 5 s per run
+    python3 benches/load/filters_ab.py --rounds 6 --workers 2
+
+Needs nginx (the upstreams) and wrk. Loopback only, bounded by rounds x 4 x duration.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import LUA, Stack  # noqa: E402
+from fast_path_ab import cpu_ticks  # noqa: E402
+from harness import ROOT, free_port, wait_http  # noqa: E402
+
+KEY = "bench-key-0123456789"
+
+FILTERS = f"""
+[filters.keys]
+kind = "key-auth"
+consumers = [{{ name = "bench", key = "{KEY}" }}]
+
+[filters.limit]
+kind = "rate-limit"
+rate = 1000000000
+per = "1s"
+key = "consumer"
+
+[filters.rid]
+kind = "request-id"
+"""
+
+
+def run_wrk(url, conns, duration):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "-s", LUA, "-H", f"x-api-key: {KEY}", url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+    ).stdout
+    line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"wrk printed no result for {url}:\n{out}")
+    fields = dict(kv.split("=") for kv in line.split()[1:])
+    if int(fields["errors"]):
+        sys.exit(f"{url}: {fields['errors']} errors (non-2xx or socket)")
+    return {"rps": float(fields["rps"]), "p99": int(fields["p99"]) / 1000}
+
+
+def gateway(stack, work, name, fast_path, workers, sluice):
+    port, admin = free_port(), free_port()
+    services = os.path.join(work, "services.toml")
+    conf = os.path.join(work, f"{name}.toml")
+    with open(conf, "w") as f:
+        f.write(
+            f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nthreads = {workers}\nfast_path = {str(fast_path).lower()}\n\n'
+            f'[admin]\nlisten = "127.0.0.1:{admin}"\n\n'
+            f'[registry]\nkind = "file"\npath = "{services}"\n\n'
+            f'[log]\nlevel = "warn"\n\n'
+            '[[routes]]\npath_prefix = "/plain"\nservice = "bench"\nstrategy = "native-round-robin"\n\n'
+            '[[routes]]\npath_prefix = "/filtered"\nservice = "bench"\nstrategy = "native-round-robin"\n'
+            'filters = ["keys", "limit", "rid"]\n'
+            + FILTERS
+        )
+    proc = stack.procs.spawn([sluice, "serve", "--config", conf], os.path.join(work, f"{name}.log"))
+    wait_http(f"http://127.0.0.1:{admin}/readyz", name)
+    return proc, port
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
+    args = ap.parse_args()
+    if args.sluice.startswith(ROOT):
+        subprocess.run(["cargo", "build", "--release", "-q", "--bin", "sluice"], cwd=ROOT, check=True)
+    hz = os.sysconf("SC_CLK_TCK")
+    with tempfile.TemporaryDirectory() as work:
+        stack = Stack(work, args.workers, args.sluice)
+        try:
+            stack._upstreams()
+            with open(os.path.join(work, "services.toml"), "w") as f:
+                f.write(
+                    "[services.bench]\ninstances = ["
+                    + ", ".join(f'{{ id = "{i}", addr = "127.0.0.1:{p}" }}' for i, p in zip("ab", stack.up))
+                    + "]\n"
+                )
+            gateways = {
+                "fast": gateway(stack, work, "fast", True, args.workers, args.sluice),
+                "pingora": gateway(stack, work, "pingora", False, args.workers, args.sluice),
+            }
+            runs = [(path, route) for path in gateways for route in ("plain", "filtered")]
+            print(f"# {args.rounds} rounds, {args.workers} worker(s), wrk -t1 -c{args.conns} -d{args.duration}s", flush=True)
+            print("| round | path | route | requests/s | p99 | CPU per request |\n| ---: | --- | --- | ---: | ---: | ---: |", flush=True)
+            results = {run: [] for run in runs}
+            for rnd in range(1, args.rounds + 1):
+                order = runs if rnd % 2 else list(reversed(runs))
+                for path, route in order:
+                    proc, port = gateways[path]
+                    before = cpu_ticks(proc.pid)
+                    m = run_wrk(f"http://127.0.0.1:{port}/{route}/", args.conns, args.duration)
+                    used = (cpu_ticks(proc.pid) - before) / hz
+                    per_request = used / (m["rps"] * args.duration) * 1e6
+                    results[(path, route)].append((m["rps"], m["p99"], per_request))
+                    print(f"| {rnd} | {path} | {route} | {m['rps']:,.0f} | {m['p99']:.2f} ms | {per_request:.1f} µs |", flush=True)
+            print("\n| path | route | median requests/s | median p99 | median CPU per request | filtered / plain |\n| --- | --- | ---: | ---: | ---: | ---: |")
+            for path in gateways:
+                plain = statistics.median(r[0] for r in results[(path, "plain")])
+                for route in ("plain", "filtered"):
+                    rows = results[(path, route)]
+                    rps = statistics.median(r[0] for r in rows)
+                    print(
+                        f"| {path} | {route} | {rps:,.0f} | {statistics.median(r[1] for r in rows):.2f} ms | "
+                        f"{statistics.median(r[2] for r in rows):.1f} µs | {rps / plain:.3f} |"
+                    )
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
