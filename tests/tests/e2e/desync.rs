@@ -19,6 +19,8 @@ const POISON: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON";
 struct Recorder {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<u8>>>,
+    /// Late writes (bytes sent a moment after a complete response) done so far.
+    late: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -102,15 +104,17 @@ impl Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
+        let late = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (log, late_writes) = (received.clone(), late.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, log.clone()));
+                tokio::spawn(serve(stream, log.clone(), late_writes.clone()));
             }
         });
         Self {
             addr,
             received,
+            late,
             task,
         }
     }
@@ -132,7 +136,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-async fn serve(mut stream: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
+async fn serve(
+    mut stream: TcpStream,
+    log: Arc<Mutex<Vec<u8>>>,
+    late: Arc<std::sync::atomic::AtomicUsize>,
+) {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -180,6 +188,7 @@ async fn serve(mut stream: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
             if stream.write_all(later).await.is_err() {
                 return;
             }
+            late.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -430,16 +439,22 @@ const LEAVE_BYTES_OVER: &[(&str, &str)] = &[
 ];
 
 async fn leftover_bytes_never_reach_the_next_client(fast_path: bool) {
-    let (gw, _up) = gateway(fast_path).await;
+    let (gw, up) = gateway(fast_path).await;
     for round in 0..3 {
         for (method, path) in LEAVE_BYTES_OVER {
+            let late_before = up.late.load(std::sync::atomic::Ordering::SeqCst);
             let first = get(&gw, method, path).await.expect("an answer");
             assert!(
                 !first.body().contains("POISON"),
                 "{method} {path}: {first:?}"
             );
-            // Let the late bytes arrive on the pooled connection.
-            tokio::time::sleep(Duration::from_millis(60)).await;
+            // The late bytes are on the pooled connection before the next request.
+            if *path == "/late" {
+                sluice_tests::eventually("the late write", Duration::from_secs(5), || async {
+                    (up.late.load(std::sync::atomic::Ordering::SeqCst) > late_before).then_some(())
+                })
+                .await;
+            }
             for method in ["GET", "HEAD"] {
                 let next_path = format!("/next/{round}");
                 let next = get(&gw, method, &next_path).await.expect("an answer");

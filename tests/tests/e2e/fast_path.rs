@@ -20,6 +20,8 @@ const BIG: usize = 300_000;
 struct RawUpstream {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Connections this upstream has closed.
+    closed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -46,19 +48,26 @@ impl RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
-        let counted = connections.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (counted, closing) = (connections.clone(), closed.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, mode));
+                let closing = closing.clone();
+                tokio::spawn(async move {
+                    // `serve` owns the stream: it is closed when `serve` returns.
+                    serve(stream, mode).await;
+                    closing.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         Self {
             addr,
             connections,
+            closed,
             task,
         }
     }
@@ -354,9 +363,14 @@ async fn a_kept_connection_the_upstream_closed_never_fails_a_request() {
             "request {i}: {head}{body}"
         );
         assert!(body.starts_with(&format!("{method} /r{i} ")), "{body}");
-        // Let the gateway see the upstream's close before the next request (the POST case:
-        // a kept connection is checked before a request that must not be repeated).
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The upstream has closed this connection before the next request goes out (on
+        // loopback its FIN is at the gateway's socket then): the check before each reuse
+        // must see it, and the POSTs, which may not be sent twice, depend on it.
+        let closed = &up.closed;
+        sluice_tests::eventually("the upstream's close", Duration::from_secs(5), || async {
+            (closed.load(Ordering::SeqCst) > i).then_some(())
+        })
+        .await;
     }
     let metrics = gw.metrics().await;
     assert!(!metrics.contains("status=\"502\""), "{metrics}");
@@ -503,7 +517,11 @@ async fn a_response_in_flight_when_the_gateway_stops_says_connection_close() {
         .write_all(b"GET /slow?sleep_ms=800 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The stop comes while the upstream holds the request.
+    sluice_tests::eventually("the request upstream", Duration::from_secs(5), || async {
+        (up.hits() == 1).then_some(())
+    })
+    .await;
     gw.signal("TERM");
     let mut pending = Vec::new();
     let (head, _) = read_response(&mut stream, &mut pending).await;

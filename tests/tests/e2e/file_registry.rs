@@ -33,8 +33,12 @@ async fn edits_apply_without_restart_or_failed_requests() {
         gw.instance("svc", "a").await.is_none().then_some(())
     })
     .await;
-    let a_hits = a.hits();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // While the load goes on and b takes 50 more requests, a gets none.
+    let (a_hits, b_hits) = (a.hits(), b.hits());
+    eventually("b serving the load", Duration::from_secs(5), || async {
+        (b.hits() >= b_hits + 50).then_some(())
+    })
+    .await;
     assert_eq!(a.hits(), a_hits, "a receives nothing after removal");
 
     let report = load.stop().await;

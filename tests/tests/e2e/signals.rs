@@ -273,9 +273,16 @@ async fn sigquit_hands_the_listeners_over_with_no_refused_connection() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load is running before the upgrade starts.
+    eventually("load running", Duration::from_secs(5), || async {
+        (sent.load(Ordering::Relaxed) > 20).then_some(())
+    })
+    .await;
 
     // The new process waits for the sockets; SIGQUIT makes the old one hand them over.
+    let upgrade_sock =
+        std::env::temp_dir().join(format!("sluice-{}-upgrade.sock", old.admin.port()));
+    let _ = std::fs::remove_file(&upgrade_sock);
     let log = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
     let mut new = std::process::Command::new(sluice_tests::sluice_bin())
         .args(["serve", "--upgrade", "--config"])
@@ -284,7 +291,13 @@ async fn sigquit_hands_the_listeners_over_with_no_refused_connection() {
         .stderr(log)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // It listens on the upgrade socket once it is waiting for the listeners.
+    eventually(
+        "the new process waiting",
+        Duration::from_secs(10),
+        || async { upgrade_sock.exists().then_some(()) },
+    )
+    .await;
     old.signal("QUIT");
     let code = old.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "the old process drained and exited");
