@@ -150,8 +150,13 @@ impl Gateway {
             "threads = 2\n"
         };
         let path = request_path_switch(proxy_extra);
+        let grace = if proxy_extra.contains("grace_period") {
+            ""
+        } else {
+            "grace_period = \"10s\"\n"
+        };
         let config = format!(
-            "[proxy]\nlisten = [\"{proxy}\"]\n{threads}{path}grace_period = \"10s\"\n{proxy_extra}\n\n\
+            "[proxy]\nlisten = [\"{proxy}\"]\n{threads}{path}{grace}{proxy_extra}\n\n\
              [admin]\nlisten = \"{admin}\"\n{admin_extra}\n\n{registry}\n\
              [log]\nformat = \"{log_format}\"\nlevel = \"info\"\naccess_log = true\n\n{rest}"
         );

@@ -67,6 +67,64 @@ impl Answer {
     }
 }
 
+/// The gRPC form of a gateway answer to a gRPC call (`content-type: application/grpc…`): gRPC
+/// clients read a call's outcome from `grpc-status`, not from the HTTP status, and take a
+/// body for a gRPC message (a tonic client reports a plain-text 502 as `INTERNAL`,
+/// "invalid compression flag"). So the answer is a trailers-only response: HTTP 200,
+/// `grpc-status` by the gRPC project's HTTP-to-gRPC mapping (`401` UNAUTHENTICATED, `403`
+/// PERMISSION_DENIED, `404` UNIMPLEMENTED, `429`/`502`/`503`/`504` UNAVAILABLE, `400`
+/// INTERNAL, anything else UNKNOWN), `grpc-message` the text that said why, no body. The
+/// filters' other fields (`Retry-After`, `WWW-Authenticate`) stay.
+pub(crate) fn as_grpc(mut answer: Answer) -> Answer {
+    let code: u16 = match answer.status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    };
+    let text = String::from_utf8_lossy(&answer.body);
+    let message = grpc_message(text.trim());
+    answer
+        .headers
+        .retain(|(name, _)| name != http::header::CONTENT_TYPE);
+    answer.headers.push((
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    ));
+    answer.headers.push((
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from(code),
+    ));
+    if let Ok(value) = HeaderValue::from_str(&message) {
+        answer
+            .headers
+            .push((HeaderName::from_static("grpc-message"), value));
+    }
+    answer.status = 200;
+    answer.body = bytes::Bytes::new();
+    answer
+}
+
+/// Whether a request is a gRPC call.
+pub(crate) fn is_grpc(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|v| v.len() >= 16 && v[..16].eq_ignore_ascii_case(b"application/grpc"))
+}
+
+/// `grpc-message`'s encoding: printable ASCII but `%` as is, every other byte `%XX`.
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// Whether an upstream error is a timeout (answered 504).
 pub(crate) fn is_timeout(error: &ErrorType) -> bool {
     matches!(
@@ -142,4 +200,38 @@ fn no_instance_body(route: &Route) -> String {
         "sluice: no eligible instance of service \"{}\" (route \"{}\")\n",
         route.spec.service, route.spec.name
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_calls_get_trailers_only_answers() {
+        let answer = as_grpc(Answer::plain(
+            502,
+            "sluice: upstream 127.0.0.1:1 of service \"échо\" failed: 100%\n".into(),
+            "ReadError",
+        ));
+        assert_eq!(answer.status, 200);
+        assert!(answer.body.is_empty());
+        let field = |name: &str| {
+            answer
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(field("grpc-status").as_deref(), Some("14"));
+        assert_eq!(field("content-type").as_deref(), Some("application/grpc"));
+        let message = field("grpc-message").unwrap();
+        assert!(message.ends_with("failed: 100%25"), "{message}");
+        assert!(message.contains("%C3%A9"), "{message}");
+        assert_eq!(
+            as_grpc(Answer::plain(401, String::new(), "")).headers[1].1,
+            "16"
+        );
+        assert!(is_grpc(Some(b"application/grpc+proto")));
+        assert!(!is_grpc(Some(b"application/json")) && !is_grpc(None));
+    }
 }

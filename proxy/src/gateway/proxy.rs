@@ -203,8 +203,20 @@ impl RequestView for SessionView<'_> {
     }
 }
 
-/// Writes one of the gateway's own answers.
+/// Writes one of the gateway's own answers (in gRPC's form to a gRPC call).
 async fn answer(session: &mut Session, answer: Answer) -> Result<()> {
+    let grpc_call = failure::is_grpc(
+        session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    );
+    let answer = if grpc_call {
+        failure::as_grpc(answer)
+    } else {
+        answer
+    };
     let mut header = ResponseHeader::build(answer.status, Some(3 + answer.headers.len()))?;
     if !answer
         .headers

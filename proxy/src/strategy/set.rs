@@ -92,23 +92,18 @@ impl StrategySet {
         let mut watched = Vec::new();
         for (name, spec) in &config.strategies {
             let path = spec.wasm.display().to_string();
-            let loaded = std::fs::read(&spec.wasm)
-                .map_err(|source| LoadError::Read {
-                    path: path.clone(),
-                    source,
-                })
-                .and_then(|bytes| {
-                    WasmStrategy::load(
-                        runtime.clone(),
-                        metrics,
-                        name,
-                        path.clone(),
-                        &bytes,
-                        spec.config.clone(),
-                        spec.tags.clone(),
-                    )
-                    .map(|s| (s, content_hash(&bytes)))
-                });
+            let loaded = super::wasm::read_module(&spec.wasm).and_then(|bytes| {
+                WasmStrategy::load(
+                    runtime.clone(),
+                    metrics,
+                    name,
+                    path.clone(),
+                    &bytes,
+                    spec.config.clone(),
+                    spec.tags.clone(),
+                )
+                .map(|s| (s, content_hash(&bytes)))
+            });
             match loaded {
                 Ok((s, hash)) => {
                     let s = Arc::new(s);

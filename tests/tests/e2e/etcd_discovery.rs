@@ -508,3 +508,119 @@ async fn wait_disconnected(gw: &Gateway) {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_request_to_a_fresh_process_waits_for_the_first_sync() {
+    // What a just-started or upgraded process does with empty pools: a request waits (up to
+    // 2 s) for the registry's first sync instead of getting a 503 at once.
+    let etcd = Etcd::start().await;
+    let a = Upstream::start("a").await;
+    etcd.client()
+        .await
+        .unwrap()
+        .put("/services/svc/a", value(&a, ""), None)
+        .await
+        .unwrap();
+    let relay = Relay::start(format!("127.0.0.1:{}", etcd.client_port).parse().unwrap()).await;
+    relay.cut();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_etcd_in(
+        dir,
+        &relay.endpoint(),
+        "connect_timeout = \"200ms\"",
+        ROUTE,
+        false,
+    )
+    .await;
+    let started = Instant::now();
+    let request = tokio::spawn({
+        let url = gw.url("/");
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            let id = r
+                .headers()
+                .get("x-upstream-id")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), id, Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !request.is_finished(),
+        "answered before the registry synced"
+    );
+    relay.restore();
+    let (status, id, answered) = request.await.unwrap();
+    assert_eq!(
+        (status, id.as_deref()),
+        (200, Some("a")),
+        "served once synced"
+    );
+    let waited = answered - started;
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited < Duration::from_millis(2500), "{waited:?}");
+}
+
+#[tokio::test]
+async fn framework_layouts_under_their_own_key_prefixes() {
+    let etcd = Etcd::start().await;
+    let (gz, kr, gm) = (
+        Upstream::start("go-zero").await,
+        Upstream::start("kratos").await,
+        Upstream::start("go-micro").await,
+    );
+    let rest = "[[routes]]\npath_prefix = \"/gz\"\nservice = \"user-rpc\"\n\
+                [[routes]]\npath_prefix = \"/kr\"\nservice = \"orders\"\n\
+                [[routes]]\npath_prefix = \"/gm\"\nservice = \"billing\"\n\
+                [services.user-rpc]\nkey_prefix = \"user.rpc/\"\nformat = \"go-zero\"\n\
+                [services.orders]\nkey_prefix = \"/microservices/orders/\"\nformat = \"kratos\"\n\
+                [services.billing]\nkey_prefix = \"/micro/registry/billing/\"\nformat = \"go-micro\"\n";
+    let gw = Gateway::start_etcd(&etcd.endpoint(), "", rest).await;
+    let mut c = etcd.client().await.unwrap();
+    // go-zero: a bare host:port under <key>/<lease id>.
+    c.put("user.rpc/7587870102335012871", gz.addr.to_string(), None)
+        .await
+        .unwrap();
+    // kratos: its JSON, the HTTP endpoint with the query kratos writes.
+    let kratos = format!(
+        "{{\"id\":\"k1\",\"name\":\"orders\",\"version\":\"v1\",\"metadata\":null,\
+         \"endpoints\":[\"grpc://127.0.0.1:1?isSecure=false\",\"http://{}?isSecure=false\"]}}",
+        kr.addr
+    );
+    c.put("/microservices/orders/k1", kratos, None)
+        .await
+        .unwrap();
+    // go-micro: a service record listing its nodes.
+    let micro = format!(
+        "{{\"name\":\"billing\",\"version\":\"latest\",\"metadata\":null,\"endpoints\":[],\
+         \"nodes\":[{{\"id\":\"billing-1\",\"address\":\"{}\",\"metadata\":{{\"protocol\":\"http\"}}}}]}}",
+        gm.addr
+    );
+    c.put("/micro/registry/billing/billing-1", micro, None)
+        .await
+        .unwrap();
+    for (path, id) in [
+        ("/gz/x", "go-zero"),
+        ("/kr/x", "kratos"),
+        ("/gm/x", "go-micro"),
+    ] {
+        eventually(
+            &format!("{path} routed"),
+            Duration::from_secs(5),
+            || async {
+                let r = client().get(gw.url(path)).send().await.ok()?;
+                (r.status() == 200 && r.headers().get("x-upstream-id")? == id).then_some(())
+            },
+        )
+        .await;
+    }
+    // The go-zero lease ends: the instance leaves.
+    c.delete("user.rpc/7587870102335012871", None)
+        .await
+        .unwrap();
+    eventually("go-zero instance gone", Duration::from_secs(5), || async {
+        let r = client().get(gw.url("/gz/x")).send().await.ok()?;
+        (r.status() == 503).then_some(())
+    })
+    .await;
+}

@@ -152,3 +152,84 @@ async fn grpc_over_tls_to_tls_instances() {
         .unwrap();
     exercise(channel, &a, &b).await;
 }
+
+/// An HTTP/2 upstream that completes the handshake, takes each call, and drops the
+/// connection without answering: an instance that dies with the request in hand.
+struct DiesMidCall {
+    addr: std::net::SocketAddr,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DiesMidCall {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    if let Some(Ok(_call)) = connection.accept().await {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    // Dropping the connection closes the socket, the call unanswered.
+                });
+            }
+        });
+        Self { addr, calls, task }
+    }
+}
+
+impl Drop for DiesMidCall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_call_lost_after_it_was_sent_is_unavailable_and_not_retried() {
+    let dying = DiesMidCall::start().await;
+    let good = GrpcUpstream::start("good", None).await;
+    let services = format!(
+        "[services.echo]\ninstances = [{{ id = \"dying\", addr = \"{}\", scheme = \"grpc\" }}, {}]\n",
+        dying.addr,
+        good.instance()
+    );
+    // retries = 1: a retry would be allowed if the call had not gone out.
+    let routes = format!("{ROUTES}strategy = \"native-round-robin\"\nretries = 1\n");
+    let gw = Gateway::start(&routes, &services).await;
+    let channel = Endpoint::from_shared(gw.url(""))
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = EchoClient::new(channel);
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let request = EchoRequest {
+            message: format!("m{i}"),
+            ..Default::default()
+        };
+        codes.push(match client.unary(request).await {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        });
+    }
+    let lost = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::Unavailable)
+        .count();
+    assert_eq!(
+        lost, 2,
+        "every other call went to the dying instance: {codes:?}"
+    );
+    assert_eq!(dying.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // POST is not idempotent: a call the dying instance took was not sent again.
+    assert_eq!(good.calls(), 2, "{codes:?}");
+}

@@ -325,3 +325,65 @@ async fn sigquit_hands_the_listeners_over_with_no_refused_connection() {
         "no connection refused or request failed across the upgrade"
     );
 }
+
+#[tokio::test]
+async fn a_connection_accepted_just_before_sigterm_gets_a_moment_for_its_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let mut gw = Gateway::start(ROUTE, &services).await;
+    // Connected, its request only begun when the stop comes.
+    let mut stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    stream
+        .write_all(b"GET /late HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The kernel completes the handshake at once; the gateway's accept follows within
+    // microseconds (if it had not, the stop would reset this connection and the test fail).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.signal("TERM");
+    // Within the 1 s grace the rest of the request arrives, and it is served.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(b"\r\n").await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(a.hits(), 1);
+    assert_eq!(gw.wait_exit(Duration::from_secs(5)).await, Some(0));
+}
+
+#[tokio::test]
+async fn grace_period_cuts_a_request_that_outlasts_it() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let mut gw = Gateway::start_with_proxy("grace_period = \"1s\"", ROUTE, &services).await;
+    let slow = tokio::spawn({
+        let url = gw.url("/slow?sleep_ms=8000");
+        async move { client().get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    eventually("slow request in flight", Duration::from_secs(3), || async {
+        (gw.instance("svc", "a").await?["requests_in_flight"] == 1).then_some(())
+    })
+    .await;
+    let stopped = Instant::now();
+    gw.signal("TERM");
+    let code = gw.wait_exit(Duration::from_secs(15)).await;
+    let took = stopped.elapsed();
+    assert!(code.is_some(), "the gateway exited");
+    // 1 s of grace (and at most pingora's 5 s for the runtimes to stop): well before the
+    // 8 s request would have ended.
+    assert!(
+        took < Duration::from_secs(6),
+        "exited {took:?} after SIGTERM"
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "the grace period was not waited: {took:?}"
+    );
+    let outcome = slow.await.unwrap();
+    assert!(
+        !matches!(outcome, Ok(200)),
+        "the request was cut, not answered: {outcome:?}"
+    );
+}

@@ -15,10 +15,7 @@ use sluice::strategy::{PickRequest, Strategy};
 use sluice_tests::{plugin, wat};
 
 fn load(path: &Path, config: serde_json::Value) -> Result<WasmStrategy, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = sluice::strategy::wasm::read_module(path)?;
     WasmStrategy::load(
         WasmRuntime::global().unwrap().clone(),
         &Metrics::new(),
@@ -242,8 +239,10 @@ fn modules_with_a_bad_shape_are_refused_with_the_reason() {
         let err = load(&wat(name), json!({})).unwrap_err().to_string();
         assert!(err.contains(expected), "{name}: {err}");
     }
-    let err = load(Path::new("/nonexistent.wasm"), json!({}));
-    assert!(err.is_err());
+    let err = load(Path::new("/nonexistent.wasm"), json!({}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("cannot read /nonexistent.wasm: "), "{err}");
 }
 
 #[test]

@@ -28,10 +28,7 @@ pub fn check_file(
     sizes: &[usize],
     picks: u64,
 ) -> Result<Vec<PickReport>, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = super::read_module(path)?;
     let runtime = WasmRuntime::global()?.clone();
     let mut reports = Vec::with_capacity(sizes.len());
     for &n in sizes {

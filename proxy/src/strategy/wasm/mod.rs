@@ -53,3 +53,12 @@ pub enum LoadError {
     #[error("WASM engine: {0}")]
     Engine(String),
 }
+
+/// The bytes of the module at `path`: the one read of a plugin file (config strategies,
+/// reloads, `plugin check`), its error naming the path.
+pub fn read_module(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
