@@ -3,6 +3,7 @@
 //! or reload, the running one keeps serving) and run in the request engine's chain
 //! (`gateway::engine::filters`), whichever path serves the request.
 
+mod basic_auth;
 mod concurrency;
 mod forward_auth;
 mod ip;
@@ -20,8 +21,9 @@ use crate::gateway::engine::filters::{Filter, FilterChain};
 use crate::gateway::failure::Answer;
 
 /// The filter kinds this build knows.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "key-auth",
+    "basic-auth",
     "forward-auth",
     "ip-allow",
     "ip-deny",
@@ -117,6 +119,7 @@ fn keeps_state(kind: &str) -> bool {
 fn build_one(name: &str, spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterError> {
     let filter: Arc<dyn Filter> = match spec.kind.as_str() {
         "key-auth" => Arc::new(key_auth::KeyAuth::build(name, &spec.table)?),
+        "basic-auth" => Arc::new(basic_auth::BasicAuth::build(name, &spec.table)?),
         "forward-auth" => Arc::new(forward_auth::ForwardAuth::build(name, &spec.table)?),
         "ip-allow" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Allow)?),
         "ip-deny" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Deny)?),

@@ -502,3 +502,96 @@ async fn forward_auth_passes_relays_and_times_out() {
         "{m}"
     );
 }
+
+/// Runs Apache's `htpasswd` (apache2-utils) with `args`.
+fn htpasswd(args: &[&str]) {
+    let out = std::process::Command::new("htpasswd")
+        .args(args)
+        .output()
+        .expect("htpasswd (Debian apache2-utils) is installed");
+    assert!(
+        out.status.success(),
+        "htpasswd {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test]
+async fn basic_auth_reads_what_htpasswd_writes() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.htpasswd");
+    let path = file.to_str().unwrap();
+    htpasswd(&["-c", "-b", "-B", path, "ann", "bcrypt-pw"]);
+    htpasswd(&["-b", "-5", path, "bob", "sha512-pw"]);
+    htpasswd(&["-b", "-2", path, "cy", "sha256-pw"]);
+    let tables = format!(
+        "[filters.users]\nkind = \"basic-auth\"\nhtpasswd = \"{path}\"\nrealm = \"staff\"\n"
+    );
+    let gw = Gateway::start(&config("\"users\"", &tables), &services(&up)).await;
+
+    for (user, password) in [
+        ("ann", "bcrypt-pw"),
+        ("bob", "sha512-pw"),
+        ("cy", "sha256-pw"),
+    ] {
+        // Twice: the second is answered from the remembered check.
+        for _ in 0..2 {
+            let (status, _, body) =
+                get(&gw, "/", &[("authorization", &basic(user, password))]).await;
+            assert_eq!(status, 200, "{user}: {body}");
+            assert_eq!(body["headers"]["x-consumer"], user);
+            assert!(
+                body["headers"].get("authorization").is_none(),
+                "credentials not forwarded"
+            );
+        }
+    }
+    for auth in [
+        basic("ann", "wrong"),
+        basic("nobody", "x"),
+        "Bearer ann".to_string(),
+    ] {
+        let (status, headers, _) = get(&gw, "/", &[("authorization", &auth)]).await;
+        assert_eq!(status, 401, "{auth}");
+        assert_eq!(headers["www-authenticate"], "Basic realm=\"staff\"");
+        assert_eq!(headers["x-sluice-error"], "1");
+    }
+    let (status, _, _) = get(&gw, "/", &[]).await;
+    assert_eq!(status, 401);
+    let lines = access_lines(&gw, 10).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("consumer=\"bob\"") || l.contains("consumer=bob")),
+        "{lines:#?}"
+    );
+
+    // A scheme that is not accepted (MD5, htpasswd's default) refuses the reload by its line.
+    htpasswd(&["-b", "-m", path, "dee", "md5-pw"]);
+    gw.signal("HUP");
+    eventually("refusal counted", Duration::from_secs(5), || async {
+        let m = gw.metrics().await;
+        (metric(&m, "sluice_config_reloads_total{result=\"error\"}") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        gw.log().contains("users.htpasswd:4: user \"dee\": MD5"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(
+        get(&gw, "/", &[("authorization", &basic("ann", "bcrypt-pw"))])
+            .await
+            .0,
+        200
+    );
+}

@@ -194,6 +194,7 @@ fn decide(response: AuthResponse, copy: &[HeaderName]) -> Later {
         return Later {
             answer: None,
             upstream,
+            consumer: None,
         };
     }
     let answer = Answer {
@@ -210,6 +211,7 @@ fn decide(response: AuthResponse, copy: &[HeaderName]) -> Later {
     Later {
         answer: Some(answer),
         upstream: HeaderEdits::default(),
+        consumer: None,
     }
 }
 
@@ -252,6 +254,7 @@ impl Filter for ForwardAuth {
                     ),
                 )),
                 upstream: HeaderEdits::default(),
+                consumer: None,
             }
         }))
     }

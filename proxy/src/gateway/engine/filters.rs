@@ -51,6 +51,8 @@ pub(crate) struct Later {
     pub(crate) answer: Option<Answer>,
     /// Header changes for the upstream request.
     pub(crate) upstream: HeaderEdits,
+    /// Who the call authenticated the request as, if it did.
+    pub(crate) consumer: Option<Arc<str>>,
 }
 
 /// What the chain keeps of a request between its phases.
@@ -187,6 +189,9 @@ impl FilterChain {
                 Verdict::Later(call) => {
                     let later = call.await;
                     state.upstream.extend(later.upstream);
+                    if later.consumer.is_some() {
+                        state.consumer = later.consumer;
+                    }
                     match later.answer {
                         None => continue,
                         Some(answer) => answer,
