@@ -211,9 +211,11 @@ backend be
         self.procs.stop()
 
 
-def run_wrk(url, conns, duration):
+def run_wrk(url, conns, duration, headers=()):
+    """wrk -t1 closed loop on `url`, with `headers` ("name: value") on every request."""
+    extra = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "-s", LUA, url],
+        ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "-s", LUA, *extra, url],
         capture_output=True,
         text=True,
         timeout=duration + 30,

@@ -19,7 +19,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import LUA, Stack  # noqa: E402
+import compare  # noqa: E402
+from compare import Stack  # noqa: E402
 from fast_path_ab import cpu_ticks  # noqa: E402
 from harness import ROOT, free_port, wait_http  # noqa: E402
 
@@ -42,19 +43,11 @@ kind = "request-id"
 
 
 def run_wrk(url, conns, duration):
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "-s", LUA, "-H", f"x-api-key: {KEY}", url],
-        capture_output=True,
-        text=True,
-        timeout=duration + 30,
-    ).stdout
-    line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
-    if line is None:
-        sys.exit(f"wrk printed no result for {url}:\n{out}")
-    fields = dict(kv.split("=") for kv in line.split()[1:])
-    if int(fields["errors"]):
-        sys.exit(f"{url}: {fields['errors']} errors (non-2xx or socket)")
-    return {"rps": float(fields["rps"]), "p99": int(fields["p99"]) / 1000}
+    """compare.run_wrk with the API key; a run with errors (a filter refusing) is no figure."""
+    m = compare.run_wrk(url, conns, duration, headers=[f"x-api-key: {KEY}"])
+    if m["errors"]:
+        sys.exit(f"{url}: {m['errors']} errors (non-2xx or socket)")
+    return m
 
 
 def gateway(stack, work, name, fast_path, workers, sluice):

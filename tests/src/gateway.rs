@@ -300,6 +300,21 @@ impl Gateway {
             .cloned()
     }
 
+    /// Sends SIGHUP and waits until `sluice_config_reloads_total{result}` reaches `count`
+    /// (`result`: `ok` or `error`).
+    pub async fn reload(&self, result: &str, count: f64) {
+        self.signal("HUP");
+        let series = format!("sluice_config_reloads_total{{result=\"{result}\"}}");
+        eventually(
+            &format!("reload {result} #{count}"),
+            Duration::from_secs(5),
+            || async {
+                (crate::metric(&self.metrics().await, &series) == Some(count)).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// `GET /metrics` as text.
     pub async fn metrics(&self) -> String {
         client()

@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{read, reject, FilterError};
+use super::{read, reject, Consumer, FilterError};
 use crate::gateway::engine::filters::{
     Filter, FilterState, HeaderEdit, HeaderEdits, Later, Verdict,
 };
@@ -35,8 +35,6 @@ struct Settings {
 
 /// Verified credentials remembered at most.
 const REMEMBERED: usize = 10_000;
-
-const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer");
 
 /// How a user's password is stored.
 #[derive(Debug, Clone)]
@@ -61,8 +59,7 @@ impl Hash {
 
 #[derive(Debug)]
 struct User {
-    name: Arc<str>,
-    value: HeaderValue,
+    consumer: Consumer,
     hash: Hash,
 }
 
@@ -123,16 +120,10 @@ fn parse_htpasswd(
                 ),
             ));
         };
-        let value = HeaderValue::from_str(user)
-            .map_err(|_| FilterError::new(name, "htpasswd", format!("{}: bad user name", at())))?;
-        users.insert(
-            user.to_string(),
-            User {
-                name: user.into(),
-                value,
-                hash,
-            },
-        );
+        let consumer = Consumer::new(user).ok_or_else(|| {
+            FilterError::new(name, "htpasswd", format!("{}: bad user name", at()))
+        })?;
+        users.insert(user.to_string(), User { consumer, hash });
     }
     Ok(users)
 }
@@ -187,7 +178,7 @@ fn credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
 fn passed_edits(user: &User) -> HeaderEdits {
     let mut edits = HeaderEdits::default();
     edits.push(HeaderEdit::Remove(http::header::AUTHORIZATION));
-    edits.push(HeaderEdit::Set(CONSUMER_HEADER, user.value.clone()));
+    edits.push(user.consumer.header_edit());
     edits
 }
 
@@ -219,14 +210,16 @@ impl Filter for BasicAuth {
             h.finalize().into()
         };
         if self.passed.pin().contains_key(&digest) {
-            state.upstream.extend(passed_edits(user));
-            state.consumer = Some(user.name.clone());
+            state
+                .upstream
+                .push(HeaderEdit::Remove(http::header::AUTHORIZATION));
+            user.consumer.admit(state);
             return Verdict::Continue;
         }
         // The slow check, off the shard's thread.
         let (users, passed) = (self.users.clone(), self.passed.clone());
         let refusal = self.refusal("the user name or password is not valid");
-        let name = user.name.clone();
+        let name = user.consumer.name.clone();
         Verdict::Later(Box::pin(async move {
             let check = tokio::task::spawn_blocking(move || {
                 let user = users.get(&user_name)?;

@@ -7,14 +7,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{read, reject, FilterError};
+use super::{read, reject, Consumer, FilterError};
 use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, Verdict};
 use crate::gateway::engine::RequestView;
 use crate::gateway::Route;
@@ -23,13 +22,13 @@ use crate::gateway::Route;
 #[serde(deny_unknown_fields)]
 struct Settings {
     from: Option<String>,
-    consumers: Option<Vec<Consumer>>,
+    consumers: Option<Vec<ConsumerEntry>>,
     consumers_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Consumer {
+struct ConsumerEntry {
     name: String,
     key: Option<String>,
     key_sha256: Option<String>,
@@ -38,7 +37,7 @@ struct Consumer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConsumersFile {
-    consumers: Vec<Consumer>,
+    consumers: Vec<ConsumerEntry>,
 }
 
 /// Where the key is read from.
@@ -59,12 +58,9 @@ pub(super) struct KeyAuth {
 
 #[derive(Debug)]
 struct KnownConsumer {
-    name: Arc<str>,
-    value: HeaderValue,
+    consumer: Consumer,
     digest: [u8; 32],
 }
-
-const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer");
 
 impl KeyAuth {
     pub(super) fn build(name: &str, table: &toml::Table) -> Result<Self, FilterError> {
@@ -137,14 +133,11 @@ impl KeyAuth {
                     ))
                 }
             };
-            let value = HeaderValue::from_str(&consumer.name)
-                .map_err(|_| FilterError::new(name, at("name"), "not usable as a header value"))?;
-            if consumer.name.is_empty() {
-                return Err(FilterError::new(name, at("name"), "must not be empty"));
-            }
+            let known = Consumer::new(&consumer.name).ok_or_else(|| {
+                FilterError::new(name, at("name"), "must be a non-empty header value")
+            })?;
             let entry = KnownConsumer {
-                name: consumer.name.as_str().into(),
-                value,
+                consumer: known,
                 digest,
             };
             if consumers.insert(digest, entry).is_some() {
@@ -235,10 +228,7 @@ impl Filter for KeyAuth {
                 state.query = Some(without_param(query, param));
             }
         }
-        state
-            .upstream
-            .push(HeaderEdit::Set(CONSUMER_HEADER, consumer.value.clone()));
-        state.consumer = Some(consumer.name.clone());
+        consumer.consumer.admit(state);
         Verdict::Continue
     }
 }

@@ -146,6 +146,38 @@ fn read<T: DeserializeOwned>(name: &str, table: &toml::Table) -> Result<T, Filte
     })
 }
 
+/// Who an authentication filter let a request through as: the access log's `consumer`, and
+/// `x-consumer` on the upstream request (set, so a client's own never passes).
+#[derive(Debug, Clone)]
+struct Consumer {
+    name: Arc<str>,
+    value: http::HeaderValue,
+}
+
+const CONSUMER_HEADER: http::HeaderName = http::HeaderName::from_static("x-consumer");
+
+impl Consumer {
+    /// `None` for an empty name or one that cannot be a header value.
+    fn new(name: &str) -> Option<Self> {
+        let value = http::HeaderValue::from_str(name).ok()?;
+        (!name.is_empty()).then(|| Self {
+            name: name.into(),
+            value,
+        })
+    }
+
+    /// The upstream request's `x-consumer`.
+    fn header_edit(&self) -> crate::gateway::engine::filters::HeaderEdit {
+        crate::gateway::engine::filters::HeaderEdit::Set(CONSUMER_HEADER, self.value.clone())
+    }
+
+    /// The request passes as this consumer: `x-consumer` upstream, the consumer recorded.
+    fn admit(&self, state: &mut crate::gateway::engine::filters::FilterState) {
+        state.upstream.push(self.header_edit());
+        state.consumer = Some(self.name.clone());
+    }
+}
+
 /// A filter's answer: its status, and a plain-text body saying why.
 fn reject(status: u16, body: String) -> Answer {
     Answer::plain(status, body, "FilterRejected")
