@@ -23,6 +23,7 @@
 //!   [`demo`] is the self-contained first run.
 
 pub mod admin;
+pub mod background;
 pub mod config;
 pub mod demo;
 pub mod drain;

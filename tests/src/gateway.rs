@@ -31,6 +31,32 @@ pub fn sluice_bin() -> PathBuf {
     .clone()
 }
 
+/// How a gateway process is started, beyond its registry and routes.
+struct Launch<'a> {
+    /// Extra keys for the `[proxy]` table.
+    proxy_extra: &'a str,
+    /// Extra keys for the `[admin]` table.
+    admin_extra: &'a str,
+    /// The process log's format: `text` or `json`.
+    log_format: &'a str,
+    /// The admin path that says the gateway is ready.
+    ready_path: &'a str,
+    /// Environment variables for the process.
+    env: &'a [(&'a str, &'a str)],
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Self {
+            proxy_extra: "",
+            admin_extra: "",
+            log_format: "text",
+            ready_path: "/readyz",
+            env: &[],
+        }
+    }
+}
+
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
@@ -116,7 +142,13 @@ impl Gateway {
         log_format: &str,
         ready_path: &str,
     ) -> Self {
-        Self::launch_full(dir, "", registry, rest, admin_extra, log_format, ready_path).await
+        let options = Launch {
+            admin_extra,
+            log_format,
+            ready_path,
+            ..Launch::default()
+        };
+        Self::launch_full(dir, registry, rest, options).await
     }
 
     /// A file-registry gateway with extra keys for the `[proxy]` table.
@@ -128,18 +160,38 @@ impl Gateway {
             "[registry]\nkind = \"file\"\npath = \"{}\"\n",
             services_path.display()
         );
-        Self::launch_full(dir, proxy_extra, &registry, rest, "", "text", "/readyz").await
+        let options = Launch {
+            proxy_extra,
+            ..Launch::default()
+        };
+        Self::launch_full(dir, &registry, rest, options).await
     }
 
-    async fn launch_full(
-        dir: TempDir,
-        proxy_extra: &str,
-        registry: &str,
-        rest: &str,
-        admin_extra: &str,
-        log_format: &str,
-        ready_path: &str,
-    ) -> Self {
+    /// A file-registry gateway whose process also gets the environment variables `env`
+    /// (e.g. `SSL_CERT_FILE` for the roots it trusts).
+    pub async fn start_with_env(rest: &str, services: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let services_path = dir.path().join("services.toml");
+        std::fs::write(&services_path, services).expect("write services file");
+        let registry = format!(
+            "[registry]\nkind = \"file\"\npath = \"{}\"\n",
+            services_path.display()
+        );
+        let options = Launch {
+            env,
+            ..Launch::default()
+        };
+        Self::launch_full(dir, &registry, rest, options).await
+    }
+
+    async fn launch_full(dir: TempDir, registry: &str, rest: &str, options: Launch<'_>) -> Self {
+        let Launch {
+            proxy_extra,
+            admin_extra,
+            log_format,
+            ready_path,
+            env,
+        } = options;
         let services_path = dir.path().join("services.toml");
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -168,6 +220,7 @@ impl Gateway {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod grpc;
 pub mod load;
+pub mod pyjwt;
 pub mod upstream;
 
 pub use certs::{Ca, Leaf};
@@ -13,6 +14,7 @@ pub use etcd::{Etcd, Relay};
 pub use gateway::{run_sluice, run_sluice_within, sluice_bin, Gateway};
 pub use grpc::GrpcUpstream;
 pub use load::{Load, LoadReport};
+pub use pyjwt::{JwksServer, JwtKit};
 pub use upstream::Upstream;
 
 use std::future::Future;

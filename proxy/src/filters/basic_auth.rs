@@ -232,16 +232,12 @@ impl Filter for BasicAuth {
                         remembered.insert(digest, ());
                     }
                     Later {
-                        answer: None,
                         upstream,
                         consumer: Some(name),
+                        ..Later::default()
                     }
                 }
-                None => Later {
-                    answer: Some(refusal),
-                    upstream: HeaderEdits::default(),
-                    consumer: None,
-                },
+                None => Later::answer(refusal),
             }
         }))
     }

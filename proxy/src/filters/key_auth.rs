@@ -1,4 +1,4 @@
-//! `key-auth`: an API key from a header or a query parameter names a consumer (inline
+//! `key-auth`: an API key from a header, a query parameter or a cookie names a consumer (inline
 //! `consumers`, or a `consumers_file` read again on reload). Keys are kept as their SHA-256
 //! (given as `key` or `key_sha256`) and looked up by the digest of the presented key, so no
 //! comparison runs on the key itself and the time taken says nothing about near misses; the
@@ -8,13 +8,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use http::HeaderName;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::credential::{self, CredentialSource};
 use super::{read, reject, Consumer, FilterError};
-use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, Verdict};
+use crate::gateway::engine::filters::{Filter, FilterState, Verdict};
 use crate::gateway::engine::RequestView;
 use crate::gateway::Route;
 
@@ -40,18 +40,11 @@ struct ConsumersFile {
     consumers: Vec<ConsumerEntry>,
 }
 
-/// Where the key is read from.
-#[derive(Debug, Clone)]
-enum KeySource {
-    Header(HeaderName),
-    Query(String),
-}
-
 /// One `key-auth` filter.
 #[derive(Debug)]
 pub(super) struct KeyAuth {
     name: String,
-    from: KeySource,
+    from: CredentialSource,
     /// Consumer name by key digest.
     consumers: HashMap<[u8; 32], KnownConsumer>,
 }
@@ -66,11 +59,11 @@ impl KeyAuth {
     pub(super) fn build(name: &str, table: &toml::Table) -> Result<Self, FilterError> {
         let settings: Settings = read(name, table)?;
         let from_text = settings.from.as_deref().unwrap_or("header:X-Api-Key");
-        let from = parse_from(from_text).ok_or_else(|| {
+        let from = CredentialSource::parse(from_text).ok_or_else(|| {
             FilterError::new(
                 name,
                 "from",
-                format!("{from_text:?}: expected \"header:NAME\" or \"query:NAME\""),
+                format!("{from_text:?}: expected {}", credential::FORMS),
             )
         })?;
         let (listed, key) = match (settings.consumers, &settings.consumers_file) {
@@ -154,39 +147,6 @@ impl KeyAuth {
             consumers,
         })
     }
-
-    /// The presented key, if any.
-    fn presented<'r>(&self, request: &'r dyn RequestView) -> Option<&'r [u8]> {
-        match &self.from {
-            KeySource::Header(header) => request.field(header.as_str()),
-            KeySource::Query(param) => request.query().and_then(|q| {
-                q.split('&').find_map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (k == param).then_some(v.as_bytes())
-                })
-            }),
-        }
-        .filter(|k| !k.is_empty())
-    }
-}
-
-fn parse_from(text: &str) -> Option<KeySource> {
-    if let Some(name) = text.strip_prefix("header:") {
-        return HeaderName::from_bytes(name.trim().as_bytes())
-            .ok()
-            .map(KeySource::Header);
-    }
-    let name = text.strip_prefix("query:")?.trim();
-    (!name.is_empty()).then(|| KeySource::Query(name.to_string()))
-}
-
-/// `query` without the parameters named `param`.
-fn without_param(query: &str, param: &str) -> String {
-    query
-        .split('&')
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != param)
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 impl Filter for KeyAuth {
@@ -200,14 +160,13 @@ impl Filter for KeyAuth {
         request: &dyn RequestView,
         state: &mut FilterState,
     ) -> Verdict {
-        let Some(key) = self.presented(request) else {
-            let wanted = match &self.from {
-                KeySource::Header(h) => format!("header {h}"),
-                KeySource::Query(q) => format!("query parameter {q}"),
-            };
+        let Some(key) = self.from.presented(request) else {
             return Verdict::Answer(reject(
                 401,
-                format!("sluice: an API key is required ({wanted})\n"),
+                format!(
+                    "sluice: an API key is required ({})\n",
+                    self.from.describe()
+                ),
             ));
         };
         let digest: [u8; 32] = Sha256::digest(key).into();
@@ -221,13 +180,7 @@ impl Filter for KeyAuth {
                 "sluice: the API key is not valid\n".to_string(),
             ));
         };
-        match &self.from {
-            KeySource::Header(header) => state.upstream.push(HeaderEdit::Remove(header.clone())),
-            KeySource::Query(param) => {
-                let query = state.query.as_deref().or(request.query()).unwrap_or("");
-                state.query = Some(without_param(query, param));
-            }
-        }
+        self.from.remove(request, state);
         consumer.consumer.admit(state);
         Verdict::Continue
     }
@@ -236,18 +189,6 @@ impl Filter for KeyAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn from_and_query_removal() {
-        assert!(matches!(
-            parse_from("header:X-Key"),
-            Some(KeySource::Header(_))
-        ));
-        assert!(matches!(parse_from("query:apikey"), Some(KeySource::Query(q)) if q == "apikey"));
-        assert!(parse_from("cookie:x").is_none());
-        assert_eq!(without_param("a=1&apikey=s&b", "apikey"), "a=1&b");
-        assert_eq!(without_param("apikey=s", "apikey"), "");
-    }
 
     #[test]
     fn consumers_are_checked() {

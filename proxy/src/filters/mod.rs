@@ -5,8 +5,10 @@
 
 mod basic_auth;
 mod concurrency;
+mod credential;
 mod forward_auth;
 mod ip;
+mod jwt;
 mod key_auth;
 mod rate_limit;
 mod request_id;
@@ -21,9 +23,10 @@ use crate::gateway::engine::filters::{Filter, FilterChain};
 use crate::gateway::failure::Answer;
 
 /// The filter kinds this build knows.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "key-auth",
     "basic-auth",
+    "jwt",
     "forward-auth",
     "ip-allow",
     "ip-deny",
@@ -83,7 +86,7 @@ impl FilterSet {
         for (name, spec) in &config.filters {
             let kept = previous
                 .and_then(|p| p.built.get(name))
-                .filter(|old| old.spec == *spec && keeps_state(&spec.kind));
+                .filter(|old| old.spec == *spec && keeps_state(spec));
             let filter = match kept {
                 Some(old) => old.filter.clone(),
                 None => build_one(name, spec)?,
@@ -111,15 +114,25 @@ impl FilterSet {
     }
 }
 
-/// Kinds whose filters carry state across requests.
-fn keeps_state(kind: &str) -> bool {
-    matches!(kind, "rate-limit" | "concurrency-limit")
+/// Whether filters of this spec carry state across requests: budgets, counts, and the keys
+/// a JWKS URL served (a file is read again instead).
+fn keeps_state(spec: &FilterSpec) -> bool {
+    match spec.kind.as_str() {
+        "rate-limit" | "concurrency-limit" => true,
+        "jwt" => spec
+            .table
+            .get("jwks")
+            .and_then(toml::Value::as_str)
+            .is_some_and(|jwks| jwks.starts_with("https://")),
+        _ => false,
+    }
 }
 
 fn build_one(name: &str, spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterError> {
     let filter: Arc<dyn Filter> = match spec.kind.as_str() {
         "key-auth" => Arc::new(key_auth::KeyAuth::build(name, &spec.table)?),
         "basic-auth" => Arc::new(basic_auth::BasicAuth::build(name, &spec.table)?),
+        "jwt" => Arc::new(jwt::Jwt::build(name, &spec.table)?),
         "forward-auth" => Arc::new(forward_auth::ForwardAuth::build(name, &spec.table)?),
         "ip-allow" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Allow)?),
         "ip-deny" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Deny)?),

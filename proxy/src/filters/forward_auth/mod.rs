@@ -192,9 +192,8 @@ fn decide(response: AuthResponse, copy: &[HeaderName]) -> Later {
             }
         }
         return Later {
-            answer: None,
             upstream,
-            consumer: None,
+            ..Later::default()
         };
     }
     let answer = Answer {
@@ -208,11 +207,7 @@ fn decide(response: AuthResponse, copy: &[HeaderName]) -> Later {
         relayed: true,
         error: "FilterRejected",
     };
-    Later {
-        answer: Some(answer),
-        upstream: HeaderEdits::default(),
-        consumer: None,
-    }
+    Later::answer(answer)
 }
 
 impl Filter for ForwardAuth {
@@ -245,17 +240,13 @@ impl Filter for ForwardAuth {
                 "auth service {}: {failure}",
                 client.authority()
             );
-            Later {
-                answer: Some(reject(
-                    503,
-                    format!(
-                        "sluice: the auth service {} of filter \"{name}\" {failure}\n",
-                        client.authority()
-                    ),
-                )),
-                upstream: HeaderEdits::default(),
-                consumer: None,
-            }
+            Later::answer(reject(
+                503,
+                format!(
+                    "sluice: the auth service {} of filter \"{name}\" {failure}\n",
+                    client.authority()
+                ),
+            ))
         }))
     }
 }

@@ -47,12 +47,26 @@ pub(crate) enum Verdict {
 }
 
 /// What an outbound call decided.
+#[derive(Default)]
 pub(crate) struct Later {
+    /// `Some`: the gateway answers with this; `None`: the next filter runs.
     pub(crate) answer: Option<Answer>,
     /// Header changes for the upstream request.
     pub(crate) upstream: HeaderEdits,
+    /// Header changes for the response to the client.
+    pub(crate) response: HeaderEdits,
     /// Who the call authenticated the request as, if it did.
     pub(crate) consumer: Option<Arc<str>>,
+}
+
+impl Later {
+    /// The call decided to answer the request with `answer`.
+    pub(crate) fn answer(answer: Answer) -> Self {
+        Self {
+            answer: Some(answer),
+            ..Self::default()
+        }
+    }
 }
 
 /// What the chain keeps of a request between its phases.
@@ -189,6 +203,7 @@ impl FilterChain {
                 Verdict::Later(call) => {
                     let later = call.await;
                     state.upstream.extend(later.upstream);
+                    state.response.extend(later.response);
                     if later.consumer.is_some() {
                         state.consumer = later.consumer;
                     }

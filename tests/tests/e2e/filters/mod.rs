@@ -1,22 +1,24 @@
 //! The filter chain (shared/SPEC.md §9) through the real gateway: authentication, IP rules,
 //! limits and request ids, each on whichever request path the harness switch selects.
 
+mod jwt;
+
 use std::time::Duration;
 
 use serde_json::Value;
 use sluice_tests::{client, eventually, metric, Gateway, Upstream};
 
 /// One route `/` to `svc` with `filters`, and the filter tables.
-fn config(filters: &str, tables: &str) -> String {
+pub(super) fn config(filters: &str, tables: &str) -> String {
     format!("[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nfilters = [{filters}]\n\n{tables}")
 }
 
-fn services(up: &Upstream) -> String {
+pub(super) fn services(up: &Upstream) -> String {
     format!("[services.svc]\ninstances = [{}]\n", up.instance())
 }
 
 /// Status, headers and the echo upstream's JSON (or the text) of a GET.
-async fn get(
+pub(super) async fn get(
     gw: &Gateway,
     path: &str,
     headers: &[(&str, &str)],
@@ -42,7 +44,7 @@ async fn get(
     )
 }
 
-async fn access_lines(gw: &Gateway, n: usize) -> Vec<String> {
+pub(super) async fn access_lines(gw: &Gateway, n: usize) -> Vec<String> {
     eventually("access lines", Duration::from_secs(5), || async {
         let lines: Vec<String> = gw
             .log()
@@ -298,7 +300,7 @@ async fn request_ids_are_kept_or_made_and_logged() {
 
 /// `sluice check` on a config in `dir` with one route listing `filters`, then `tables`:
 /// whether it passed, and what it printed on stderr.
-fn check(
+pub(super) fn check(
     dir: &std::path::Path,
     services: &std::path::Path,
     filters: &str,
