@@ -31,6 +31,7 @@ pub struct Metrics {
     pub downstream_header_timeouts_total: IntCounter,
     pub fast_path_handoffs_total: IntCounterVec,
     pub filter_rejections_total: IntCounterVec,
+    pub filter_store_errors_total: IntCounterVec,
 }
 
 /// Pick-duration buckets in seconds: 50 ns to 1 ms.
@@ -201,6 +202,14 @@ impl Metrics {
                     "sluice_filter_rejections_total",
                     "Requests a filter answered itself, by route, filter and status.",
                     &["route", "filter", "status"],
+                ),
+            ),
+            filter_store_errors_total: register(
+                &registry,
+                counter(
+                    "sluice_filter_store_errors_total",
+                    "Requests whose filter store (a rate limit's Redis) failed, timed out or was down; on_error decided them.",
+                    &["filter"],
                 ),
             ),
             strategy_reloads_total: register(

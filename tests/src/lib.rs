@@ -7,6 +7,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod load;
 pub mod pyjwt;
+pub mod redis;
 pub mod upstream;
 
 pub use certs::{Ca, Leaf};
@@ -15,6 +16,7 @@ pub use gateway::{run_sluice, run_sluice_within, sluice_bin, Gateway};
 pub use grpc::GrpcUpstream;
 pub use load::{Load, LoadReport};
 pub use pyjwt::{JwksServer, JwtKit};
+pub use redis::Redis;
 pub use upstream::Upstream;
 
 use std::future::Future;

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::config::{Config, FilterSpec};
 use crate::gateway::engine::filters::{Filter, FilterChain};
 use crate::gateway::failure::Answer;
+use crate::metrics::Metrics;
 
 /// The filter kinds this build knows.
 pub const KINDS: [&str; 9] = [
@@ -81,7 +82,11 @@ impl FilterSet {
     /// requests (budgets, counts) and whose table did not change is taken over from
     /// `previous` as it is, so a reload does not reset it; every other one is built anew
     /// (key files are read again).
-    pub fn build(config: &Config, previous: Option<&FilterSet>) -> Result<Self, FilterError> {
+    pub fn build(
+        config: &Config,
+        metrics: &Metrics,
+        previous: Option<&FilterSet>,
+    ) -> Result<Self, FilterError> {
         let mut built = BTreeMap::new();
         for (name, spec) in &config.filters {
             let kept = previous
@@ -89,7 +94,7 @@ impl FilterSet {
                 .filter(|old| old.spec == *spec && keeps_state(spec));
             let filter = match kept {
                 Some(old) => old.filter.clone(),
-                None => build_one(name, spec)?,
+                None => build_one(name, spec, metrics)?,
             };
             built.insert(
                 name.clone(),
@@ -128,7 +133,11 @@ fn keeps_state(spec: &FilterSpec) -> bool {
     }
 }
 
-fn build_one(name: &str, spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterError> {
+fn build_one(
+    name: &str,
+    spec: &FilterSpec,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Filter>, FilterError> {
     let filter: Arc<dyn Filter> = match spec.kind.as_str() {
         "key-auth" => Arc::new(key_auth::KeyAuth::build(name, &spec.table)?),
         "basic-auth" => Arc::new(basic_auth::BasicAuth::build(name, &spec.table)?),
@@ -137,7 +146,7 @@ fn build_one(name: &str, spec: &FilterSpec) -> Result<Arc<dyn Filter>, FilterErr
         "ip-allow" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Allow)?),
         "ip-deny" => Arc::new(ip::IpRule::build(name, &spec.table, ip::Rule::Deny)?),
         "concurrency-limit" => Arc::new(concurrency::ConcurrencyLimit::build(name, &spec.table)?),
-        "rate-limit" => Arc::new(rate_limit::RateLimit::build(name, &spec.table)?),
+        "rate-limit" => Arc::new(rate_limit::RateLimit::build(name, &spec.table, metrics)?),
         "request-id" => Arc::new(request_id::RequestId::build(name, &spec.table)?),
         other => {
             return Err(FilterError::new(

@@ -5,13 +5,16 @@
 
 use std::time::Duration;
 
-/// A budget's constants, in nanoseconds.
+/// A budget's constants, in ticks of the clock the TATs are kept in (nanoseconds for the
+/// local store, microseconds in Redis, whose scripts count in doubles).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Gcra {
     /// Time one request's token takes to come back: `per / rate`.
     interval: u64,
     /// How far ahead of now the TAT may run: `burst * interval`.
     tolerance: u64,
+    /// Nanoseconds per tick.
+    tick: u64,
 }
 
 /// The outcome for one request.
@@ -26,13 +29,31 @@ pub(super) struct Decision {
 }
 
 impl Gcra {
+    /// A budget on a nanosecond clock.
     pub(super) fn new(rate: u64, per: Duration, burst: u64) -> Self {
-        let per = u64::try_from(per.as_nanos()).unwrap_or(u64::MAX);
+        Self::with_tick(rate, per, burst, Duration::from_nanos(1))
+    }
+
+    /// A budget on a clock ticking every `tick`.
+    pub(super) fn with_tick(rate: u64, per: Duration, burst: u64, tick: Duration) -> Self {
+        let tick = u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let per = u64::try_from(per.as_nanos() / u128::from(tick)).unwrap_or(u64::MAX);
         let interval = (per / rate).max(1);
         Self {
             interval,
             tolerance: interval.saturating_mul(burst),
+            tick,
         }
+    }
+
+    /// `(interval, tolerance)` in ticks: what a store that decides elsewhere (a Redis script)
+    /// needs to apply the same rule.
+    pub(super) fn constants(&self) -> (u64, u64) {
+        (self.interval, self.tolerance)
+    }
+
+    fn duration(&self, ticks: u64) -> Duration {
+        Duration::from_nanos(ticks.saturating_mul(self.tick))
     }
 
     /// The decision for a request at `now` on a key whose TAT is `tat`, and the new TAT
@@ -42,16 +63,16 @@ impl Gcra {
         let ahead = next - now;
         if ahead > self.tolerance {
             let decision = Decision {
-                retry_after: Some(Duration::from_nanos(ahead - self.tolerance)),
+                retry_after: Some(self.duration(ahead - self.tolerance)),
                 remaining: 0,
-                reset: Duration::from_nanos(tat.saturating_sub(now)),
+                reset: self.duration(tat.saturating_sub(now)),
             };
             return (decision, tat);
         }
         let decision = Decision {
             retry_after: None,
             remaining: (self.tolerance - ahead) / self.interval,
-            reset: Duration::from_nanos(ahead),
+            reset: self.duration(ahead),
         };
         (decision, next)
     }
@@ -88,6 +109,16 @@ mod tests {
         let (later, _) = gcra.decide(tat, now + SECOND / 10);
         assert_eq!(later.retry_after, None);
         assert!(gcra.is_idle(tat, now + SECOND) && !gcra.is_idle(tat, now));
+    }
+
+    #[test]
+    fn a_microsecond_clock_decides_the_same() {
+        let nanos = Gcra::new(10, Duration::from_secs(1), 5);
+        let micros = Gcra::with_tick(10, Duration::from_secs(1), 5, Duration::from_micros(1));
+        assert_eq!(micros.constants(), (100_000, 500_000));
+        let (a, _) = nanos.decide(100 * SECOND + SECOND / 2, 100 * SECOND);
+        let (b, _) = micros.decide(100_500_000, 100_000_000);
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -6,23 +6,33 @@
 //!
 //! The budget is a GCRA (the generic cell rate algorithm, what a token bucket computes, kept
 //! as one "theoretical arrival time" per key): `store = "local"` keeps it per process, one
-//! budget across every thread (`local`).
+//! budget across every thread (`local`); `store = "redis"` keeps it in Redis, one budget
+//! across every gateway using it (`redis`).
 
 mod gcra;
 mod local;
+mod redis;
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use self::gcra::{Decision, Gcra};
 use self::local::LocalStore;
+use self::redis::{OnError, RedisStore};
 use super::{read, reject, FilterError};
-use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, Verdict};
+use crate::gateway::engine::filters::{
+    Filter, FilterState, HeaderEdit, HeaderEdits, Later, Verdict,
+};
 use crate::gateway::engine::RequestView;
+use crate::gateway::failure::Answer;
 use crate::gateway::Route;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,13 +54,29 @@ enum KeyOn {
     Route,
 }
 
+/// What one request is limited under.
+#[derive(Debug, Clone, Copy, Hash)]
+enum KeyOf<'a> {
+    Ip(Option<IpAddr>),
+    Header(&'a [u8]),
+    Consumer(&'a str),
+    Route(&'a str),
+}
+
+/// Where the budgets are kept.
+#[derive(Debug)]
+enum Store {
+    Local(LocalStore),
+    Redis(Arc<RedisStore>),
+}
+
 /// One `rate-limit` filter.
 #[derive(Debug)]
 pub(super) struct RateLimit {
     name: String,
     key: KeyOn,
     gcra: Gcra,
-    store: LocalStore,
+    store: Store,
     limit_value: HeaderValue,
 }
 
@@ -59,7 +85,11 @@ const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 impl RateLimit {
-    pub(super) fn build(name: &str, table: &toml::Table) -> Result<Self, FilterError> {
+    pub(super) fn build(
+        name: &str,
+        table: &toml::Table,
+        metrics: &Metrics,
+    ) -> Result<Self, FilterError> {
         let settings: Settings = read(name, table)?;
         if settings.rate == 0 {
             return Err(FilterError::new(name, "rate", "must be at least 1"));
@@ -94,7 +124,7 @@ impl RateLimit {
                 }
             },
         };
-        match settings.store.as_deref().unwrap_or("local") {
+        let (store, gcra) = match settings.store.as_deref().unwrap_or("local") {
             "local" => {
                 if settings.redis.is_some() {
                     return Err(FilterError::new(
@@ -103,13 +133,21 @@ impl RateLimit {
                         "only used with store = \"redis\"",
                     ));
                 }
+                let gcra = Gcra::new(settings.rate, per, burst);
+                (Store::Local(LocalStore::new(gcra)), gcra)
             }
             "redis" => {
-                return Err(FilterError::new(
-                    name,
-                    "store",
-                    "\"redis\" is not in this build yet: use store = \"local\"",
-                ))
+                let table = settings.redis.ok_or_else(|| {
+                    FilterError::new(
+                        name,
+                        "redis",
+                        "required with store = \"redis\": { url = \"redis://…\" }",
+                    )
+                })?;
+                let errors = metrics.filter_store_errors_total.with_label_values(&[name]);
+                let store = RedisStore::build(name, &table, errors)?;
+                let gcra = Gcra::with_tick(settings.rate, per, burst, redis::TICK);
+                (Store::Redis(store), gcra)
             }
             other => {
                 return Err(FilterError::new(
@@ -118,63 +156,87 @@ impl RateLimit {
                     format!("{other:?}: expected \"local\" or \"redis\""),
                 ))
             }
-        }
-        let gcra = Gcra::new(settings.rate, per, burst);
+        };
         Ok(Self {
             name: name.to_string(),
             key,
-            store: LocalStore::new(gcra),
+            store,
             gcra,
             limit_value: HeaderValue::from(burst),
         })
     }
 
-    /// The key's hash: a fixed-key hasher, so no string is built per request. A request
-    /// without the header (or consumer) it is keyed on is limited under its client IP.
-    fn key_hash(&self, route: &Route, request: &dyn RequestView, state: &FilterState) -> u64 {
-        let mut h =
-            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .build_hasher();
-        let by_ip = |h: &mut std::collections::hash_map::DefaultHasher| {
-            0u8.hash(h);
-            request.client_ip().hash(h);
-        };
+    /// What the request is limited under. A request without the header (or consumer) it is
+    /// keyed on is limited under its client IP.
+    fn key_of<'a>(
+        &self,
+        route: &'a Route,
+        request: &'a dyn RequestView,
+        state: &'a FilterState,
+    ) -> KeyOf<'a> {
+        let by_ip = KeyOf::Ip(request.client_ip());
         match &self.key {
-            KeyOn::ClientIp => by_ip(&mut h),
-            KeyOn::Header(name) => match request.field(name.as_str()) {
-                Some(value) => {
-                    1u8.hash(&mut h);
-                    value.hash(&mut h);
-                }
-                None => by_ip(&mut h),
-            },
-            KeyOn::Consumer => match &state.consumer {
-                Some(consumer) => {
-                    2u8.hash(&mut h);
-                    consumer.hash(&mut h);
-                }
-                None => by_ip(&mut h),
-            },
-            KeyOn::Route => {
-                3u8.hash(&mut h);
-                route.spec.name.hash(&mut h);
-            }
+            KeyOn::ClientIp => by_ip,
+            KeyOn::Header(name) => request.field(name.as_str()).map_or(by_ip, KeyOf::Header),
+            KeyOn::Consumer => state.consumer.as_deref().map_or(by_ip, KeyOf::Consumer),
+            KeyOn::Route => KeyOf::Route(&route.spec.name),
         }
-        h.finish()
     }
+}
 
-    fn headers(&self, decision: &Decision) -> [(HeaderName, HeaderValue); 3] {
-        [
-            (LIMIT, self.limit_value.clone()),
-            (REMAINING, HeaderValue::from(decision.remaining)),
-            (RESET, HeaderValue::from(ceil_secs(decision.reset))),
-        ]
-    }
+/// The `RateLimit-*` headers of a decision (for filter `name`, bucket size `limit`), and the
+/// 429 answer when it refused.
+fn outcome(name: &str, limit: &HeaderValue, decision: &Decision) -> Result<HeaderEdits, Answer> {
+    let headers = [
+        (LIMIT, limit.clone()),
+        (REMAINING, HeaderValue::from(decision.remaining)),
+        (RESET, HeaderValue::from(ceil_secs(decision.reset))),
+    ];
+    let Some(wait) = decision.retry_after else {
+        let mut edits = HeaderEdits::default();
+        for (name, value) in headers {
+            edits.push(HeaderEdit::Set(name, value));
+        }
+        return Ok(edits);
+    };
+    let seconds = ceil_secs(wait).max(1);
+    let mut answer = reject(
+        429,
+        format!("sluice: rate limit of filter \"{name}\" exceeded; retry in {seconds} s\n"),
+    );
+    answer
+        .headers
+        .push((http::header::RETRY_AFTER, HeaderValue::from(seconds)));
+    answer.headers.extend(headers);
+    Err(answer)
 }
 
 /// Whole seconds, rounded up.
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A key's hash for the local store: a fixed-key hasher, so no string is built per request.
+fn key_hash(key: KeyOf<'_>) -> u64 {
+    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(key)
+}
+
+/// A key as it is named in Redis: readable (`ip:10.0.0.7`, `consumer:alice`, `route:/api`,
+/// `header:…`), with a header value that is long or not plain text given as its SHA-256.
+fn redis_key(key: KeyOf<'_>) -> String {
+    match key {
+        KeyOf::Ip(Some(ip)) => format!("ip:{ip}"),
+        KeyOf::Ip(None) => "ip:-".to_string(),
+        KeyOf::Consumer(name) => format!("consumer:{name}"),
+        KeyOf::Route(name) => format!("route:{name}"),
+        KeyOf::Header(value) => match std::str::from_utf8(value) {
+            Ok(text) if text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic()) => {
+                format!("header:{text}")
+            }
+            _ => format!("header-sha256:{}", hex::encode(Sha256::digest(value))),
+        },
+    }
 }
 
 impl Filter for RateLimit {
@@ -188,32 +250,48 @@ impl Filter for RateLimit {
         request: &dyn RequestView,
         state: &mut FilterState,
     ) -> Verdict {
-        let key = self.key_hash(route, request, state);
-        let decision = self.store.acquire(key, &self.gcra);
-        let headers = self.headers(&decision);
-        match decision.retry_after {
-            None => {
-                for (name, value) in headers {
-                    state.response.push(HeaderEdit::Set(name, value));
-                }
-                Verdict::Continue
+        let key = self.key_of(route, request, state);
+        let store = match &self.store {
+            Store::Local(local) => {
+                let decision = local.acquire(key_hash(key), &self.gcra);
+                return match outcome(&self.name, &self.limit_value, &decision) {
+                    Ok(edits) => {
+                        state.response.extend(edits);
+                        Verdict::Continue
+                    }
+                    Err(answer) => Verdict::Answer(answer),
+                };
             }
-            Some(wait) => {
-                let mut answer = reject(
-                    429,
-                    format!(
-                        "sluice: rate limit of filter \"{}\" exceeded; retry in {} s\n",
-                        self.name,
-                        ceil_secs(wait).max(1)
-                    ),
-                );
-                answer.headers.push((
-                    http::header::RETRY_AFTER,
-                    HeaderValue::from(ceil_secs(wait).max(1)),
-                ));
-                answer.headers.extend(headers);
-                Verdict::Answer(answer)
+            Store::Redis(store) => store.clone(),
+        };
+        let redis_key = store.key(&self.name, &redis_key(key));
+        let (gcra, name) = (self.gcra, self.name.clone());
+        let limit = self.limit_value.clone();
+        Verdict::Later(Box::pin(async move {
+            match store.acquire(&redis_key, &gcra).await {
+                Ok(decision) => match outcome(&name, &limit, &decision) {
+                    Ok(response) => Later {
+                        response,
+                        ..Later::default()
+                    },
+                    Err(answer) => Later::answer(answer),
+                },
+                Err(error) => match store.on_error {
+                    OnError::Allow => Later::default(),
+                    OnError::Deny => {
+                        let mut answer = reject(
+                            503,
+                            format!(
+                                "sluice: the rate limit of filter \"{name}\" cannot be checked: {error}\n"
+                            ),
+                        );
+                        answer
+                            .headers
+                            .push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+                        Later::answer(answer)
+                    }
+                },
             }
-        }
+        }))
     }
 }

@@ -2,6 +2,7 @@
 //! limits and request ids, each on whichever request path the harness switch selects.
 
 mod jwt;
+mod redis_limit;
 
 use std::time::Duration;
 
