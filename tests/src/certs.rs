@@ -31,6 +31,26 @@ pub struct Leaf {
 }
 
 impl Leaf {
+    /// A TLS server presenting this certificate, offering `alpn` in order.
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(&self.cert)
+            .expect("cert file")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&self.key).expect("key");
+        let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    }
+
     /// The certificate as DER, to compare with what a server presented.
     pub fn der(&self) -> Vec<u8> {
         use rustls_pki_types::pem::PemObject;

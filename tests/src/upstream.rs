@@ -115,25 +115,10 @@ impl Upstream {
 
     /// Starts an HTTPS upstream (HTTP/1.1 or HTTP/2 by ALPN) with this certificate.
     pub async fn start_tls(id: &str, leaf: &crate::Leaf) -> Self {
-        use rustls_pki_types::pem::PemObject;
-        let chain = rustls_pki_types::CertificateDer::pem_file_iter(&leaf.cert)
-            .expect("cert file")
-            .collect::<Result<Vec<_>, _>>()
-            .expect("certs");
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&leaf.key).expect("key");
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server config");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Self::start_with(
             id,
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+            Some(leaf.acceptor(&[b"h2", b"http/1.1"])),
         )
         .await
     }

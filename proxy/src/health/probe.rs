@@ -149,6 +149,12 @@ impl ProbeTls {
             config: Arc::new(config),
         })
     }
+
+    /// The client configuration (HTTP/1.1 by ALPN), for other HTTP/1.1 clients of the
+    /// gateway (forward-auth's).
+    pub(crate) fn config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
 }
 
 /// `upstream_tls.verify = false`: any certificate is accepted (signatures still checked).

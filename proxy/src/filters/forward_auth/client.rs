@@ -1,13 +1,17 @@
-//! The auth service's client: one GET per request over HTTP/1.1, on kept-alive connections
-//! (a lock-free queue of idle ones), its response read with the gateway's strict codec.
+//! The auth service's client: one GET per request over HTTP/1.1, plain or TLS, on kept-alive
+//! connections (a lock-free queue of idle ones), its response read with the gateway's strict
+//! codec.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{HeaderName, HeaderValue};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use sluice_http1::response::parse_response;
 use sluice_http1::{ChunkedTracker, Framing, ParsedResponse};
@@ -22,6 +26,8 @@ const KEPT: usize = 64;
 pub(super) enum CallError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("closed the connection before answering")]
@@ -40,18 +46,48 @@ pub(super) struct AuthResponse {
     pub(super) body: Bytes,
 }
 
+/// How the auth service is spoken to over TLS: the client configuration and the name its
+/// certificate must carry (sent as SNI).
+#[derive(Clone)]
+pub(super) struct AuthTls {
+    pub(super) config: Arc<rustls::ClientConfig>,
+    pub(super) server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for AuthTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuthTls({:?})", self.server_name)
+    }
+}
+
+/// A connection to the auth service.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 /// Connections to one auth service.
-#[derive(Debug)]
 pub(super) struct AuthClient {
     /// `host:port`, resolved on every new connection.
     authority: String,
-    idle: ArrayQueue<TcpStream>,
+    tls: Option<AuthTls>,
+    idle: ArrayQueue<Connection>,
+}
+
+impl std::fmt::Debug for AuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthClient")
+            .field("authority", &self.authority)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuthClient {
-    pub(super) fn new(authority: String) -> Self {
+    pub(super) fn new(authority: String, tls: Option<AuthTls>) -> Self {
         Self {
             authority,
+            tls,
             idle: ArrayQueue::new(KEPT),
         }
     }
@@ -64,7 +100,7 @@ impl AuthClient {
     /// turns out closed is replaced by a new one, once (the request is a GET).
     pub(super) async fn call(&self, request: &[u8]) -> Result<AuthResponse, CallError> {
         if let Some(mut kept) = self.idle.pop() {
-            match exchange(&mut kept, request).await {
+            match kept.exchange(request).await {
                 Ok((response, reusable)) => {
                     self.keep(kept, reusable);
                     return Ok(response);
@@ -73,27 +109,50 @@ impl AuthClient {
                 Err(other) => return Err(other),
             }
         }
-        let mut stream = TcpStream::connect(&self.authority)
+        let mut connection = self.connect().await?;
+        let (response, reusable) = connection.exchange(request).await?;
+        self.keep(connection, reusable);
+        Ok(response)
+    }
+
+    async fn connect(&self) -> Result<Connection, CallError> {
+        let stream = TcpStream::connect(&self.authority)
             .await
             .map_err(CallError::Connect)?;
         // Small requests: no waiting for more to send.
         let _ = stream.set_nodelay(true);
-        let (response, reusable) = exchange(&mut stream, request).await?;
-        self.keep(stream, reusable);
-        Ok(response)
+        match &self.tls {
+            None => Ok(Connection::Plain(stream)),
+            Some(tls) => {
+                let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                    .connect(tls.server_name.clone(), stream)
+                    .await
+                    .map_err(CallError::Handshake)?;
+                Ok(Connection::Tls(Box::new(stream)))
+            }
+        }
     }
 
-    fn keep(&self, stream: TcpStream, reusable: bool) {
+    fn keep(&self, connection: Connection, reusable: bool) {
         if reusable {
             // A full queue drops (closes) the connection.
-            let _ = self.idle.push(stream);
+            let _ = self.idle.push(connection);
+        }
+    }
+}
+
+impl Connection {
+    async fn exchange(&mut self, request: &[u8]) -> Result<(AuthResponse, bool), CallError> {
+        match self {
+            Self::Plain(stream) => exchange(stream, request).await,
+            Self::Tls(stream) => exchange(stream.as_mut(), request).await,
         }
     }
 }
 
 /// One request and its response on `stream`; whether the connection may serve another.
-async fn exchange(
-    stream: &mut TcpStream,
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     request: &[u8],
 ) -> Result<(AuthResponse, bool), CallError> {
     stream.write_all(request).await?;

@@ -4,7 +4,8 @@
 //! through with the auth response's `copy_response_headers` (those the client sent under
 //! these names are dropped first, so a client cannot pose as authenticated); any other
 //! answer goes back to the client as it came; no answer within `timeout` (default 5 s), or
-//! none at all, is a 503.
+//! none at all, is a 503. An `https://` service is verified against the system's roots (or
+//! the CAs of `ca`), as the upstream TLS of a service is.
 
 mod client;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
-use self::client::{AuthClient, AuthResponse, DEFAULT_TIMEOUT};
+use self::client::{AuthClient, AuthResponse, AuthTls, DEFAULT_TIMEOUT};
 use super::{read, reject, FilterError};
 use crate::gateway::engine::filters::{
     Filter, FilterState, HeaderEdit, HeaderEdits, Later, Verdict,
@@ -27,6 +28,7 @@ use crate::gateway::Route;
 #[serde(deny_unknown_fields)]
 struct Settings {
     url: String,
+    ca: Option<std::path::PathBuf>,
     timeout: Option<String>,
     copy_request_headers: Option<Vec<String>>,
     copy_response_headers: Option<Vec<String>>,
@@ -73,27 +75,48 @@ impl ForwardAuth {
             .url
             .parse()
             .map_err(|e| FilterError::new(name, "url", format!("{:?}: {e}", settings.url)))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(FilterError::new(
-                    name,
-                    "url",
-                    "https auth services are not in this build yet: use an http:// URL (on a trusted network)",
-                ))
-            }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             _ => {
                 return Err(FilterError::new(
                     name,
                     "url",
-                    format!("{:?}: expected an http:// URL", settings.url),
+                    format!("{:?}: expected an http:// or https:// URL", settings.url),
                 ))
             }
-        }
+        };
         let host = uri
             .host()
             .ok_or_else(|| FilterError::new(name, "url", "names no host"))?;
-        let authority = format!("{host}:{}", uri.port_u16().unwrap_or(80));
+        let default_port = if https { 443 } else { 80 };
+        let authority = format!("{host}:{}", uri.port_u16().unwrap_or(default_port));
+        let tls = match (https, &settings.ca) {
+            (false, Some(_)) => {
+                return Err(FilterError::new(
+                    name,
+                    "ca",
+                    "only used with an https:// url",
+                ))
+            }
+            (false, None) => None,
+            (true, ca) => {
+                let spec = crate::config::UpstreamTlsSpec {
+                    ca: ca.clone(),
+                    ..Default::default()
+                };
+                let probe = crate::health::ProbeTls::new(&spec)
+                    .map_err(|e| FilterError::new(name, "ca", e.to_string()))?;
+                let bare = host.trim_matches(['[', ']']).to_string();
+                let server_name = rustls_pki_types::ServerName::try_from(bare).map_err(|_| {
+                    FilterError::new(name, "url", format!("{host:?} is not a TLS server name"))
+                })?;
+                Some(AuthTls {
+                    config: probe.config(),
+                    server_name,
+                })
+            }
+        };
         let timeout = match settings.timeout.as_deref() {
             None => DEFAULT_TIMEOUT,
             Some(text) => humantime::parse_duration(text.trim())
@@ -109,7 +132,7 @@ impl ForwardAuth {
         };
         Ok(Self {
             name: name.into(),
-            client: Arc::new(AuthClient::new(authority)),
+            client: Arc::new(AuthClient::new(authority, tls)),
             target: uri
                 .path_and_query()
                 .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),

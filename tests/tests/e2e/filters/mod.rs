@@ -374,6 +374,11 @@ struct AuthService {
 
 impl AuthService {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Serving https with `tls`.
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         use http_body_util::Full;
         use hyper::service::service_fn;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -386,6 +391,7 @@ impl AuthService {
                     return;
                 };
                 let seen = seen.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let seen = seen.clone();
@@ -420,9 +426,20 @@ impl AuthService {
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let io = hyper_util::rt::TokioIo::new(stream);
+                            let _ = http.serve_connection(io, service).await;
+                        }
+                    }
                 });
             }
         });
@@ -498,6 +515,40 @@ async fn forward_auth_passes_relays_and_times_out() {
         Some(2.0),
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn forward_auth_over_https_verifies_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = sluice_tests::Ca::new(dir.path());
+    let leaf = ca.server("auth", &["localhost"]);
+    let auth = AuthService::start_with(Some(leaf.acceptor(&[b"http/1.1"]))).await;
+    let up = Upstream::start("a").await;
+    let port = auth.addr.port();
+    // Trusted through `ca`; a second filter trusting only the system roots refuses the
+    // service's certificate (a 503, never a pass).
+    let tables = format!(
+        "[filters.auth]\nkind = \"forward-auth\"\nurl = \"https://localhost:{port}/check\"\n\
+         ca = {:?}\ncopy_response_headers = [\"x-user\"]\n\n\
+         [filters.untrusted]\nkind = \"forward-auth\"\nurl = \"https://127.0.0.1:{port}/check\"\n\n\
+         [[routes]]\npath_prefix = \"/untrusted\"\nservice = \"svc\"\nfilters = [\"untrusted\"]\n",
+        ca.cert
+    );
+    let gw = Gateway::start(&config("\"auth\"", &tables), &services(&up)).await;
+    for _ in 0..3 {
+        let (status, _, body) = get(&gw, "/x", &[("authorization", "Bearer good")]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["headers"]["x-user"], "u1");
+    }
+    let (status, _, body) = get(&gw, "/x", &[("authorization", "Bearer nope")]).await;
+    assert_eq!((status, body["auth"].as_str()), (401, Some("no")));
+    let (status, _, body) = get(&gw, "/untrusted", &[("authorization", "Bearer good")]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.as_str().unwrap().contains("TLS handshake failed"),
+        "{body}"
+    );
+    assert_eq!(up.hits(), 3);
 }
 
 /// Runs Apache's `htpasswd` (apache2-utils) with `args`.
