@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""What filters cost: one Sluice gateway, two routes to the same upstreams — `/plain` without
-filters and `/filtered` with `key-auth` + `rate-limit` (local store, a budget no run exhausts)
-+ `request-id` — driven in alternating rounds with the same wrk load, on the fast path and on
-pingora's path (`proxy.fast_path = false`, a second gateway). Reports requests/s, p99, the
-gateway's CPU time per request, and the filtered/plain ratio per path.
+"""What filters cost: one Sluice gateway, three routes to the same upstreams — `/plain` without
+filters, `/filtered` with `key-auth` + `rate-limit` (local store, a budget no run exhausts)
++ `request-id`, and `/redis` with a `rate-limit` on a Redis (`store = "redis"`, a
+redis-server this script starts on loopback) — driven in alternating rounds with the same wrk
+load, on the fast path and on pingora's path (`proxy.fast_path = false`, a second gateway).
+Reports requests/s, p99, the gateway's CPU time per request (and Redis's, for `/redis`), and
+each route's ratio to plain per path.
 
     python3 benches/load/filters_ab.py                 # 4 rounds, 1 worker, 5 s per run
     python3 benches/load/filters_ab.py --rounds 6 --workers 2
 
-Needs nginx (the upstreams) and wrk. Loopback only, bounded by rounds x 4 x duration.
+Needs nginx (the upstreams), wrk and redis-server. Loopback only, bounded by rounds x 6 x
+duration.
 """
 
 import argparse
@@ -17,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402
@@ -39,7 +43,16 @@ key = "consumer"
 
 [filters.rid]
 kind = "request-id"
+
+[filters.shared]
+kind = "rate-limit"
+rate = 1000000000
+per = "1s"
+store = "redis"
+redis = {{ url = "redis://127.0.0.1:REDIS_PORT" }}
 """
+
+ROUTES = ("plain", "filtered", "redis")
 
 
 def run_wrk(url, conns, duration):
@@ -50,7 +63,24 @@ def run_wrk(url, conns, duration):
     return m
 
 
-def gateway(stack, work, name, fast_path, workers, sluice):
+def start_redis(stack, work):
+    """A redis-server on a free loopback port, without persistence; its process and port."""
+    port = free_port()
+    proc = stack.procs.spawn(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        os.path.join(work, "redis.log"),
+    )
+    for _ in range(200):
+        try:
+            if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG":
+                return proc, port
+        except FileNotFoundError:
+            sys.exit("redis-cli not found (Debian: apt-get install redis-server)")
+        time.sleep(0.05)
+    sys.exit("redis-server did not start")
+
+
+def gateway(stack, work, name, fast_path, workers, sluice, redis_port):
     port, admin = free_port(), free_port()
     services = os.path.join(work, "services.toml")
     conf = os.path.join(work, f"{name}.toml")
@@ -62,8 +92,10 @@ def gateway(stack, work, name, fast_path, workers, sluice):
             f'[log]\nlevel = "warn"\n\n'
             '[[routes]]\npath_prefix = "/plain"\nservice = "bench"\nstrategy = "native-round-robin"\n\n'
             '[[routes]]\npath_prefix = "/filtered"\nservice = "bench"\nstrategy = "native-round-robin"\n'
-            'filters = ["keys", "limit", "rid"]\n'
-            + FILTERS
+            'filters = ["keys", "limit", "rid"]\n\n'
+            '[[routes]]\npath_prefix = "/redis"\nservice = "bench"\nstrategy = "native-round-robin"\n'
+            'filters = ["shared"]\n'
+            + FILTERS.replace("REDIS_PORT", str(redis_port))
         )
     proc = stack.procs.spawn([sluice, "serve", "--config", conf], os.path.join(work, f"{name}.log"))
     wait_http(f"http://127.0.0.1:{admin}/readyz", name)
@@ -91,33 +123,47 @@ def main():
                     + ", ".join(f'{{ id = "{i}", addr = "127.0.0.1:{p}" }}' for i, p in zip("ab", stack.up))
                     + "]\n"
                 )
+            redis, redis_port = start_redis(stack, work)
             gateways = {
-                "fast": gateway(stack, work, "fast", True, args.workers, args.sluice),
-                "pingora": gateway(stack, work, "pingora", False, args.workers, args.sluice),
+                "fast": gateway(stack, work, "fast", True, args.workers, args.sluice, redis_port),
+                "pingora": gateway(stack, work, "pingora", False, args.workers, args.sluice, redis_port),
             }
-            runs = [(path, route) for path in gateways for route in ("plain", "filtered")]
+            runs = [(path, route) for path in gateways for route in ROUTES]
             print(f"# {args.rounds} rounds, {args.workers} worker(s), wrk -t1 -c{args.conns} -d{args.duration}s", flush=True)
-            print("| round | path | route | requests/s | p99 | CPU per request |\n| ---: | --- | --- | ---: | ---: | ---: |", flush=True)
+            print(
+                "| round | path | route | requests/s | p99 | gateway CPU per request | Redis CPU per request |\n"
+                "| ---: | --- | --- | ---: | ---: | ---: | ---: |",
+                flush=True,
+            )
             results = {run: [] for run in runs}
             for rnd in range(1, args.rounds + 1):
                 order = runs if rnd % 2 else list(reversed(runs))
                 for path, route in order:
                     proc, port = gateways[path]
-                    before = cpu_ticks(proc.pid)
+                    before, redis_before = cpu_ticks(proc.pid), cpu_ticks(redis.pid)
                     m = run_wrk(f"http://127.0.0.1:{port}/{route}/", args.conns, args.duration)
-                    used = (cpu_ticks(proc.pid) - before) / hz
-                    per_request = used / (m["rps"] * args.duration) * 1e6
-                    results[(path, route)].append((m["rps"], m["p99"], per_request))
-                    print(f"| {rnd} | {path} | {route} | {m['rps']:,.0f} | {m['p99']:.2f} ms | {per_request:.1f} µs |", flush=True)
-            print("\n| path | route | median requests/s | median p99 | median CPU per request | filtered / plain |\n| --- | --- | ---: | ---: | ---: | ---: |")
+                    served = m["rps"] * args.duration
+                    per_request = (cpu_ticks(proc.pid) - before) / hz / served * 1e6
+                    redis_per_request = (cpu_ticks(redis.pid) - redis_before) / hz / served * 1e6
+                    results[(path, route)].append((m["rps"], m["p99"], per_request, redis_per_request))
+                    print(
+                        f"| {rnd} | {path} | {route} | {m['rps']:,.0f} | {m['p99']:.2f} ms | {per_request:.1f} µs | "
+                        f"{redis_per_request:.1f} µs |",
+                        flush=True,
+                    )
+            print(
+                "\n| path | route | median requests/s | median p99 | median gateway CPU per request | "
+                "median Redis CPU per request | route / plain |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+            )
             for path in gateways:
                 plain = statistics.median(r[0] for r in results[(path, "plain")])
-                for route in ("plain", "filtered"):
+                for route in ROUTES:
                     rows = results[(path, route)]
                     rps = statistics.median(r[0] for r in rows)
                     print(
                         f"| {path} | {route} | {rps:,.0f} | {statistics.median(r[1] for r in rows):.2f} ms | "
-                        f"{statistics.median(r[2] for r in rows):.1f} µs | {rps / plain:.3f} |"
+                        f"{statistics.median(r[2] for r in rows):.1f} µs | {statistics.median(r[3] for r in rows):.1f} µs | "
+                        f"{rps / plain:.3f} |"
                     )
         finally:
             stack.stop()

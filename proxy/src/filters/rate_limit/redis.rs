@@ -2,21 +2,23 @@
 //! is one round trip: a Lua script (sent once, then called by its SHA-1) applies the GCRA to
 //! the key's TAT on the Redis server's own clock, so gateways with skewed clocks still share
 //! one budget, and sets the key to expire when its bucket is full again (Redis memory follows
-//! the active keys). The connections are a small pool of multiplexed connections owned by the
-//! background runtime; a request only borrows one.
+//! the active keys). Each worker thread has its own multiplexed connection, driven on that
+//! thread's runtime (made on its first request): a request's round trip wakes no other thread,
+//! and concurrent requests of a thread share writes.
 //!
 //! Redis down or slow never holds a request longer than `timeout`: a call that fails or times
 //! out marks the store down, requests then get `on_error` at once (allow: through without
 //! rate-limit headers; deny: 503), and a background probe (`PING`) brings it back as soon as
 //! Redis answers again.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use prometheus::IntCounter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
+use thread_local::ThreadLocal;
 
 use super::gcra::{Decision, Gcra};
 use crate::filters::{read, FilterError};
@@ -47,7 +49,6 @@ struct Settings {
     prefix: Option<String>,
     on_error: Option<String>,
     timeout: Option<String>,
-    pool_size: Option<usize>,
 }
 
 /// What a request gets when Redis cannot decide.
@@ -71,15 +72,18 @@ pub(super) enum StoreError {
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
-const DEFAULT_POOL: usize = 2;
 /// How often the probe PINGs while the store is down, and while it is up.
 const PROBE_DOWN: Duration = Duration::from_millis(250);
 const PROBE_UP: Duration = Duration::from_secs(2);
 
 /// The Redis side of one `rate-limit` filter.
 pub(super) struct RedisStore {
-    pool: Vec<ConnectionManager>,
-    next: AtomicUsize,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Each worker thread's connection, on its own runtime.
+    connections: ThreadLocal<ConnectionManager>,
+    /// The probe's connection, on the background runtime.
+    probe: ConnectionManager,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
@@ -101,9 +105,8 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Reads `redis = { url, prefix, on_error, timeout, pool_size }` and opens the pool (lazily:
-    /// the connections are made on the background runtime, a Redis that is down at start is
-    /// an outage like any other, not a refused config).
+    /// Reads `redis = { url, prefix, on_error, timeout }`. Connections are made lazily (a
+    /// Redis that is down at start is an outage like any other, not a refused config).
     pub(super) fn build(
         name: &str,
         table: &toml::Table,
@@ -139,10 +142,6 @@ impl RedisStore {
                 "must be more than 0 and at most 10s".into(),
             ));
         }
-        let pool_size = settings.pool_size.unwrap_or(DEFAULT_POOL);
-        if !(1..=64).contains(&pool_size) {
-            return Err(error("pool_size", "must be 1 to 64".into()));
-        }
         let url = settings.url.trim();
         if url.starts_with("rediss://") {
             return Err(error(
@@ -165,22 +164,21 @@ impl RedisStore {
         }
         let client = redis::Client::open(url)
             .map_err(|e| error("url", format!("{:?}: {e}", without_password(url))))?;
-        let handle = crate::background::handle().map_err(|e| error("url", e.to_string()))?;
-        let _runtime = handle.enter();
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let mut pool = Vec::with_capacity(pool_size);
-        for _ in 0..pool_size {
-            pool.push(
-                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
-                    .map_err(|e| error("url", e.to_string()))?,
-            );
-        }
+        let handle = crate::background::handle().map_err(|e| error("url", e.to_string()))?;
+        let probe = {
+            let _runtime = handle.enter();
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                .map_err(|e| error("url", e.to_string()))?
+        };
         let store = Arc::new(Self {
-            pool,
-            next: AtomicUsize::new(0),
+            client,
+            config,
+            connections: ThreadLocal::new(),
+            probe,
             script: redis::Script::new(SCRIPT),
             prefix: settings.prefix.unwrap_or_else(|| "sluice:rl:".to_string()),
             timeout,
@@ -206,12 +204,23 @@ impl RedisStore {
                 url: self.shown.clone(),
             });
         }
-        let mut connection =
-            self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()].clone();
+        let mut connection = match self.connection() {
+            Ok(connection) => connection,
+            Err(failure) => return Err(self.failed(failure)),
+        };
         let (interval, tolerance) = gcra.constants();
         let mut invocation = self.script.key(key);
         invocation.arg(interval).arg(tolerance);
-        let call = invocation.invoke_async::<(u64, u64)>(&mut connection);
+        let call = async {
+            match invocation.invoke_async::<(u64, u64)>(&mut connection).await {
+                // A connection broken since its last use (Redis restarted, an idle close)
+                // has begun reconnecting: the call is made once more on the new one.
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+                    invocation.invoke_async::<(u64, u64)>(&mut connection).await
+                }
+                other => other,
+            }
+        };
         let failure = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok((tat, now))) => return Ok(gcra.decide(tat, now).0),
             Ok(Err(e)) => StoreError::Failed {
@@ -223,6 +232,11 @@ impl RedisStore {
                 timeout: self.timeout,
             },
         };
+        Err(self.failed(failure))
+    }
+
+    /// Counts a failed call and marks the store down (logged once, when it goes down).
+    fn failed(&self, failure: StoreError) -> StoreError {
         self.errors.inc();
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -230,20 +244,29 @@ impl RedisStore {
                 self.on_error
             );
         }
-        Err(failure)
+        failure
     }
 
-    /// Whether every connection of the pool answers a PING within the timeout.
+    /// This thread's connection, made on first use on the runtime running the request (a
+    /// clone: the handle of one multiplexed connection).
+    fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        self.connections
+            .get_or_try(|| {
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            })
+            .cloned()
+            .map_err(|e| StoreError::Failed {
+                url: self.shown.clone(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Whether Redis answers a PING within the timeout.
     async fn answers(&self) -> bool {
-        for connection in &self.pool {
-            let mut connection = connection.clone();
-            let command = redis::cmd("PING");
-            let ping = command.query_async::<String>(&mut connection);
-            if !matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_))) {
-                return false;
-            }
-        }
-        true
+        let mut connection = self.probe.clone();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut connection);
+        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
     }
 }
 

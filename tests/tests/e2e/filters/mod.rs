@@ -408,6 +408,7 @@ impl AuthService {
                             let response = match header("authorization").as_str() {
                                 "Bearer good" => builder.status(200).header("x-user", "u1"),
                                 "Bearer moved" => builder.status(302).header("location", "/login"),
+                                "Bearer forbidden" => builder.status(403),
                                 "Bearer slow" => {
                                     tokio::time::sleep(Duration::from_secs(3)).await;
                                     builder.status(200)
@@ -491,6 +492,10 @@ async fn forward_auth_passes_relays_and_times_out() {
     let (status, headers, _) = get(&gw, "/", &[("authorization", "Bearer moved")]).await;
     assert_eq!(status, 302);
     assert_eq!(headers["location"], "/login");
+    let (status, headers, body) = get(&gw, "/", &[("authorization", "Bearer forbidden")]).await;
+    assert_eq!(status, 403);
+    assert!(headers.get("x-sluice-error").is_none());
+    assert_eq!(body["auth"], "no", "the auth service's body, as it came");
     let hits = up.hits();
     assert_eq!(hits, 2);
 
