@@ -137,10 +137,20 @@ impl HeaderEdits {
         self.edits.iter()
     }
 
-    /// Whether the original fields named `name` are not to be forwarded (set or removed).
+    /// Whether the original fields named `name` (any case) are not to be forwarded (set or
+    /// removed).
     pub(crate) fn replaces(&self, name: &str) -> bool {
+        self.replaces_bytes(name.as_bytes())
+    }
+
+    /// [`HeaderEdits::replaces`] on a field name as it came off the wire.
+    pub(crate) fn replaces_bytes(&self, name: &[u8]) -> bool {
         self.edits.iter().any(|e| match e {
-            HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => n.as_str().eq_ignore_ascii_case(name),
+            // Edit names are lower case (`HeaderName`); a length check first spares most
+            // comparisons.
+            HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => {
+                n.as_str().len() == name.len() && n.as_str().as_bytes().eq_ignore_ascii_case(name)
+            }
             HeaderEdit::Add(..) => false,
         })
     }

@@ -617,38 +617,44 @@ impl FastPath {
     }
 }
 
-/// Writes the response edits of the filters into the response head in `head` (status line
-/// and fields, its blank line last): fields the edits replace go, the ones they add come
-/// before the blank line. Nothing happens without edits.
+/// Writes the response edits of the filters into the response head at the start of `head`
+/// (status line and fields, its blank line, then perhaps the first body bytes), in place:
+/// fields the edits replace are taken out, the ones they add go before the blank line.
+/// Nothing happens without edits.
 fn edit_response_head(head: &mut Vec<u8>, edits: &HeaderEdits) {
     if edits.is_empty() {
         return;
     }
-    let mut edited = Vec::with_capacity(head.len() + 128);
-    let body_start = head
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(head.len(), |p| p + 4);
-    let mut lines = head[..body_start].split(|&b| b == b'\n');
-    if let Some(status_line) = lines.next() {
-        edited.extend_from_slice(status_line);
-        edited.push(b'\n');
-    }
-    for line in lines {
-        let name_end = line.iter().position(|&b| b == b':');
-        let Some(name_end) = name_end else { continue };
-        let replaced = std::str::from_utf8(&line[..name_end]).is_ok_and(|n| edits.replaces(n));
-        if !replaced {
-            edited.extend_from_slice(line);
-            edited.push(b'\n');
+    // The status line is kept as it is.
+    let Some(mut read) = head.iter().position(|&b| b == b'\n').map(|p| p + 1) else {
+        return;
+    };
+    let mut write = read;
+    // Field lines until the blank line, compacted over the ones that go.
+    while read < head.len() && head[read] != b'\r' && head[read] != b'\n' {
+        let end = head[read..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(head.len(), |p| read + p + 1);
+        let name_end = head[read..end]
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(end, |p| read + p);
+        if !edits.replaces_bytes(&head[read..name_end]) {
+            head.copy_within(read..end, write);
+            write += end - read;
         }
+        read = end;
     }
+    if write < read {
+        head.copy_within(read.., write);
+        head.truncate(head.len() - (read - write));
+    }
+    let mut added = Vec::new();
     for (name, value) in edits.added() {
-        sluice_http1::fields::put_field(&mut edited, name.as_str().as_bytes(), value.as_bytes());
+        sluice_http1::fields::put_field(&mut added, name.as_str().as_bytes(), value.as_bytes());
     }
-    edited.extend_from_slice(b"\r\n");
-    edited.extend_from_slice(&head[body_start..]);
-    *head = edited;
+    head.splice(write..write, added);
 }
 
 /// The client side of a connection.
@@ -1040,4 +1046,39 @@ async fn write_answer(stream: &mut Stream, reply: &Answer, close: bool) -> std::
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&reply.body);
     write_client(stream, &out, Duration::from_secs(1)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::engine::filters::HeaderEdit;
+    use http::{HeaderName, HeaderValue};
+
+    #[test]
+    fn response_edits_are_made_in_place() {
+        let mut head =
+            b"HTTP/1.1 200 OK\r\nX-Request-Id: theirs\r\ncontent-length: 2\r\nVia: a\r\n\r\nok"
+                .to_vec();
+        let mut edits = HeaderEdits::default();
+        let rid = HeaderName::from_static("x-request-id");
+        edits.push(HeaderEdit::Set(rid, HeaderValue::from_static("ours")));
+        edits.push(HeaderEdit::Remove(HeaderName::from_static("via")));
+        edits.push(HeaderEdit::Add(
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from_static("10"),
+        ));
+        edit_response_head(&mut head, &edits);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: ours\r\nratelimit-limit: 10\r\n\r\nok"
+        );
+        let mut untouched = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
+        edit_response_head(&mut untouched, &HeaderEdits::default());
+        assert_eq!(untouched, b"HTTP/1.1 204 No Content\r\n\r\n");
+        edit_response_head(&mut untouched, &edits);
+        assert_eq!(
+            String::from_utf8(untouched).unwrap(),
+            "HTTP/1.1 204 No Content\r\nx-request-id: ours\r\nratelimit-limit: 10\r\n\r\n"
+        );
+    }
 }
