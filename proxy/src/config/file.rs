@@ -126,6 +126,8 @@ pub(super) struct RouteSection {
     pub(super) total_timeout: Option<String>,
     pub(super) max_body_bytes: Option<u64>,
     pub(super) filters: Option<Vec<String>>,
+    pub(super) methods: Option<Vec<String>>,
+    pub(super) headers: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -274,6 +274,57 @@ pub struct RouteSpec {
     pub max_body_bytes: Option<u64>,
     /// The route's filters, after `[proxy] filters`.
     pub filters: Vec<String>,
+    /// Methods the route takes (upper case); empty: any.
+    pub methods: Vec<String>,
+    /// Fields the request must carry, with exactly these values.
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+impl RouteSpec {
+    /// The order routes are tried in, first to last: the longest `path_prefix`, then routes
+    /// that name hosts before those for any host, then those with more conditions (`methods`
+    /// counts one, each `headers` field one); config order among equals (a stable sort).
+    pub fn precedence(&self) -> (std::cmp::Reverse<usize>, bool, std::cmp::Reverse<usize>) {
+        (
+            std::cmp::Reverse(self.path_prefix.len()),
+            self.hosts.is_empty(),
+            std::cmp::Reverse(self.conditions()),
+        )
+    }
+
+    /// How many method and header conditions the route adds to host and prefix.
+    pub fn conditions(&self) -> usize {
+        usize::from(!self.methods.is_empty()) + self.headers.len()
+    }
+
+    /// Whether this route matches every request `other` matches: then, tried first, it
+    /// leaves `other` nothing.
+    pub fn covers(&self, other: &RouteSpec) -> bool {
+        let hosts = self.hosts.is_empty()
+            || (!other.hosts.is_empty()
+                && other
+                    .hosts
+                    .iter()
+                    .all(|h| self.hosts.iter().any(|p| host_pattern_covers(p, h))));
+        let methods = self.methods.is_empty()
+            || (!other.methods.is_empty()
+                && other.methods.iter().all(|m| self.methods.contains(m)));
+        let headers = self.headers.iter().all(|h| other.headers.contains(h));
+        self.path_prefix == other.path_prefix && hosts && methods && headers
+    }
+}
+
+/// Whether the host pattern `pattern` (`name` or `*.suffix`) matches every host `other`
+/// (itself a pattern) matches.
+fn host_pattern_covers(pattern: &str, other: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        None => pattern == other,
+        Some(suffix) => {
+            let other_tail = other.strip_prefix('*').unwrap_or(other);
+            other_tail.len() > suffix.len() && other_tail.ends_with(suffix)
+                || other_tail == suffix && other.starts_with('*')
+        }
+    }
 }
 
 /// Active health check settings (`health_check = { ... }`).

@@ -334,25 +334,14 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
     }
 
     let mut routes = Vec::with_capacity(file.routes.len());
+    let mut indices = Vec::with_capacity(file.routes.len());
     for (i, section) in file.routes.iter().enumerate() {
         if let Some(route) = validate_route(&mut issues, i, section, &file) {
             routes.push(route);
+            indices.push(i);
         }
     }
-    let mut seen = std::collections::HashSet::new();
-    for (i, r) in routes.iter().enumerate() {
-        let mut hosts = r.hosts.clone();
-        hosts.sort();
-        if !seen.insert((hosts, r.path_prefix.clone())) {
-            issues.push(
-                format!("routes[{i}]"),
-                format!(
-                    "duplicate route: another route has the same hosts and path_prefix {:?}",
-                    r.path_prefix
-                ),
-            );
-        }
-    }
+    unreachable_routes(&mut issues, &routes, &indices);
 
     let mut services = std::collections::BTreeMap::new();
     for (name, section) in &file.services {
@@ -673,7 +662,79 @@ fn validate_route(
             section.filters.as_deref(),
             file,
         ),
+        methods: route_methods(issues, &key, section.methods.as_deref()),
+        headers: route_headers(issues, &key, section.headers.as_ref()),
     })
+}
+
+/// `methods = [...]`: HTTP method tokens, upper-cased (every registered method is), each once.
+fn route_methods(issues: &mut Issues, key: &str, methods: Option<&[String]>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (j, method) in methods.unwrap_or_default().iter().enumerate() {
+        let method = method.trim().to_ascii_uppercase();
+        if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
+            issues.push(
+                format!("{key}.methods[{j}]"),
+                format!("{method:?} is not an HTTP method"),
+            );
+        } else if !out.contains(&method) {
+            out.push(method);
+        }
+    }
+    if methods.is_some_and(<[String]>::is_empty) {
+        issues.push(
+            format!("{key}.methods"),
+            "must not be empty: leave it out to take any method",
+        );
+    }
+    out
+}
+
+/// `headers = { NAME = "value" }`: fields the request must carry with exactly that value.
+fn route_headers(
+    issues: &mut Issues,
+    key: &str,
+    headers: Option<&BTreeMap<String, String>>,
+) -> Vec<(HeaderName, String)> {
+    let mut out = Vec::new();
+    for (name, value) in headers.into_iter().flatten() {
+        match HeaderName::from_bytes(name.trim().as_bytes()) {
+            Ok(header) if http::HeaderValue::from_str(value).is_ok() => {
+                out.push((header, value.clone()));
+            }
+            Ok(_) => issues.push(
+                format!("{key}.headers.{name}"),
+                format!("{value:?} cannot be a header value"),
+            ),
+            Err(_) => issues.push(
+                format!("{key}.headers"),
+                format!("bad header name {name:?}"),
+            ),
+        }
+    }
+    out
+}
+
+/// Each route that can never match: a route tried before it (RouteSpec::precedence, the
+/// router's order) matches every request it would. `indices` are the routes' places in the
+/// file.
+fn unreachable_routes(issues: &mut Issues, routes: &[RouteSpec], indices: &[usize]) {
+    let mut order: Vec<usize> = (0..routes.len()).collect();
+    order.sort_by_key(|&r| routes[r].precedence());
+    for (place, &later) in order.iter().enumerate() {
+        if let Some(&first) = order[..place]
+            .iter()
+            .find(|&&earlier| routes[earlier].covers(&routes[later]))
+        {
+            issues.push(
+                format!("routes[{}]", indices[later]),
+                format!(
+                    "can never match: routes[{}] is tried first and matches every request it would (path_prefix {:?}; hosts, methods and headers the same or fewer)",
+                    indices[first], routes[later].path_prefix
+                ),
+            );
+        }
+    }
 }
 
 /// An IP address (one host) or a CIDR block, IPv4 or IPv6.

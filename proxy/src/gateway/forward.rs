@@ -162,6 +162,8 @@ mod tests {
 
     fn route(prefix: &str, strip: bool) -> RouteSpec {
         RouteSpec {
+            methods: Vec::new(),
+            headers: Vec::new(),
             name: "r".into(),
             path_prefix: prefix.into(),
             hosts: vec![],

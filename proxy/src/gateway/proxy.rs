@@ -269,7 +269,9 @@ impl ProxyHttp for Gateway {
         }
         let admission = {
             let view = SessionView::new(session, &self.engine);
-            let route = self.engine.route(view.host(), view.path());
+            let route = self
+                .engine
+                .route(view.host(), view.path(), view.method(), &view);
             self.engine.admit(ctx, route, &view).await
         };
         match admission {

@@ -1,5 +1,6 @@
-//! Routing: host (exact or `*.suffix`) and longest path prefix select a route; each route
-//! holds its service's slot and its strategy, resolved once when the router is built.
+//! Routing: host (exact or `*.suffix`), the longest path prefix, and the method and header
+//! conditions select a route (in `RouteSpec::precedence` order); each route holds its
+//! service's slot and its strategy, resolved once when the router is built.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use super::route_metrics::RouteMetrics;
 use crate::config::{Config, HashOn, RouteSpec};
 use crate::filters::FilterSet;
 use crate::pool::{Directory, ServiceSlot};
-use crate::strategy::{Strategy, StrategySet};
+use crate::strategy::{RequestHeaders, Strategy, StrategySet};
 
 /// Default time allowed to establish an upstream connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,6 +55,16 @@ impl Route {
         if let Some(filter) = self.filters.filters().get(filter) {
             self.metrics.rejected(filter.name(), status);
         }
+    }
+
+    /// Whether the request's method and fields meet the route's conditions.
+    fn matches_conditions(&self, method: &str, fields: &dyn RequestHeaders) -> bool {
+        (self.spec.methods.is_empty() || self.spec.methods.iter().any(|m| m == method))
+            && self
+                .spec
+                .headers
+                .iter()
+                .all(|(name, value)| fields.field(name.as_str()) == Some(value.as_bytes()))
     }
 
     fn matches_host(&self, host: &str) -> bool {
@@ -148,13 +159,7 @@ impl Router {
                 spec: spec.clone(),
             }));
         }
-        // Longest prefix first; at equal length, routes that name hosts before catch-alls.
-        routes.sort_by_key(|r| {
-            (
-                std::cmp::Reverse(r.spec.path_prefix.len()),
-                r.spec.hosts.is_empty(),
-            )
-        });
+        routes.sort_by_key(|r| r.spec.precedence());
         Ok(Self {
             routes,
             access_log: config.log.access_log,
@@ -163,11 +168,20 @@ impl Router {
         })
     }
 
-    /// The route for `host` (any case, without port) and `path`.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
-        self.routes
-            .iter()
-            .find(|r| path.starts_with(r.spec.path_prefix.as_str()) && r.matches_host(host))
+    /// The route for a request to `host` (any case, without port) and `path`, with `method`
+    /// and header `fields`.
+    pub fn find(
+        &self,
+        host: &str,
+        path: &str,
+        method: &str,
+        fields: &dyn RequestHeaders,
+    ) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| {
+            path.starts_with(r.spec.path_prefix.as_str())
+                && r.matches_host(host)
+                && r.matches_conditions(method, fields)
+        })
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -209,7 +223,11 @@ hosts = ["api.example.com", "*.corp.example"]
 service = "api-users"
 "#,
         );
-        let svc = |host: &str, path: &str| r.find(host, path).map(|r| r.spec.service.clone());
+        let none = http::HeaderMap::new();
+        let svc = |host: &str, path: &str| {
+            r.find(host, path, "GET", &none)
+                .map(|r| r.spec.service.clone())
+        };
         assert_eq!(svc("x", "/"), Some("root".into()));
         assert_eq!(svc("x", "/users/1"), Some("users".into()));
         assert_eq!(svc("x", "/users/admin/1"), Some("admin".into()));
@@ -224,6 +242,96 @@ service = "api-users"
         let r = router(
             "registry = { kind = \"file\", path = \"s.toml\" }\n[[routes]]\npath_prefix = \"/a\"\nservice = \"a\"\n",
         );
-        assert!(r.find("h", "/b").is_none());
+        assert!(r.find("h", "/b", "GET", &http::HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn methods_and_headers_select_among_equal_prefixes() {
+        let r = router(
+            r#"
+registry = { kind = "file", path = "s.toml" }
+[[routes]]
+path_prefix = "/api"
+service = "any"
+[[routes]]
+path_prefix = "/api"
+methods = ["post", "PUT"]
+service = "writes"
+[[routes]]
+path_prefix = "/api"
+methods = ["POST"]
+headers = { "X-Tenant" = "acme" }
+service = "acme-writes"
+[[routes]]
+path_prefix = "/api/v2"
+service = "v2"
+"#,
+        );
+        let svc = |method: &str, tenant: Option<&str>, path: &str| {
+            let mut fields = http::HeaderMap::new();
+            if let Some(t) = tenant {
+                fields.insert("x-tenant", http::HeaderValue::from_str(t).unwrap());
+            }
+            r.find("h", path, method, &fields)
+                .map(|r| r.spec.service.clone())
+        };
+        assert_eq!(svc("GET", None, "/api/x").as_deref(), Some("any"));
+        assert_eq!(svc("POST", None, "/api/x").as_deref(), Some("writes"));
+        assert_eq!(
+            svc("PUT", Some("acme"), "/api/x").as_deref(),
+            Some("writes")
+        );
+        assert_eq!(
+            svc("POST", Some("acme"), "/api/x").as_deref(),
+            Some("acme-writes")
+        );
+        assert_eq!(
+            svc("POST", Some("ACME"), "/api/x").as_deref(),
+            Some("writes"),
+            "values are exact"
+        );
+        // A longer prefix still wins over more conditions.
+        assert_eq!(
+            svc("POST", Some("acme"), "/api/v2/x").as_deref(),
+            Some("v2")
+        );
+    }
+
+    #[test]
+    fn a_route_left_nothing_is_named_by_check() {
+        let text = r#"
+registry = { kind = "file", path = "s.toml" }
+[[routes]]
+path_prefix = "/api"
+service = "a"
+[[routes]]
+path_prefix = "/api"
+methods = ["GET"]
+service = "b"
+[[routes]]
+path_prefix = "/api"
+service = "c"
+[[routes]]
+path_prefix = "/api"
+hosts = ["*.example.com"]
+service = "d"
+[[routes]]
+path_prefix = "/api"
+hosts = ["x.example.com"]
+headers = { "x-a" = "1" }
+service = "e"
+"#;
+        let error = crate::config::parse(Path::new("t.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("routes[2]: can never match: routes[0] is tried first"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("routes[1]") && !error.contains("routes[4]"),
+            "{error}"
+        );
+        assert!(!error.contains("routes[3]"), "{error}");
     }
 }

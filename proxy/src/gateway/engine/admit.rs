@@ -6,6 +6,7 @@ use super::filters::FilterState;
 use super::{hash_request, Engine, RequestRecord, RequestView};
 use crate::gateway::failure::{self, Answer, Failure};
 use crate::gateway::Route;
+use crate::strategy::RequestHeaders;
 
 /// Longest a request waits for the registry's first sync (a process just started or
 /// upgraded, with empty pools) before it is answered 503.
@@ -20,10 +21,16 @@ pub(crate) enum Admission {
 }
 
 impl Engine {
-    /// The route of `host` (without port) and `path`: a lookup and nothing more, so a driver
-    /// may ask before it decides to serve the request at all.
-    pub(crate) fn route(&self, host: &str, path: &str) -> Option<Arc<Route>> {
-        self.router.load().find(host, path).cloned()
+    /// The route of a request: a lookup by host (without port), path, method and fields and
+    /// nothing more, so a driver may ask before it decides to serve the request at all.
+    pub(crate) fn route(
+        &self,
+        host: &str,
+        path: &str,
+        method: &str,
+        fields: &dyn RequestHeaders,
+    ) -> Option<Arc<Route>> {
+        self.router.load().find(host, path, method, fields).cloned()
     }
 
     /// Admits a request to `route` (found by [`Engine::route`]): 404 without one, 413 when it

@@ -74,6 +74,15 @@ struct FastView<'r, 'h, 'b> {
     proto: &'static str,
 }
 
+/// A request head's fields, for the route lookup made before the view exists.
+struct FieldsOf<'r, 'h, 'b>(&'r RequestHead<'h, 'b>);
+
+impl RequestHeaders for FieldsOf<'_, '_, '_> {
+    fn field(&self, name: &str) -> Option<&[u8]> {
+        self.0.field(name)
+    }
+}
+
 impl RequestHeaders for FastView<'_, '_, '_> {
     fn field(&self, name: &str) -> Option<&[u8]> {
         self.head.field(name)
@@ -252,7 +261,10 @@ impl FastPath {
     /// for the registry's first sync), or instances that are not plain `http`. Decided before
     /// the engine sees the request, so its filters run once, on one path.
     fn route_for(&self, req: &RequestHead<'_, '_>) -> Result<Option<Arc<Route>>, Handoff> {
-        let Some(route) = self.engine.route(req.host, req.path()) else {
+        let Some(route) = self
+            .engine
+            .route(req.host, req.path(), req.method, &FieldsOf(req))
+        else {
             return Ok(None);
         };
         let pool = route.slot.load();
