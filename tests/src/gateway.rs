@@ -153,23 +153,25 @@ impl Gateway {
 
     /// A file-registry gateway with extra keys for the `[proxy]` table.
     pub async fn start_with_proxy(proxy_extra: &str, rest: &str, services: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let services_path = dir.path().join("services.toml");
-        std::fs::write(&services_path, services).expect("write services file");
-        let registry = format!(
-            "[registry]\nkind = \"file\"\npath = \"{}\"\n",
-            services_path.display()
-        );
         let options = Launch {
             proxy_extra,
             ..Launch::default()
         };
-        Self::launch_full(dir, &registry, rest, options).await
+        Self::launch_file_registry(rest, services, options).await
     }
 
     /// A file-registry gateway whose process also gets the environment variables `env`
     /// (e.g. `SSL_CERT_FILE` for the roots it trusts).
     pub async fn start_with_env(rest: &str, services: &str, env: &[(&str, &str)]) -> Self {
+        let options = Launch {
+            env,
+            ..Launch::default()
+        };
+        Self::launch_file_registry(rest, services, options).await
+    }
+
+    /// A gateway on a services file holding `services`, in a new temp dir.
+    async fn launch_file_registry(rest: &str, services: &str, options: Launch<'_>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let services_path = dir.path().join("services.toml");
         std::fs::write(&services_path, services).expect("write services file");
@@ -177,10 +179,6 @@ impl Gateway {
             "[registry]\nkind = \"file\"\npath = \"{}\"\n",
             services_path.display()
         );
-        let options = Launch {
-            env,
-            ..Launch::default()
-        };
         Self::launch_full(dir, &registry, rest, options).await
     }
 
