@@ -1,6 +1,7 @@
 //! Test support for the end-to-end suites: real HTTP upstreams on loopback, the real `sluice`
 //! binary started on free ports with a config written to a temp dir, and polling helpers.
 
+pub mod browser;
 pub mod certs;
 pub mod etcd;
 pub mod gateway;

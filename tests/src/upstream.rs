@@ -76,11 +76,17 @@ async fn handle(
     if req.uri().path().ends_with("/fail") {
         return Err(Dropped);
     }
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
-        .collect();
+    // Repeated fields as one list (RFC 9110 5.3), so a test sees each of them.
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        let v = v.to_str().unwrap_or("");
+        match headers.get_mut(k.as_str()) {
+            Some(serde_json::Value::String(list)) => *list = format!("{list}, {v}"),
+            _ => {
+                headers.insert(k.to_string(), v.into());
+            }
+        }
+    }
     let body = serde_json::json!({
         "id": &*id,
         "path": req.uri().path(),
@@ -93,10 +99,21 @@ async fn handle(
         0 => query_param(&query, "status").unwrap_or(200) as u16,
         forced => forced,
     };
-    let response = Response::builder()
+    let mut response = Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .header("x-upstream-id", &*id)
+        .header("x-upstream-id", &*id);
+    // `respond_header=NAME:VALUE` (repeatable, `%20` for a space): fields the response
+    // carries, for tests of what the gateway does to an upstream's response.
+    for kv in query.split('&') {
+        if let Some((name, value)) = kv
+            .strip_prefix("respond_header=")
+            .and_then(|nv| nv.split_once(':'))
+        {
+            response = response.header(name, value.replace("%20", " "));
+        }
+    }
+    let response = response
         .body(Full::new(Bytes::from(body.to_string())))
         .expect("valid response");
     Ok(response)

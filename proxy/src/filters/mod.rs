@@ -5,13 +5,19 @@
 
 mod basic_auth;
 mod concurrency;
+mod cors;
 mod credential;
 mod forward_auth;
+mod headers;
 mod ip;
 mod jwt;
 mod key_auth;
 mod rate_limit;
+mod redirect;
 mod request_id;
+mod rewrite;
+mod template;
+mod trace_context;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +30,7 @@ use crate::gateway::failure::Answer;
 use crate::metrics::Metrics;
 
 /// The filter kinds this build knows.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 14] = [
     "key-auth",
     "basic-auth",
     "jwt",
@@ -33,8 +39,12 @@ pub const KINDS: [&str; 9] = [
     "ip-deny",
     "concurrency-limit",
     "rate-limit",
-    // Listed last: the kinds above are the ones every gateway has first.
+    "headers",
+    "cors",
     "request-id",
+    "trace-context",
+    "redirect",
+    "rewrite",
 ];
 
 /// Why a filter could not be built: the key and the reason.
@@ -148,6 +158,11 @@ fn build_one(
         "concurrency-limit" => Arc::new(concurrency::ConcurrencyLimit::build(name, &spec.table)?),
         "rate-limit" => Arc::new(rate_limit::RateLimit::build(name, &spec.table, metrics)?),
         "request-id" => Arc::new(request_id::RequestId::build(name, &spec.table)?),
+        "headers" => Arc::new(headers::Headers::build(name, &spec.table)?),
+        "cors" => Arc::new(cors::Cors::build(name, &spec.table)?),
+        "trace-context" => Arc::new(trace_context::TraceContext::build(name, &spec.table)?),
+        "redirect" => Arc::new(redirect::Redirect::build(name, &spec.table)?),
+        "rewrite" => Arc::new(rewrite::Rewrite::build(name, &spec.table)?),
         other => {
             return Err(FilterError::new(
                 name,

@@ -43,6 +43,8 @@ pub(crate) struct AccessLine<'a> {
     pub(crate) consumer: &'a str,
     /// The `request-id` filter's id, or empty.
     pub(crate) request_id: &'a str,
+    /// The `trace-context` filter's trace id, or empty.
+    pub(crate) trace_id: &'a str,
 }
 
 /// An upstream address, or nothing: formatted in place, no string built per request.
@@ -78,6 +80,7 @@ impl AccessLine<'_> {
             error = self.error,
             consumer = self.consumer,
             request_id = self.request_id,
+            trace_id = self.trace_id,
             "access"
         );
     }

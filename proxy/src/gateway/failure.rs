@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use http::{HeaderName, HeaderValue};
 use pingora::ErrorType;
 
+use super::engine::filters::HeaderEdits;
 use super::engine::PickFailure;
 use super::Route;
 
@@ -48,8 +49,10 @@ pub(crate) struct Answer {
     /// Fields beside `content-length` and `x-sluice-error` (a filter's `WWW-Authenticate`,
     /// `Retry-After`, …); `content-type` is plain text unless one is here.
     pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
-    /// Another server's answer passed on as it was (`forward-auth`): no `x-sluice-error`.
-    pub(crate) relayed: bool,
+    /// `x-sluice-error: 1` goes with it: the gateway refused or failed the request. Not for
+    /// another server's answer passed on as it was (`forward-auth`), a redirect or a CORS
+    /// preflight.
+    pub(crate) flagged: bool,
     /// The access log's `error` field.
     pub(crate) error: &'static str,
 }
@@ -61,9 +64,47 @@ impl Answer {
             status,
             body: body.into(),
             headers: Vec::new(),
-            relayed: false,
+            flagged: true,
             error,
         }
+    }
+
+    /// An answer the gateway gives by design, not as an error (a redirect, a CORS
+    /// preflight): no `x-sluice-error`, nothing in the access log's `error`.
+    pub(crate) fn reply(
+        status: u16,
+        body: String,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            headers,
+            flagged: false,
+            error: "",
+        }
+    }
+
+    /// Whether the answer is framed with `content-length` (and a `content-type`): not a 204
+    /// or 304, which have no body (RFC 9110 8.6).
+    pub(crate) fn has_body(&self) -> bool {
+        !matches!(self.status, 204 | 304)
+    }
+
+    /// The answer with the chain's response edits (`state.response`) added: a field the
+    /// answer has itself is its own (a rejecting filter's `Retry-After` wins over an earlier
+    /// filter's), every other one the edits add goes with it (CORS, the request id).
+    pub(crate) fn with_edits(mut self, edits: &HeaderEdits) -> Self {
+        if edits.is_empty() {
+            return self;
+        }
+        let own = self.headers.len();
+        for (name, value) in edits.added() {
+            if !self.headers[..own].iter().any(|(n, _)| n == name) {
+                self.headers.push((name.clone(), value.clone()));
+            }
+        }
+        self
     }
 }
 

@@ -8,16 +8,17 @@ use pingora::http::RequestHeader;
 use pingora::Result;
 
 use crate::config::RouteSpec;
+use crate::gateway::engine::filters::FilterState;
 
 /// Rewrites the target when the route strips its prefix (`/users/1?q` -> `/1?q`, `/users`
-/// -> `/`) or a filter changed the query (`new_query`; empty: none).
+/// -> `/`) or a filter changed the path or the query (see [`upstream_target`]).
 pub(crate) fn rewrite_target(
     route: &RouteSpec,
     request: &mut RequestHeader,
-    new_query: Option<&str>,
+    changed: Changed<'_>,
 ) -> Result<()> {
     let Some(path_and_query) =
-        upstream_target(route, request.uri.path(), request.uri.query(), new_query)
+        upstream_target(route, request.uri.path(), request.uri.query(), changed)
     else {
         return Ok(());
     };
@@ -28,19 +29,42 @@ pub(crate) fn rewrite_target(
     Ok(())
 }
 
-/// The request target as sent upstream, when it is not the client's: the route strips its
-/// prefix from `path`, or a filter set `new_query` (empty: no query). `None`: unchanged.
+/// What the filters changed of the target: a new path (`rewrite`), a new query (empty:
+/// none).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Changed<'a> {
+    pub(crate) path: Option<&'a str>,
+    pub(crate) query: Option<&'a str>,
+}
+
+impl<'a> Changed<'a> {
+    pub(crate) fn by(state: Option<&'a FilterState>) -> Self {
+        match state {
+            None => Self::default(),
+            Some(state) => Self {
+                path: state.path.as_deref(),
+                query: state.query.as_deref(),
+            },
+        }
+    }
+}
+
+/// The request target as sent upstream, when it is not the client's: a filter rewrote the
+/// path (then it goes as the filter made it), or the route strips its prefix from `path`;
+/// a filter changed the query (empty: no query). `None`: unchanged.
 pub(crate) fn upstream_target(
     route: &RouteSpec,
     path: &str,
     query: Option<&str>,
-    new_query: Option<&str>,
+    changed: Changed<'_>,
 ) -> Option<String> {
-    let strips = route.strip_prefix && route.path_prefix != "/";
-    let rest = if strips {
-        path.strip_prefix(route.path_prefix.as_str())
-    } else {
-        None
+    let new_query = changed.query;
+    let rest = match changed.path {
+        Some(rewritten) => Some(rewritten),
+        None if route.strip_prefix && route.path_prefix != "/" => {
+            path.strip_prefix(route.path_prefix.as_str())
+        }
+        None => None,
     };
     if rest.is_none() && new_query.is_none() {
         return None;
@@ -183,7 +207,7 @@ mod tests {
 
     fn path_after(prefix: &str, strip: bool, uri: &str) -> String {
         let mut req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
-        rewrite_target(&route(prefix, strip), &mut req, None).unwrap();
+        rewrite_target(&route(prefix, strip), &mut req, Changed::default()).unwrap();
         req.uri.to_string()
     }
 
@@ -196,18 +220,34 @@ mod tests {
     }
 
     #[test]
-    fn a_filter_changes_the_query() {
+    fn a_filter_changes_the_query_or_the_path() {
+        let query = |q| Changed {
+            path: None,
+            query: Some(q),
+        };
         let r = route("/users", true);
         assert_eq!(
-            upstream_target(&r, "/users/1", Some("k=s&a=1"), Some("a=1")).as_deref(),
+            upstream_target(&r, "/users/1", Some("k=s&a=1"), query("a=1")).as_deref(),
             Some("/1?a=1")
+        );
+        // A rewritten path goes as it was made: no prefix strip on top.
+        let rewritten = Changed {
+            path: Some("/users/v2/1"),
+            query: None,
+        };
+        assert_eq!(
+            upstream_target(&r, "/users/1", Some("q"), rewritten).as_deref(),
+            Some("/users/v2/1?q")
         );
         let r = route("/", false);
         assert_eq!(
-            upstream_target(&r, "/x", Some("k=s"), Some("")).as_deref(),
+            upstream_target(&r, "/x", Some("k=s"), query("")).as_deref(),
             Some("/x")
         );
-        assert_eq!(upstream_target(&r, "/x", Some("k=s"), None), None);
+        assert_eq!(
+            upstream_target(&r, "/x", Some("k=s"), Changed::default()),
+            None
+        );
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::access_log::Via;
-use super::engine::filters::HeaderEdit;
+use super::engine::filters::{HeaderEdit, HeaderEdits};
 use super::engine::{Admission, Engine, PickFailure, RequestLine, RequestRecord, RequestView};
 use super::failure::{self, Answer, Failure};
 use super::retry::Failed;
@@ -201,6 +202,51 @@ impl RequestView for SessionView<'_> {
     fn proto(&self) -> &'static str {
         self.proto
     }
+
+    fn each_field(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        for value in self.req.headers.get_all(name) {
+            visit(value.as_bytes());
+        }
+    }
+}
+
+/// A pingora header block the chain's edits are made to (the upstream request, the
+/// response).
+trait EditableHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &HeaderName);
+}
+
+macro_rules! editable_header {
+    ($head:ty) => {
+        impl EditableHeader for $head {
+            fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.insert_header(name, value)
+            }
+            fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
+}
+
+editable_header!(RequestHeader);
+editable_header!(ResponseHeader);
+
+/// Makes the chain's `edits` to `head`, in order.
+fn apply_edits(edits: &HeaderEdits, head: &mut impl EditableHeader) -> Result<()> {
+    for edit in edits.iter() {
+        match edit {
+            HeaderEdit::Set(name, value) => head.set(name.clone(), value.clone())?,
+            HeaderEdit::Add(name, value) => head.add(name.clone(), value.clone())?,
+            HeaderEdit::Remove(name) => head.remove(name),
+        }
+    }
+    Ok(())
 }
 
 /// Writes one of the gateway's own answers (in gRPC's form to a gRPC call).
@@ -218,15 +264,18 @@ async fn answer(session: &mut Session, answer: Answer) -> Result<()> {
         answer
     };
     let mut header = ResponseHeader::build(answer.status, Some(3 + answer.headers.len()))?;
-    if !answer
-        .headers
-        .iter()
-        .any(|(name, _)| name == http::header::CONTENT_TYPE)
-    {
-        header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    let has_body = answer.has_body();
+    if has_body {
+        if !answer
+            .headers
+            .iter()
+            .any(|(name, _)| name == http::header::CONTENT_TYPE)
+        {
+            header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        }
+        header.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
     }
-    header.insert_header(http::header::CONTENT_LENGTH, answer.body.len())?;
-    if !answer.relayed {
+    if answer.flagged {
         header.insert_header("x-sluice-error", "1")?;
     }
     for (name, value) in answer.headers {
@@ -235,7 +284,8 @@ async fn answer(session: &mut Session, answer: Answer) -> Result<()> {
     session
         .write_response_header(Box::new(header), false)
         .await?;
-    session.write_response_body(Some(answer.body), true).await?;
+    let body = if has_body { answer.body } else { Bytes::new() };
+    session.write_response_body(Some(body), true).await?;
     Ok(())
 }
 
@@ -277,6 +327,7 @@ impl ProxyHttp for Gateway {
         match admission {
             Admission::Forward => Ok(false),
             Admission::Answer(reply) => {
+                let reply = ctx.dress(reply);
                 ctx.error = reply.error;
                 answer(session, reply).await?;
                 Ok(true)
@@ -348,22 +399,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(route) = &ctx.route {
-            let new_query = ctx.filters.as_ref().and_then(|s| s.query.as_deref());
-            forward::rewrite_target(&route.spec, upstream_request, new_query)?;
+            let changed = forward::Changed::by(ctx.filters.as_deref());
+            forward::rewrite_target(&route.spec, upstream_request, changed)?;
         }
         forward::hop_by_hop(upstream_request)?;
         if let Some(state) = &ctx.filters {
-            for edit in state.upstream.iter() {
-                match edit.clone() {
-                    HeaderEdit::Set(name, value) => upstream_request.insert_header(name, value)?,
-                    HeaderEdit::Add(name, value) => {
-                        upstream_request.append_header(name, value)?;
-                    }
-                    HeaderEdit::Remove(name) => {
-                        upstream_request.remove_header(&name);
-                    }
-                }
-            }
+            apply_edits(&state.upstream, upstream_request)?;
         }
         // The downstream header and the upstream one are separate: borrow the host, no copy.
         let host = request_host(session.req_header());
@@ -379,17 +420,7 @@ impl ProxyHttp for Gateway {
         self.engine
             .response_head(ctx, upstream_response.status.as_u16());
         if let Some(state) = &ctx.filters {
-            for edit in state.response.iter() {
-                match edit.clone() {
-                    HeaderEdit::Set(name, value) => upstream_response.insert_header(name, value)?,
-                    HeaderEdit::Add(name, value) => {
-                        upstream_response.append_header(name, value)?;
-                    }
-                    HeaderEdit::Remove(name) => {
-                        upstream_response.remove_header(&name);
-                    }
-                }
-            }
+            apply_edits(&state.response, upstream_response)?;
         }
         Ok(())
     }
@@ -477,6 +508,7 @@ impl ProxyHttp for Gateway {
                 )),
             },
         };
+        let reply = reply.map(|r| ctx.dress(r));
         let code = reply.as_ref().map_or(0, |r| r.status);
         if let Some(reply) = reply {
             if session.response_written().is_none() {

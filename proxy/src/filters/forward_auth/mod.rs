@@ -227,7 +227,7 @@ fn decide(response: AuthResponse, copy: &[HeaderName]) -> Later {
             .into_iter()
             .filter(|(name, _)| !is_framing(name))
             .collect(),
-        relayed: true,
+        flagged: false,
         error: "FilterRejected",
     };
     Later::answer(answer)
@@ -311,7 +311,7 @@ mod tests {
         );
         let answer = refused.answer.unwrap();
         assert_eq!(answer.status, 302);
-        assert!(answer.relayed);
+        assert!(!answer.flagged);
         assert_eq!(
             answer.headers.len(),
             1,

@@ -80,11 +80,25 @@ pub(crate) struct FilterState {
     pub(crate) consumer: Option<Arc<str>>,
     /// The request's id (`request-id`): the access log's `request_id`.
     pub(crate) request_id: Option<HeaderValue>,
+    /// The `traceparent` sent upstream (`trace-context`): the access log's `trace_id`.
+    pub(crate) traceparent: Option<HeaderValue>,
+    /// The path as forwarded, when a filter rewrote it (the route's prefix strip then does
+    /// not apply).
+    pub(crate) path: Option<String>,
     /// The query as forwarded, when a filter changed it (`Some("")`: none).
     pub(crate) query: Option<String>,
     /// What the request holds until it ends (a concurrency slot): dropped with the record,
     /// however the request ends.
     pub(crate) held: Held,
+}
+
+impl FilterState {
+    /// The trace id of the request's `traceparent` (`00-TRACE-SPAN-FLAGS`), if a
+    /// `trace-context` filter gave it one.
+    pub(crate) fn trace_id(&self) -> Option<&str> {
+        let traceparent = self.traceparent.as_ref()?.to_str().ok()?;
+        traceparent.get(3..35)
+    }
 }
 
 /// Values held for the life of a request.

@@ -64,6 +64,11 @@ impl Engine {
                     .and_then(|s| s.request_id.as_ref())
                     .and_then(|id| id.to_str().ok())
                     .unwrap_or(""),
+                trace_id: record
+                    .filters
+                    .as_ref()
+                    .and_then(|s| s.trace_id())
+                    .unwrap_or(""),
             }
             .write();
         }

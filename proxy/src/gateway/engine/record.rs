@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::super::Route;
 use super::filters::FilterState;
 use super::PickFailure;
+use crate::gateway::failure::Answer;
 use crate::pool::InFlightGuard;
 
 /// Requests being handled by this process right now (from context creation to drop).
@@ -114,6 +115,15 @@ pub(crate) struct TryTimeouts {
 }
 
 impl RequestRecord {
+    /// One of the gateway's answers to this request, with the response edits its filters
+    /// made before it (see [`Answer::with_edits`]).
+    pub(crate) fn dress(&self, answer: Answer) -> Answer {
+        match &self.filters {
+            Some(state) => answer.with_edits(&state.response),
+            None => answer,
+        }
+    }
+
     pub(crate) fn new() -> Self {
         Self::starting_at(Instant::now())
     }

@@ -22,6 +22,8 @@ pub(crate) trait RequestView: RequestHeaders {
     fn declared_body_len(&self) -> Option<u64>;
     /// `https` or `http`: how the client reached the gateway.
     fn proto(&self) -> &'static str;
+    /// Every field named `name` (any case), in the order they came.
+    fn each_field(&self, name: &str, visit: &mut dyn FnMut(&[u8]));
 }
 
 /// The `request_hash` of a request for `hash_on`: the same on both paths and in every

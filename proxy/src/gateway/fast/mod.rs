@@ -117,6 +117,14 @@ impl RequestView for FastView<'_, '_, '_> {
     fn proto(&self) -> &'static str {
         self.proto
     }
+
+    fn each_field(&self, name: &str, visit: &mut dyn FnMut(&[u8])) {
+        for field in self.head.fields {
+            if field.name.eq_ignore_ascii_case(name) {
+                visit(field.value);
+            }
+        }
+    }
 }
 
 impl FastPath {
@@ -358,8 +366,8 @@ impl FastPath {
             return self.fail(client, record, Failure::NoInstance).await;
         };
         let client_close = req.close || *shutdown.borrow();
-        let new_query = record.filters.as_ref().and_then(|s| s.query.as_deref());
-        let stripped = forward::upstream_target(&route.spec, req.path(), req.query(), new_query);
+        let changed = forward::Changed::by(record.filters.as_deref());
+        let stripped = forward::upstream_target(&route.spec, req.path(), req.query(), changed);
         bufs.request.clear();
         head::write_upstream_request(
             &mut bufs.request,
@@ -617,6 +625,7 @@ impl FastPath {
         reply: Answer,
         close: bool,
     ) -> Outcome {
+        let reply = record.dress(reply);
         record.status = reply.status;
         record.error = reply.error;
         let sent = write_answer(client.stream, &reply, close).await;
@@ -1023,8 +1032,8 @@ pub async fn answer(stream: &mut Stream, status: u16, body: &str) {
     let _ = write_answer(stream, &reply, true).await;
 }
 
-/// Writes one of the gateway's answers: its status, plain-text body and fields,
-/// `x-sluice-error: 1`, and `connection: close` when `close`.
+/// Writes one of the gateway's answers: its status, plain-text body (none for a 204 or 304)
+/// and fields, `x-sluice-error: 1` when flagged, and `connection: close` when `close`.
 async fn write_answer(stream: &mut Stream, reply: &Answer, close: bool) -> std::io::Result<()> {
     use std::io::Write;
     let reason = http::StatusCode::from_u16(reply.status)
@@ -1033,20 +1042,21 @@ async fn write_answer(stream: &mut Stream, reply: &Answer, close: bool) -> std::
         .unwrap_or("");
     let mut out = Vec::with_capacity(160 + reply.body.len());
     // Writing to a Vec cannot fail.
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {reason}\r\ncontent-length: {}\r\n",
-        reply.status,
-        reply.body.len()
-    );
-    if !reply
-        .headers
-        .iter()
-        .any(|(name, _)| name == http::header::CONTENT_TYPE)
-    {
-        out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
-    }
-    if !reply.relayed {
+    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", reply.status);
+    let body: &[u8] = if reply.has_body() {
+        let _ = write!(out, "content-length: {}\r\n", reply.body.len());
+        if !reply
+            .headers
+            .iter()
+            .any(|(name, _)| name == http::header::CONTENT_TYPE)
+        {
+            out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
+        }
+        &reply.body
+    } else {
+        b""
+    };
+    if reply.flagged {
         out.extend_from_slice(b"x-sluice-error: 1\r\n");
     }
     for (name, value) in &reply.headers {
@@ -1056,7 +1066,7 @@ async fn write_answer(stream: &mut Stream, reply: &Answer, close: bool) -> std::
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&reply.body);
+    out.extend_from_slice(body);
     write_client(stream, &out, Duration::from_secs(1)).await
 }
 

@@ -1,8 +1,10 @@
 //! The filter chain (shared/SPEC.md §9) through the real gateway: authentication, IP rules,
 //! limits and request ids, each on whichever request path the harness switch selects.
 
+mod cors;
 mod jwt;
 mod redis_limit;
+mod rules;
 
 use std::time::Duration;
 
