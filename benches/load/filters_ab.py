@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""What filters cost: one Sluice gateway, three routes to the same upstreams — `/plain` without
+"""What filters cost: one Sluice gateway, four routes to the same upstreams — `/plain` without
 filters, `/filtered` with `key-auth` + `rate-limit` (local store, a budget no run exhausts)
-+ `request-id`, and `/redis` with a `rate-limit` on a Redis (`store = "redis"`, a
++ `request-id` (issue 14's goal), `/edge` with `headers` + `cors` + `request-id` +
+`trace-context` (issue 15's; every request carries a browser's `Origin`), and `/redis` with a `rate-limit` on a Redis (`store = "redis"`, a
 redis-server this script starts on loopback) — driven in alternating rounds with the same wrk
 load, on the fast path and on pingora's path (`proxy.fast_path = false`, a second gateway).
 Reports requests/s, p99, the gateway's CPU time per request (and Redis's, for `/redis`), and
@@ -44,6 +45,19 @@ key = "consumer"
 [filters.rid]
 kind = "request-id"
 
+[filters.hdrs]
+kind = "headers"
+request = {{ set = {{ "x-env" = "bench", "x-client" = "${{client_ip}}" }}, remove = ["x-debug"] }}
+response = {{ set = {{ "x-served-by" = "sluice" }}, remove = ["server"] }}
+
+[filters.web]
+kind = "cors"
+allow_origins = ["https://app.example.com"]
+expose_headers = ["x-request-id"]
+
+[filters.trace]
+kind = "trace-context"
+
 [filters.shared]
 kind = "rate-limit"
 rate = 1000000000
@@ -52,12 +66,13 @@ store = "redis"
 redis = {{ url = "redis://127.0.0.1:REDIS_PORT" }}
 """
 
-ROUTES = ("plain", "filtered", "redis")
+ROUTES = ("plain", "filtered", "edge", "redis")
+ORIGIN = "https://app.example.com"
 
 
 def run_wrk(url, conns, duration):
     """compare.run_wrk with the API key; a run with errors (a filter refusing) is no figure."""
-    m = compare.run_wrk(url, conns, duration, headers=[f"x-api-key: {KEY}"])
+    m = compare.run_wrk(url, conns, duration, headers=[f"x-api-key: {KEY}", f"origin: {ORIGIN}"])
     if m["errors"]:
         sys.exit(f"{url}: {m['errors']} errors (non-2xx or socket)")
     return m
@@ -93,6 +108,8 @@ def gateway(stack, work, name, fast_path, workers, sluice, redis_port):
             '[[routes]]\npath_prefix = "/plain"\nservice = "bench"\nstrategy = "native-round-robin"\n\n'
             '[[routes]]\npath_prefix = "/filtered"\nservice = "bench"\nstrategy = "native-round-robin"\n'
             'filters = ["keys", "limit", "rid"]\n\n'
+            '[[routes]]\npath_prefix = "/edge"\nservice = "bench"\nstrategy = "native-round-robin"\n'
+            'filters = ["hdrs", "web", "rid", "trace"]\n\n'
             '[[routes]]\npath_prefix = "/redis"\nservice = "bench"\nstrategy = "native-round-robin"\n'
             'filters = ["shared"]\n'
             + FILTERS.replace("REDIS_PORT", str(redis_port))
@@ -108,8 +125,12 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--routes", default=",".join(ROUTES), help="which of " + ", ".join(ROUTES))
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
     args = ap.parse_args()
+    routes = [r for r in args.routes.split(",") if r]
+    if "plain" not in routes or any(r not in ROUTES for r in routes):
+        sys.exit(f"--routes: plain and any of {ROUTES}")
     if args.sluice.startswith(ROOT):
         subprocess.run(["cargo", "build", "--release", "-q", "--bin", "sluice"], cwd=ROOT, check=True)
     hz = os.sysconf("SC_CLK_TCK")
@@ -128,7 +149,7 @@ def main():
                 "fast": gateway(stack, work, "fast", True, args.workers, args.sluice, redis_port),
                 "pingora": gateway(stack, work, "pingora", False, args.workers, args.sluice, redis_port),
             }
-            runs = [(path, route) for path in gateways for route in ROUTES]
+            runs = [(path, route) for path in gateways for route in routes]
             print(f"# {args.rounds} rounds, {args.workers} worker(s), wrk -t1 -c{args.conns} -d{args.duration}s", flush=True)
             print(
                 "| round | path | route | requests/s | p99 | gateway CPU per request | Redis CPU per request |\n"
@@ -157,7 +178,7 @@ def main():
             )
             for path in gateways:
                 plain = statistics.median(r[0] for r in results[(path, "plain")])
-                for route in ROUTES:
+                for route in routes:
                     rows = results[(path, route)]
                     rps = statistics.median(r[0] for r in rows)
                     print(
