@@ -115,6 +115,8 @@ pub(super) struct Cors {
     origins: Vec<OriginRule>,
     /// Any origin, answered `*` (no credentials): the answer does not vary by origin.
     wildcard: bool,
+    /// The exact origins as header values, made once.
+    exact_values: Vec<HeaderValue>,
     methods: Allowed,
     /// `allow_methods` as the preflight answers it, when it is a list.
     methods_value: Option<HeaderValue>,
@@ -214,9 +216,17 @@ impl Cors {
                 Some(HeaderValue::from(age.as_secs()))
             }
         };
+        let exact_values = origins
+            .iter()
+            .filter_map(|rule| match rule {
+                OriginRule::Exact(text) => HeaderValue::from_str(text).ok(),
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             name: name.to_string(),
             wildcard: any_origin,
+            exact_values,
             origins,
             methods,
             methods_value,
@@ -232,13 +242,16 @@ impl Cors {
         self.origins.iter().any(|rule| rule.allows(origin))
     }
 
-    /// `Access-Control-Allow-Origin` for an allowed origin: `*`, or the origin itself.
+    /// `Access-Control-Allow-Origin` for an allowed origin: `*`, or the origin itself (an
+    /// exact one as made at load when it came byte for byte as configured).
     fn allow_origin_value(&self, origin: &[u8]) -> Option<HeaderValue> {
         if self.wildcard {
-            Some(HeaderValue::from_static("*"))
-        } else {
-            HeaderValue::from_bytes(origin).ok()
+            return Some(HeaderValue::from_static("*"));
         }
+        if let Some(made) = self.exact_values.iter().find(|v| v.as_bytes() == origin) {
+            return Some(made.clone());
+        }
+        HeaderValue::from_bytes(origin).ok()
     }
 
     /// The preflight's answer: 204 with what is allowed, or 403 saying what is not.

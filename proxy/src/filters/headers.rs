@@ -174,8 +174,10 @@ impl Filter for Headers {
         request: &dyn RequestView,
         state: &mut FilterState,
     ) -> Verdict {
-        let mut upstream = HeaderEdits::default();
-        let mut response = HeaderEdits::default();
+        // The edits are made to the state's own lists, taken out while the values render
+        // from the rest of the state (no list of their own to copy over).
+        let mut upstream = std::mem::take(&mut state.upstream);
+        let mut response = std::mem::take(&mut state.response);
         {
             let cx = Context {
                 route,
@@ -185,8 +187,8 @@ impl Filter for Headers {
             self.request.edit(&cx, &mut upstream);
             self.response.edit(&cx, &mut response);
         }
-        state.upstream.extend(upstream);
-        state.response.extend(response);
+        state.upstream = upstream;
+        state.response = response;
         Verdict::Continue
     }
 }

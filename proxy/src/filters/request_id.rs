@@ -62,9 +62,12 @@ fn new_id() -> HeaderValue {
     fastrand::fill(&mut random);
     let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = uuid.hyphenated().encode_lower(&mut text);
-    // A hyphenated UUID is ASCII hex digits and hyphens: a valid header value.
-    HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"))
+    uuid.hyphenated().encode_lower(&mut text);
+    // A hyphenated UUID is ASCII hex digits and hyphens: a valid header value. Its bytes
+    // are shared from the start: the copies upstream, on the response and in the log are
+    // reference counts, not allocations.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .unwrap_or(HeaderValue::from_static("-"))
 }
 
 impl Filter for RequestId {

@@ -97,12 +97,14 @@ fn parse(value: &[u8]) -> Option<Parent<'_>> {
     Some(Parent { trace_id, flags })
 }
 
-/// Random lower-case hex, never all zeros.
+/// Random lower-case hex, never all zeros (`out` is at most 32 digits: one `u128`).
 fn random_hex(out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     loop {
+        let mut bits = fastrand::u128(..);
         for b in out.iter_mut() {
-            *b = HEX[fastrand::usize(..16)];
+            *b = HEX[(bits & 0xf) as usize];
+            bits >>= 4;
         }
         if !all_zero(out) {
             return;
@@ -149,8 +151,9 @@ impl TraceContext {
             }
         }
         random_hex(&mut text[36..52]);
-        // Lower-case hex digits and hyphens: always a valid header value.
-        HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static(
+        // Lower-case hex digits and hyphens: always a valid header value; shared from the
+        // start (the upstream's copy and the log's are reference counts).
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).unwrap_or(HeaderValue::from_static(
             "00-00000000000000000000000000000001-0000000000000001-00",
         ))
     }

@@ -647,22 +647,18 @@ fn edit_response_head(head: &mut Vec<u8>, edits: &HeaderEdits) {
         return;
     }
     // The status line is kept as it is.
-    let Some(mut read) = head.iter().position(|&b| b == b'\n').map(|p| p + 1) else {
+    let Some(mut read) = memchr::memchr(b'\n', head).map(|p| p + 1) else {
         return;
     };
     let mut write = read;
     // Field lines until the blank line, compacted over the ones that go.
     while read < head.len() && head[read] != b'\r' && head[read] != b'\n' {
-        let end = head[read..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(head.len(), |p| read + p + 1);
-        let name_end = head[read..end]
-            .iter()
-            .position(|&b| b == b':')
-            .map_or(end, |p| read + p);
+        let end = memchr::memchr(b'\n', &head[read..]).map_or(head.len(), |p| read + p + 1);
+        let name_end = memchr::memchr(b':', &head[read..end]).map_or(end, |p| read + p);
         if !edits.replaces_bytes(&head[read..name_end]) {
-            head.copy_within(read..end, write);
+            if write != read {
+                head.copy_within(read..end, write);
+            }
             write += end - read;
         }
         read = end;
@@ -671,11 +667,16 @@ fn edit_response_head(head: &mut Vec<u8>, edits: &HeaderEdits) {
         head.copy_within(read.., write);
         head.truncate(head.len() - (read - write));
     }
-    let mut added = Vec::new();
+    // The added fields are written at the end, then turned into place before the blank
+    // line: no second buffer.
+    let before = head.len();
     for (name, value) in edits.added() {
-        sluice_http1::fields::put_field(&mut added, name.as_str().as_bytes(), value.as_bytes());
+        sluice_http1::fields::put_field(head, name.as_str().as_bytes(), value.as_bytes());
     }
-    head.splice(write..write, added);
+    let added = head.len() - before;
+    if added > 0 {
+        head[write..].rotate_right(added);
+    }
 }
 
 /// The client side of a connection.
