@@ -18,6 +18,7 @@ mod request_id;
 mod rewrite;
 mod template;
 mod trace_context;
+mod traffic_split;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use crate::gateway::failure::Answer;
 use crate::metrics::Metrics;
 
 /// The filter kinds this build knows.
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 15] = [
     "key-auth",
     "basic-auth",
     "jwt",
@@ -45,6 +46,7 @@ pub const KINDS: [&str; 14] = [
     "trace-context",
     "redirect",
     "rewrite",
+    "traffic-split",
 ];
 
 /// Why a filter could not be built: the key and the reason.
@@ -163,6 +165,7 @@ fn build_one(
         "trace-context" => Arc::new(trace_context::TraceContext::build(name, &spec.table)?),
         "redirect" => Arc::new(redirect::Redirect::build(name, &spec.table)?),
         "rewrite" => Arc::new(rewrite::Rewrite::build(name, &spec.table)?),
+        "traffic-split" => Arc::new(traffic_split::TrafficSplit::build(name, &spec.table)?),
         other => {
             return Err(FilterError::new(
                 name,

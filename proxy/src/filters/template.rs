@@ -293,7 +293,13 @@ mod tests {
             TemplateError::Unclosed
         );
         assert!(ValueTemplate::parse("bad\nvalue").is_err());
-        for ip in ["0.0.0.0", "10.20.3.255", "192.168.100.9", "::1", "2001:db8::7"] {
+        for ip in [
+            "0.0.0.0",
+            "10.20.3.255",
+            "192.168.100.9",
+            "::1",
+            "2001:db8::7",
+        ] {
             let mut out = String::new();
             push_ip(&mut out, ip.parse().unwrap());
             assert_eq!(out, ip);

@@ -153,9 +153,9 @@ impl TraceContext {
         random_hex(&mut text[36..52]);
         // Lower-case hex digits and hyphens: always a valid header value; shared from the
         // start (the upstream's copy and the log's are reference counts).
-        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).unwrap_or(HeaderValue::from_static(
-            "00-00000000000000000000000000000001-0000000000000001-00",
-        ))
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).unwrap_or(
+            HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-00"),
+        )
     }
 }
 
@@ -187,7 +187,11 @@ impl Filter for TraceContext {
             .and_then(|v| HeaderValue::from_bytes(&v).ok());
         match tracestate {
             Some(value) => state.upstream.push(HeaderEdit::Set(TRACESTATE, value)),
-            None => state.upstream.push(HeaderEdit::Remove(TRACESTATE)),
+            // One the client sent goes with its trace or not at all.
+            None if request.field(TRACESTATE.as_str()).is_some() => {
+                state.upstream.push(HeaderEdit::Remove(TRACESTATE));
+            }
+            None => {}
         }
         if self.response {
             state

@@ -10,7 +10,7 @@ use pingora::ErrorType;
 
 use super::engine::filters::HeaderEdits;
 use super::engine::PickFailure;
-use super::Route;
+use super::{Backend, Route};
 
 /// What the gateway answers itself, and why.
 #[derive(Debug)]
@@ -177,10 +177,10 @@ pub(crate) fn is_timeout(error: &ErrorType) -> bool {
 /// The gateway's answer to `failure` on `route`, whose last try went to `upstream`.
 pub(crate) fn answer(
     failure: Failure<'_>,
-    route: Option<&Route>,
+    target: Option<(&Route, &Backend)>,
     upstream: Option<SocketAddr>,
 ) -> Answer {
-    let service = route.map_or("", |r| r.spec.service.as_str());
+    let service = target.map_or("", |(_, b)| b.service());
     match failure {
         Failure::NoRoute { host, path } => Answer::plain(
             404,
@@ -194,8 +194,8 @@ pub(crate) fn answer(
         ),
         Failure::NoInstance => Answer::plain(
             503,
-            route
-                .map(no_instance_body)
+            target
+                .map(|(route, backend)| no_instance_body(route, backend))
                 .unwrap_or_else(|| status_body(503)),
             "HTTPStatus",
         ),
@@ -236,10 +236,11 @@ pub(crate) fn status_body(status: u16) -> String {
 }
 
 /// The 503 body when a route's service has no eligible instance.
-fn no_instance_body(route: &Route) -> String {
+fn no_instance_body(route: &Route, backend: &Backend) -> String {
     format!(
         "sluice: no eligible instance of service \"{}\" (route \"{}\")\n",
-        route.spec.service, route.spec.name
+        backend.service(),
+        route.spec.name
     )
 }
 

@@ -18,4 +18,4 @@ mod router;
 pub use fast::{answer as local_answer, FastPath, Served};
 pub use peer::{CaError, UpstreamTls};
 pub use proxy::{Gateway, HeaderLimits};
-pub use router::{Route, Router, RouterError, DEFAULT_CONNECT_TIMEOUT};
+pub use router::{Backend, Route, Router, RouterError, DEFAULT_CONNECT_TIMEOUT};

@@ -367,7 +367,8 @@ impl ProxyHttp for Gateway {
                 "no route in context",
             ));
         };
-        let pool = route.slot.load();
+        let backend = route.backend(ctx.backend);
+        let pool = backend.slot.load();
         let view = SessionView::new(session, &self.engine);
         let picked = match self.engine.next_try(ctx, &pool, &view) {
             Ok(picked) => picked,
@@ -384,7 +385,7 @@ impl ProxyHttp for Gateway {
                 ));
             }
         };
-        let mut peer = route.upstream_tls.peer(&picked.member.spec, picked.addr);
+        let mut peer = backend.upstream_tls.peer(&picked.member.spec, picked.addr);
         peer.options.connection_timeout = Some(ctx.timeouts.connect);
         peer.options.read_timeout = Some(ctx.timeouts.io);
         peer.options.write_timeout = Some(ctx.timeouts.io);
@@ -469,11 +470,11 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let route = ctx.route.as_deref();
+        let target = ctx.target();
         let reply = match e.etype() {
             ErrorType::HTTPStatus(503) if ctx.pick_failure.is_some() => {
                 let failure = ctx.pick_failure.map_or(Failure::NoInstance, Failure::from);
-                Some(failure::answer(failure, route, None))
+                Some(failure::answer(failure, target, None))
             }
             ErrorType::HTTPStatus(413) => Some(Answer::plain(
                 413,
@@ -488,7 +489,7 @@ impl ProxyHttp for Gateway {
             _ => match e.esource() {
                 ErrorSource::Upstream => Some(failure::answer(
                     Failure::Upstream(e.etype()),
-                    route,
+                    target,
                     ctx.upstream,
                 )),
                 ErrorSource::Downstream => match e.etype() {

@@ -17,21 +17,36 @@ use crate::strategy::{RequestHeaders, Strategy, StrategySet};
 /// Default time allowed to establish an upstream connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A route ready to serve: config, service slot, strategy and metric handles.
-pub struct Route {
-    pub spec: RouteSpec,
+/// A service a route sends requests to: its slot, how its instances are reached, and the
+/// route's metric handles for it. A route has its own service and, with a `traffic-split`
+/// filter, the services the filter may choose.
+pub struct Backend {
     pub slot: Arc<ServiceSlot>,
-    pub strategy: Arc<dyn Strategy>,
     pub connect_timeout: Duration,
-    /// Idle upstream connections of this route are closed after this long.
-    pub idle_timeout: Duration,
     /// Consecutive failures that ask for an ejection (`passive`), if configured.
     pub eject_after: Option<u32>,
     /// How the service's `https`/`grpcs` instances are verified.
     pub upstream_tls: Arc<UpstreamTls>,
+    pub(crate) metrics: RouteMetrics,
+}
+
+impl Backend {
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        self.slot.name()
+    }
+}
+
+/// A route ready to serve: config, backends, strategy and metric handles.
+pub struct Route {
+    pub spec: RouteSpec,
+    /// The route's own service first, then those its filters may send requests to.
+    pub backends: Box<[Backend]>,
+    pub strategy: Arc<dyn Strategy>,
+    /// Idle upstream connections of this route are closed after this long.
+    pub idle_timeout: Duration,
     /// `[log] access_log`: reloaded with the routes, on both request paths.
     pub access_log: bool,
-    pub(crate) metrics: RouteMetrics,
     /// `[proxy] filters`, then the route's own, in order.
     pub(crate) filters: FilterChain,
 }
@@ -50,10 +65,31 @@ impl Route {
         self.spec.hash_on.as_ref()
     }
 
+    /// The route's own service.
+    pub fn own(&self) -> &Backend {
+        // Built with the own backend first, always (Router::build).
+        &self.backends[0]
+    }
+
+    /// Backend number `index` (the own one for an index out of range).
+    pub fn backend(&self, index: usize) -> &Backend {
+        self.backends.get(index).unwrap_or_else(|| self.own())
+    }
+
+    /// The number of the backend for `service`, if the route has one.
+    pub(crate) fn backend_index(&self, service: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.service() == service)
+    }
+
+    /// Whether every backend's instances are plain `http` (the fast path serves only those).
+    pub(crate) fn all_plain_http(&self) -> bool {
+        self.backends.iter().all(|b| b.slot.load().all_plain_http())
+    }
+
     /// Counts the answer of the chain's filter number `filter`.
     pub(crate) fn count_rejection(&self, filter: usize, status: u16) {
         if let Some(filter) = self.filters.filters().get(filter) {
-            self.metrics.rejected(filter.name(), status);
+            self.own().metrics.rejected(filter.name(), status);
         }
     }
 
@@ -123,7 +159,7 @@ impl Router {
     ) -> Result<Self, RouterError> {
         let filters = FilterSet::build(config, directory.metrics(), previous.map(|p| &p.filters))?;
         let mut routes = Vec::with_capacity(config.routes.len());
-        let mut upstream_tls: HashMap<&str, Arc<UpstreamTls>> = HashMap::new();
+        let mut upstream_tls: HashMap<String, Arc<UpstreamTls>> = HashMap::new();
         for (index, spec) in config.routes.iter().enumerate() {
             let strategy = strategies
                 .get(&spec.strategy)
@@ -131,31 +167,43 @@ impl Router {
                     index,
                     name: spec.strategy.name().to_string(),
                 })?;
-            let policy = config.service_policy(&spec.service);
-            let tls = match upstream_tls.get(spec.service.as_str()) {
-                Some(tls) => tls.clone(),
-                None => {
-                    let tls =
-                        Arc::new(UpstreamTls::load(&policy.upstream_tls).map_err(|source| {
-                            RouterError::UpstreamTls {
-                                service: spec.service.clone(),
-                                source,
-                            }
-                        })?);
-                    upstream_tls.insert(&spec.service, tls.clone());
-                    tls
+            let chain = filters.chain(config.proxy.filters.iter().chain(&spec.filters));
+            let mut services: Vec<&str> = vec![spec.service.as_str()];
+            for service in chain.filters().iter().flat_map(|f| f.services()) {
+                if !services.contains(&service.as_str()) {
+                    services.push(service);
                 }
-            };
+            }
+            let mut backends = Vec::with_capacity(services.len());
+            for service in services {
+                let policy = config.service_policy(service);
+                let tls = match upstream_tls.get(service) {
+                    Some(tls) => tls.clone(),
+                    None => {
+                        let tls = Arc::new(UpstreamTls::load(&policy.upstream_tls).map_err(
+                            |source| RouterError::UpstreamTls {
+                                service: service.to_string(),
+                                source,
+                            },
+                        )?);
+                        upstream_tls.insert(service.to_string(), tls.clone());
+                        tls
+                    }
+                };
+                backends.push(Backend {
+                    slot: directory.slot(service),
+                    connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                    eject_after: policy.passive.as_ref().map(|p| p.consecutive_failures),
+                    upstream_tls: tls,
+                    metrics: RouteMetrics::new(directory.metrics(), &spec.name, service),
+                });
+            }
             routes.push(Arc::new(Route {
-                slot: directory.slot(&spec.service),
+                backends: backends.into_boxed_slice(),
                 strategy,
-                connect_timeout: policy.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
                 idle_timeout: config.proxy.upstream_idle_timeout,
-                eject_after: policy.passive.as_ref().map(|p| p.consecutive_failures),
-                upstream_tls: tls,
                 access_log: config.log.access_log,
-                metrics: RouteMetrics::new(directory.metrics(), &spec.name, &spec.service),
-                filters: filters.chain(config.proxy.filters.iter().chain(&spec.filters)),
+                filters: chain,
                 spec: spec.clone(),
             }));
         }

@@ -56,7 +56,11 @@ impl Engine {
         let route = &**record.route.insert(route);
         if let Some(limit) = route.spec.max_body_bytes {
             if request.declared_body_len().is_some_and(|n| n > limit) {
-                let answer = failure::answer(Failure::BodyTooLarge(limit), Some(route), None);
+                let answer = failure::answer(
+                    Failure::BodyTooLarge(limit),
+                    Some((route, route.own())),
+                    None,
+                );
                 return Admission::Answer(answer);
             }
         }
@@ -66,12 +70,17 @@ impl Engine {
                 route.count_rejection(rejection.filter, rejection.answer.status);
                 return Admission::Answer(rejection.answer);
             }
+            if let Some(service) = &state.service {
+                record.backend = route.backend_index(service).unwrap_or(0);
+            }
         }
-        if route.slot.load().eligible_len() == 0 && !self.directory.is_ready() {
+        let backend = route.backend(record.backend);
+        if backend.slot.load().eligible_len() == 0 && !self.directory.is_ready() {
             self.directory.wait_ready(FIRST_SYNC_WAIT).await;
         }
-        if route.slot.load().eligible_len() == 0 {
-            return Admission::Answer(failure::answer(Failure::NoInstance, Some(route), None));
+        if backend.slot.load().eligible_len() == 0 {
+            let answer = failure::answer(Failure::NoInstance, Some((route, backend)), None);
+            return Admission::Answer(answer);
         }
         if let Some(hash_on) = route.hash_on() {
             record.hash = hash_request(hash_on, request);

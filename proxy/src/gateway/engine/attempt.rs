@@ -69,7 +69,7 @@ impl Engine {
         let socket = member.socket.ok_or(PickFailure::NoAddress)?;
         let cap = |d: std::time::Duration| remaining.map_or(d, |r| d.min(r));
         record.timeouts = TryTimeouts {
-            connect: cap(route.connect_timeout),
+            connect: cap(route.backend(record.backend).connect_timeout),
             io: cap(route.spec.timeout),
         };
         // The previous try's in-flight count ends before this one's starts.
@@ -131,14 +131,14 @@ impl Engine {
     /// One more consecutive failure of the try's instance; at the route's `passive`
     /// threshold, an ejection is asked for.
     fn count_failure(&self, record: &RequestRecord) {
-        let (Some(attempt), Some(route)) = (&record.attempt, &record.route) else {
+        let (Some(attempt), Some((_, backend))) = (&record.attempt, record.target()) else {
             return;
         };
         let live = attempt.live();
         live.record_failure();
-        if let (Some(threshold), Some(ejections)) = (route.eject_after, &self.ejections) {
+        if let (Some(threshold), Some(ejections)) = (backend.eject_after, &self.ejections) {
             if live.failures() == threshold {
-                ejections.request(route.slot.name_arc());
+                ejections.request(backend.slot.name_arc());
             }
         }
     }

@@ -33,6 +33,12 @@ pub(crate) trait Filter: Send + Sync + fmt::Debug {
 
     /// After the request ended with `status` (sent or not: 499 when the client left).
     fn on_end(&self, _status: u16, _state: &FilterState) {}
+
+    /// The services this filter may send a request to instead of the route's own: the
+    /// route gets a backend for each.
+    fn services(&self) -> &[String] {
+        &[]
+    }
 }
 
 /// A filter's decision on a request.
@@ -87,6 +93,9 @@ pub(crate) struct FilterState {
     pub(crate) path: Option<String>,
     /// The query as forwarded, when a filter changed it (`Some("")`: none).
     pub(crate) query: Option<String>,
+    /// The service a filter chose for the request (`traffic-split`): one of the route's
+    /// backends.
+    pub(crate) service: Option<Arc<str>>,
     /// What the request holds until it ends (a concurrency slot): dropped with the record,
     /// however the request ends.
     pub(crate) held: Held,

@@ -26,9 +26,9 @@ impl Engine {
         now: Instant,
     ) {
         let elapsed = now.saturating_duration_since(record.start);
-        let access_log = match &record.route {
-            Some(route) => {
-                route.metrics.record(record.status, elapsed);
+        let access_log = match record.target() {
+            Some((route, backend)) => {
+                backend.metrics.record(record.status, elapsed);
                 if let Some(state) = &record.filters {
                     route.filters.on_end(record.status, state);
                 }
@@ -44,7 +44,7 @@ impl Engine {
                 path: line.path,
                 status: record.status,
                 route: route.map_or("", |r| r.spec.name.as_str()),
-                service: route.map_or("", |r| r.spec.service.as_str()),
+                service: record.target().map_or("", |(_, b)| b.service()),
                 instance: record.instance_id(),
                 via,
                 upstream: record.upstream,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::super::Route;
+use super::super::{Backend, Route};
 use super::filters::FilterState;
 use super::PickFailure;
 use crate::gateway::failure::Answer;
@@ -100,6 +100,9 @@ pub struct RequestRecord {
     /// What the route's filters keep between their phases; `None` on a route without
     /// filters (nothing allocated).
     pub(crate) filters: Option<Box<FilterState>>,
+    /// Which of the route's backends serves the request (0: its own service; a
+    /// `traffic-split` filter may choose another).
+    pub(crate) backend: usize,
     /// This request in `active_requests()` until the record drops.
     _active: InFlightHold,
 }
@@ -128,6 +131,12 @@ impl RequestRecord {
         Self::starting_at(Instant::now())
     }
 
+    /// The route and the backend serving the request, once it has a route.
+    pub(crate) fn target(&self) -> Option<(&Route, &Backend)> {
+        let route = self.route.as_deref()?;
+        Some((route, route.backend(self.backend)))
+    }
+
     /// A record of a request that began at `start` (a clock read the caller already has).
     pub(crate) fn starting_at(start: Instant) -> Self {
         Self {
@@ -147,6 +156,7 @@ impl RequestRecord {
             error: "",
             bytes_sent: 0,
             filters: None,
+            backend: 0,
             _active: InFlightHold::new(),
         }
     }

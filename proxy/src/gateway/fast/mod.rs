@@ -275,11 +275,11 @@ impl FastPath {
         else {
             return Ok(None);
         };
-        let pool = route.slot.load();
-        if pool.eligible_len() == 0 {
+        if route.own().slot.load().eligible_len() == 0 {
             return Err(Handoff::NoEligibleInstance);
         }
-        if !pool.all_plain_http() {
+        // Every backend a filter may choose, so the choice never needs the other path.
+        if !route.all_plain_http() {
             return Err(Handoff::NotPlainHttp);
         }
         Ok(Some(route))
@@ -380,7 +380,7 @@ impl FastPath {
         bufs.request.extend_from_slice(body);
         let mut last_error = None;
         loop {
-            let pool = route.slot.load();
+            let pool = route.backend(record.backend).slot.load();
             if !pool.all_plain_http() {
                 // The pool changed under the request. A first try goes to pingora unless the
                 // filters already ran (they run once per request); a retry ends with the
@@ -612,7 +612,7 @@ impl FastPath {
         record: &mut RequestRecord,
         failure: Failure<'_>,
     ) -> Outcome {
-        let reply = failure::answer(failure, record.route.as_deref(), record.upstream);
+        let reply = failure::answer(failure, record.target(), record.upstream);
         self.reply(client, record, reply, true).await
     }
 

@@ -5,6 +5,7 @@ mod cors;
 mod jwt;
 mod redis_limit;
 mod rules;
+mod split;
 
 use std::time::Duration;
 
