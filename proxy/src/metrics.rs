@@ -32,6 +32,7 @@ pub struct Metrics {
     pub fast_path_handoffs_total: IntCounterVec,
     pub filter_rejections_total: IntCounterVec,
     pub filter_store_errors_total: IntCounterVec,
+    pub filter_mirrored_total: IntCounterVec,
 }
 
 /// Pick-duration buckets in seconds: 50 ns to 1 ms.
@@ -210,6 +211,14 @@ impl Metrics {
                     "sluice_filter_store_errors_total",
                     "Requests whose filter store (a rate limit's Redis) failed, timed out or was down; on_error decided them.",
                     &["filter"],
+                ),
+            ),
+            filter_mirrored_total: register(
+                &registry,
+                counter(
+                    "sluice_filter_mirrored_total",
+                    "Request copies of a mirror filter, by how they went: sent (answered), failed (connect, I/O or timeout), skipped (in-flight cap, body too large or chunked, no plain-http instance).",
+                    &["filter", "result"],
                 ),
             ),
             strategy_reloads_total: register(

@@ -12,6 +12,7 @@ mod headers;
 mod ip;
 mod jwt;
 mod key_auth;
+mod mirror;
 mod rate_limit;
 mod redirect;
 mod request_id;
@@ -28,10 +29,12 @@ use serde::de::DeserializeOwned;
 use crate::config::{Config, FilterSpec};
 use crate::gateway::engine::filters::{Filter, FilterChain};
 use crate::gateway::failure::Answer;
-use crate::metrics::Metrics;
+use crate::pool::Directory;
+
+pub(crate) use mirror::PendingMirror;
 
 /// The filter kinds this build knows.
-pub const KINDS: [&str; 15] = [
+pub const KINDS: [&str; 16] = [
     "key-auth",
     "basic-auth",
     "jwt",
@@ -47,6 +50,7 @@ pub const KINDS: [&str; 15] = [
     "redirect",
     "rewrite",
     "traffic-split",
+    "mirror",
 ];
 
 /// Why a filter could not be built: the key and the reason.
@@ -96,7 +100,7 @@ impl FilterSet {
     /// (key files are read again).
     pub fn build(
         config: &Config,
-        metrics: &Metrics,
+        directory: &Directory,
         previous: Option<&FilterSet>,
     ) -> Result<Self, FilterError> {
         let mut built = BTreeMap::new();
@@ -106,7 +110,7 @@ impl FilterSet {
                 .filter(|old| old.spec == *spec && keeps_state(spec));
             let filter = match kept {
                 Some(old) => old.filter.clone(),
-                None => build_one(name, spec, metrics)?,
+                None => build_one(name, spec, directory)?,
             };
             built.insert(
                 name.clone(),
@@ -148,8 +152,9 @@ fn keeps_state(spec: &FilterSpec) -> bool {
 fn build_one(
     name: &str,
     spec: &FilterSpec,
-    metrics: &Metrics,
+    directory: &Directory,
 ) -> Result<Arc<dyn Filter>, FilterError> {
+    let metrics = directory.metrics();
     let filter: Arc<dyn Filter> = match spec.kind.as_str() {
         "key-auth" => Arc::new(key_auth::KeyAuth::build(name, &spec.table)?),
         "basic-auth" => Arc::new(basic_auth::BasicAuth::build(name, &spec.table)?),
@@ -166,6 +171,12 @@ fn build_one(
         "redirect" => Arc::new(redirect::Redirect::build(name, &spec.table)?),
         "rewrite" => Arc::new(rewrite::Rewrite::build(name, &spec.table)?),
         "traffic-split" => Arc::new(traffic_split::TrafficSplit::build(name, &spec.table)?),
+        "mirror" => Arc::new(mirror::Mirror::build(
+            name,
+            &spec.table,
+            directory.metrics(),
+            |s| directory.slot(s),
+        )?),
         other => {
             return Err(FilterError::new(
                 name,
@@ -226,6 +237,7 @@ fn reject(status: u16, body: String) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
     #[test]
     fn the_reference_config_shows_every_kind_and_its_filters_build() {
@@ -239,13 +251,13 @@ mod tests {
                 "config/reference.toml shows no {kind} filter"
             );
         }
-        let metrics = Metrics::new();
+        let directory = Directory::new(Arc::new(Metrics::new()), &[]);
         for (name, spec) in &config.filters {
             // Those that read files or reach the network at build are left to the e2e suites.
             if ["jwt", "basic-auth"].contains(&spec.kind.as_str()) {
                 continue;
             }
-            if let Err(e) = build_one(name, spec, &metrics) {
+            if let Err(e) = build_one(name, spec, &directory) {
                 panic!("config/reference.toml: {e}");
             }
         }

@@ -208,6 +208,12 @@ impl RequestView for SessionView<'_> {
             visit(value.as_bytes());
         }
     }
+
+    fn each_field_of_all(&self, visit: &mut dyn FnMut(&str, &[u8])) {
+        for (name, value) in &self.req.headers {
+            visit(name.as_str(), value.as_bytes());
+        }
+    }
 }
 
 /// A pingora header block the chain's edits are made to (the upstream request, the
@@ -325,7 +331,13 @@ impl ProxyHttp for Gateway {
             self.engine.admit(ctx, route, &view).await
         };
         match admission {
-            Admission::Forward => Ok(false),
+            Admission::Forward => {
+                let state = ctx.filters.as_mut();
+                if let Some(mirror) = state.and_then(|s| s.mirror.take_if(|m| !m.awaits_body())) {
+                    mirror.send(Some(b""));
+                }
+                Ok(false)
+            }
             Admission::Answer(reply) => {
                 let reply = ctx.dress(reply);
                 ctx.error = reply.error;
@@ -339,9 +351,19 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if let Some(state) = ctx.filters.as_mut() {
+            if let Some(mirror) = state.mirror.as_mut() {
+                mirror.push_body(body.as_deref().unwrap_or_default());
+                if end_of_stream {
+                    if let Some(mirror) = state.mirror.take() {
+                        mirror.send(None);
+                    }
+                }
+            }
+        }
         let Some(limit) = ctx.route.as_ref().and_then(|r| r.spec.max_body_bytes) else {
             return Ok(());
         };

@@ -157,7 +157,7 @@ impl Router {
         strategies: &StrategySet,
         previous: Option<&Router>,
     ) -> Result<Self, RouterError> {
-        let filters = FilterSet::build(config, directory.metrics(), previous.map(|p| &p.filters))?;
+        let filters = FilterSet::build(config, directory, previous.map(|p| &p.filters))?;
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut upstream_tls: HashMap<String, Arc<UpstreamTls>> = HashMap::new();
         for (index, spec) in config.routes.iter().enumerate() {

@@ -96,6 +96,8 @@ pub(crate) struct FilterState {
     /// The service a filter chose for the request (`traffic-split`): one of the route's
     /// backends.
     pub(crate) service: Option<Arc<str>>,
+    /// A copy of the request for a shadow service (`mirror`), sent once its body is in.
+    pub(crate) mirror: Option<Box<crate::filters::PendingMirror>>,
     /// What the request holds until it ends (a concurrency slot): dropped with the record,
     /// however the request ends.
     pub(crate) held: Held,

@@ -24,6 +24,8 @@ pub(crate) trait RequestView: RequestHeaders {
     fn proto(&self) -> &'static str;
     /// Every field named `name` (any case), in the order they came.
     fn each_field(&self, name: &str, visit: &mut dyn FnMut(&[u8]));
+    /// Every field, name and value, in the order they came.
+    fn each_field_of_all(&self, visit: &mut dyn FnMut(&str, &[u8]));
 }
 
 /// The `request_hash` of a request for `hash_on`: the same on both paths and in every

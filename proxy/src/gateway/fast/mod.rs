@@ -125,6 +125,12 @@ impl RequestView for FastView<'_, '_, '_> {
             }
         }
     }
+
+    fn each_field_of_all(&self, visit: &mut dyn FnMut(&str, &[u8])) {
+        for field in self.head.fields {
+            visit(field.name, field.value);
+        }
+    }
 }
 
 impl FastPath {
@@ -330,6 +336,10 @@ impl FastPath {
                 self.reply(client, &mut record, reply, close).await
             }
             Admission::Forward => {
+                if let Some(mirror) = record.filters.as_mut().and_then(|s| s.mirror.take()) {
+                    // The fast path has the whole body before the engine admits a request.
+                    mirror.send(Some(body));
+                }
                 bufs.response = buffers::lend();
                 let outcome = self
                     .forward(&view, body, client, bufs, shutdown, &mut record)
