@@ -312,3 +312,23 @@ fn shipped_configs_check_or_parse() {
     }
     assert!(seen >= 3, "example configs found: {seen}");
 }
+
+#[test]
+fn a_route_that_can_never_match_is_named_with_the_route_that_takes_its_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(
+        dir.path(),
+        "[[routes]]\npath_prefix = \"/api\"\nservice = \"svc\"\n\n\
+         [[routes]]\npath_prefix = \"/api\"\nservice = \"svc\"\nname = \"shadowed\"\n\n\
+         [[routes]]\npath_prefix = \"/api\"\nservice = \"svc\"\nmethods = [\"GET\"]\n",
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("routes[1]"), "{stderr}");
+    assert!(stderr.contains("can never match"), "{stderr}");
+    assert!(stderr.contains("routes[0]"), "{stderr}");
+    assert!(
+        !stderr.contains("routes[2]"),
+        "a route with a method is reachable: {stderr}"
+    );
+}

@@ -437,3 +437,78 @@ async fn work_stealing_serves_through_one_shared_runtime_on_pingoras_path() {
     assert_eq!(log.matches("via=\"pingora\"").count(), 20, "{log}");
     gw.wait_in_flight_zero("svc").await;
 }
+
+#[tokio::test]
+async fn routes_match_by_method_and_header_with_the_documented_precedence() {
+    let reads = Upstream::start("reads").await;
+    let writes = Upstream::start("writes").await;
+    let acme = Upstream::start("acme").await;
+    let services = format!(
+        "[services.reads]\ninstances = [{}]\n[services.writes]\ninstances = [{}]\n\
+         [services.acme]\ninstances = [{}]\n",
+        reads.instance(),
+        writes.instance(),
+        acme.instance()
+    );
+    // File order is the opposite of precedence: more conditions win at equal prefix length.
+    let rest = r#"
+[[routes]]
+path_prefix = "/api"
+service = "reads"
+
+[[routes]]
+path_prefix = "/api"
+service = "writes"
+methods = ["post", "PUT"]
+
+[[routes]]
+path_prefix = "/api"
+service = "acme"
+methods = ["POST"]
+headers = { "X-Tenant" = "acme" }
+
+[[routes]]
+path_prefix = "/api/admin"
+service = "reads"
+methods = ["DELETE"]
+"#;
+    let gw = Gateway::start(rest, &services).await;
+    let http = client();
+    let id = |resp: reqwest::Response| {
+        let status = resp.status().as_u16();
+        let id = resp
+            .headers()
+            .get("x-upstream-id")
+            .map(|v| v.to_str().unwrap().to_string());
+        (status, id)
+    };
+    let at = |path: &str| gw.url(path);
+    let r = http.get(at("/api/x")).send().await.unwrap();
+    assert_eq!(id(r), (200, Some("reads".into())));
+    let r = http.post(at("/api/x")).send().await.unwrap();
+    assert_eq!(id(r), (200, Some("writes".into())));
+    let r = http.put(at("/api/x")).send().await.unwrap();
+    assert_eq!(id(r), (200, Some("writes".into())));
+    let r = http
+        .post(at("/api/x"))
+        .header("x-tenant", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(id(r), (200, Some("acme".into())));
+    // The header's value is exact: another tenant is an ordinary POST.
+    let r = http
+        .post(at("/api/x"))
+        .header("x-tenant", "Acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(id(r), (200, Some("writes".into())));
+    // The longer prefix wins first, but only for its method; anything else falls back.
+    let r = http.delete(at("/api/admin/1")).send().await.unwrap();
+    assert_eq!(id(r), (200, Some("reads".into())));
+    let r = http.patch(at("/api/admin/1")).send().await.unwrap();
+    assert_eq!(id(r), (200, Some("reads".into())), "the /api catch-all");
+    assert_eq!(writes.hits(), 3);
+    assert_eq!(acme.hits(), 1);
+}
