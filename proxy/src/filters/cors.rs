@@ -210,9 +210,8 @@ impl Cors {
         let max_age = match settings.max_age.as_deref() {
             None => None,
             Some(text) => {
-                let age = humantime::parse_duration(text.trim()).map_err(|e| {
-                    FilterError::new(name, "max_age", format!("{text:?}: {e} (e.g. \"10m\")"))
-                })?;
+                let day = std::time::Duration::from_secs(24 * 3600);
+                let age = super::duration(name, "max_age", text, day)?;
                 Some(HeaderValue::from(age.as_secs()))
             }
         };

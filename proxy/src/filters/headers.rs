@@ -32,19 +32,6 @@ struct RuleSettings {
     remove: Vec<String>,
 }
 
-/// Fields that frame the message or belong to one connection: the gateway writes them
-/// itself, a rule may not.
-const FRAMING: [&str; 8] = [
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
 /// Fields the gateway sets on every upstream request (`X-Forwarded-*`).
 const FORWARDED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
@@ -77,7 +64,7 @@ impl Rules {
             let key = format!("{}.{op}", side.key());
             let header = HeaderName::from_bytes(text.trim().as_bytes())
                 .map_err(|_| FilterError::new(name, &key, format!("bad header name {text:?}")))?;
-            let refused = FRAMING.contains(&header.as_str())
+            let refused = super::frames_or_hops(header.as_str())
                 || (side == Side::Request && FORWARDED.contains(&header.as_str()))
                 || (header == http::header::HOST && (side == Side::Response || op != "set"));
             if refused {

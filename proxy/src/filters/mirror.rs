@@ -36,19 +36,8 @@ const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 const DEFAULT_MAX_BODY: u64 = 64 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Fields not copied: they frame the message or belong to the client's connection (the copy
-/// has its own `content-length` and `connection: close`).
-const NOT_COPIED: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "transfer-encoding",
-    "content-length",
-    "x-sluice-mirror",
-];
+/// The field that marks a copy (one from the client is not passed on).
+const MARK: &str = "x-sluice-mirror";
 
 /// How the copies of one filter went.
 #[derive(Debug)]
@@ -103,16 +92,7 @@ impl Mirror {
         }
         let timeout = match settings.timeout.as_deref() {
             None => DEFAULT_TIMEOUT,
-            Some(text) => humantime::parse_duration(text.trim())
-                .ok()
-                .filter(|t| !t.is_zero() && *t <= Duration::from_secs(300))
-                .ok_or_else(|| {
-                    FilterError::new(
-                        name,
-                        "timeout",
-                        format!("{text:?}: expected a duration up to 5m, such as \"5s\""),
-                    )
-                })?,
+            Some(text) => super::duration(name, "timeout", text, Duration::from_secs(300))?,
         };
         let family = &metrics.filter_mirrored_total;
         let outcome = |result: &str| family.with_label_values(&[name, result]);
@@ -283,7 +263,9 @@ impl Filter for Mirror {
         }
         head.extend_from_slice(b" HTTP/1.1\r\n");
         request.each_field_of_all(&mut |name, value| {
-            if !NOT_COPIED.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            // Framing and hop-by-hop fields are the copy's own (`content-length`,
+            // `connection: close`).
+            if !super::frames_or_hops(name) && !name.eq_ignore_ascii_case(MARK) {
                 sluice_http1::fields::put_field(&mut head, name.as_bytes(), value);
             }
         });

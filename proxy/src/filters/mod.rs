@@ -229,6 +229,37 @@ impl Consumer {
     }
 }
 
+/// A duration key (`"2s"`, `"10m"`) of filter `name`, more than zero and at most `max`.
+fn duration(
+    name: &str,
+    key: &str,
+    text: &str,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, FilterError> {
+    humantime::parse_duration(text.trim())
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= max)
+        .ok_or_else(|| {
+            FilterError::new(
+                name,
+                key,
+                format!(
+                    "{text:?}: expected a duration such as \"2s\", more than 0 and at most {}",
+                    humantime::format_duration(max)
+                ),
+            )
+        })
+}
+
+/// Whether a field frames the message or belongs to one connection (RFC 9110 7.6.1 and
+/// the framing fields): the gateway writes those itself; no filter sets or copies them.
+fn frames_or_hops(name: &str) -> bool {
+    sluice_http1::hop::is_hop_by_hop(name)
+        || ["content-length", "transfer-encoding", "trailer"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+}
+
 /// A filter's answer: its status, and a plain-text body saying why.
 fn reject(status: u16, body: String) -> Answer {
     Answer::plain(status, body, "FilterRejected")

@@ -81,9 +81,12 @@ impl Route {
         self.backends.iter().position(|b| b.service() == service)
     }
 
-    /// Whether every backend's instances are plain `http` (the fast path serves only those).
-    pub(crate) fn all_plain_http(&self) -> bool {
-        self.backends.iter().all(|b| b.slot.load().all_plain_http())
+    /// Whether the instances of every backend but the own one are plain `http` (the fast
+    /// path serves only those; nothing to load for a route with one backend).
+    pub(crate) fn others_plain_http(&self) -> bool {
+        self.backends[1..]
+            .iter()
+            .all(|b| b.slot.load().all_plain_http())
     }
 
     /// Counts the answer of the chain's filter number `filter`.

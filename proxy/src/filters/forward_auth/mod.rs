@@ -119,16 +119,7 @@ impl ForwardAuth {
         };
         let timeout = match settings.timeout.as_deref() {
             None => DEFAULT_TIMEOUT,
-            Some(text) => humantime::parse_duration(text.trim())
-                .ok()
-                .filter(|t| !t.is_zero())
-                .ok_or_else(|| {
-                    FilterError::new(
-                        name,
-                        "timeout",
-                        format!("{text:?}: expected a duration such as \"2s\""),
-                    )
-                })?,
+            Some(text) => super::duration(name, "timeout", text, Duration::from_secs(3600))?,
         };
         Ok(Self {
             name: name.into(),

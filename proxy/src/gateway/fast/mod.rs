@@ -281,11 +281,12 @@ impl FastPath {
         else {
             return Ok(None);
         };
-        if route.own().slot.load().eligible_len() == 0 {
+        let pool = route.own().slot.load();
+        if pool.eligible_len() == 0 {
             return Err(Handoff::NoEligibleInstance);
         }
         // Every backend a filter may choose, so the choice never needs the other path.
-        if !route.all_plain_http() {
+        if !pool.all_plain_http() || !route.others_plain_http() {
             return Err(Handoff::NotPlainHttp);
         }
         Ok(Some(route))
