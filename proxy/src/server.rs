@@ -287,23 +287,19 @@ impl Parts {
 
         let mut options = HttpServerOptions::default();
         options.h2c = true;
-        let passive: Vec<_> = cfg
+        // Passive ejection is on for every service unless its `passive = false`.
+        let listed: Vec<_> = cfg
             .services
             .iter()
-            .filter_map(|(name, policy)| {
-                policy
-                    .passive
-                    .clone()
-                    .map(|spec| (self.directory.slot(name), spec))
-            })
+            .map(|(name, policy)| (self.directory.slot(name), policy.passive.clone()))
             .collect();
-        let ejections = if passive.is_empty() {
-            None
-        } else {
-            let (ejector, requests) = crate::health::Ejector::new(self.directory.clone(), passive);
-            server.add_service(background_service("outlier ejection", ejector));
-            Some(requests)
-        };
+        let (ejector, requests) = crate::health::Ejector::new(
+            self.directory.clone(),
+            listed,
+            crate::config::ServicePolicy::default().passive,
+        );
+        server.add_service(background_service("outlier ejection", ejector));
+        let ejections = Some(requests);
         let gateway = Gateway::new(
             self.router.clone(),
             crate::gateway::HeaderLimits {

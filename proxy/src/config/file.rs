@@ -134,7 +134,7 @@ pub(super) struct RouteSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct ServiceSection {
     pub(super) health_check: Option<HealthCheckSection>,
-    pub(super) passive: Option<PassiveSection>,
+    pub(super) passive: Option<PassiveSetting>,
     pub(super) connect_timeout: Option<String>,
     pub(super) format: Option<String>,
     pub(super) key_prefix: Option<String>,
@@ -159,6 +159,37 @@ pub(super) struct HealthCheckSection {
     pub(super) healthy_after: Option<u32>,
     pub(super) unhealthy_after: Option<u32>,
     pub(super) wait_first: Option<bool>,
+}
+
+/// `passive = false` (off), `true` (the defaults), or a table.
+#[derive(Debug)]
+pub(super) enum PassiveSetting {
+    Enabled(bool),
+    Table(PassiveSection),
+}
+
+impl<'de> Deserialize<'de> for PassiveSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PassiveSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or a table { consecutive_failures, eject_for }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(PassiveSetting::Enabled(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                // The table's own errors (an unknown key) keep their key path.
+                PassiveSection::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(PassiveSetting::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]

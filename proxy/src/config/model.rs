@@ -345,8 +345,17 @@ pub struct PassiveSpec {
     pub eject_for: Duration,
 }
 
+impl PassiveSpec {
+    /// What every service gets unless its `passive` says otherwise: an instance that fails
+    /// five times in a row is ejected for 30 s (nginx ejects on failure by default too).
+    pub const DEFAULT: Self = Self {
+        consecutive_failures: 5,
+        eject_for: Duration::from_secs(30),
+    };
+}
+
 /// `[services.NAME]`: per-service policy.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServicePolicy {
     pub health_check: Option<HealthCheckSpec>,
     pub passive: Option<PassiveSpec>,
@@ -359,6 +368,20 @@ pub struct ServicePolicy {
     pub upstream_tls: UpstreamTlsSpec,
     /// The scheme of instances whose registry value names none (go-zero's bare `host:port`).
     pub scheme: Option<crate::registry::Scheme>,
+}
+
+impl Default for ServicePolicy {
+    fn default() -> Self {
+        Self {
+            health_check: None,
+            passive: Some(PassiveSpec::DEFAULT),
+            connect_timeout: None,
+            format: crate::registry::ValueFormat::default(),
+            key_prefix: None,
+            upstream_tls: UpstreamTlsSpec::default(),
+            scheme: None,
+        }
+    }
 }
 
 impl Config {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::file::{
-    FileConfig, HealthCheckSection, ListenerTlsSection, PassiveSection, RouteSection,
-    UpstreamTlsSection,
+    FileConfig, HealthCheckSection, ListenerTlsSection, PassiveSection, PassiveSetting,
+    RouteSection, UpstreamTlsSection,
 };
 use super::model::*;
 use super::{ConfigError, ConfigIssue};
@@ -351,10 +351,11 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 .health_check
                 .as_ref()
                 .map(|hc| validate_health_check(&mut issues, &key, hc)),
-            passive: section
-                .passive
-                .as_ref()
-                .map(|p| validate_passive(&mut issues, &key, p)),
+            passive: match &section.passive {
+                None | Some(PassiveSetting::Enabled(true)) => Some(PassiveSpec::DEFAULT),
+                Some(PassiveSetting::Enabled(false)) => None,
+                Some(PassiveSetting::Table(p)) => Some(validate_passive(&mut issues, &key, p)),
+            },
             connect_timeout: section.connect_timeout.as_deref().map(|t| {
                 issues.duration(
                     &format!("{key}.connect_timeout"),
@@ -848,11 +849,13 @@ fn validate_health_check(
 fn validate_passive(issues: &mut Issues, key: &str, p: &PassiveSection) -> PassiveSpec {
     let key = format!("{key}.passive");
     let spec = PassiveSpec {
-        consecutive_failures: p.consecutive_failures.unwrap_or(5),
+        consecutive_failures: p
+            .consecutive_failures
+            .unwrap_or(PassiveSpec::DEFAULT.consecutive_failures),
         eject_for: issues.duration(
             &format!("{key}.eject_for"),
             p.eject_for.as_deref(),
-            Duration::from_secs(30),
+            PassiveSpec::DEFAULT.eject_for,
         ),
     };
     if spec.consecutive_failures == 0 {

@@ -29,39 +29,58 @@ impl EjectionRequests {
     }
 }
 
+/// The services the ejector looks after: each slot and its `passive` (`None`: off).
+type Watched = HashMap<Arc<str>, (Arc<ServiceSlot>, Option<PassiveSpec>)>;
+
 /// The background service that ejects and readmits.
 pub struct Ejector {
     directory: Arc<Directory>,
-    services: HashMap<Arc<str>, (Arc<ServiceSlot>, PassiveSpec)>,
+    /// Only this task touches it (the lock is never contended): services are added as the
+    /// first ejection request for one arrives.
+    services: std::sync::Mutex<Watched>,
+    /// The `passive` of a service the config does not list.
+    default: Option<PassiveSpec>,
     rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Arc<str>>>>,
 }
 
 impl Ejector {
-    /// The ejector for `services` and the handle the gateway uses to reach it.
+    /// The ejector for the `listed` services (with their `passive`, `None` for off), every
+    /// other service getting `default`, and the handle the gateway uses to reach it.
     pub fn new(
         directory: Arc<Directory>,
-        services: Vec<(Arc<ServiceSlot>, PassiveSpec)>,
+        listed: Vec<(Arc<ServiceSlot>, Option<PassiveSpec>)>,
+        default: Option<PassiveSpec>,
     ) -> (Self, EjectionRequests) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let services = services
+        let services = listed
             .into_iter()
             .map(|(slot, spec)| (Arc::<str>::from(slot.name()), (slot, spec)))
             .collect();
         (
             Self {
                 directory,
-                services,
+                services: std::sync::Mutex::new(services),
+                default,
                 rx: std::sync::Mutex::new(Some(rx)),
             },
             EjectionRequests { tx },
         )
     }
 
+    fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Ejects the instances of `service` past the threshold, within the half-pool cap.
-    fn consider(&self, service: &str) -> bool {
-        let Some((slot, spec)) = self.services.get(service) else {
+    fn consider(&self, service: &Arc<str>) -> bool {
+        let mut watched = self.watched();
+        let (slot, spec) = watched
+            .entry(service.clone())
+            .or_insert_with(|| (self.directory.slot(service), self.default.clone()));
+        let Some(spec) = spec.as_ref() else {
             return false;
         };
+        let service: &str = service;
         let pool = slot.load_full();
         let now = clock_ms();
         let total = pool.members().len();
@@ -101,7 +120,8 @@ impl Ejector {
     fn readmit_due(&self) -> Option<u64> {
         let now = clock_ms();
         let mut next: Option<u64> = None;
-        for (name, (slot, _)) in &self.services {
+        let watched = self.watched();
+        for (name, (slot, _)) in watched.iter() {
             let pool = slot.load_full();
             let mut changed = false;
             for member in pool.members() {

@@ -76,3 +76,34 @@ connect_timeout = "500ms"
     let victim = gw.instance("svc", "victim").await.unwrap();
     assert_eq!(victim["ejected"], true, "{victim}");
 }
+
+/// Without a `passive` block an instance that keeps failing is ejected all the same (five
+/// failures, 30 s), as nginx does; `passive = false` keeps it in rotation.
+#[tokio::test]
+async fn passive_ejection_is_on_by_default_and_can_be_turned_off() {
+    let survivor = Upstream::start("survivor").await;
+    let dead_port = sluice_tests::free_port();
+    let services = format!(
+        "[services.svc]\ninstances = [{}, {{ id = \"dead\", addr = \"127.0.0.1:{dead_port}\" }}]\n",
+        survivor.instance()
+    );
+    let route = "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nretries = 1\n";
+    for (extra, ejected) in [("", true), ("\n[services.svc]\npassive = false\n", false)] {
+        let gw = Gateway::start(&format!("{route}{extra}"), &services).await;
+        let http = sluice_tests::client();
+        for _ in 0..40 {
+            let resp = http.get(gw.url("/x")).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "retried on the survivor");
+        }
+        let dead = sluice_tests::eventually(
+            "the dead instance's state",
+            Duration::from_secs(5),
+            || async {
+                let dead = gw.instance("svc", "dead").await?;
+                (dead["ejected"].as_bool()? == ejected).then_some(dead)
+            },
+        )
+        .await;
+        assert_eq!(dead["ejected"], ejected, "{extra:?}: {dead}");
+    }
+}
