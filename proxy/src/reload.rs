@@ -147,6 +147,10 @@ pub(crate) fn restart_only_changes(current: &Config, new: &Config) -> Vec<String
         ),
         ("admin.listen", current.admin.listen != new.admin.listen),
         ("admin.token", current.admin.token != new.admin.token),
+        (
+            "admin.max_connections",
+            current.admin.max_connections != new.admin.max_connections,
+        ),
         ("registry", current.registry != new.registry),
         ("log.format", current.log.format != new.log.format),
         ("log.level", current.log.level != new.log.level),

@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 use crate::admin::AdminApp;
 use crate::config::{Config, RegistrySettings};
 use crate::gateway::{FastPath, Gateway, Router, RouterError};
-use crate::listener::{CertError, CertIndex, HeaderDeadline, ProxyShard, SniResolver};
+use crate::listener::{
+    CertError, CertIndex, ConnectionCap, HeaderDeadline, ProxyShard, SniResolver,
+};
 use crate::metrics::Metrics;
 use crate::pool::Directory;
 use crate::registry::{
@@ -317,11 +319,11 @@ impl Parts {
             cfg.proxy.threads
         };
         let mut proxies: Vec<Box<dyn ServiceTrait>> = Vec::with_capacity(shards);
+        // Room for the request line beside the header fields.
+        let max_head_bytes = cfg.proxy.max_header_bytes + 16 * 1024;
         for index in 0..shards {
             let mut http = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
             http.server_options = Some(options.clone());
-            // Room for the request line beside the header fields.
-            let max_head_bytes = cfg.proxy.max_header_bytes + 16 * 1024;
             let mut app = HeaderDeadline::new(
                 http,
                 cfg.proxy.header_timeout,
@@ -359,8 +361,9 @@ impl Parts {
             )
             .with_tls(self.tls.clone()),
         );
-        let mut admin = Service::new(
-            "sluice admin".to_string(),
+        // The admin port gets the proxy's header deadline and a cap of its own: a
+        // half-sent request is answered 408, past `admin.max_connections` a 503.
+        let admin_app = HeaderDeadline::new(
             AdminApp::new(
                 self.directory.clone(),
                 self.router.clone(),
@@ -368,6 +371,13 @@ impl Parts {
                 cfg.admin.token.clone(),
                 Some(reloader.clone()),
             ),
+            cfg.proxy.header_timeout,
+            max_head_bytes,
+            self.metrics.downstream_header_timeouts_total.clone(),
+        );
+        let mut admin = Service::new(
+            "sluice admin".to_string(),
+            ConnectionCap::new(admin_app, cfg.admin.max_connections),
         );
         server.add_service(background_service(
             "config reload",

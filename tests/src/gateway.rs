@@ -160,6 +160,21 @@ impl Gateway {
         Self::launch_file_registry(rest, services, options).await
     }
 
+    /// A file-registry gateway with extra keys for both the `[proxy]` and `[admin]` tables.
+    pub async fn start_with_tables(
+        proxy_extra: &str,
+        admin_extra: &str,
+        rest: &str,
+        services: &str,
+    ) -> Self {
+        let options = Launch {
+            proxy_extra,
+            admin_extra,
+            ..Launch::default()
+        };
+        Self::launch_file_registry(rest, services, options).await
+    }
+
     /// A file-registry gateway whose process also gets the environment variables `env`
     /// (e.g. `SSL_CERT_FILE` for the roots it trusts).
     pub async fn start_with_env(rest: &str, services: &str, env: &[(&str, &str)]) -> Self {

@@ -69,6 +69,7 @@ pub(super) struct CertificateSection {
 pub(super) struct AdminSection {
     pub(super) listen: Option<String>,
     pub(super) token: Option<String>,
+    pub(super) max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -165,6 +165,8 @@ impl Default for UpstreamTlsSpec {
 pub struct AdminSettings {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// Connections the admin listener serves at once; more are answered 503.
+    pub max_connections: usize,
 }
 
 /// `[registry]`: where instances come from.

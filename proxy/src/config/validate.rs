@@ -16,6 +16,11 @@ use super::{ConfigError, ConfigIssue};
 
 /// Bounds a value must be within: past them it is a typo, not a setting.
 const MAX_THREADS: usize = 1024;
+/// Connections the admin listener serves at once by default: scrapes, probes and operators
+/// need a handful; the cap keeps idle or slow clients of the port from taking the process's
+/// descriptors.
+const DEFAULT_ADMIN_CONNECTIONS: usize = 64;
+const MAX_ADMIN_CONNECTIONS: usize = 10_000;
 const MAX_HEADER_FIELDS: usize = 10_000;
 const MAX_HEADER_BYTES: usize = 1024 * 1024;
 const MAX_KEEPALIVE_POOL: usize = 1_000_000;
@@ -192,7 +197,21 @@ pub(super) fn validate(path: &Path, file: FileConfig) -> Result<Config, ConfigEr
                 Some(_) => {}
             }
         }
-        AdminSettings { listen, token }
+        let max_connections = file
+            .admin
+            .max_connections
+            .unwrap_or(DEFAULT_ADMIN_CONNECTIONS);
+        if !(1..=MAX_ADMIN_CONNECTIONS).contains(&max_connections) {
+            issues.push(
+                "admin.max_connections",
+                format!("{max_connections} is out of range: 1 to {MAX_ADMIN_CONNECTIONS}"),
+            );
+        }
+        AdminSettings {
+            listen,
+            token,
+            max_connections,
+        }
     };
 
     let registry = match file.registry.kind.as_deref().unwrap_or("file") {

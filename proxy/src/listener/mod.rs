@@ -1,11 +1,14 @@
-//! What sits between an accepted connection and the proxy: the request-header deadline and
+//! What sits between an accepted connection and the proxy: the request-header deadline, the
+//! admin's connection cap, and
 //! downstream TLS (certificates chosen by SNI), and the per-thread proxy shards that accept.
 
+mod connection_cap;
 mod header_deadline;
 mod rewind;
 mod shard;
 mod tls;
 
+pub use connection_cap::ConnectionCap;
 pub use header_deadline::HeaderDeadline;
 pub use shard::ProxyShard;
 pub use tls::{CertError, CertIndex, SniResolver};

@@ -214,3 +214,57 @@ async fn an_idle_connection_gets_408_and_a_prompt_one_is_served() {
     let _ = tokio::time::timeout(Duration::from_secs(3), idle.read_to_end(&mut response)).await;
     assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 408 "));
 }
+
+/// Idle connections to the admin port hold no more than `admin.max_connections` slots, and
+/// the header deadline clears them: the proxy serves throughout, the admin answers again.
+#[tokio::test]
+async fn idle_admin_connections_are_capped_and_timed_out() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let gw = Gateway::start_with_tables(
+        "header_timeout = \"1s\"",
+        "max_connections = 4",
+        ROUTES,
+        &services,
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        idle.push(tokio::net::TcpStream::connect(gw.admin).await.unwrap());
+    }
+    // The cap's refusals come at once, the deadline's 408s after a second.
+    let mut answers = Vec::new();
+    for mut stream in idle {
+        let mut response = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+        answers.push(String::from_utf8_lossy(&response).to_string());
+    }
+    let refused = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 503 "))
+        .count();
+    let timed_out = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 408 "))
+        .count();
+    assert_eq!(refused, 8, "{answers:#?}");
+    assert_eq!(timed_out, 4, "{answers:#?}");
+    assert!(
+        answers.iter().any(|a| a.contains("at most 4")),
+        "{answers:#?}"
+    );
+    // The proxy and the admin answer as before.
+    let resp = sluice_tests::client()
+        .get(gw.url("/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = sluice_tests::client()
+        .get(gw.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -233,9 +233,11 @@ async fn a_slow_or_dead_shadow_costs_the_client_nothing() {
         let resp = http.get(gw.url("/x")).send().await.unwrap();
         assert_eq!(resp.status(), 200);
     }
-    // Waiting on the shadow would take 20 x 3 s; the copies are not waited for.
+    // Waiting on the shadow would take at least the four copies in flight x 3 s (20 x 3 s
+    // without the cap); the copies are not waited for. The bound leaves room for a loaded
+    // machine.
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(2),
+        started.elapsed() < std::time::Duration::from_secs(8),
         "{:?}",
         started.elapsed()
     );
