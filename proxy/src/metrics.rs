@@ -2,8 +2,8 @@
 //! passed down to whoever records into them.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Request-duration buckets in seconds: a small fixed set from 0.5 ms to 10 s.
@@ -33,6 +33,14 @@ pub struct Metrics {
     pub filter_rejections_total: IntCounterVec,
     pub filter_store_errors_total: IntCounterVec,
     pub filter_mirrored_total: IntCounterVec,
+    pub upstream_duration_seconds: HistogramVec,
+    pub upstream_retries_total: IntCounterVec,
+    pub response_bytes_total: IntCounterVec,
+    pub outlier_ejections_total: IntCounterVec,
+    pub downstream_connections_total: IntCounter,
+    pub downstream_connections_open: IntGauge,
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_reload_success_timestamp_seconds: IntGauge,
 }
 
 /// Pick-duration buckets in seconds: 50 ns to 1 ms.
@@ -53,6 +61,16 @@ fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registr
 #[allow(clippy::expect_used)] // fixed, valid family names and labels: cannot fail
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter family")
+}
+
+#[allow(clippy::expect_used)] // fixed, valid name: cannot fail
+fn plain_counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid counter")
+}
+
+#[allow(clippy::expect_used)] // fixed, valid name: cannot fail
+fn plain_gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid gauge")
 }
 
 #[allow(clippy::expect_used)] // fixed, valid family names and labels: cannot fail
@@ -211,6 +229,71 @@ impl Metrics {
                     "sluice_filter_store_errors_total",
                     "Requests whose filter store (a rate limit's Redis) failed, timed out or was down; on_error decided them.",
                     &["filter"],
+                ),
+            ),
+            upstream_duration_seconds: register(
+                &registry,
+                #[allow(clippy::expect_used)] // fixed, valid family: cannot fail
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "sluice_upstream_duration_seconds",
+                        "From the last try's start to the upstream's response head, by route and service.",
+                    )
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                    &["route", "service"],
+                )
+                .expect("valid histogram family"),
+            ),
+            upstream_retries_total: register(
+                &registry,
+                counter(
+                    "sluice_upstream_retries_total",
+                    "Tries after a failed one (another instance, or a fresh connection to the same), by route and service.",
+                    &["route", "service"],
+                ),
+            ),
+            response_bytes_total: register(
+                &registry,
+                counter(
+                    "sluice_response_bytes_total",
+                    "Response body bytes sent to clients, by route and service.",
+                    &["route", "service"],
+                ),
+            ),
+            outlier_ejections_total: register(
+                &registry,
+                counter(
+                    "sluice_outlier_ejections_total",
+                    "Instances taken out of rotation by passive outlier ejection, by service.",
+                    &["service"],
+                ),
+            ),
+            downstream_connections_total: register(
+                &registry,
+                plain_counter(
+                    "sluice_downstream_connections_total",
+                    "Client connections accepted by the proxy listeners.",
+                ),
+            ),
+            downstream_connections_open: register(
+                &registry,
+                plain_gauge(
+                    "sluice_downstream_connections_open",
+                    "Client connections of the proxy listeners open now.",
+                ),
+            ),
+            config_last_reload_successful: register(
+                &registry,
+                plain_gauge(
+                    "sluice_config_last_reload_successful",
+                    "1 when the last config load or reload succeeded, 0 when it was refused (the previous config keeps serving).",
+                ),
+            ),
+            config_last_reload_success_timestamp_seconds: register(
+                &registry,
+                plain_gauge(
+                    "sluice_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful config load or reload.",
                 ),
             ),
             filter_mirrored_total: register(

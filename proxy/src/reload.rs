@@ -30,6 +30,13 @@ pub struct Reloader {
     tls: Option<Arc<SniResolver>>,
 }
 
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 impl Reloader {
     pub fn new(
         config: Config,
@@ -37,7 +44,16 @@ impl Reloader {
         router: Arc<ArcSwap<Router>>,
         strategies: Arc<ArcSwap<StrategySet>>,
     ) -> Self {
-        let reloads = directory.metrics().config_reloads_total.clone();
+        let metrics = directory.metrics();
+        let reloads = metrics.config_reloads_total.clone();
+        // Present from the start, at zero; the config just loaded is the last success.
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
+        metrics.config_last_reload_successful.set(1);
+        metrics
+            .config_last_reload_success_timestamp_seconds
+            .set(unix_now());
         Self {
             path: config.source.clone(),
             current: Mutex::new(config),
@@ -61,10 +77,19 @@ impl Reloader {
         match &result {
             Ok(()) => {
                 self.reloads.with_label_values(&["ok"]).inc();
+                let metrics = self.directory.metrics();
+                metrics.config_last_reload_successful.set(1);
+                metrics
+                    .config_last_reload_success_timestamp_seconds
+                    .set(unix_now());
                 tracing::info!(path = %self.path.display(), "config reloaded");
             }
             Err(lines) => {
                 self.reloads.with_label_values(&["error"]).inc();
+                self.directory
+                    .metrics()
+                    .config_last_reload_successful
+                    .set(0);
                 for line in lines {
                     tracing::error!(
                         "config reload refused, the running config keeps serving: {line}"

@@ -329,6 +329,10 @@ impl Parts {
                 cfg.proxy.header_timeout,
                 max_head_bytes,
                 self.metrics.downstream_header_timeouts_total.clone(),
+            )
+            .with_connection_metrics(
+                self.metrics.downstream_connections_total.clone(),
+                self.metrics.downstream_connections_open.clone(),
             );
             // The fast path keeps its upstream connections per thread: shards only.
             if cfg.proxy.fast_path && !cfg.proxy.work_stealing {

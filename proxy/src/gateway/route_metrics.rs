@@ -11,7 +11,8 @@ use crate::metrics::Metrics;
 /// Status codes with a cached counter; anything above goes through the family.
 const CACHED_STATUSES: usize = 600;
 
-/// The `requests_total` and duration handles of one route.
+/// The metric handles of one route and one of its services: requests by status, durations
+/// (whole and upstream), retries and response bytes.
 pub(crate) struct RouteMetrics {
     route: String,
     service: String,
@@ -19,6 +20,9 @@ pub(crate) struct RouteMetrics {
     rejections: IntCounterVec,
     by_status: Box<[OnceLock<IntCounter>]>,
     duration: Histogram,
+    upstream_duration: Histogram,
+    retries: IntCounter,
+    response_bytes: IntCounter,
 }
 
 impl RouteMetrics {
@@ -32,12 +36,39 @@ impl RouteMetrics {
             duration: metrics
                 .request_duration_seconds
                 .with_label_values(&[route, service]),
+            upstream_duration: metrics
+                .upstream_duration_seconds
+                .with_label_values(&[route, service]),
+            retries: metrics
+                .upstream_retries_total
+                .with_label_values(&[route, service]),
+            response_bytes: metrics
+                .response_bytes_total
+                .with_label_values(&[route, service]),
         }
     }
 
-    /// Counts one answered request and its duration.
-    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
+    /// Counts a try after a failed one.
+    pub(crate) fn retried(&self) {
+        self.retries.inc();
+    }
+
+    /// Counts one answered request: its status, duration, the upstream's part of it (when a
+    /// try got a response head) and the body bytes sent.
+    pub(crate) fn record(
+        &self,
+        status: u16,
+        elapsed: Duration,
+        upstream: Option<Duration>,
+        bytes_sent: u64,
+    ) {
         self.duration.observe(elapsed.as_secs_f64());
+        if let Some(upstream) = upstream {
+            self.upstream_duration.observe(upstream.as_secs_f64());
+        }
+        if bytes_sent > 0 {
+            self.response_bytes.inc_by(bytes_sent);
+        }
         let code = usize::from(status);
         let counter = match self.by_status.get(code) {
             Some(cell) => cell.get_or_init(|| self.counter(status)),

@@ -103,6 +103,11 @@ impl Ejector {
                 continue;
             }
             let duration = member.live.eject(now, spec.eject_for);
+            self.directory
+                .metrics()
+                .outlier_ejections_total
+                .with_label_values(&[service])
+                .inc();
             ejected += 1;
             changed = true;
             tracing::warn!(

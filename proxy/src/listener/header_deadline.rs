@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::rewind::Rewind;
+use super::rewind::{OpenConnection, Rewind};
 use crate::gateway::{local_answer, FastPath, InFlightHold, Served};
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
@@ -35,6 +35,8 @@ pub struct HeaderDeadline<A> {
     timeouts: IntCounter,
     /// Serves plain HTTP/1.1 requests before anything reaches `inner`, when enabled.
     fast: Option<FastPath>,
+    /// `sluice_downstream_connections_total` and `_open`, for the proxy's listeners.
+    connections: Option<(IntCounter, IntGauge)>,
 }
 
 impl<A> HeaderDeadline<A> {
@@ -45,7 +47,14 @@ impl<A> HeaderDeadline<A> {
             max_bytes,
             timeouts,
             fast: None,
+            connections: None,
         }
+    }
+
+    /// Counts the connections accepted (`total`) and open now (`open`).
+    pub fn with_connection_metrics(mut self, total: IntCounter, open: IntGauge) -> Self {
+        self.connections = Some((total, open));
+        self
     }
 
     /// Lets `fast` serve the connection's requests first; it hands over the first one it does
@@ -114,12 +123,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // HTTP/2 negotiated by ALPN: nothing to wait for here.
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return self.inner.process_new(stream, shutdown).await;
-        }
         // A stream we handed to pingora before comes back for its next keep-alive request.
         let fresh = !stream.as_any().is::<Rewind>();
+        let open = match &self.connections {
+            Some((total, open)) if fresh => {
+                total.inc();
+                Some(OpenConnection::new(open))
+            }
+            _ => None,
+        };
+        // HTTP/2 negotiated by ALPN: nothing to wait for here (the whole connection is
+        // served in this call).
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let served = self.inner.process_new(stream, shutdown).await;
+            drop(open);
+            return served;
+        }
         let mut shutdown_seen = shutdown.clone();
         let mut held = None;
         let start = {
@@ -151,7 +170,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
                         return None;
                     }
                 }
-                let stream: Stream = Box::new(Rewind::new(prefix, stream));
+                let stream: Stream = Box::new(Rewind::new(prefix, stream).counted(open));
                 let reuse = self.inner.process_new(stream, shutdown).await;
                 drop(held);
                 reuse

@@ -22,6 +22,26 @@ pub(super) struct Rewind {
     prefix: Vec<u8>,
     consumed: usize,
     inner: Stream,
+    /// The connection counted open while the stream lives (pingora keeps it across the
+    /// connection's requests and drops it when the connection ends).
+    open: Option<OpenConnection>,
+}
+
+/// One client connection in `sluice_downstream_connections_open` while held.
+#[derive(Debug)]
+pub(super) struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    pub(super) fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Rewind {
@@ -30,7 +50,14 @@ impl Rewind {
             prefix,
             consumed: 0,
             inner,
+            open: None,
         }
+    }
+
+    /// The stream, counted open until it drops.
+    pub(super) fn counted(mut self, open: Option<OpenConnection>) -> Self {
+        self.open = open;
+        self
     }
 
     fn pending(&self) -> &[u8] {

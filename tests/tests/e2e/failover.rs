@@ -105,5 +105,17 @@ async fn passive_ejection_is_on_by_default_and_can_be_turned_off() {
         )
         .await;
         assert_eq!(dead["ejected"], ejected, "{extra:?}: {dead}");
+        let m = gw.metrics().await;
+        let ejections = sluice_tests::metric(&m, "sluice_outlier_ejections_total{service=\"svc\"}");
+        assert_eq!(ejections, ejected.then_some(1.0), "{m}");
+        let retries = sluice_tests::metric(
+            &m,
+            "sluice_upstream_retries_total{route=\"/\",service=\"svc\"}",
+        )
+        .unwrap_or(0.0);
+        assert!(
+            retries >= 5.0,
+            "every try on the dead instance was retried: {m}"
+        );
     }
 }

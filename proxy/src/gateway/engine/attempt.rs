@@ -119,13 +119,19 @@ impl Engine {
         }
         self.count_failure(record);
         let retries = record.route.as_ref().map_or(0, |r| r.spec.retries);
-        may_retry(
+        let retry = may_retry(
             failed,
             idempotent,
             body_replayable,
             record.attempts,
             retries,
-        )
+        );
+        if retry {
+            if let Some((_, backend)) = record.target() {
+                backend.metrics.retried();
+            }
+        }
+        retry
     }
 
     /// One more consecutive failure of the try's instance; at the route's `passive`

@@ -28,7 +28,12 @@ impl Engine {
         let elapsed = now.saturating_duration_since(record.start);
         let access_log = match record.target() {
             Some((route, backend)) => {
-                backend.metrics.record(record.status, elapsed);
+                backend.metrics.record(
+                    record.status,
+                    elapsed,
+                    record.upstream_elapsed,
+                    record.bytes_sent,
+                );
                 if let Some(state) = &record.filters {
                     route.filters.on_end(record.status, state);
                 }
