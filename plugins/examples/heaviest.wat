@@ -2,15 +2,16 @@
 ;; A complete Sluice strategy in WebAssembly text, no SDK: check it with
 ;;   sluice plugin check plugins/examples/heaviest.wat
 (module
-  (memory (export "memory") 1)
+  (memory (export "memory") 3)
 
   ;; The ABI marker.
   (func (export "sluice_abi_v1"))
 
-  ;; The buffer lives at offset 1024; one 64 KiB page holds the 32-byte header and up to
-  ;; 2015 records of 32 bytes. Asking for more returns 0: the host then falls back.
+  ;; The buffer lives at offset 1024; three 64 KiB pages hold the 32-byte header and up to
+  ;; 6111 records of 32 bytes. Asking for more returns 0 ("cannot"): the host then falls
+  ;; back to round-robin for that pool, and `sluice plugin check` fails on it.
   (func (export "sluice_buffer") (param $max i32) (result i32)
-    (if (result i32) (i32.gt_u (local.get $max) (i32.const 2015))
+    (if (result i32) (i32.gt_u (local.get $max) (i32.const 6111))
       (then (i32.const 0))
       (else (i32.const 1024))))
 

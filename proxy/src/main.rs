@@ -125,6 +125,9 @@ enum PluginCommand {
         /// The strategy's config as JSON, as `[strategies.*] config` would hand it.
         #[arg(long, default_value = "{}")]
         config: String,
+        /// The strategy's `tags`, comma-separated, as `[strategies.*] tags` would hand them.
+        #[arg(long, value_delimiter = ',', default_value = "even")]
+        tags: Vec<String>,
         /// Sample picks per pool size.
         #[arg(long, default_value_t = 100_000)]
         picks: u64,
@@ -142,9 +145,10 @@ fn main() -> ExitCode {
                 PluginCommand::Check {
                     file,
                     config,
+                    tags,
                     picks,
                 },
-        } => return plugin_check(file, &config, picks),
+        } => return plugin_check(file, &config, tags, picks),
         Command::Register(args) => return register(args),
     };
     match result {
@@ -286,7 +290,17 @@ fn register(args: Box<RegisterArgs>) -> ExitCode {
     })
 }
 
-fn plugin_check(file: PathBuf, config: &str, picks: u64) -> ExitCode {
+/// Sample pool sizes `plugin check` runs: small, typical, and large enough to need a buffer
+/// of more than one page.
+const CHECK_POOL_SIZES: [usize; 4] = [2, 16, 256, 4096];
+
+fn plugin_check(file: PathBuf, config: &str, tags: Vec<String>, picks: u64) -> ExitCode {
+    // The plugin's own log lines (`sluice.log`, target sluice::plugin) go to stderr.
+    sluice::logging::init(&LogSettings {
+        format: LogFormat::Text,
+        level: "warn,sluice::plugin=debug".into(),
+        access_log: false,
+    });
     let config: serde_json::Value = match serde_json::from_str(config) {
         Ok(c) => c,
         Err(e) => {
@@ -294,7 +308,13 @@ fn plugin_check(file: PathBuf, config: &str, picks: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let reports = match sluice::strategy::wasm::check_file(&file, config, &[2, 16, 256], picks) {
+    let settings = sluice::strategy::wasm::CheckSettings {
+        config,
+        tags: tags.into_iter().filter(|t| !t.is_empty()).collect(),
+        sizes: CHECK_POOL_SIZES.to_vec(),
+        picks,
+    };
+    let reports = match sluice::strategy::wasm::check_file(&file, &settings) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{}: refused: {e}", file.display());
@@ -302,20 +322,51 @@ fn plugin_check(file: PathBuf, config: &str, picks: u64) -> ExitCode {
         }
     };
     println!("{}: ABI v1 ok, probe ok", file.display());
+    println!(
+        "sample pools: instances sample-0, sample-1, … with weights 100, 50, 150 in turn, nothing in flight, no latency yet;"
+    );
+    for (j, tag) in settings.tags.iter().enumerate() {
+        println!(
+            "  tag bit {j} `{tag}` on every {} instance (0, {}, {}, …)",
+            ordinal(j + 2),
+            j + 2,
+            2 * (j + 2)
+        );
+    }
+    println!("  request_hash varies per pick, no request headers; then 1 retry per 16 picks with sample-0 tried");
+    let mut failed = false;
     for r in &reports {
         let shown: Vec<String> = r.counts.iter().take(8).map(|c| c.to_string()).collect();
         let more = if r.counts.len() > 8 { ", …" } else { "" };
         println!(
-            "  n={:<4} {:>8.1} ns/pick  picks per instance (weights 100,50,150,…): [{}{more}]",
+            "  n={:<4} {:>8.1} ns/pick  picks per instance: [{}{more}]  retries: {}",
             r.instances,
             r.ns_per_pick,
-            shown.join(", ")
+            shown.join(", "),
+            r.retries
         );
         for (reason, count) in &r.fallbacks {
-            println!("         fell back to round-robin: {count} × {reason}");
+            println!("         FELL BACK to round-robin: {count} × {reason}");
         }
+        failed |= r.fell_back();
+    }
+    if failed {
+        eprintln!(
+            "{}: refused: sample picks fell back to round-robin (the gateway would count each in sluice_strategy_fallbacks_total)",
+            file.display()
+        );
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// `2` → "second", for the sample pool's description.
+fn ordinal(n: usize) -> String {
+    match n {
+        2 => "second".into(),
+        3 => "third".into(),
+        n => format!("{n}th"),
+    }
 }
 
 fn serve(path: PathBuf, upgrade: bool) -> anyhow::Result<()> {

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub request_duration_seconds: HistogramVec,
     pub upstream_requests_in_flight: IntGaugeVec,
     pub upstream_picks_total: IntCounterVec,
+    pub upstream_healthy: IntGaugeVec,
     pub pool_instances: IntGaugeVec,
     pub pool_swaps_total: IntCounterVec,
     pub registry_events_total: IntCounterVec,
@@ -35,11 +36,13 @@ pub struct Metrics {
     pub filter_mirrored_total: IntCounterVec,
     pub upstream_duration_seconds: HistogramVec,
     pub upstream_retries_total: IntCounterVec,
+    pub request_bytes_total: IntCounterVec,
     pub response_bytes_total: IntCounterVec,
     pub outlier_ejections_total: IntCounterVec,
     pub downstream_connections_total: IntCounter,
     pub downstream_connections_open: IntGauge,
     pub config_last_reload_successful: IntGauge,
+    pub tls_certificate_expiration_timestamp_seconds: IntGaugeVec,
     pub config_last_reload_success_timestamp_seconds: IntGauge,
 }
 
@@ -130,6 +133,14 @@ impl Metrics {
                 counter(
                     "sluice_upstream_picks_total",
                     "Times each instance was picked by the strategy.",
+                    &["service", "instance_id"],
+                ),
+            ),
+            upstream_healthy: register(
+                &registry,
+                gauge(
+                    "sluice_upstream_healthy",
+                    "1 while neither active health checks nor passive ejection hold the instance out of rotation, else 0.",
                     &["service", "instance_id"],
                 ),
             ),
@@ -252,6 +263,14 @@ impl Metrics {
                     &["route", "service"],
                 ),
             ),
+            request_bytes_total: register(
+                &registry,
+                counter(
+                    "sluice_request_bytes_total",
+                    "Request body bytes received from clients, by route and service.",
+                    &["route", "service"],
+                ),
+            ),
             response_bytes_total: register(
                 &registry,
                 counter(
@@ -280,6 +299,14 @@ impl Metrics {
                 plain_gauge(
                     "sluice_downstream_connections_open",
                     "Client connections of the proxy listeners open now.",
+                ),
+            ),
+            tls_certificate_expiration_timestamp_seconds: register(
+                &registry,
+                gauge(
+                    "sluice_tls_certificate_expiration_timestamp_seconds",
+                    "The notAfter of each [proxy.tls] certificate as Unix time, by file and the names it serves.",
+                    &["file", "names"],
                 ),
             ),
             config_last_reload_successful: register(

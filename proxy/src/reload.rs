@@ -131,7 +131,7 @@ impl Reloader {
             .set_default_schemes(crate::server::default_schemes(&new));
         if let (Some(resolver), Some(index)) = (&self.tls, certificates) {
             // Renewed certificates are served from the next handshake on.
-            crate::server::log_certificates(&index);
+            crate::server::publish_certificates(&index, self.directory.metrics());
             resolver.replace(index);
         }
         *current = new;

@@ -89,15 +89,27 @@ pub struct Parts {
     pub tls: Option<Arc<SniResolver>>,
 }
 
-/// One log line per certificate: the names it serves (the first is the default).
-pub fn log_certificates(index: &CertIndex) {
-    for (i, names) in index.names().iter().enumerate() {
+/// One log line per certificate (the names it serves, the first is the default, and when it
+/// expires), and its expiry in `sluice_tls_certificate_expiration_timestamp_seconds`; the
+/// certificates of an earlier load leave the family.
+pub fn publish_certificates(index: &CertIndex, metrics: &Metrics) {
+    let family = &metrics.tls_certificate_expiration_timestamp_seconds;
+    family.reset();
+    for (i, cert) in index.loaded().iter().enumerate() {
+        let names = cert.names.join(",");
         tracing::info!(
             certificate = i,
             default = i == 0,
-            names = %names.join(", "),
+            file = %cert.path.display(),
+            names = %names,
+            not_after = cert.not_after.unwrap_or_default(),
             "TLS certificate loaded"
         );
+        if let Some(not_after) = cert.not_after {
+            family
+                .with_label_values(&[&cert.path.display().to_string(), &names])
+                .set(not_after);
+        }
     }
 }
 
@@ -191,7 +203,7 @@ impl Parts {
         let directory = Arc::new(Directory::new(metrics.clone(), &[source.name()]));
         let strategies = load_strategies(&config, &metrics)?;
         let tls = load_certificates(&config)?.map(|index| {
-            log_certificates(&index);
+            publish_certificates(&index, &metrics);
             Arc::new(SniResolver::new(index))
         });
         let router = Router::build(&config, &directory, &strategies, None).map_err(|source| {

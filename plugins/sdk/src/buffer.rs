@@ -92,8 +92,49 @@ pub struct Request {
     pub hash: u64,
     /// Fresh per request, for randomized strategies.
     pub random: u64,
-    /// Reserved (0).
+    /// Header flags; see [`Request::is_retry`]. Other bits are reserved (0).
     pub flags: u32,
+}
+
+/// Header flag: the request is a retry, and the instances it already tried are left out.
+pub const FLAG_RETRY: u32 = 1;
+
+impl Request {
+    /// Whether this pick is a retry after a failed try: the instances offered are the
+    /// eligible ones this request has not tried yet.
+    pub fn is_retry(&self) -> bool {
+        self.flags & FLAG_RETRY != 0
+    }
+}
+
+/// The names of the strategy's `tags`, in order: name `i` is tag bit `i`. Borrowed from the
+/// host's bytes for the duration of [`crate::Strategy::tags`] only.
+#[derive(Debug, Clone, Copy)]
+pub struct TagNames<'a> {
+    text: &'a [u8],
+}
+
+impl<'a> TagNames<'a> {
+    /// The names from `sluice_tags`' bytes (joined by `\n`).
+    pub fn new(text: &'a [u8]) -> Self {
+        Self { text }
+    }
+
+    /// Every name in order (none when the strategy has no `tags`).
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let text = self.text;
+        text.split(|&b| b == b'\n')
+            .filter(move |_| !text.is_empty())
+    }
+
+    /// The bit of tag `name`, if the strategy has it.
+    pub fn bit(&self, name: &str) -> Option<u32> {
+        self.iter()
+            .position(|t| t == name.as_bytes())
+            .and_then(|i| u32::try_from(i).ok())
+            .filter(|&i| i < 32)
+            .map(|i| 1 << i)
+    }
 }
 
 /// One eligible instance as the host describes it.
@@ -189,5 +230,18 @@ mod tests {
             (99, 50, 3, 0b101)
         );
         assert!(view(&bytes, 3).is_none(), "n must match the header");
+        assert!(!req.is_retry());
+        bytes[12..16].copy_from_slice(&FLAG_RETRY.to_le_bytes());
+        assert!(view(&bytes, 2).unwrap().0.is_retry());
+    }
+
+    #[test]
+    fn tag_names_give_their_bits() {
+        let names = TagNames::new(b"canary\ngpu");
+        assert_eq!(names.iter().count(), 2);
+        assert_eq!(names.bit("canary"), Some(1));
+        assert_eq!(names.bit("gpu"), Some(2));
+        assert_eq!(names.bit("zone-a"), None);
+        assert_eq!(TagNames::new(b"").iter().count(), 0);
     }
 }

@@ -3,7 +3,7 @@
 //! A strategy is a `no_std` `cdylib` built for `wasm32-unknown-unknown`. Implement
 //! [`Strategy`] and export it with [`export_strategy!`]; the macro provides every export of
 //! ABI v1 (`memory`, `sluice_abi_v1`, `sluice_buffer`, `sluice_pick`, and the optional
-//! `sluice_alloc` / `sluice_configure`), so the plugin holds only its logic.
+//! `sluice_alloc` / `sluice_tags` / `sluice_configure`), so the plugin holds only its logic.
 //!
 //! ```ignore
 //! #![no_std]
@@ -29,7 +29,7 @@ mod buffer;
 mod host;
 
 pub use abi::{ABI_VERSION, HEADER_SIZE, RECORD_SIZE};
-pub use buffer::{Instance, Instances, Request};
+pub use buffer::{Instance, Instances, Request, TagNames, FLAG_RETRY};
 pub use host::{log, request_header, LogLevel};
 
 #[doc(hidden)]
@@ -40,8 +40,16 @@ pub mod __private {
 /// A load-balancing strategy. One value lives per worker thread of the gateway, for as long as
 /// the plugin is loaded, so `&mut self` state (cursors, tables) persists between picks.
 pub trait Strategy {
-    /// Called once at load with the strategy's `config` as JSON bytes; `false` rejects the
-    /// plugin. The default accepts any config.
+    /// Called with the names of the strategy's `tags` (bit `i` of an instance's tag bits is
+    /// name `i`), before [`Strategy::configure`]; `false` rejects the plugin. The names are
+    /// borrowed for this call only. The default accepts any.
+    fn tags(&mut self, _names: TagNames<'_>) -> bool {
+        true
+    }
+
+    /// Called with the strategy's `config` as JSON bytes, after [`Strategy::tags`]; `false`
+    /// rejects the plugin. Both run once per instance of the module: the host's probe at
+    /// load and one instance per worker thread. The default accepts any config.
     fn configure(&mut self, _config: &[u8]) -> bool {
         true
     }
@@ -85,6 +93,17 @@ macro_rules! export_strategy {
             // SAFETY: the host wrote `len` bytes at `ptr`, inside a buffer this module returned.
             let config = unsafe { core::slice::from_raw_parts(ptr as usize as *const u8, len.max(0) as usize) };
             if <$ty as $crate::Strategy>::configure(__sluice_strategy(), config) {
+                0
+            } else {
+                1
+            }
+        }
+
+        #[no_mangle]
+        pub extern "C" fn sluice_tags(ptr: i32, len: i32) -> i32 {
+            // SAFETY: the host wrote `len` bytes at `ptr`, inside a buffer this module returned.
+            let text = unsafe { core::slice::from_raw_parts(ptr as usize as *const u8, len.max(0) as usize) };
+            if <$ty as $crate::Strategy>::tags(__sluice_strategy(), $crate::TagNames::new(text)) {
                 0
             } else {
                 1

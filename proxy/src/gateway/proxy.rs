@@ -364,11 +364,11 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        ctx.bytes_received += body.as_ref().map_or(0, |b| b.len() as u64);
         let Some(limit) = ctx.route.as_ref().and_then(|r| r.spec.max_body_bytes) else {
             return Ok(());
         };
-        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        if ctx.body_bytes > limit {
+        if ctx.bytes_received > limit {
             // A chunked body that outgrew the limit: refuse it (before any response, a 413).
             return Err(Error::explain(
                 ErrorType::HTTPStatus(413),

@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 const CACHED_STATUSES: usize = 600;
 
 /// The metric handles of one route and one of its services: requests by status, durations
-/// (whole and upstream), retries and response bytes.
+/// (whole and upstream), retries and body bytes each way.
 pub(crate) struct RouteMetrics {
     route: String,
     service: String,
@@ -22,7 +22,17 @@ pub(crate) struct RouteMetrics {
     duration: Histogram,
     upstream_duration: Histogram,
     retries: IntCounter,
+    request_bytes: IntCounter,
     response_bytes: IntCounter,
+}
+
+/// The body bytes of one request, each way.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Bytes {
+    /// Request body bytes received from the client.
+    pub(crate) received: u64,
+    /// Response body bytes sent to the client.
+    pub(crate) sent: u64,
 }
 
 impl RouteMetrics {
@@ -42,6 +52,9 @@ impl RouteMetrics {
             retries: metrics
                 .upstream_retries_total
                 .with_label_values(&[route, service]),
+            request_bytes: metrics
+                .request_bytes_total
+                .with_label_values(&[route, service]),
             response_bytes: metrics
                 .response_bytes_total
                 .with_label_values(&[route, service]),
@@ -54,20 +67,23 @@ impl RouteMetrics {
     }
 
     /// Counts one answered request: its status, duration, the upstream's part of it (when a
-    /// try got a response head) and the body bytes sent.
+    /// try got a response head) and the body bytes each way.
     pub(crate) fn record(
         &self,
         status: u16,
         elapsed: Duration,
         upstream: Option<Duration>,
-        bytes_sent: u64,
+        bytes: Bytes,
     ) {
         self.duration.observe(elapsed.as_secs_f64());
         if let Some(upstream) = upstream {
             self.upstream_duration.observe(upstream.as_secs_f64());
         }
-        if bytes_sent > 0 {
-            self.response_bytes.inc_by(bytes_sent);
+        if bytes.received > 0 {
+            self.request_bytes.inc_by(bytes.received);
+        }
+        if bytes.sent > 0 {
+            self.response_bytes.inc_by(bytes.sent);
         }
         let code = usize::from(status);
         let counter = match self.by_status.get(code) {

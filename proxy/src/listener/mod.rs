@@ -11,4 +11,4 @@ mod tls;
 pub use connection_cap::ConnectionCap;
 pub use header_deadline::HeaderDeadline;
 pub use shard::ProxyShard;
-pub use tls::{CertError, CertIndex, SniResolver};
+pub use tls::{CertError, CertIndex, LoadedCertificate, SniResolver};

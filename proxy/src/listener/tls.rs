@@ -66,7 +66,18 @@ pub struct CertIndex {
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     /// The first certificate: for clients without SNI or with a name nothing covers.
     default: Arc<CertifiedKey>,
-    names: Vec<Vec<String>>,
+    loaded: Vec<LoadedCertificate>,
+}
+
+/// What the log and the metrics say of one configured certificate.
+#[derive(Debug, Clone)]
+pub struct LoadedCertificate {
+    /// The certificate file.
+    pub path: PathBuf,
+    /// The names it serves.
+    pub names: Vec<String>,
+    /// The leaf's notAfter as Unix seconds (`None` if the date cannot be read).
+    pub not_after: Option<i64>,
 }
 
 fn load_one(
@@ -123,15 +134,22 @@ fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
     }
 }
 
+/// The leaf certificate's notAfter, as Unix seconds.
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
 impl CertIndex {
     /// Loads every certificate and key; the first problem is the error.
     pub fn load(specs: &[CertificateSpec]) -> Result<Self, CertError> {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
-        let mut all_names = Vec::new();
+        let mut loaded = Vec::new();
         for (index, spec) in specs.iter().enumerate() {
             let (certified, names) = load_one(index, spec)?;
+            let not_after = not_after(&certified.cert[0]);
             let certified = Arc::new(certified);
             for name in &names {
                 // The first certificate listing a name keeps it.
@@ -142,13 +160,17 @@ impl CertIndex {
                 .or_insert_with(|| certified.clone());
             }
             default.get_or_insert_with(|| certified.clone());
-            all_names.push(names);
+            loaded.push(LoadedCertificate {
+                path: spec.cert.clone(),
+                names,
+                not_after,
+            });
         }
         Ok(Self {
             exact,
             wildcard,
             default: default.ok_or(CertError::Empty)?,
-            names: all_names,
+            loaded,
         })
     }
 
@@ -173,9 +195,10 @@ impl CertIndex {
             .unwrap_or(&self.default)
     }
 
-    /// The names each certificate serves, in config order (logged at load and reload).
-    pub fn names(&self) -> &[Vec<String>] {
-        &self.names
+    /// Every certificate in config order: its file, names and expiry (logged and exported at
+    /// load and reload).
+    pub fn loaded(&self) -> &[LoadedCertificate] {
+        &self.loaded
     }
 }
 

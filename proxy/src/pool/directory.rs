@@ -414,6 +414,7 @@ impl Directory {
     pub fn export_live_metrics(&self) {
         let mut inner = self.lock();
         let m = &self.metrics;
+        let now_ms = super::live::clock_ms();
         inner
             .live
             .retain(|(service, id), weak| match weak.upgrade() {
@@ -421,6 +422,10 @@ impl Directory {
                     m.upstream_requests_in_flight
                         .with_label_values(&[&**service, &**id])
                         .set(i64::from(live.in_flight()));
+                    let healthy = live.health().admits() && !live.is_ejected(now_ms);
+                    m.upstream_healthy
+                        .with_label_values(&[&**service, &**id])
+                        .set(i64::from(healthy));
                     m.upstream_picks_total
                         .with_label_values(&[&**service, &**id])
                         .inc_by(live.take_unexported_picks());
@@ -433,6 +438,7 @@ impl Directory {
                     let _ = m
                         .upstream_picks_total
                         .remove_label_values(&[&**service, &**id]);
+                    let _ = m.upstream_healthy.remove_label_values(&[&**service, &**id]);
                     false
                 }
             });

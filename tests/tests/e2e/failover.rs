@@ -108,6 +108,16 @@ async fn passive_ejection_is_on_by_default_and_can_be_turned_off() {
         let m = gw.metrics().await;
         let ejections = sluice_tests::metric(&m, "sluice_outlier_ejections_total{service=\"svc\"}");
         assert_eq!(ejections, ejected.then_some(1.0), "{m}");
+        let healthy = |id: &str| {
+            let prefix = format!("sluice_upstream_healthy{{instance_id=\"{id}\",service=\"svc\"}}");
+            sluice_tests::metric(&m, &prefix)
+        };
+        assert_eq!(
+            healthy("dead"),
+            Some(if ejected { 0.0 } else { 1.0 }),
+            "{m}"
+        );
+        assert_eq!(healthy("survivor"), Some(1.0), "{m}");
         let retries = sluice_tests::metric(
             &m,
             "sluice_upstream_retries_total{route=\"/\",service=\"svc\"}",

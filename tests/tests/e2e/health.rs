@@ -57,6 +57,12 @@ async fn a_sick_instance_leaves_rotation_in_time_and_comes_back() {
     eprintln!("ejected after {:?}", sick_at.elapsed());
     let view = gw.instance("svc", "a").await.unwrap();
     assert_eq!(view["eligible"], false);
+    let metrics = gw.metrics().await;
+    for (id, value) in [("a", 0), ("b", 1)] {
+        let line =
+            format!("sluice_upstream_healthy{{instance_id=\"{id}\",service=\"svc\"}} {value}");
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
     let hits = a.hits();
     assert_eq!(served(&gw, 20).await, HashSet::from(["b".to_string()]));
     assert_eq!(a.hits(), hits, "no request reached the sick instance");

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // integration tests: a panic is the failure report
 
+mod c_plugin;
 mod config_check;
 mod demo;
 mod desync;

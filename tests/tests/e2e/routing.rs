@@ -308,15 +308,24 @@ async fn metrics_families_are_exported() {
     for _ in 0..3 {
         client().get(gw.url("/")).send().await.unwrap();
     }
+    let resp = client()
+        .post(gw.url("/"))
+        .body("eleven byte")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     // pingora ends a request (and its in-flight count) just after the response reaches the
     // client: wait for that before reading the gauges.
     gw.wait_in_flight_zero("svc").await;
     let metrics = gw.metrics().await;
     for needle in [
-        r#"sluice_requests_total{route="all",service="svc",status="200"} 3"#,
-        r#"sluice_request_duration_seconds_count{route="all",service="svc"} 3"#,
+        r#"sluice_requests_total{route="all",service="svc",status="200"} 4"#,
+        r#"sluice_request_duration_seconds_count{route="all",service="svc"} 4"#,
         r#"sluice_upstream_requests_in_flight{instance_id="a",service="svc"} 0"#,
-        r#"sluice_upstream_picks_total{instance_id="a",service="svc"} 3"#,
+        r#"sluice_upstream_picks_total{instance_id="a",service="svc"} 4"#,
+        r#"sluice_upstream_healthy{instance_id="a",service="svc"} 1"#,
+        r#"sluice_request_bytes_total{route="all",service="svc"} 11"#,
         r#"sluice_pool_instances{service="svc",state="eligible"} 1"#,
         r#"sluice_pool_swaps_total{service="svc"} 1"#,
         r#"sluice_registry_events_total{kind="reset",source="file"} 1"#,
@@ -325,7 +334,7 @@ async fn metrics_families_are_exported() {
             env!("CARGO_PKG_VERSION"),
             r#""} 1"#
         ),
-        r#"sluice_upstream_duration_seconds_count{route="all",service="svc"} 3"#,
+        r#"sluice_upstream_duration_seconds_count{route="all",service="svc"} 4"#,
         r#"sluice_upstream_retries_total{route="all",service="svc"} 0"#,
         r#"sluice_response_bytes_total{route="all",service="svc"} "#,
         "sluice_downstream_connections_total ",

@@ -119,6 +119,37 @@ async fn certificates_are_chosen_by_sni_and_h2_is_offered() {
     );
 }
 
+/// A certificate's notAfter as Unix time, as OpenSSL reads it.
+fn openssl_not_after(cert: &std::path::Path) -> i64 {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-enddate", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let date = text.trim().strip_prefix("notAfter=").unwrap().to_string();
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &date, "+%s"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `sluice_tls_certificate_expiration_timestamp_seconds` of the certificate file `cert`.
+async fn exported_not_after(gw: &Gateway, cert: &std::path::Path, names: &str) -> Option<i64> {
+    let prefix = format!(
+        "sluice_tls_certificate_expiration_timestamp_seconds{{file=\"{}\",names=\"{names}\"}} ",
+        cert.display()
+    );
+    let metrics = gw.metrics().await;
+    let line = metrics.lines().find(|l| l.starts_with(&prefix))?;
+    line[prefix.len()..].parse().ok()
+}
+
 #[tokio::test]
 async fn a_reload_serves_renewed_certificates_and_refuses_broken_ones() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,8 +169,13 @@ async fn a_reload_serves_renewed_certificates_and_refuses_broken_ones() {
             .map(|r| presented(&r))
     };
     assert_eq!(fetch().await.unwrap(), a.der());
+    assert_eq!(
+        exported_not_after(&gw, &a.cert, "a.example").await,
+        Some(openssl_not_after(&a.cert))
+    );
 
     // Renewed in place, as certbot or cert-manager do; then SIGHUP.
+    std::thread::sleep(Duration::from_millis(1100)); // a later notAfter, to the second
     let renewed = ca.server("a-renewed", &["a.example"]);
     std::fs::copy(&renewed.cert, &a.cert).unwrap();
     std::fs::copy(&renewed.key, &a.key).unwrap();
@@ -150,6 +186,12 @@ async fn a_reload_serves_renewed_certificates_and_refuses_broken_ones() {
         || async { fetch().await.ok().filter(|der| *der == renewed.der()) },
     )
     .await;
+    let renewed_not_after = openssl_not_after(&renewed.cert);
+    assert_eq!(
+        exported_not_after(&gw, &a.cert, "a.example").await,
+        Some(renewed_not_after),
+        "the gauge follows the renewed certificate"
+    );
 
     // A broken certificate is refused and the renewed one keeps serving.
     std::fs::write(&a.cert, "not a certificate").unwrap();

@@ -426,3 +426,61 @@ fn the_documented_wat_example_works() {
     let pool = sample_pool(6); // weights 100, 50, 150, 100, 50, 150
     assert_eq!(counts(&heaviest, &pool, 10, |_| 0), vec![0, 0, 10, 0, 0, 0]);
 }
+
+#[test]
+fn retries_go_through_the_plugin_without_the_tried_instances() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/examples/heaviest.wat");
+    let heaviest = load(&path, json!({})).unwrap();
+    let pool = sample_pool(6); // weights 100, 50, 150, 100, 50, 150
+                               // Both 150s tried: the plugin is offered the other four and picks the first 100.
+    let tried = [pool.eligible(2).key, pool.eligible(5).key];
+    for _ in 0..20 {
+        let request = PickRequest {
+            hash: 0,
+            exclude: &tried,
+            headers: None,
+        };
+        assert_eq!(heaviest.pick(&pool, &request), Some(0));
+    }
+    // Everything tried: the whole pool is offered again, as on a first try.
+    let all: Vec<u64> = pool.eligible_members().map(|m| m.key).collect();
+    let request = PickRequest {
+        hash: 0,
+        exclude: &all,
+        headers: None,
+    };
+    assert_eq!(heaviest.pick(&pool, &request), Some(2));
+    // A first try after a retry sees the whole pool again (the buffer is rewritten whole).
+    assert_eq!(counts(&heaviest, &pool, 5, |_| 0), vec![0, 0, 5, 0, 0, 0]);
+    assert!(fallbacks(&heaviest).values().all(|&n| n == 0));
+}
+
+#[test]
+fn the_retry_flag_is_set_on_retries_only() {
+    // Answers its header's flags word (0 on a first try, 1 on a retry) when n >= 2, else 0.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.wat");
+    std::fs::write(
+        &path,
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "sluice_abi_v1"))
+  (func (export "sluice_buffer") (param i32) (result i32) (i32.const 1024))
+  (func (export "sluice_pick") (param $n i32) (result i32)
+    (select (i32.load (i32.const 1036)) (i32.const 0)
+      (i32.ge_u (local.get $n) (i32.const 2)))))"#,
+    )
+    .unwrap();
+    let flags = load(&path, json!({})).unwrap();
+    let pool = sample_pool(3);
+    assert_eq!(flags.pick(&pool, &PickRequest::default()), Some(0));
+    // Instance 0 tried: offered [1, 2]; answer 1 is the second of those, pool index 2.
+    let tried = [pool.eligible(0).key];
+    let request = PickRequest {
+        hash: 0,
+        exclude: &tried,
+        headers: None,
+    };
+    assert_eq!(flags.pick(&pool, &request), Some(2));
+    assert!(fallbacks(&flags).values().all(|&n| n == 0));
+}

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use super::{Engine, RequestRecord};
 use crate::gateway::access_log::{AccessLine, Via};
+use crate::gateway::route_metrics::Bytes;
 
 /// The request as the access log names it.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +33,10 @@ impl Engine {
                     record.status,
                     elapsed,
                     record.upstream_elapsed,
-                    record.bytes_sent,
+                    Bytes {
+                        received: record.bytes_received,
+                        sent: record.bytes_sent,
+                    },
                 );
                 if let Some(state) = &record.filters {
                     route.filters.on_end(record.status, state);

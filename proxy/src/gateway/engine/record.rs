@@ -89,8 +89,9 @@ pub struct RequestRecord {
     tried: TriedInstances,
     /// Tries made so far.
     pub(crate) attempts: u32,
-    /// Request body bytes seen so far (for the route's body limit, on pingora's path).
-    pub(crate) body_bytes: u64,
+    /// Request body bytes received from the client so far (the route's body limit on
+    /// pingora's path reads it as it grows; the metrics read the total).
+    pub(crate) bytes_received: u64,
     /// The status sent to the client; 499 while none was (the client went away: nginx's).
     pub(crate) status: u16,
     /// The access log's error name (pingora's error type names), or empty.
@@ -151,7 +152,7 @@ impl RequestRecord {
             hash: 0,
             tried: TriedInstances::default(),
             attempts: 0,
-            body_bytes: 0,
+            bytes_received: 0,
             status: 499,
             error: "",
             bytes_sent: 0,

@@ -324,6 +324,7 @@ impl FastPath {
         shutdown: &ShutdownWatch,
     ) -> (Outcome, Instant) {
         let mut record = RequestRecord::new();
+        record.bytes_received = body.len() as u64;
         let view = FastView {
             head: req,
             client_ip: self

@@ -62,7 +62,17 @@ const EXPORTS: &[(&str, usize, usize, bool)] = &[
     ("sluice_pick", 1, 1, true),
     ("sluice_alloc", 1, 1, false),
     ("sluice_configure", 2, 1, false),
+    ("sluice_tags", 2, 1, false),
 ];
+
+/// The optional exports a module has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct OptionalExports {
+    /// `sluice_configure` (with `sluice_alloc`): takes the strategy's `config` as JSON.
+    pub(crate) configure: bool,
+    /// `sluice_tags` (with `sluice_alloc`): takes the names of the strategy's `tags`.
+    pub(crate) tags: bool,
+}
 
 /// `(name, i32 params, i32 results)` of every import the host provides.
 const IMPORTS: &[(&str, usize, usize)] = &[("log", 3, 0), ("request_header", 4, 1)];
@@ -72,8 +82,9 @@ fn expected(params: usize, results: usize) -> String {
 }
 
 /// Checks imports (only `sluice.log` and `sluice.request_header`) and exports (names and
-/// signatures); returns whether the optional `sluice_alloc` + `sluice_configure` pair exists.
-pub(crate) fn check_module(module: &Module) -> Result<bool, LoadError> {
+/// signatures); returns which optional exports exist (`sluice_alloc` exactly when
+/// `sluice_configure` or `sluice_tags` does).
+pub(crate) fn check_module(module: &Module) -> Result<OptionalExports, LoadError> {
     for import in module.imports() {
         let allowed = IMPORTS
             .iter()
@@ -100,21 +111,17 @@ pub(crate) fn check_module(module: &Module) -> Result<bool, LoadError> {
         Some(ExternType::Memory(_)) => {}
         _ => return Err(LoadError::MissingExport("memory (a linear memory)".into())),
     }
-    let mut optional = 0;
+    let has = |name: &str| matches!(module.get_export(name), Some(ExternType::Func(_)));
     for (name, params, results, required) in EXPORTS {
         match module.get_export(name) {
-            Some(ExternType::Func(ty)) => {
-                if !has_signature(&ty, *params, *results) {
-                    return Err(LoadError::ExportSignature {
-                        name: name.to_string(),
-                        expected: expected(*params, *results),
-                        found: func_signature(&ty),
-                    });
-                }
-                if !required {
-                    optional += 1;
-                }
+            Some(ExternType::Func(ty)) if !has_signature(&ty, *params, *results) => {
+                return Err(LoadError::ExportSignature {
+                    name: name.to_string(),
+                    expected: expected(*params, *results),
+                    found: func_signature(&ty),
+                });
             }
+            Some(ExternType::Func(_)) => {}
             Some(_) => {
                 return Err(LoadError::ExportSignature {
                     name: name.to_string(),
@@ -126,11 +133,19 @@ pub(crate) fn check_module(module: &Module) -> Result<bool, LoadError> {
             None => {}
         }
     }
-    match optional {
-        0 => Ok(false),
-        2 => Ok(true),
-        _ => Err(LoadError::MissingExport(
-            "sluice_alloc and sluice_configure go together".into(),
+    let optional = OptionalExports {
+        configure: has("sluice_configure"),
+        tags: has("sluice_tags"),
+    };
+    let wants_alloc = optional.configure || optional.tags;
+    match (has("sluice_alloc"), wants_alloc) {
+        (true, true) | (false, false) => Ok(optional),
+        (false, true) => Err(LoadError::MissingExport(
+            "sluice_alloc (sluice_configure and sluice_tags receive their bytes in memory it returns)"
+                .into(),
+        )),
+        (true, false) => Err(LoadError::MissingExport(
+            "sluice_configure or sluice_tags (sluice_alloc alone is never called)".into(),
         )),
     }
 }

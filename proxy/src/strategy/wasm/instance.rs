@@ -11,7 +11,7 @@ use super::plugin::LoadedPlugin;
 use super::runtime::{on_deadline, DeadlineState, HeadersPtr, HostState, WasmRuntime};
 use super::ticker::EpochTicker;
 use super::LoadError;
-use crate::pool::Pool;
+use crate::pool::{Member, Pool};
 use crate::strategy::RequestHeaders;
 
 /// Why one call into the plugin failed.
@@ -67,6 +67,53 @@ fn tag_bits(spec_tags: &[String], strategy_tags: &[String]) -> u32 {
         .fold(0u32, |bits, (i, _)| bits | (1 << i))
 }
 
+/// Hands bytes to a fresh instance: `sluice_alloc(len)`, the bytes written there, then the
+/// receiving export called with `(ptr, len)`; a non-zero answer refuses the plugin.
+struct Handover<'s> {
+    store: &'s mut Store<HostState>,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    runtime: &'s WasmRuntime,
+}
+
+impl Handover<'_> {
+    fn give(
+        &mut self,
+        (export, what): (&'static str, &'static str),
+        receive: TypedFunc<(i32, i32), i32>,
+        bytes: &[u8],
+    ) -> Result<(), LoadError> {
+        let refused = |code| LoadError::Refused { export, what, code };
+        let len = i32::try_from(bytes.len()).map_err(|_| refused(-1))?;
+        self.runtime.ticker().call_starting();
+        self.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        let ptr = self
+            .alloc
+            .call(&mut *self.store, len)
+            .map_err(|e| LoadError::Instantiate(format!("sluice_alloc: {e:#}")))?;
+        let mem = self.memory.data_mut(&mut *self.store);
+        let range = usize::try_from(ptr)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(bytes.len())?))
+            .filter(|r| r.end <= mem.len());
+        let Some(range) = range else {
+            return Err(LoadError::Instantiate(
+                "sluice_alloc returned memory out of bounds".into(),
+            ));
+        };
+        mem[range].copy_from_slice(bytes);
+        self.runtime.ticker().call_starting();
+        self.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        let code = receive
+            .call(&mut *self.store, (ptr, len))
+            .map_err(|e| LoadError::Instantiate(format!("{export}: {e:#}")))?;
+        if code != 0 {
+            return Err(refused(code));
+        }
+        Ok(())
+    }
+}
+
 impl ThreadInstance {
     /// Instantiates `plugin`, hands it its config, and asks for a buffer of `initial` records.
     pub(crate) fn new(
@@ -101,36 +148,32 @@ impl ThreadInstance {
         let buffer = instance
             .get_typed_func::<i32, i32>(&mut store, "sluice_buffer")
             .map_err(|_| export("sluice_buffer"))?;
-        if plugin.has_configure {
+        if plugin.exports.tags || plugin.exports.configure {
             let alloc = instance
                 .get_typed_func::<i32, i32>(&mut store, "sluice_alloc")
                 .map_err(|_| export("sluice_alloc"))?;
-            let configure = instance
-                .get_typed_func::<(i32, i32), i32>(&mut store, "sluice_configure")
-                .map_err(|_| export("sluice_configure"))?;
-            let config = &plugin.config_json;
-            let len = i32::try_from(config.len()).map_err(|_| LoadError::Configure(-1))?;
-            ticker.call_starting();
-            store.set_epoch_deadline(runtime.deadline_ticks());
-            let ptr = alloc
-                .call(&mut store, len)
-                .map_err(|e| LoadError::Instantiate(format!("sluice_alloc: {e:#}")))?;
-            let start = usize::try_from(ptr).map_err(|_| LoadError::Configure(-1))?;
-            let mem = memory.data_mut(&mut store);
-            let end = start.checked_add(config.len()).filter(|&e| e <= mem.len());
-            let Some(end) = end else {
-                return Err(LoadError::Instantiate(
-                    "sluice_alloc returned memory out of bounds".into(),
-                ));
+            let mut hand = Handover {
+                store: &mut store,
+                memory,
+                alloc,
+                runtime,
             };
-            mem[start..end].copy_from_slice(config);
-            ticker.call_starting();
-            store.set_epoch_deadline(runtime.deadline_ticks());
-            let code = configure
-                .call(&mut store, (ptr, len))
-                .map_err(|e| LoadError::Instantiate(format!("sluice_configure: {e:#}")))?;
-            if code != 0 {
-                return Err(LoadError::Configure(code));
+            // Tags first, so `configure` may refer to them by name.
+            if plugin.exports.tags {
+                let tags = instance
+                    .get_typed_func::<(i32, i32), i32>(&mut *hand.store, "sluice_tags")
+                    .map_err(|_| export("sluice_tags"))?;
+                hand.give(("sluice_tags", "the tag names"), tags, &plugin.tags_text)?;
+            }
+            if plugin.exports.configure {
+                let configure = instance
+                    .get_typed_func::<(i32, i32), i32>(&mut *hand.store, "sluice_configure")
+                    .map_err(|_| export("sluice_configure"))?;
+                hand.give(
+                    ("sluice_configure", "the config"),
+                    configure,
+                    &plugin.config_json,
+                )?;
             }
         }
         let mut this = Self {
@@ -177,37 +220,42 @@ impl ThreadInstance {
         Ok(())
     }
 
-    /// Writes the request and the pool's eligible instances, then calls `sluice_pick`.
+    /// Writes the request and the pool's eligible instances, then calls `sluice_pick`. On a
+    /// retry (`exclude` names instances this request already tried) the records are the
+    /// eligible instances less those, the header's retry flag is set, and the answer is
+    /// mapped back to an index of the whole pool.
     pub(crate) fn pick(
         &mut self,
         pool: &Pool,
-        hash: u64,
-        random: u64,
-        headers: Option<&dyn RequestHeaders>,
+        request: Pick<'_>,
         tags: &[String],
-    ) -> Result<i32, CallError> {
+    ) -> Result<Answer, CallError> {
         let n = pool.eligible_len();
-        if n > self.capacity {
-            self.grow(n)?;
+        let offered = Offered::of(pool, request.exclude);
+        let count = offered.count(pool);
+        if count > self.capacity {
+            self.grow(count)?;
         }
         let base = self.buffer_ptr;
         let mem = self.memory.data_mut(&mut self.store);
         // The guest may have moved or shrunk nothing, but check: a hostile module can write
         // anywhere in its own memory, never outside it.
-        let end = base + HEADER_SIZE + RECORD_SIZE * n;
+        let end = base + HEADER_SIZE + RECORD_SIZE * count;
         if end > mem.len() {
             return Err(CallError::Buffer);
         }
         let buf = &mut mem[base..end];
         put_u32(buf, header::VERSION, ABI_VERSION);
-        put_u32(buf, header::N, n as u32);
+        put_u32(buf, header::N, count as u32);
         put_u32(buf, header::RECORD_SIZE, RECORD_SIZE as u32);
-        put_u32(buf, header::FLAGS, 0);
-        put_u64(buf, header::REQUEST_HASH, hash);
-        put_u64(buf, header::RANDOM, random);
-        let full = self.written != Some((pool.generation(), n));
+        let flags = if offered.is_retry() { flags::RETRY } else { 0 };
+        put_u32(buf, header::FLAGS, flags);
+        put_u64(buf, header::REQUEST_HASH, request.hash);
+        put_u64(buf, header::RANDOM, request.random);
+        // A retry's subset is written whole and leaves the buffer to be rewritten whole.
+        let full = offered.is_retry() || self.written != Some((pool.generation(), n));
         let records = buf[HEADER_SIZE..].chunks_exact_mut(RECORD_SIZE);
-        for (r, member) in records.zip(pool.eligible_members()) {
+        for (r, (_, member)) in records.zip(offered.members(pool)) {
             if full {
                 put_u64(r, record::KEY, member.key);
                 put_u32(r, record::WEIGHT, member.spec.weight);
@@ -225,21 +273,121 @@ impl ThreadInstance {
             r[record::IN_FLIGHT..record::FAILURES + 4].copy_from_slice(&fields);
         }
         // The guest could overwrite the records; rewrite them all after anything unusual.
-        self.written = Some((pool.generation(), n));
+        self.written = (!offered.is_retry()).then_some((pool.generation(), n));
         // The guest reads the request's headers during the call only: the guard clears the
         // pointer when it drops, after the call returns or while a panic unwinds through it.
-        let mut store = LentHeaders::lend(&mut self.store, headers);
+        let mut store = LentHeaders::lend(&mut self.store, request.headers);
         // Each call starts with a fresh deadline: a CPU mark left by an earlier call that was
         // descheduled across a tick would make the next firing interrupt a healthy pick.
         store.data_mut().deadline = DeadlineState::default();
         self.ticker.call_starting();
         store.set_epoch_deadline(self.deadline_ticks);
-        let result = self.pick.call(&mut *store, n as i32);
+        let result = self.pick.call(&mut *store, count as i32);
         drop(store);
-        if result.is_err() {
-            self.written = None;
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.written = None;
+                return Err(e.into());
+            }
+        };
+        Ok(match usize::try_from(answer) {
+            Ok(i) if i < count => Answer::Index(offered.pool_index(pool, i)),
+            _ if answer == -1 => Answer::NoOpinion,
+            _ => Answer::OutOfRange {
+                answer,
+                offered: count,
+            },
+        })
+    }
+}
+
+/// Header flag bits (offset 12).
+pub(crate) mod flags {
+    /// The request is a retry: the records leave out the instances it already tried.
+    pub(crate) const RETRY: u32 = 1;
+}
+
+/// What the host knows of the request for one pick.
+#[derive(Clone, Copy)]
+pub(crate) struct Pick<'a> {
+    pub(crate) hash: u64,
+    pub(crate) random: u64,
+    /// Instance keys this request already tried (empty on a first try).
+    pub(crate) exclude: &'a [u64],
+    pub(crate) headers: Option<&'a dyn RequestHeaders>,
+}
+
+/// The plugin's answer, as an index of the pool's eligible instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Index(usize),
+    /// `-1`: the host chooses (round-robin).
+    NoOpinion,
+    /// Not in `[0, offered)` and not -1.
+    OutOfRange {
+        answer: i32,
+        offered: usize,
+    },
+}
+
+/// Which eligible instances a pick offers the plugin.
+#[derive(Clone, Copy)]
+enum Offered<'a> {
+    /// Every eligible instance (a first try, or a retry with nothing left untried).
+    All,
+    /// A retry: the `count` eligible instances whose keys are not in `tried`.
+    Untried { tried: &'a [u64], count: usize },
+}
+
+impl<'a> Offered<'a> {
+    fn of(pool: &Pool, tried: &'a [u64]) -> Self {
+        if tried.is_empty() {
+            return Offered::All;
         }
-        Ok(result?)
+        let count = pool
+            .eligible_members()
+            .filter(|m| !tried.contains(&m.key))
+            .count();
+        // Everything tried: a retry may still go anywhere (as native round-robin does).
+        if count == 0 || count == pool.eligible_len() {
+            Offered::All
+        } else {
+            Offered::Untried { tried, count }
+        }
+    }
+
+    fn is_retry(self) -> bool {
+        matches!(self, Offered::Untried { .. })
+    }
+
+    fn count(self, pool: &Pool) -> usize {
+        match self {
+            Offered::All => pool.eligible_len(),
+            Offered::Untried { count, .. } => count,
+        }
+    }
+
+    /// The offered instances, in pool order.
+    fn members<'p>(self, pool: &'p Pool) -> impl Iterator<Item = (usize, &'p Member)> + 'p
+    where
+        'a: 'p,
+    {
+        let tried: &'p [u64] = match self {
+            Offered::All => &[],
+            Offered::Untried { tried, .. } => tried,
+        };
+        pool.eligible_members()
+            .enumerate()
+            .filter(move |(_, m)| !tried.contains(&m.key))
+    }
+
+    /// The pool index of the `i`-th offered instance.
+    fn pool_index(self, pool: &Pool, i: usize) -> usize {
+        match self {
+            Offered::All => i,
+            Offered::Untried { .. } => self.members(pool).nth(i).map_or(i, |(index, _)| index),
+        }
     }
 }
 

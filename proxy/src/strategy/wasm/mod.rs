@@ -12,8 +12,8 @@ mod strategy;
 mod ticker;
 
 pub use builtin::BUILTIN_PLUGINS;
-pub use check::{check_file, PickReport};
-pub use plugin::{sample_pool, LoadedPlugin};
+pub use check::{check_file, CheckSettings, PickReport};
+pub use plugin::{sample_pool, sample_pool_tagged, LoadedPlugin, PluginSettings};
 pub use runtime::{WasmRuntime, DEFAULT_DEADLINE, DEFAULT_MEMORY_LIMIT};
 pub use strategy::{FallbackReason, WasmStrategy, MAX_FAILURES_PER_MINUTE};
 
@@ -46,8 +46,13 @@ pub enum LoadError {
     },
     #[error("instantiation failed: {0}")]
     Instantiate(String),
-    #[error("sluice_configure rejected the config (returned {0})")]
-    Configure(i32),
+    /// `sluice_configure` refused the config, or `sluice_tags` the tag names.
+    #[error("{export} rejected {what} (returned {code})")]
+    Refused {
+        export: &'static str,
+        what: &'static str,
+        code: i32,
+    },
     #[error("probe failed: {0}")]
     Probe(String),
     #[error("WASM engine: {0}")]

@@ -10,8 +10,8 @@ use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
 use thread_local::ThreadLocal;
 
-use super::instance::{CallError, ThreadInstance};
-use super::plugin::LoadedPlugin;
+use super::instance::{Answer, CallError, Pick, ThreadInstance};
+use super::plugin::{LoadedPlugin, PluginSettings};
 use super::runtime::WasmRuntime;
 use super::LoadError;
 use crate::metrics::Metrics;
@@ -67,7 +67,6 @@ pub struct WasmStrategy {
     name: Arc<str>,
     runtime: Arc<WasmRuntime>,
     current: ArcSwap<LoadedPlugin>,
-    tags: Vec<String>,
     threads: ThreadLocal<RefCell<ThreadSlot>>,
     /// Generation that was disabled (`u64::MAX`: none).
     disabled_generation: AtomicU64,
@@ -100,7 +99,11 @@ impl WasmStrategy {
         config: serde_json::Value,
         tags: Vec<String>,
     ) -> Result<Self, LoadError> {
-        let plugin = LoadedPlugin::load(&runtime, name, source, bytes, &config, 1)?;
+        let settings = PluginSettings {
+            config: &config,
+            tags: &tags,
+        };
+        let plugin = LoadedPlugin::load(&runtime, name, source, bytes, settings, 1)?;
         let reloads = |result: &str| {
             metrics
                 .strategy_reloads_total
@@ -110,7 +113,6 @@ impl WasmStrategy {
             name: name.into(),
             current: ArcSwap::from_pointee(plugin),
             runtime,
-            tags,
             threads: ThreadLocal::new(),
             disabled_generation: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
@@ -137,8 +139,20 @@ impl WasmStrategy {
         bytes: &[u8],
         config: &serde_json::Value,
     ) -> Result<u64, LoadError> {
-        let generation = self.current.load().generation + 1;
-        match LoadedPlugin::load(&self.runtime, &self.name, source, bytes, config, generation) {
+        let current = self.current.load_full();
+        let settings = PluginSettings {
+            config,
+            tags: &current.tags,
+        };
+        let generation = current.generation + 1;
+        match LoadedPlugin::load(
+            &self.runtime,
+            &self.name,
+            source,
+            bytes,
+            settings,
+            generation,
+        ) {
             Ok(plugin) => {
                 self.current.store(Arc::new(plugin));
                 self.reloads_ok.inc();
@@ -212,11 +226,6 @@ impl Strategy for WasmStrategy {
         if n == 0 {
             return None;
         }
-        // Retries after a connection failure go to the next untried instance in round-robin
-        // order: the ABI has no way to say "not these".
-        if !request.exclude.is_empty() {
-            return RoundRobin.pick(pool, request);
-        }
         let plugin = self.current.load();
         if self.is_disabled(plugin.generation) {
             return self.fallback(FallbackReason::Disabled, pool, request);
@@ -241,23 +250,25 @@ impl Strategy for WasmStrategy {
         let Some(instance) = slot.instance.as_mut() else {
             return self.fallback(FallbackReason::Trap, pool, request);
         };
-        let result = instance.pick(
-            pool,
-            request.hash,
-            fastrand::u64(..),
-            request.headers,
-            &self.tags,
-        );
+        let pick = Pick {
+            hash: request.hash,
+            random: fastrand::u64(..),
+            exclude: request.exclude,
+            headers: request.headers,
+        };
+        let result = instance.pick(pool, pick, &plugin.tags);
         if let Some(start) = timed {
             self.pick_duration.observe(start.elapsed().as_secs_f64());
         }
         let reason = match result {
-            Ok(i) if i >= 0 && (i as usize) < n => return Some(i as usize),
-            Ok(-1) => return self.fallback(FallbackReason::NoOpinion, pool, request),
-            Ok(other) => {
+            Ok(Answer::Index(i)) => return Some(i),
+            Ok(Answer::NoOpinion) => {
+                return self.fallback(FallbackReason::NoOpinion, pool, request)
+            }
+            Ok(Answer::OutOfRange { answer, offered }) => {
                 self.record_failure(
                     plugin.generation,
-                    &format_args!("sluice_pick({n}) returned {other}"),
+                    &format_args!("sluice_pick({offered}) returned {answer}"),
                 );
                 FallbackReason::OutOfRange
             }
