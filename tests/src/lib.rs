@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod grpc;
 pub mod load;
+pub mod prometheus;
 pub mod pyjwt;
 pub mod redis;
 pub mod upstream;

@@ -101,13 +101,17 @@ impl Directory {
     /// The slot of `service`, created empty when the registry has not listed it yet.
     pub fn slot(&self, service: &str) -> Arc<ServiceSlot> {
         let mut inner = self.lock();
-        Self::slot_locked(&mut inner, service)
+        self.slot_locked(&mut inner, service)
     }
 
-    fn slot_locked(inner: &mut Inner, service: &str) -> Arc<ServiceSlot> {
+    fn slot_locked(&self, inner: &mut Inner, service: &str) -> Arc<ServiceSlot> {
         if let Some(slot) = inner.slots.get(service) {
             return slot.clone();
         }
+        // Per-service families are present from the service's first mention, at zero.
+        self.metrics
+            .outlier_ejections_total
+            .with_label_values(&[service]);
         let name: Arc<str> = service.into();
         let slot = Arc::new(ServiceSlot::new(name.clone()));
         inner.slots.insert(name, slot.clone());
@@ -341,7 +345,7 @@ impl Directory {
     }
 
     fn rebuild(&self, inner: &mut Inner, service: &Arc<str>, resolved: &Resolved) {
-        let slot = Self::slot_locked(inner, service);
+        let slot = self.slot_locked(inner, service);
         let previous = slot.load_full();
         let before: HashMap<&str, &Member> = previous
             .members()

@@ -7,6 +7,7 @@
 
 mod c_plugin;
 mod config_check;
+mod dashboard;
 mod demo;
 mod desync;
 mod etcd_discovery;
