@@ -43,6 +43,8 @@ struct Launch<'a> {
     ready_path: &'a str,
     /// Environment variables for the process.
     env: &'a [(&'a str, &'a str)],
+    /// Soft and hard open-files limit of the process (`prlimit`), when set.
+    open_files: Option<u64>,
 }
 
 impl Default for Launch<'_> {
@@ -53,6 +55,7 @@ impl Default for Launch<'_> {
             log_format: "text",
             ready_path: "/readyz",
             env: &[],
+            open_files: None,
         }
     }
 }
@@ -160,6 +163,15 @@ impl Gateway {
         Self::launch_file_registry(rest, services, options).await
     }
 
+    /// A file-registry gateway started with an open-files limit of `limit` (soft and hard).
+    pub async fn start_with_open_files(limit: u64, rest: &str, services: &str) -> Self {
+        let options = Launch {
+            open_files: Some(limit),
+            ..Launch::default()
+        };
+        Self::launch_file_registry(rest, services, options).await
+    }
+
     /// A file-registry gateway with extra keys for both the `[proxy]` and `[admin]` tables.
     pub async fn start_with_tables(
         proxy_extra: &str,
@@ -204,6 +216,7 @@ impl Gateway {
             log_format,
             ready_path,
             env,
+            open_files,
         } = options;
         let services_path = dir.path().join("services.toml");
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -229,7 +242,18 @@ impl Gateway {
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("sluice.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(sluice_bin())
+        // prlimit sets the limit and execs sluice: the child's pid is sluice's.
+        let mut command = match open_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(sluice_bin());
+                c
+            }
+            None => Command::new(sluice_bin()),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

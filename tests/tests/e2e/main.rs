@@ -9,6 +9,7 @@ mod c_plugin;
 mod config_check;
 mod dashboard;
 mod demo;
+mod descriptors;
 mod desync;
 mod etcd_discovery;
 mod failover;
