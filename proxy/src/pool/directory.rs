@@ -60,6 +60,49 @@ struct Inner {
     wait_first: HashSet<String>,
     /// `[services.NAME] scheme`: for instances whose registry value names none.
     default_schemes: HashMap<String, Scheme>,
+    /// Keeps membership logging to a bounded rate under churn.
+    membership_log: LogBudget,
+}
+
+/// Membership lines the log takes per second (all services); the rest are counted and the
+/// next line written says how many were left out.
+const MEMBERSHIP_LINES_PER_SECOND: u32 = 50;
+
+/// A per-second budget of log lines.
+#[derive(Default)]
+struct LogBudget {
+    window: Option<std::time::Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    /// Whether one more line fits this second; when a new second starts after lines were
+    /// left out, says how many first.
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let fresh = self
+            .window
+            .is_none_or(|start| now.duration_since(start) >= std::time::Duration::from_secs(1));
+        if fresh {
+            if self.suppressed > 0 {
+                tracing::info!(
+                    left_out = self.suppressed,
+                    "registry churn: pool change lines left out in the last second(s)"
+                );
+            }
+            self.window = Some(now);
+            self.used = 0;
+            self.suppressed = 0;
+        }
+        if self.used < MEMBERSHIP_LINES_PER_SECOND {
+            self.used += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
 }
 
 /// Every service the gateway knows, by name.
@@ -395,7 +438,7 @@ impl Directory {
                 live,
             });
         }
-        log_membership_changes(service, &before, &members);
+        log_membership_changes(&mut inner.membership_log, service, &before, &members);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let pool = Pool::new(service.clone(), generation, members);
         let eligible = pool.eligible_len() as i64;
@@ -457,8 +500,14 @@ const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const MAX_MEMBERSHIP_LINES: usize = 16;
 
 /// Logs instances that joined or left `service`'s pool, and status changes, at info: what an
-/// operator reads when traffic moves.
-fn log_membership_changes(service: &str, before: &HashMap<&str, &Member>, after: &[Member]) {
+/// operator reads when traffic moves. One line per change, one summary line for a larger
+/// change, within `budget` lines a second.
+fn log_membership_changes(
+    budget: &mut LogBudget,
+    service: &str,
+    before: &HashMap<&str, &Member>,
+    after: &[Member],
+) {
     let present: HashSet<&str> = after.iter().map(|m| m.spec.id.as_str()).collect();
     let joined: Vec<&Member> = after
         .iter()
@@ -471,6 +520,9 @@ fn log_membership_changes(service: &str, before: &HashMap<&str, &Member>, after:
         .collect();
     let left: Vec<&&str> = before.keys().filter(|id| !present.contains(**id)).collect();
     if joined.len() + changed.len() + left.len() > MAX_MEMBERSHIP_LINES {
+        if !budget.take() {
+            return;
+        }
         tracing::info!(
             %service,
             joined = joined.len(),
@@ -482,6 +534,9 @@ fn log_membership_changes(service: &str, before: &HashMap<&str, &Member>, after:
         return;
     }
     for member in joined {
+        if !budget.take() {
+            continue;
+        }
         let spec = &member.spec;
         tracing::info!(
             %service,
@@ -493,6 +548,9 @@ fn log_membership_changes(service: &str, before: &HashMap<&str, &Member>, after:
         );
     }
     for (old, new) in changed {
+        if !budget.take() {
+            continue;
+        }
         tracing::info!(
             %service,
             instance = %new.spec.id,
@@ -502,6 +560,9 @@ fn log_membership_changes(service: &str, before: &HashMap<&str, &Member>, after:
         );
     }
     for id in left {
+        if !budget.take() {
+            continue;
+        }
         tracing::info!(%service, instance = %id, "instance left");
     }
 }
@@ -563,6 +624,18 @@ fn resolve(service: &str, spec: &InstanceSpec, resolved: &Resolved) -> Option<So
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn membership_lines_are_held_to_their_budget_per_second() {
+        let mut budget = LogBudget::default();
+        let taken = (0..60).filter(|_| budget.take()).count();
+        assert_eq!(taken, MEMBERSHIP_LINES_PER_SECOND as usize);
+        assert_eq!(budget.suppressed, 10);
+        // A new second: the budget is back, the left-out count reported and reset.
+        budget.window = Some(std::time::Instant::now() - std::time::Duration::from_secs(2));
+        assert!(budget.take());
+        assert_eq!(budget.suppressed, 0);
+    }
     use crate::registry::{decode_value, Status};
 
     fn event(revision: i64, update: Update) -> SourceEvent {
