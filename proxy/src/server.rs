@@ -101,7 +101,7 @@ pub fn publish_certificates(index: &CertIndex, metrics: &Metrics) {
             certificate = i,
             default = i == 0,
             file = %cert.path.display(),
-            names = %names,
+            names = %cert.names.join(", "),
             not_after = cert.not_after.unwrap_or_default(),
             "TLS certificate loaded"
         );

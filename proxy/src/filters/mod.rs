@@ -236,16 +236,51 @@ fn duration(
     text: &str,
     max: std::time::Duration,
 ) -> Result<std::time::Duration, FilterError> {
+    use std::ops::Bound::{Excluded, Included};
+    duration_in(
+        name,
+        key,
+        text,
+        (Excluded(std::time::Duration::ZERO), Included(max)),
+    )
+}
+
+/// A duration key of filter `name` within `range`: the one reading of a filter's durations,
+/// its error naming the key and the range.
+fn duration_in(
+    name: &str,
+    key: &str,
+    text: &str,
+    range: (
+        std::ops::Bound<std::time::Duration>,
+        std::ops::Bound<std::time::Duration>,
+    ),
+) -> Result<std::time::Duration, FilterError> {
+    use std::ops::{Bound, RangeBounds};
+    let shown = |d: &std::time::Duration| humantime::format_duration(*d).to_string();
+    let mut limits = Vec::new();
+    match range.start_bound() {
+        Bound::Included(min) if min.is_zero() => limits.push("0 or more".to_string()),
+        Bound::Included(min) => limits.push(format!("at least {}", shown(min))),
+        Bound::Excluded(min) if min.is_zero() => limits.push("more than 0".to_string()),
+        Bound::Excluded(min) => limits.push(format!("more than {}", shown(min))),
+        Bound::Unbounded => {}
+    }
+    match range.end_bound() {
+        Bound::Included(max) => limits.push(format!("at most {}", shown(max))),
+        Bound::Excluded(max) => limits.push(format!("less than {}", shown(max))),
+        Bound::Unbounded => {}
+    }
     humantime::parse_duration(text.trim())
         .ok()
-        .filter(|d| !d.is_zero() && *d <= max)
+        .filter(|d| range.contains(d))
         .ok_or_else(|| {
             FilterError::new(
                 name,
                 key,
                 format!(
-                    "{text:?}: expected a duration such as \"2s\", more than 0 and at most {}",
-                    humantime::format_duration(max)
+                    "{text:?}: expected a duration such as \"2s\", {}",
+                    limits.join(" and ")
                 ),
             )
         })

@@ -107,7 +107,8 @@ async fn passive_ejection_is_on_by_default_and_can_be_turned_off() {
         assert_eq!(dead["ejected"], ejected, "{extra:?}: {dead}");
         let m = gw.metrics().await;
         let ejections = sluice_tests::metric(&m, "sluice_outlier_ejections_total{service=\"svc\"}");
-        assert_eq!(ejections, ejected.then_some(1.0), "{m}");
+        // Present from the start, at zero.
+        assert_eq!(ejections, Some(if ejected { 1.0 } else { 0.0 }), "{m}");
         let healthy = |id: &str| {
             let prefix = format!("sluice_upstream_healthy{{instance_id=\"{id}\",service=\"svc\"}}");
             sluice_tests::metric(&m, &prefix)

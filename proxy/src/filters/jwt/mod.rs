@@ -136,11 +136,9 @@ impl Jwt {
         let mut refresh = None;
         let mut refresh_every = None;
         if let Some(text) = &settings.jwks_refresh {
-            let every = humantime::parse_duration(text.trim())
-                .map_err(|e| error("jwks_refresh", format!("{text:?}: {e}")))?;
-            if every < Duration::from_secs(10) {
-                return Err(error("jwks_refresh", "must be at least 10s".into()));
-            }
+            use std::ops::Bound::{Included, Unbounded};
+            let at_least = (Included(Duration::from_secs(10)), Unbounded);
+            let every = super::duration_in(name, "jwks_refresh", text, at_least)?;
             refresh_every = Some(every);
         }
         let keys: Option<KeySet> = match (&settings.jwks, &settings.keys, &settings.secret_file) {
@@ -242,8 +240,10 @@ impl Jwt {
 
         let leeway = match &settings.leeway {
             None => DEFAULT_LEEWAY,
-            Some(text) => humantime::parse_duration(text.trim())
-                .map_err(|e| error("leeway", format!("{text:?}: {e}")))?,
+            Some(text) => {
+                use std::ops::Bound::{Included, Unbounded};
+                super::duration_in(name, "leeway", text, (Included(Duration::ZERO), Unbounded))?
+            }
         };
         let mut claims_to_headers = Vec::new();
         for (claim, header) in settings.claims_to_headers.unwrap_or_default() {

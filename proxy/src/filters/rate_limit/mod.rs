@@ -94,15 +94,12 @@ impl RateLimit {
         if settings.rate == 0 {
             return Err(FilterError::new(name, "rate", "must be at least 1"));
         }
-        let per = humantime::parse_duration(settings.per.trim())
-            .map_err(|e| FilterError::new(name, "per", format!("{:?}: {e}", settings.per)))?;
-        if per.is_zero() || per > Duration::from_secs(366 * 24 * 3600) {
-            return Err(FilterError::new(
-                name,
-                "per",
-                "must be more than 0 and at most a year",
-            ));
-        }
+        let per = super::duration(
+            name,
+            "per",
+            &settings.per,
+            Duration::from_secs(366 * 24 * 3600),
+        )?;
         let burst = settings.burst.unwrap_or(settings.rate);
         if burst == 0 {
             return Err(FilterError::new(name, "burst", "must be at least 1"));

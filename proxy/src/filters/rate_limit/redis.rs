@@ -133,15 +133,10 @@ impl RedisStore {
         };
         let timeout = match &settings.timeout {
             None => DEFAULT_TIMEOUT,
-            Some(text) => humantime::parse_duration(text.trim())
-                .map_err(|e| error("timeout", format!("{text:?}: {e}")))?,
+            Some(text) => {
+                crate::filters::duration(name, "redis.timeout", text, Duration::from_secs(10))?
+            }
         };
-        if timeout.is_zero() || timeout > Duration::from_secs(10) {
-            return Err(error(
-                "timeout",
-                "must be more than 0 and at most 10s".into(),
-            ));
-        }
         let url = settings.url.trim();
         if url.starts_with("rediss://") {
             return Err(error(
