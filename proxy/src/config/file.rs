@@ -200,6 +200,37 @@ pub(super) struct PassiveSection {
     pub(super) eject_for: Option<String>,
 }
 
+/// The dotted key of the `key = value` line holding byte `at` of `text`, with its table
+/// (`routes[0].max_body_bytes`), read from the text; `None` when that line is no assignment.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (name, _) = line.split_once('=')?;
+    let name = name.trim();
+    if name.is_empty() || name.starts_with('[') || name.starts_with('#') {
+        return None;
+    }
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for header in text[..line_start].lines().map(str::trim) {
+        if let Some(array) = header.strip_prefix("[[").and_then(|h| h.split("]]").next()) {
+            let array = array.trim().to_string();
+            let index = arrays
+                .entry(array.clone())
+                .and_modify(|i| *i += 1)
+                .or_insert(0);
+            table = format!("{array}[{index}]");
+        } else if let Some(name) = header.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    Some(if table.is_empty() {
+        name.to_string()
+    } else {
+        format!("{table}.{name}")
+    })
+}
+
 /// Parses TOML into the file model; the first structural problem is reported with its line
 /// and dotted key path.
 pub(super) fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
@@ -207,19 +238,37 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> 
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let key = err.path().to_string();
         let inner = err.into_inner();
-        let line = inner
-            .span()
-            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+        let start = inner.span().map(|span| span.start.min(text.len()));
+        let line = start
+            .map(|start| text[..start].matches('\n').count() + 1)
             .unwrap_or(0);
+        // Some values fail in the TOML reader itself (an integer beyond 64 bits), before a
+        // key path exists: name the key from the text around the error instead.
+        let key = match (key.as_str(), start) {
+            (".", Some(start)) => key_at(text, start).unwrap_or_else(|| "(top level)".into()),
+            (".", None) => "(top level)".into(),
+            _ => key,
+        };
         ConfigError::Parse {
             path: path.to_path_buf(),
             line,
-            key: if key == "." {
-                "(top level)".into()
-            } else {
-                key
-            },
+            key,
             reason: inner.message().trim().to_string(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_too_large_for_64_bits_names_its_key() {
+        let text = "[proxy]\nthreads = 2\n\n[[routes]]\nservice = \"a\"\n\n[[routes]]\nservice = \"b\"\nmax_body_bytes = 99999999999999999999999\n";
+        let err = parse(Path::new("s.toml"), text).unwrap_err().to_string();
+        assert!(err.contains("routes[1].max_body_bytes"), "{err}");
+        assert!(err.contains(":9:"), "{err}");
+        assert_eq!(key_at("a = 1\n", 4).as_deref(), Some("a"));
+        assert_eq!(key_at("[x]\n", 1), None);
+    }
 }
