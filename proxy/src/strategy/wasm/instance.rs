@@ -254,8 +254,7 @@ impl ThreadInstance {
         put_u64(buf, header::RANDOM, request.random);
         // A retry's subset is written whole and leaves the buffer to be rewritten whole.
         let full = offered.is_retry() || self.written != Some((pool.generation(), n));
-        let records = buf[HEADER_SIZE..].chunks_exact_mut(RECORD_SIZE);
-        for (r, (_, member)) in records.zip(offered.members(pool)) {
+        let write = |r: &mut [u8], member: &Member| {
             if full {
                 put_u64(r, record::KEY, member.key);
                 put_u32(r, record::WEIGHT, member.spec.weight);
@@ -271,6 +270,20 @@ impl ThreadInstance {
             fields[4..8].copy_from_slice(&live.ewma_us().to_le_bytes());
             fields[8..12].copy_from_slice(&live.failures().to_le_bytes());
             r[record::IN_FLIGHT..record::FAILURES + 4].copy_from_slice(&fields);
+        };
+        let records = buf[HEADER_SIZE..].chunks_exact_mut(RECORD_SIZE);
+        // A first try walks the eligible members as they are: no filter per record.
+        match offered {
+            Offered::All => {
+                for (r, member) in records.zip(pool.eligible_members()) {
+                    write(r, member);
+                }
+            }
+            Offered::Untried { .. } => {
+                for (r, (_, member)) in records.zip(offered.members(pool)) {
+                    write(r, member);
+                }
+            }
         }
         // The guest could overwrite the records; rewrite them all after anything unusual.
         self.written = (!offered.is_retry()).then_some((pool.generation(), n));
