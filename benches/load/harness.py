@@ -91,13 +91,23 @@ class Procs:
                 p.kill()
 
 
-def start_upstream(procs, work, name, delay_ms=0):
-    """The test upstream (hyper) as a process, optionally slow; returns its port."""
+def start_upstream(procs, work, name, delay_ms=0, controlled=False):
+    """The test upstream (hyper) as a process, optionally slow; returns its port, or with
+    `controlled` (port, process) where `set_delay(process, ms)` changes its delay."""
     port = free_port()
-    p = procs.spawn([UPSTREAM, name, f"127.0.0.1:{port}", str(delay_ms)], os.path.join(work, f"{name}.log"), stdout=subprocess.PIPE, text=True)
+    p = procs.spawn(
+        [UPSTREAM, name, f"127.0.0.1:{port}", str(delay_ms)], os.path.join(work, f"{name}.log"),
+        stdout=subprocess.PIPE, stdin=subprocess.PIPE if controlled else subprocess.DEVNULL, text=True,
+    )
     if p.stdout.readline().strip() != "ready":
         sys.exit(f"upstream {name} did not start")
-    return port
+    return (port, p) if controlled else port
+
+
+def set_delay(upstream, ms):
+    """Every answer of a `controlled` test upstream waits `ms` from now on."""
+    upstream.stdin.write(f"delay {ms}\n")
+    upstream.stdin.flush()
 
 
 def start_sluice(procs, work, config_body, threads=1):
@@ -117,16 +127,25 @@ def start_sluice(procs, work, config_body, threads=1):
 
 def oha(url, rate, conns, duration, timeout=None):
     """A fixed-rate run; returns rps, p50/p99/p99.9 (ms), successes and total."""
-    import json
+    return oha_result(oha_start(url, rate, conns, duration, timeout), url, duration)
 
+
+def oha_start(url, rate, conns, duration, timeout=None):
+    """Starts the run of `oha` and returns at once; `oha_result` waits for it."""
     args = ["oha", "-z", f"{duration}s", "-q", str(rate), "-c", str(conns), "--latency-correction", "--no-tui", "--output-format", "json"]
     if timeout:
         args += ["-t", timeout]
-    out = subprocess.run(args + [url], capture_output=True, text=True, timeout=duration + 120)
+    return subprocess.Popen(args + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def oha_result(run, url, duration):
+    import json
+
+    stdout, stderr = run.communicate(timeout=duration + 120)
     try:
-        report = json.loads(out.stdout)
+        report = json.loads(stdout)
     except json.JSONDecodeError:
-        sys.exit(f"oha printed no JSON for {url}:\n{out.stdout}\n{out.stderr}")
+        sys.exit(f"oha printed no JSON for {url}:\n{stdout}\n{stderr}")
     pct = report["latencyPercentiles"]
     codes = report.get("statusCodeDistribution", {})
     ok = codes.get("200", 0)

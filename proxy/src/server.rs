@@ -313,6 +313,10 @@ impl Parts {
             crate::config::ServicePolicy::default().passive,
         );
         server.add_service(background_service("outlier ejection", ejector));
+        server.add_service(background_service(
+            "latency decay",
+            crate::pool::LatencyDecay::new(self.directory.clone()),
+        ));
         let ejections = Some(requests);
         let gateway = Gateway::new(
             self.router.clone(),

@@ -474,9 +474,8 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("peer: {peer}"));
         let failed = match e.etype() {
             _ if e.esource() == &ErrorSource::Downstream => Failed::ClientLeft,
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::InvalidHTTPHeader => {
-                Failed::Final
-            }
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => Failed::TimedOut,
+            ErrorType::InvalidHTTPHeader => Failed::Final,
             _ => Failed::AfterSending,
         };
         // The same rule as the fast path's, whether the connection was new or reused.

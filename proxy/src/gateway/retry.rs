@@ -18,7 +18,9 @@ pub(crate) enum Failed {
     BeforeSending,
     /// Sent (or partly sent), with no response.
     AfterSending,
-    /// Timed out, or the response was unusable.
+    /// No response within the route's `timeout`.
+    TimedOut,
+    /// The response was unusable.
     Final,
     /// The client went away while the try was out.
     ClientLeft,
@@ -38,7 +40,7 @@ pub(crate) fn may_retry(
     match failed {
         Failed::BeforeSending => true,
         Failed::AfterSending => idempotent && body_replayable,
-        Failed::Final | Failed::ClientLeft => false,
+        Failed::TimedOut | Failed::Final | Failed::ClientLeft => false,
     }
 }
 
@@ -56,6 +58,7 @@ mod tests {
         assert!(!may_retry(Failed::AfterSending, false, true, 1, 1));
         assert!(!may_retry(Failed::AfterSending, true, false, 1, 1));
         // Timeouts and bad responses are answered.
+        assert!(!may_retry(Failed::TimedOut, true, true, 1, 5));
         assert!(!may_retry(Failed::Final, true, true, 1, 5));
         assert!(!may_retry(Failed::ClientLeft, true, true, 1, 5));
         assert!(!may_retry(Failed::BeforeSending, true, true, 1, 0));

@@ -456,6 +456,15 @@ impl Directory {
         tracing::debug!(%service, generation, eligible, ineligible, "pool swapped");
     }
 
+    /// One latency decay tick for every instance still referred to
+    /// ([`InstanceLive::decay_idle_latency`]).
+    pub fn decay_idle_latencies(&self) {
+        let inner = self.lock();
+        for live in inner.live.values().filter_map(std::sync::Weak::upgrade) {
+            live.decay_idle_latency();
+        }
+    }
+
     /// Copies live counters into their Prometheus families and drops the labels of instances
     /// nothing refers to any more. Called on scrape, so the request path records nothing twice.
     pub fn export_live_metrics(&self) {

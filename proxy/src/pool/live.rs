@@ -1,7 +1,7 @@
 //! Live per-instance state — requests in flight, latency EWMA, failures, picks — shared by
 //! every snapshot that holds the instance and by every request in flight to it.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +49,8 @@ pub struct InstanceLive {
     id: Arc<str>,
     in_flight: AtomicU32,
     ewma_us: AtomicU32,
+    /// A latency was observed since the last decay tick ([`Self::decay_idle_latency`]).
+    sampled: AtomicBool,
     failures: AtomicU32,
     picks: AtomicU64,
     /// Picks already exported to the Prometheus counter.
@@ -61,6 +63,9 @@ pub struct InstanceLive {
     /// Ejections so far (each one lasts twice as long as the previous, up to 16×).
     ejections: AtomicU32,
 }
+
+/// How often idle instances' latency EWMAs decay ([`InstanceLive::decay_idle_latency`]).
+pub const LATENCY_DECAY_PERIOD: Duration = Duration::from_secs(1);
 
 /// Milliseconds since the process's first call: the clock ejections are measured on.
 pub fn clock_ms() -> u64 {
@@ -87,6 +92,7 @@ impl InstanceLive {
             id,
             in_flight: AtomicU32::new(0),
             ewma_us: AtomicU32::new(0),
+            sampled: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             picks: AtomicU64::new(0),
             exported_picks: AtomicU64::new(0),
@@ -218,6 +224,27 @@ impl InstanceLive {
             ((u64::from(old) * 7 + u64::from(sample)) / 8) as u32
         };
         self.ewma_us.store(new, Ordering::Relaxed);
+        if !self.sampled.load(Ordering::Relaxed) {
+            self.sampled.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Called once per [`LATENCY_DECAY_PERIOD`]: an instance that answered nothing since the
+    /// last call has its EWMA cut by 1/8 (a half-life of about five periods). Without it an
+    /// instance that was slow once, and is therefore never picked by a latency-aware strategy,
+    /// would keep its old latency for ever and never be tried again; with it, it is tried
+    /// again within a minute of its last slow answer (a 1 s timeout's EWMA is back near 1 ms
+    /// after ~40 s), and a fresh sample sets it right. Instances with traffic are untouched.
+    pub fn decay_idle_latency(&self) {
+        if self.sampled.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        // A sample racing this update wins: it is fresher than any decay.
+        let _ = self
+            .ewma_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |us| {
+                (us != 0).then(|| (u64::from(us) * 7 / 8) as u32)
+            });
     }
 
     /// Records a successful attempt.
@@ -290,6 +317,36 @@ mod tests {
         assert_eq!(live.in_flight(), 1);
         drop(g2);
         assert_eq!((live.in_flight(), live.picks()), (0, 2));
+    }
+
+    #[test]
+    fn an_idle_instance_s_latency_decays_and_a_busy_one_s_does_not() {
+        let live = InstanceLive::new("svc".into(), "a".into());
+        live.observe_latency(Duration::from_millis(1000));
+        live.decay_idle_latency();
+        assert_eq!(
+            live.ewma_us(),
+            1_000_000,
+            "sampled since the last tick: kept"
+        );
+        live.decay_idle_latency();
+        assert_eq!(live.ewma_us(), 875_000);
+        for _ in 0..40 {
+            live.decay_idle_latency();
+        }
+        assert!(
+            live.ewma_us() < 5_000,
+            "{} µs after 41 idle ticks",
+            live.ewma_us()
+        );
+        for _ in 0..200 {
+            live.decay_idle_latency();
+        }
+        assert_eq!(live.ewma_us(), 0, "back to unknown");
+        live.decay_idle_latency();
+        assert_eq!(live.ewma_us(), 0);
+        live.observe_latency(Duration::from_micros(300));
+        assert_eq!(live.ewma_us(), 300);
     }
 
     #[test]

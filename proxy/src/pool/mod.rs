@@ -2,10 +2,12 @@
 //! ([`ServiceSlot`]), rebuilt off the request path by the [`Directory`] and swapped whole;
 //! per-instance live state ([`InstanceLive`]) lives outside the snapshot and survives swaps.
 
+mod decay;
 mod directory;
 mod live;
 mod snapshot;
 
+pub use decay::LatencyDecay;
 pub use directory::{Directory, ServiceSlot};
-pub use live::{clock_ms, Health, InFlightGuard, InstanceLive};
+pub use live::{clock_ms, Health, InFlightGuard, InstanceLive, LATENCY_DECAY_PERIOD};
 pub use snapshot::{instance_key, Member, Pool};

@@ -1,6 +1,7 @@
 //! Losing an instance abruptly: a `kill -9`ed upstream process under GET load costs no failed
 //! request — requests in flight on it and new connections to it are retried on another
-//! instance, and passive ejection takes it out of rotation.
+//! instance, and passive ejection takes it out of rotation. A try that times out teaches the
+//! instance's latency EWMA, which decays while the instance answers nothing.
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -129,4 +130,47 @@ async fn passive_ejection_is_on_by_default_and_can_be_turned_off() {
             "every try on the dead instance was retried: {m}"
         );
     }
+}
+
+/// A timed-out try is a latency sample of the time waited (a latency-aware strategy learns
+/// that an instance which never answers is slow, not unknown), and an instance that answers
+/// nothing has its EWMA cut once a second, so it is tried again once that has faded.
+#[tokio::test]
+async fn a_timeout_feeds_the_latency_ewma_which_decays_while_the_instance_is_idle() {
+    let slow = Upstream::start("slow").await;
+    slow.set_delay_ms(2_000);
+    let services = format!("[services.svc]\ninstances = [{}]\n", slow.instance());
+    let gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\ntimeout = \"300ms\"\nretries = 0\n\n\
+         [services.svc]\npassive = false\n",
+        &services,
+    )
+    .await;
+    let resp = sluice_tests::client()
+        .get(gw.url("/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    let ewma = || async {
+        gw.instance("svc", "slow").await.unwrap()["latency_ewma_us"]
+            .as_u64()
+            .unwrap()
+    };
+    let learned = ewma().await;
+    assert!(
+        (300_000..1_000_000).contains(&learned),
+        "the 300 ms timeout is the sample: {learned} µs"
+    );
+    // Two idle ticks later (the first only clears the sample's mark): 7/8 of 7/8 or less.
+    let decayed = sluice_tests::eventually(
+        "the idle instance's EWMA decays",
+        Duration::from_secs(6),
+        || async {
+            let now = ewma().await;
+            (now <= learned * 49 / 64 + 1).then_some(now)
+        },
+    )
+    .await;
+    assert!(decayed > 0, "{decayed}");
 }

@@ -106,7 +106,9 @@ impl Engine {
     }
 
     /// The try failed as `failed`: counted against the instance (unless the client left),
-    /// then whether another try may follow (`gateway::retry`).
+    /// then whether another try may follow (`gateway::retry`). A timeout is a latency too:
+    /// the time waited feeds the instance's EWMA, so a latency-aware strategy learns that an
+    /// instance which never answers is slow, not unknown.
     pub(crate) fn try_failed(
         &self,
         record: &RequestRecord,
@@ -116,6 +118,11 @@ impl Engine {
     ) -> bool {
         if failed == Failed::ClientLeft {
             return false;
+        }
+        if failed == Failed::TimedOut {
+            if let (Some(attempt), Some(start)) = (&record.attempt, record.try_start) {
+                attempt.live().observe_latency(start.elapsed());
+            }
         }
         self.count_failure(record);
         let retries = record.route.as_ref().map_or(0, |r| r.spec.retries);

@@ -779,7 +779,8 @@ impl AttemptError {
             AttemptError::Write { .. }
             | AttemptError::Read { .. }
             | AttemptError::Closed { .. } => Failed::AfterSending,
-            AttemptError::TimedOut | AttemptError::BadResponse => Failed::Final,
+            AttemptError::TimedOut => Failed::TimedOut,
+            AttemptError::BadResponse => Failed::Final,
             AttemptError::ClientGone => Failed::ClientLeft,
         }
     }

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Instructions per request, per route and request path, counted by callgrind: repeatable
+where wrk's requests/s move by ±5 % between runs on a shared host. The gateway of
+filters_ab.py (the same routes and filters) runs under `valgrind --tool=callgrind` with one
+worker; for each route the counters are zeroed after a warm-up, then keep-alive clients send
+`--requests` requests and the user-space instruction total is read from the dump.
+
+    python3 benches/load/instructions.py                      # both paths, plain/filtered/edge
+    python3 benches/load/instructions.py --paths pingora --requests 4000 --keep /tmp/cg
+
+Needs valgrind (callgrind_control), nginx (the upstreams). Loopback only; bounded by
+paths x routes x requests. `--keep DIR` leaves the dumps for `callgrind_annotate`.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import filters_ab  # noqa: E402
+from compare import Stack  # noqa: E402
+from harness import ROOT, free_port, wait_http  # noqa: E402
+
+ROUTES = ("plain", "filtered", "edge")
+
+
+def drive(port, route, requests, clients=4):
+    """`requests` keep-alive GETs of /route/ over `clients` connections; every answer a 200."""
+    request = (
+        f"GET /{route}/ HTTP/1.1\r\nHost: bench\r\nx-api-key: {filters_ab.KEY}\r\n"
+        f"origin: {filters_ab.ORIGIN}\r\nuser-agent: instructions.py\r\n\r\n"
+    ).encode()
+    failures = []
+
+    def client(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            reader = s.makefile("rb")
+            for _ in range(count):
+                s.sendall(request)
+                status = reader.readline()
+                length = 0
+                while True:
+                    line = reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                if not status.startswith(b"HTTP/1.1 200"):
+                    failures.append(status)
+                    return
+                reader.read(length)
+
+    threads = [threading.Thread(target=client, args=(requests // clients,)) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        sys.exit(f"/{route}/: {failures[0]!r}")
+    return requests // clients * clients
+
+
+def total_instructions(dump):
+    with open(dump) as f:
+        for line in f:
+            m = re.match(r"(?:summary|totals): (\d+)", line)
+            if m:
+                return int(m.group(1))
+    sys.exit(f"no totals in {dump}")
+
+
+def measure(stack, work, path, routes, requests, keep):
+    port, admin = free_port(), free_port()
+    conf = os.path.join(work, f"{path}.toml")
+    with open(conf, "w") as f:
+        f.write(
+            f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nthreads = 1\nfast_path = {str(path == "fast").lower()}\n\n'
+            f'[admin]\nlisten = "127.0.0.1:{admin}"\n\n'
+            f'[registry]\nkind = "file"\npath = "{os.path.join(work, "services.toml")}"\n\n'
+            '[log]\nlevel = "warn"\n\n'
+            + "".join(
+                f'[[routes]]\npath_prefix = "/{name}"\nservice = "bench"\nstrategy = "native-round-robin"\n'
+                f"filters = {filters}\n\n"
+                for name, filters in (
+                    ("plain", "[]"),
+                    ("filtered", '["keys", "limit", "rid"]'),
+                    ("edge", '["hdrs", "web", "rid", "trace"]'),
+                )
+            )
+            + filters_ab.FILTERS.split("[filters.shared]")[0]
+        )
+    out = os.path.join(work, f"callgrind.{path}")
+    proc = stack.procs.spawn(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no",
+         stack.sluice_bin, "serve", "--config", conf],
+        os.path.join(work, f"{path}.log"),
+    )
+    wait_http(f"http://127.0.0.1:{admin}/readyz", f"{path} gateway under valgrind", timeout=120)
+    figures = {}
+    for route in routes:
+        drive(port, route, 2000)
+        subprocess.run(["callgrind_control", "--zero", str(proc.pid)], check=True, capture_output=True)
+        served = drive(port, route, requests)
+        before = set(glob.glob(f"{out}.{proc.pid}*"))
+        subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            new = set(glob.glob(f"{out}.{proc.pid}*")) - before
+            if new:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        dumps = sorted(new)
+        if not dumps:
+            sys.exit("callgrind wrote no dump")
+        figures[route] = sum(total_instructions(d) for d in dumps) / served
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            for d in dumps:
+                shutil.copy(d, os.path.join(keep, f"{path}-{route}-{os.path.basename(d)}"))
+        for d in dumps:
+            os.remove(d)
+    proc.terminate()
+    proc.wait(timeout=30)
+    return figures
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--paths", default="fast,pingora")
+    ap.add_argument("--routes", default=",".join(ROUTES), help="which of " + ", ".join(ROUTES))
+    ap.add_argument("--keep", help="a directory to copy the callgrind dumps to")
+    ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
+    args = ap.parse_args()
+    routes = [r for r in args.routes.split(",") if r]
+    if "plain" not in routes or any(r not in ROUTES for r in routes):
+        sys.exit(f"--routes: plain and any of {ROUTES}")
+    for tool in ("valgrind", "callgrind_control", "nginx"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found (Debian: valgrind nginx-light)")
+    with tempfile.TemporaryDirectory() as work:
+        stack = Stack(work, 1, args.sluice)
+        try:
+            stack._upstreams()
+            with open(os.path.join(work, "services.toml"), "w") as f:
+                f.write(
+                    "[services.bench]\ninstances = ["
+                    + ", ".join(f'{{ id = "{i}", addr = "127.0.0.1:{p}" }}' for i, p in zip("ab", stack.up))
+                    + "]\n"
+                )
+            print(f"# user-space instructions per request (callgrind), {args.requests} requests per route")
+            print("| path | route | instructions per request | route / plain |\n| --- | --- | ---: | ---: |")
+            for path in [p for p in args.paths.split(",") if p]:
+                figures = measure(stack, work, path, routes, args.requests, args.keep)
+                for route in routes:
+                    print(
+                        f"| {path} | {route} | {figures[route]:,.0f} | {figures[route] / figures['plain']:.3f} |",
+                        flush=True,
+                    )
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
