@@ -170,7 +170,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
                         return None;
                     }
                 }
-                let stream: Stream = Box::new(Rewind::new(prefix, stream).counted(open));
+                let stream = Rewind::around(stream, prefix, open)?;
                 let reuse = self.inner.process_new(stream, shutdown).await;
                 drop(held);
                 reuse

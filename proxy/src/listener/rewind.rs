@@ -60,6 +60,34 @@ impl Rewind {
         self
     }
 
+    /// The stream for a connection's next request: `fresh` (accepted) connections get a
+    /// Rewind of their own; a stream pingora gave back after a keep-alive request is already
+    /// one, and gets `prefix` put before whatever it still holds instead of another wrapper
+    /// (a wrapper per request would put every read and write of a long keep-alive connection
+    /// behind one more layer each time: thousands deep after a few seconds of load). `None`
+    /// only if a stream that said it was a Rewind turns out not to be one (then it is closed).
+    pub(super) fn around(
+        stream: Stream,
+        prefix: Vec<u8>,
+        open: Option<OpenConnection>,
+    ) -> Option<Stream> {
+        if !stream.as_any().is::<Rewind>() {
+            return Some(Box::new(Rewind::new(prefix, stream).counted(open)));
+        }
+        let mut rewind = stream.into_any().downcast::<Rewind>().ok()?;
+        rewind.put_back(prefix);
+        Some(rewind)
+    }
+
+    /// Makes `prefix` the next bytes read, before what was not read yet.
+    fn put_back(&mut self, mut prefix: Vec<u8>) {
+        if !self.pending().is_empty() {
+            prefix.extend_from_slice(self.pending());
+        }
+        self.prefix = prefix;
+        self.consumed = 0;
+    }
+
     fn pending(&self) -> &[u8] {
         &self.prefix[self.consumed..]
     }
@@ -190,5 +218,53 @@ impl Peek for Rewind {
         let n = pending.len().min(buf.len());
         buf[..n].copy_from_slice(&pending[..n]);
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A pingora stream over a loopback connection, and its peer.
+    async fn connected() -> (Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(
+            accepted.unwrap().0,
+        ));
+        (stream, client.unwrap())
+    }
+
+    fn depth(stream: &Stream) -> usize {
+        let mut depth = 0;
+        let mut any = stream.as_any();
+        while let Some(rewind) = any.downcast_ref::<Rewind>() {
+            depth += 1;
+            any = rewind.inner.as_any();
+        }
+        depth
+    }
+
+    #[tokio::test]
+    async fn a_returned_stream_is_rewound_again_not_wrapped_again() {
+        let (stream, mut peer) = connected().await;
+        let mut stream = Rewind::around(stream, b"first ".to_vec(), None).unwrap();
+        let mut got = [0u8; 3];
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"fir");
+        // The next request: its prefix comes before what the first one left unread.
+        for round in 0..100 {
+            stream = Rewind::around(stream, format!("{round}:").into_bytes(), None).unwrap();
+        }
+        assert_eq!(depth(&stream), 1, "one wrapper however many requests");
+        peer.write_all(b"wire").await.unwrap();
+        let expected: String =
+            (0..100).rev().map(|r| format!("{r}:")).collect::<String>() + "st wire";
+        let mut all = vec![0u8; expected.len()];
+        stream.read_exact(&mut all).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&all), expected);
     }
 }
