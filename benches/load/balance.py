@@ -90,13 +90,14 @@ def main():
     ap.add_argument("--passive", action="store_true", help="keep passive ejection on (the default of a service)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sluice", help="another sluice binary to measure (e.g. an earlier build); default: this tree's release build")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench"))
     args = ap.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
     if any(s not in SCENARIOS for s in scenarios):
         sys.exit(f"--scenarios: any of {SCENARIOS}")
     need("oha")
-    build_release("sluice", "sluice-test-upstream")
+    build_release("sluice-test-upstream", *([] if args.sluice else ["sluice"]))
     os.makedirs(args.out, exist_ok=True)
     command = "python3 benches/load/balance.py " + " ".join(sys.argv[1:])
     rows = []
@@ -122,7 +123,7 @@ def main():
                 )
                 if not args.passive:
                     body += f"[services.{name}]\npassive = false\n\n"
-            _, port, admin = start_sluice(procs, work, body, args.threads)
+            _, port, admin = start_sluice(procs, work, body, args.threads, args.sluice)
             for rnd in range(1, args.rounds + 1):
                 shift = (rnd - 1) % len(STRATEGIES)
                 for scenario in scenarios:
@@ -148,7 +149,7 @@ def main():
     lines = [
         "# Balancing quality: a slow instance beyond the timeout, and one that degrades mid-run",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} cores; {version([os.path.join(ROOT, 'target/release/sluice'), '--version'])}; {version(['oha', '--version'])}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} cores; {version([args.sluice or os.path.join(ROOT, 'target/release/sluice'), '--version'])}; {version(['oha', '--version'])}",
         f"- command: `{command}`",
         f"- setup: {args.instances} instances (test upstream, hyper); oha at {args.rate} requests/s over {args.conns} connections for {args.duration} s, 1 s client timeout, latency corrected; route timeout 1 s, no retries, passive ejection {ejection}; a fresh service per run; {args.rounds} rounds, order rotated; medians",
         f"- `slow`: `i0` answers after {args.slow_ms} ms for the whole run (every request it gets fails); `degrade`: `i1` answers {args.degrade_ms} ms late from half-way; its share is of the requests from 1 s after that to the end",

@@ -110,7 +110,7 @@ def set_delay(upstream, ms):
     upstream.stdin.flush()
 
 
-def start_sluice(procs, work, config_body, threads=1):
+def start_sluice(procs, work, config_body, threads=1, binary=None):
     """`sluice serve` (release) with `[proxy]` and `[admin]` on free ports plus `config_body`;
     returns (process, proxy port, admin port)."""
     port, admin = free_port(), free_port()
@@ -120,7 +120,7 @@ def start_sluice(procs, work, config_body, threads=1):
             f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nthreads = {threads}\n\n'
             f'[admin]\nlisten = "127.0.0.1:{admin}"\n\n[log]\nlevel = "warn"\n\n{config_body}'
         )
-    p = procs.spawn([SLUICE, "serve", "--config", conf], os.path.join(work, "sluice.log"))
+    p = procs.spawn([binary or SLUICE, "serve", "--config", conf], os.path.join(work, "sluice.log"))
     wait_http(f"http://127.0.0.1:{admin}/readyz", "sluice")
     return p, port, admin
 
