@@ -456,10 +456,12 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let idempotent = session.req_header().method.is_idempotent();
-        e.set_retry(
-            self.engine
-                .try_failed(ctx, Failed::BeforeSending, idempotent, true),
-        );
+        let failed = if e.etype() == &ErrorType::ConnectTimedout {
+            Failed::ConnectTimedOut
+        } else {
+            Failed::BeforeSending
+        };
+        e.set_retry(self.engine.try_failed(ctx, failed, idempotent, true));
         e
     }
 

@@ -16,6 +16,9 @@
 pub(crate) enum Failed {
     /// No connection: nothing was sent.
     BeforeSending,
+    /// No connection within `connect_timeout`: nothing was sent (retried as
+    /// `BeforeSending`; the wait is a latency sample of the instance).
+    ConnectTimedOut,
     /// Sent (or partly sent), with no response.
     AfterSending,
     /// No response within the route's `timeout`.
@@ -38,7 +41,7 @@ pub(crate) fn may_retry(
         return false;
     }
     match failed {
-        Failed::BeforeSending => true,
+        Failed::BeforeSending | Failed::ConnectTimedOut => true,
         Failed::AfterSending => idempotent && body_replayable,
         Failed::TimedOut | Failed::Final | Failed::ClientLeft => false,
     }
@@ -53,6 +56,8 @@ mod tests {
         // Connect failures: any method, within the budget.
         assert!(may_retry(Failed::BeforeSending, false, false, 1, 1));
         assert!(!may_retry(Failed::BeforeSending, true, true, 2, 1));
+        assert!(may_retry(Failed::ConnectTimedOut, false, false, 1, 1));
+        assert!(!may_retry(Failed::ConnectTimedOut, true, true, 2, 1));
         // Sent without an answer: idempotent methods with their body at hand.
         assert!(may_retry(Failed::AfterSending, true, true, 1, 1));
         assert!(!may_retry(Failed::AfterSending, false, true, 1, 1));

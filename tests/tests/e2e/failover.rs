@@ -174,3 +174,53 @@ async fn a_timeout_feeds_the_latency_ewma_which_decays_while_the_instance_is_idl
     .await;
     assert!(decayed > 0, "{decayed}");
 }
+
+/// A connect that times out is a latency sample too: the time waited, not nothing.
+#[tokio::test]
+async fn a_connect_timeout_feeds_the_latency_ewma() {
+    // A listener that never accepts, with its accept queue full: a connect to it hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while queued.len() < 8 {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(300), connect).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            _ => break,
+        }
+    }
+    let hangs = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .is_err();
+    assert!(
+        hangs,
+        "the accept queue is full after {} connects",
+        queued.len()
+    );
+    let services =
+        format!("[services.svc]\ninstances = [{{ id = \"stuck\", addr = \"{addr}\" }}]\n");
+    let gw = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\nretries = 0\n\n\
+         [services.svc]\nconnect_timeout = \"250ms\"\npassive = false\n",
+        &services,
+    )
+    .await;
+    let resp = sluice_tests::client()
+        .get(gw.url("/x"))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let instance = gw.instance("svc", "stuck").await.unwrap();
+    let learned = instance["latency_ewma_us"].as_u64().unwrap();
+    assert!(
+        (250_000..1_000_000).contains(&learned),
+        "the 250 ms connect timeout is the sample: {instance}"
+    );
+    drop(listener);
+}

@@ -106,9 +106,10 @@ impl Engine {
     }
 
     /// The try failed as `failed`: counted against the instance (unless the client left),
-    /// then whether another try may follow (`gateway::retry`). A timeout is a latency too:
-    /// the time waited feeds the instance's EWMA, so a latency-aware strategy learns that an
-    /// instance which never answers is slow, not unknown.
+    /// then whether another try may follow (`gateway::retry`). A timeout (of the response or
+    /// of the connect) is a latency too: the time waited feeds the instance's EWMA, so a
+    /// latency-aware strategy learns that an instance which never answers is slow, not
+    /// unknown.
     pub(crate) fn try_failed(
         &self,
         record: &RequestRecord,
@@ -119,7 +120,7 @@ impl Engine {
         if failed == Failed::ClientLeft {
             return false;
         }
-        if failed == Failed::TimedOut {
+        if matches!(failed, Failed::TimedOut | Failed::ConnectTimedOut) {
             if let (Some(attempt), Some(start)) = (&record.attempt, record.try_start) {
                 attempt.live().observe_latency(start.elapsed());
             }

@@ -775,6 +775,7 @@ impl AttemptError {
     /// How far the try got, for the retry rule (`gateway::retry`).
     fn failed(&self) -> Failed {
         match self {
+            AttemptError::Connect(ConnectError::TimedOut) => Failed::ConnectTimedOut,
             AttemptError::Connect(_) => Failed::BeforeSending,
             AttemptError::Write { .. }
             | AttemptError::Read { .. }
