@@ -248,8 +248,11 @@ async fn idle_admin_connections_are_capped_and_timed_out() {
         .iter()
         .filter(|a| a.starts_with("HTTP/1.1 408 "))
         .count();
-    assert_eq!(refused, 8, "{answers:#?}");
-    assert_eq!(timed_out, 4, "{answers:#?}");
+    // The harness's own admin connection (its readiness probe's keep-alive) may still hold
+    // a slot when these arrive: then one more is refused.
+    assert_eq!(refused + timed_out, 12, "{answers:#?}");
+    assert!((8..=9).contains(&refused), "{answers:#?}");
+    assert!((3..=4).contains(&timed_out), "{answers:#?}");
     assert!(
         answers.iter().any(|a| a.contains("at most 4")),
         "{answers:#?}"
