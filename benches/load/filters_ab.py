@@ -78,6 +78,16 @@ def run_wrk(url, conns, duration):
     return m
 
 
+def write_services(work, ports):
+    """`services.toml` in `work`: service `bench`, instances `a` and `b` on `ports`."""
+    with open(os.path.join(work, "services.toml"), "w") as f:
+        f.write(
+            "[services.bench]\ninstances = ["
+            + ", ".join(f'{{ id = "{i}", addr = "127.0.0.1:{p}" }}' for i, p in zip("ab", ports))
+            + "]\n"
+        )
+
+
 def start_redis(stack, work):
     """A redis-server on a free loopback port, without persistence; its process and port."""
     port = free_port()
@@ -138,12 +148,7 @@ def main():
         stack = Stack(work, args.workers, args.sluice)
         try:
             stack._upstreams()
-            with open(os.path.join(work, "services.toml"), "w") as f:
-                f.write(
-                    "[services.bench]\ninstances = ["
-                    + ", ".join(f'{{ id = "{i}", addr = "127.0.0.1:{p}" }}' for i, p in zip("ab", stack.up))
-                    + "]\n"
-                )
+            write_services(work, stack.up)
             redis, redis_port = start_redis(stack, work)
             gateways = {
                 "fast": gateway(stack, work, "fast", True, args.workers, args.sluice, redis_port),

@@ -152,12 +152,7 @@ def main():
         stack = Stack(work, 1, args.sluice)
         try:
             stack._upstreams()
-            with open(os.path.join(work, "services.toml"), "w") as f:
-                f.write(
-                    "[services.bench]\ninstances = ["
-                    + ", ".join(f'{{ id = "{i}", addr = "127.0.0.1:{p}" }}' for i, p in zip("ab", stack.up))
-                    + "]\n"
-                )
+            filters_ab.write_services(work, stack.up)
             print(f"# user-space instructions per request (callgrind), {args.requests} requests per route")
             print("| path | route | instructions per request | route / plain |\n| --- | --- | ---: | ---: |")
             for path in [p for p in args.paths.split(",") if p]:
