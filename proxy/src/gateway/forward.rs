@@ -3,10 +3,12 @@
 
 use std::net::IpAddr;
 
-use http::Uri;
+use bytes::Bytes;
+use http::{HeaderValue, Uri};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
+use super::head_edit::EditableHeader;
 use crate::config::RouteSpec;
 use crate::gateway::engine::filters::FilterState;
 
@@ -155,29 +157,37 @@ pub(crate) fn hop_by_hop(request: &mut RequestHeader) -> Result<()> {
     Ok(())
 }
 
+/// How many fields [`forwarded_headers`] sets at most.
+pub(crate) const FORWARDED_FIELDS: usize = 3;
+
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.
 pub(crate) fn forwarded_headers(
-    request: &mut RequestHeader,
+    request: &mut impl EditableHeader,
     client_ip: Option<std::net::IpAddr>,
     host: &str,
     proto: &'static str,
 ) -> Result<()> {
     if let Some(ip) = client_ip {
-        let value = match request
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
+        let value = match request.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
             _ => ip.to_string(),
         };
-        request.insert_header("x-forwarded-for", value)?;
+        request.set_static("x-forwarded-for", field_value(value.into())?)?;
     }
-    request.insert_header("x-forwarded-proto", proto)?;
+    request.set_static("x-forwarded-proto", HeaderValue::from_static(proto))?;
     if !host.is_empty() {
-        request.insert_header("x-forwarded-host", host)?;
+        request.set_static(
+            "x-forwarded-host",
+            field_value(Bytes::copy_from_slice(host.as_bytes()))?,
+        )?;
     }
     Ok(())
+}
+
+fn field_value(bytes: Bytes) -> Result<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes).map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "x-forwarded-*", e)
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub(crate) mod failure;
 pub use engine::{active_requests, Engine, InFlightHold, RequestRecord};
 mod fast;
 mod forward;
+mod head_edit;
 mod peer;
 mod proxy;
 mod retry;

@@ -9,18 +9,16 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use super::access_log::Via;
-use super::engine::filters::{HeaderEdit, HeaderEdits};
 use super::engine::{Admission, Engine, PickFailure, RequestLine, RequestRecord, RequestView};
 use super::failure::{self, Answer, Failure};
 use super::retry::Failed;
-use super::{forward, Router};
+use super::{forward, head_edit, Router};
 use crate::strategy::RequestHeaders;
 
 /// The gateway's request handler on pingora's path; the router is swapped whole on reload.
@@ -216,45 +214,6 @@ impl RequestView for SessionView<'_> {
     }
 }
 
-/// A pingora header block the chain's edits are made to (the upstream request, the
-/// response).
-trait EditableHeader {
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    fn remove(&mut self, name: &HeaderName);
-}
-
-macro_rules! editable_header {
-    ($head:ty) => {
-        impl EditableHeader for $head {
-            fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-                self.insert_header(name, value)
-            }
-            fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-                self.append_header(name, value).map(|_| ())
-            }
-            fn remove(&mut self, name: &HeaderName) {
-                self.remove_header(name);
-            }
-        }
-    };
-}
-
-editable_header!(RequestHeader);
-editable_header!(ResponseHeader);
-
-/// Makes the chain's `edits` to `head`, in order.
-fn apply_edits(edits: &HeaderEdits, head: &mut impl EditableHeader) -> Result<()> {
-    for edit in edits.iter() {
-        match edit {
-            HeaderEdit::Set(name, value) => head.set(name.clone(), value.clone())?,
-            HeaderEdit::Add(name, value) => head.add(name.clone(), value.clone())?,
-            HeaderEdit::Remove(name) => head.remove(name),
-        }
-    }
-    Ok(())
-}
-
 /// Writes one of the gateway's own answers (in gRPC's form to a gRPC call).
 async fn answer(session: &mut Session, answer: Answer) -> Result<()> {
     let grpc_call = failure::is_grpc(
@@ -426,12 +385,19 @@ impl ProxyHttp for Gateway {
             forward::rewrite_target(&route.spec, upstream_request, changed)?;
         }
         forward::hop_by_hop(upstream_request)?;
-        if let Some(state) = &ctx.filters {
-            apply_edits(&state.upstream, upstream_request)?;
-        }
         // The downstream header and the upstream one are separate: borrow the host, no copy.
         let host = request_host(session.req_header());
-        forward::forwarded_headers(upstream_request, client_ip(session), host, proto(session))
+        let (client, proto) = (client_ip(session), proto(session));
+        match &ctx.filters {
+            Some(state) if !state.upstream.is_empty() => {
+                let room = state.upstream.len() + forward::FORWARDED_FIELDS;
+                head_edit::edit_request_map(upstream_request, room, |headers| {
+                    head_edit::apply_edits(&state.upstream, headers)?;
+                    forward::forwarded_headers(headers, client, host, proto)
+                })
+            }
+            _ => forward::forwarded_headers(upstream_request, client, host, proto),
+        }
     }
 
     async fn upstream_response_filter(
@@ -442,10 +408,14 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         self.engine
             .response_head(ctx, upstream_response.status.as_u16());
-        if let Some(state) = &ctx.filters {
-            apply_edits(&state.response, upstream_response)?;
+        match &ctx.filters {
+            Some(state) if !state.response.is_empty() => {
+                head_edit::edit_response_map(upstream_response, state.response.len(), |headers| {
+                    head_edit::apply_edits(&state.response, headers)
+                })
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn fail_to_connect(

@@ -176,6 +176,11 @@ impl HeaderEdits {
         self.edits.is_empty()
     }
 
+    /// How many edits there are.
+    pub(crate) fn len(&self) -> usize {
+        self.edits.len()
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &HeaderEdit> {
         self.edits.iter()
     }

@@ -1,0 +1,226 @@
+//! Header changes made to pingora's header blocks on its path: the filter chain's edits and
+//! the `X-Forwarded-*` fields. A block the chain edits is changed in the `http` map beneath it
+//! ([`edit_request_map`], [`edit_response_map`]): pingora's own `insert_header` turns each name
+//! back into text, parses it again and keeps a second map of letter cases in step with the
+//! first (both regrown from the exact size a clone left them), some 2 000 instructions an
+//! edit, where the map alone costs a hash and a probe. The price is the case of the names in
+//! an edited block: it goes out as pingora writes a block without case (a dozen standard names
+//! titled, the rest lower case, as HAProxy and Envoy send every name). A block without edits
+//! keeps the case it came with.
+
+use std::mem;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{Error, ErrorType, Result};
+
+use super::engine::filters::{HeaderEdit, HeaderEdits};
+
+/// A header block fields are set, added and removed in.
+pub(crate) trait EditableHeader {
+    fn get(&self, name: &str) -> Option<&HeaderValue>;
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    /// [`EditableHeader::set`] of a lower-case name known when the gateway was built.
+    fn set_static(&mut self, name: &'static str, value: HeaderValue) -> Result<()>;
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &HeaderName);
+}
+
+/// Through pingora's methods, the case map kept.
+impl EditableHeader for RequestHeader {
+    fn get(&self, name: &str) -> Option<&HeaderValue> {
+        self.headers.get(name)
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn set_static(&mut self, name: &'static str, value: HeaderValue) -> Result<()> {
+        // A `&'static str` is its own case name: no copy of it is made.
+        self.insert_header(name, value)
+    }
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.append_header(name, value).map(|_| ())
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl EditableHeader for HeaderMap {
+    fn get(&self, name: &str) -> Option<&HeaderValue> {
+        HeaderMap::get(self, name)
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.try_insert(name, value).map(|_| ()).map_err(too_many)
+    }
+    fn set_static(&mut self, name: &'static str, value: HeaderValue) -> Result<()> {
+        self.set(HeaderName::from_static(name), value)
+    }
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.try_append(name, value).map(|_| ()).map_err(too_many)
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        HeaderMap::remove(self, name);
+    }
+}
+
+fn too_many(e: http::header::MaxSizeReached) -> Box<Error> {
+    Error::because(ErrorType::InvalidHTTPHeader, "header edits", e)
+}
+
+/// Makes the chain's `edits` to `head`, in order.
+pub(crate) fn apply_edits(edits: &HeaderEdits, head: &mut impl EditableHeader) -> Result<()> {
+    for edit in edits.iter() {
+        match edit {
+            HeaderEdit::Set(name, value) => head.set(name.clone(), value.clone())?,
+            HeaderEdit::Add(name, value) => head.add(name.clone(), value.clone())?,
+            HeaderEdit::Remove(name) => head.remove(name),
+        }
+    }
+    Ok(())
+}
+
+/// Runs `edit` on the request's header map with room for `room` more fields; the method,
+/// target (kept verbatim when the URI does not reproduce it), version and HTTP/2 end-of-stream
+/// choice stay as they were, the names' case map goes.
+pub(crate) fn edit_request_map(
+    request: &mut RequestHeader,
+    room: usize,
+    edit: impl FnOnce(&mut HeaderMap) -> Result<()>,
+) -> Result<()> {
+    let raw = request.raw_path();
+    let target_in_uri = request
+        .uri
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().as_bytes() == raw);
+    let verbatim = (!target_in_uri).then(|| raw.to_vec());
+    let end_stream = request.send_end_stream();
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(mem::replace(request, placeholder));
+    parts.headers.reserve(room);
+    let edited = edit(&mut parts.headers);
+    *request = RequestHeader::from(parts);
+    if let Some(target) = verbatim {
+        request.set_raw_path(&target)?;
+    }
+    if let Some(end_stream) = end_stream {
+        request.set_send_end_stream(end_stream);
+    }
+    edited
+}
+
+/// Runs `edit` on the response's header map with room for `room` more fields; the status,
+/// version and reason phrase stay, the names' case map goes.
+pub(crate) fn edit_response_map(
+    response: &mut ResponseHeader,
+    room: usize,
+    edit: impl FnOnce(&mut HeaderMap) -> Result<()>,
+) -> Result<()> {
+    let canonical = response.status.canonical_reason();
+    let reason = response
+        .get_reason_phrase()
+        .filter(|phrase| Some(*phrase) != canonical)
+        .map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(mem::replace(response, placeholder));
+    parts.headers.reserve(room);
+    let edited = edit(&mut parts.headers);
+    *response = ResponseHeader::from(parts);
+    if reason.is_some() {
+        response.set_reason_phrase(reason.as_deref())?;
+    }
+    edited
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edits() -> HeaderEdits {
+        let mut edits = HeaderEdits::default();
+        edits.push(HeaderEdit::Set(
+            HeaderName::from_static("x-set"),
+            HeaderValue::from_static("1"),
+        ));
+        edits.push(HeaderEdit::Add(
+            HeaderName::from_static("x-multi"),
+            HeaderValue::from_static("b"),
+        ));
+        edits.push(HeaderEdit::Remove(HeaderName::from_static("x-gone")));
+        edits
+    }
+
+    fn wire_of_request(request: &RequestHeader) -> String {
+        let mut wire = Vec::new();
+        request.header_to_h1_wire(&mut wire);
+        String::from_utf8(wire).unwrap()
+    }
+
+    #[test]
+    fn a_request_map_edit_keeps_method_target_and_version() {
+        for target in [
+            &b"/a/b?q=1"[..],
+            b"http://example.com/abs?x",
+            b"/caf\xe9",
+            b"*",
+        ] {
+            let mut request = RequestHeader::build("OPTIONS", target, None).unwrap();
+            request.set_version(http::Version::HTTP_10);
+            request.insert_header("X-Multi", "a").unwrap();
+            request.insert_header("X-Gone", "x").unwrap();
+            let utf8 = request.raw_path_is_utf8();
+            edit_request_map(&mut request, 3, |map| apply_edits(&edits(), map)).unwrap();
+            assert_eq!(request.method, http::Method::OPTIONS);
+            assert_eq!(request.raw_path(), target);
+            assert_eq!(request.raw_path_is_utf8(), utf8);
+            assert_eq!(request.version, http::Version::HTTP_10);
+            let multi: Vec<_> = request.headers.get_all("x-multi").iter().collect();
+            assert_eq!(multi, ["a", "b"]);
+            assert_eq!(request.headers["x-set"], "1");
+            assert!(!request.headers.contains_key("x-gone"));
+            assert_eq!(
+                wire_of_request(&request),
+                "x-multi: a\r\nx-multi: b\r\nx-set: 1\r\n"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_map_edit_keeps_the_h2_end_of_stream_choice() {
+        let mut request = RequestHeader::build("POST", b"/rpc", None).unwrap();
+        request.set_version(http::Version::HTTP_2);
+        request.set_send_end_stream(false);
+        edit_request_map(&mut request, 0, |_| Ok(())).unwrap();
+        assert_eq!(request.send_end_stream(), Some(false));
+    }
+
+    #[test]
+    fn a_response_map_edit_keeps_status_and_reason() {
+        let mut response = ResponseHeader::build(299, None).unwrap();
+        response.set_reason_phrase(Some("Fine Indeed")).unwrap();
+        response.insert_header("Server", "upstream").unwrap();
+        response.insert_header("X-Gone", "x").unwrap();
+        edit_response_map(&mut response, 3, |map| apply_edits(&edits(), map)).unwrap();
+        assert_eq!(response.status.as_u16(), 299);
+        assert_eq!(response.get_reason_phrase(), Some("Fine Indeed"));
+        assert_eq!(response.headers["server"], "upstream");
+        assert_eq!(response.headers["x-set"], "1");
+        assert!(!response.headers.contains_key("x-gone"));
+
+        let mut ok = ResponseHeader::build(200, None).unwrap();
+        edit_response_map(&mut ok, 0, |_| Ok(())).unwrap();
+        assert_eq!(ok.get_reason_phrase(), Some("OK"));
+    }
+
+    #[test]
+    fn an_edit_error_still_leaves_the_block_whole() {
+        let mut request = RequestHeader::build("GET", b"/x", None).unwrap();
+        request.insert_header("x-kept", "1").unwrap();
+        let failed = edit_request_map(&mut request, 0, |_| {
+            Err(Error::explain(ErrorType::InternalError, "test"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(request.raw_path(), b"/x");
+        assert_eq!(request.headers["x-kept"], "1");
+    }
+}
