@@ -6,6 +6,7 @@
 //! `x-consumer` is set to the consumer's name (a client's own `x-consumer` never passes).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -46,7 +47,28 @@ pub(super) struct KeyAuth {
     name: String,
     from: CredentialSource,
     /// Consumer name by key digest.
-    consumers: HashMap<[u8; 32], KnownConsumer>,
+    consumers: HashMap<[u8; 32], KnownConsumer, BuildHasherDefault<DigestPrefix>>,
+}
+
+/// Hashes a key digest by its first eight bytes. A SHA-256 is uniform already, and the table
+/// holds only the configured digests, so no presented key can crowd a bucket: SipHash over
+/// the 32 bytes would cost more than the rest of the lookup.
+#[derive(Default)]
+struct DigestPrefix(u64);
+
+impl Hasher for DigestPrefix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(prefix) = bytes.first_chunk::<8>() {
+            self.0 ^= u64::from_le_bytes(*prefix);
+        }
+    }
+
+    /// The array's length prefix: the same for every key.
+    fn write_usize(&mut self, _: usize) {}
 }
 
 #[derive(Debug)]
@@ -103,7 +125,7 @@ impl KeyAuth {
                 ))
             }
         };
-        let mut consumers = HashMap::with_capacity(listed.len());
+        let mut consumers = HashMap::with_capacity_and_hasher(listed.len(), Default::default());
         for (i, consumer) in listed.into_iter().enumerate() {
             let at = |field: &str| format!("{key}[{i}].{field}");
             let digest = match (&consumer.key, &consumer.key_sha256) {

@@ -8,7 +8,7 @@ use http::{HeaderValue, Uri};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
-use super::head_edit::EditableHeader;
+use super::head_edit::{EditableHeader, KnownName};
 use crate::config::RouteSpec;
 use crate::gateway::engine::filters::FilterState;
 
@@ -160,6 +160,10 @@ pub(crate) fn hop_by_hop(request: &mut RequestHeader) -> Result<()> {
 /// How many fields [`forwarded_headers`] sets at most.
 pub(crate) const FORWARDED_FIELDS: usize = 3;
 
+const X_FORWARDED_FOR: KnownName = KnownName::new("x-forwarded-for");
+const X_FORWARDED_PROTO: KnownName = KnownName::new("x-forwarded-proto");
+const X_FORWARDED_HOST: KnownName = KnownName::new("x-forwarded-host");
+
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.
 pub(crate) fn forwarded_headers(
     request: &mut impl EditableHeader,
@@ -168,16 +172,16 @@ pub(crate) fn forwarded_headers(
     proto: &'static str,
 ) -> Result<()> {
     if let Some(ip) = client_ip {
-        let value = match request.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let value = match request.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
             _ => ip.to_string(),
         };
-        request.set_static("x-forwarded-for", field_value(value.into())?)?;
+        request.set_known(&X_FORWARDED_FOR, field_value(value.into())?)?;
     }
-    request.set_static("x-forwarded-proto", HeaderValue::from_static(proto))?;
+    request.set_known(&X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
     if !host.is_empty() {
-        request.set_static(
-            "x-forwarded-host",
+        request.set_known(
+            &X_FORWARDED_HOST,
             field_value(Bytes::copy_from_slice(host.as_bytes()))?,
         )?;
     }

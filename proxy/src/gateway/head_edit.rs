@@ -16,27 +16,44 @@ use pingora::{Error, ErrorType, Result};
 
 use super::engine::filters::{HeaderEdit, HeaderEdits};
 
+/// A field name the gateway itself sets, in the two forms the blocks take it in.
+pub(crate) struct KnownName {
+    /// Lower case: pingora's case map keeps a `&'static str` without copying it.
+    text: &'static str,
+    name: HeaderName,
+}
+
+impl KnownName {
+    /// `text` must be a valid lower-case field name (checked at compile time in a `const`).
+    pub(crate) const fn new(text: &'static str) -> Self {
+        Self {
+            text,
+            name: HeaderName::from_static(text),
+        }
+    }
+}
+
 /// A header block fields are set, added and removed in.
 pub(crate) trait EditableHeader {
-    fn get(&self, name: &str) -> Option<&HeaderValue>;
+    fn get(&self, name: &KnownName) -> Option<&HeaderValue>;
     fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    /// [`EditableHeader::set`] of a lower-case name known when the gateway was built.
-    fn set_static(&mut self, name: &'static str, value: HeaderValue) -> Result<()>;
+    /// [`EditableHeader::set`] of a name the gateway sets itself.
+    fn set_known(&mut self, name: &KnownName, value: HeaderValue) -> Result<()>;
     fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
     fn remove(&mut self, name: &HeaderName);
 }
 
 /// Through pingora's methods, the case map kept.
 impl EditableHeader for RequestHeader {
-    fn get(&self, name: &str) -> Option<&HeaderValue> {
-        self.headers.get(name)
+    fn get(&self, name: &KnownName) -> Option<&HeaderValue> {
+        self.headers.get(&name.name)
     }
     fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
         self.insert_header(name, value)
     }
-    fn set_static(&mut self, name: &'static str, value: HeaderValue) -> Result<()> {
+    fn set_known(&mut self, name: &KnownName, value: HeaderValue) -> Result<()> {
         // A `&'static str` is its own case name: no copy of it is made.
-        self.insert_header(name, value)
+        self.insert_header(name.text, value)
     }
     fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
         self.append_header(name, value).map(|_| ())
@@ -47,14 +64,14 @@ impl EditableHeader for RequestHeader {
 }
 
 impl EditableHeader for HeaderMap {
-    fn get(&self, name: &str) -> Option<&HeaderValue> {
-        HeaderMap::get(self, name)
+    fn get(&self, name: &KnownName) -> Option<&HeaderValue> {
+        HeaderMap::get(self, &name.name)
     }
     fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
         self.try_insert(name, value).map(|_| ()).map_err(too_many)
     }
-    fn set_static(&mut self, name: &'static str, value: HeaderValue) -> Result<()> {
-        self.set(HeaderName::from_static(name), value)
+    fn set_known(&mut self, name: &KnownName, value: HeaderValue) -> Result<()> {
+        self.set(name.name.clone(), value)
     }
     fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
         self.try_append(name, value).map(|_| ()).map_err(too_many)
