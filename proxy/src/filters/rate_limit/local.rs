@@ -4,6 +4,7 @@
 //! follows the keys active within a burst's refill time; past `MAX_KEYS` live keys, new ones
 //! share one budget until the sweep makes room (limited, never unlimited).
 
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -22,6 +23,9 @@ type Table = papaya::HashMap<u64, AtomicU64>;
 pub(super) struct LocalStore {
     table: Arc<Table>,
     epoch: Instant,
+    /// Keys are hashed with a seed of this store's own (kept across reloads with the store):
+    /// nobody outside the process can pick two keys that share a budget.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl LocalStore {
@@ -29,7 +33,16 @@ impl LocalStore {
         let table = Arc::new(Table::new());
         let epoch = Instant::now();
         spawn_sweeper(Arc::downgrade(&table), gcra, epoch);
-        Self { table, epoch }
+        Self {
+            table,
+            epoch,
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// The table's key for `key`.
+    pub(super) fn key_hash(&self, key: impl Hash) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     /// Takes one request from `key`'s budget, if there is one.

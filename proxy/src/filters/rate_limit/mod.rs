@@ -13,7 +13,7 @@ mod gcra;
 mod local;
 mod redis;
 
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,12 +213,6 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// A key's hash for the local store: a fixed-key hasher, so no string is built per request.
-fn key_hash(key: KeyOf<'_>) -> u64 {
-    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-        .hash_one(key)
-}
-
 /// A key as it is named in Redis: readable (`ip:10.0.0.7`, `consumer:alice`, `route:/api`,
 /// `header:…`), with a header value that is long or not plain text given as its SHA-256.
 fn redis_key(key: KeyOf<'_>) -> String {
@@ -250,7 +244,7 @@ impl Filter for RateLimit {
         let key = self.key_of(route, request, state);
         let store = match &self.store {
             Store::Local(local) => {
-                let decision = local.acquire(key_hash(key), &self.gcra);
+                let decision = local.acquire(local.key_hash(key), &self.gcra);
                 return match outcome(&self.name, &self.limit_value, &decision) {
                     Ok(edits) => {
                         state.response.extend(edits);

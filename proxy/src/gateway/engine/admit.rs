@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::filters::FilterState;
+use super::state_spares;
 use super::{hash_request, Engine, RequestRecord, RequestView};
 use crate::gateway::failure::{self, Answer, Failure};
 use crate::gateway::Route;
@@ -65,7 +65,7 @@ impl Engine {
             }
         }
         if !route.filters.is_empty() {
-            let state = record.filters.insert(Box::<FilterState>::default());
+            let state = record.filters.insert(state_spares::take());
             if let Some(rejection) = route.filters.on_request(route, request, state).await {
                 route.count_rejection(rejection.filter, rejection.answer.status);
                 return Admission::Answer(rejection.answer);

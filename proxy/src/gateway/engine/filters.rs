@@ -104,6 +104,33 @@ pub(crate) struct FilterState {
 }
 
 impl FilterState {
+    /// Back to a new request's state, the edit lists' room kept.
+    pub(crate) fn clear(&mut self) {
+        // Every field by name: a new one is not forgotten here.
+        let Self {
+            upstream,
+            response,
+            consumer,
+            request_id,
+            traceparent,
+            path,
+            query,
+            service,
+            mirror,
+            held,
+        } = self;
+        upstream.clear();
+        response.clear();
+        *consumer = None;
+        *request_id = None;
+        *traceparent = None;
+        *path = None;
+        *query = None;
+        *service = None;
+        *mirror = None;
+        held.0.clear();
+    }
+
     /// The trace id of the request's `traceparent` (`00-TRACE-SPAN-FLAGS`), if a
     /// `trace-context` filter gave it one.
     pub(crate) fn trace_id(&self) -> Option<&str> {
@@ -174,6 +201,18 @@ impl HeaderEdits {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.edits.is_empty()
+    }
+
+    /// No edits, the room for them kept.
+    pub(crate) fn clear(&mut self) {
+        self.edits.clear();
+        self.replaced_lengths = 0;
+    }
+
+    /// How many edits fit before the list grows.
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.edits.capacity()
     }
 
     /// How many edits there are.

@@ -23,6 +23,7 @@ pub(crate) mod filters;
 mod finish;
 mod record;
 mod request;
+mod state_spares;
 
 use std::sync::Arc;
 
