@@ -11,6 +11,11 @@ each route's ratio to plain per path.
     python3 benches/load/filters_ab.py                 # 4 rounds, 1 worker, 5 s per run
     python3 benches/load/filters_ab.py --rounds 6 --workers 2
 
+With fewer workers than CPUs the gateways are pinned to the first `--workers` CPUs and wrk,
+nginx and Redis to the others (`--no-pin`: not). Each route's ratio to plain is given two
+ways: of the medians, and the median of each round's ratio (runs of one round are seconds
+apart, so a drift of the host's speed hits both).
+
 Needs nginx (the upstreams), wrk and redis-server. Loopback only, bounded by rounds x 6 x
 duration.
 """
@@ -68,6 +73,36 @@ redis = {{ url = "redis://127.0.0.1:REDIS_PORT" }}
 
 ROUTES = ("plain", "filtered", "edge", "redis")
 ORIGIN = "https://app.example.com"
+
+
+def descendants(pid):
+    """`pid` and every process below it (nginx's workers under its master)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def pin(pids, cpus):
+    """Every thread of `pids` (and their descendants) onto `cpus`."""
+    for pid in pids:
+        for p in descendants(pid):
+            for task in os.listdir(f"/proc/{p}/task") if os.path.isdir(f"/proc/{p}/task") else []:
+                try:
+                    os.sched_setaffinity(int(task), cpus)
+                except OSError:
+                    pass
 
 
 def run_wrk(url, conns, duration):
@@ -137,6 +172,7 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--routes", default=",".join(ROUTES), help="which of " + ", ".join(ROUTES))
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
+    ap.add_argument("--no-pin", action="store_true", help="leave CPU placement to the scheduler")
     args = ap.parse_args()
     routes = [r for r in args.routes.split(",") if r]
     if "plain" not in routes or any(r not in ROUTES for r in routes):
@@ -154,16 +190,32 @@ def main():
                 "fast": gateway(stack, work, "fast", True, args.workers, args.sluice, redis_port),
                 "pingora": gateway(stack, work, "pingora", False, args.workers, args.sluice, redis_port),
             }
+            cpus = sorted(os.sched_getaffinity(0))
+            pinned = not args.no_pin and len(cpus) > args.workers
+            if pinned:
+                # The gateways on their own cores, the load and the upstreams on the rest: the
+                # scheduler then cannot put wrk beside the gateway under test for one run and
+                # not the next, which moved the ratios by more than the filters cost.
+                gateway_cpus, rest = set(cpus[: args.workers]), set(cpus[args.workers :])
+                pin([proc.pid for proc, _ in gateways.values()], gateway_cpus)
+                pin([p.pid for p in stack.procs.procs if p.pid not in {g.pid for g, _ in gateways.values()}], rest)
+                os.sched_setaffinity(0, rest)
             runs = [(path, route) for path in gateways for route in routes]
-            print(f"# {args.rounds} rounds, {args.workers} worker(s), wrk -t1 -c{args.conns} -d{args.duration}s", flush=True)
+            placement = f"gateway on CPU {sorted(gateway_cpus)}, wrk and upstreams on {sorted(rest)}" if pinned else "not pinned"
+            print(
+                f"# {args.rounds} rounds, {args.workers} worker(s), wrk -t1 -c{args.conns} -d{args.duration}s, {placement}",
+                flush=True,
+            )
             print(
                 "| round | path | route | requests/s | p99 | gateway CPU per request | Redis CPU per request |\n"
                 "| ---: | --- | --- | ---: | ---: | ---: | ---: |",
                 flush=True,
             )
             results = {run: [] for run in runs}
+            round_ratios = {run: [] for run in runs}
             for rnd in range(1, args.rounds + 1):
                 order = runs if rnd % 2 else list(reversed(runs))
+                this_round = {}
                 for path, route in order:
                     proc, port = gateways[path]
                     before, redis_before = cpu_ticks(proc.pid), cpu_ticks(redis.pid)
@@ -172,14 +224,18 @@ def main():
                     per_request = (cpu_ticks(proc.pid) - before) / hz / served * 1e6
                     redis_per_request = (cpu_ticks(redis.pid) - redis_before) / hz / served * 1e6
                     results[(path, route)].append((m["rps"], m["p99"], per_request, redis_per_request))
+                    this_round[(path, route)] = m["rps"]
                     print(
                         f"| {rnd} | {path} | {route} | {m['rps']:,.0f} | {m['p99']:.2f} ms | {per_request:.1f} µs | "
                         f"{redis_per_request:.1f} µs |",
                         flush=True,
                     )
+                for path, route in runs:
+                    round_ratios[(path, route)].append(this_round[(path, route)] / this_round[(path, "plain")])
             print(
                 "\n| path | route | median requests/s | median p99 | median gateway CPU per request | "
-                "median Redis CPU per request | route / plain |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+                "median Redis CPU per request | route / plain (medians) | route / plain (median of rounds) |\n"
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
             )
             for path in gateways:
                 plain = statistics.median(r[0] for r in results[(path, "plain")])
@@ -189,7 +245,7 @@ def main():
                     print(
                         f"| {path} | {route} | {rps:,.0f} | {statistics.median(r[1] for r in rows):.2f} ms | "
                         f"{statistics.median(r[2] for r in rows):.1f} µs | {statistics.median(r[3] for r in rows):.1f} µs | "
-                        f"{rps / plain:.3f} |"
+                        f"{rps / plain:.3f} | {statistics.median(round_ratios[(path, route)]):.3f} |"
                     )
         finally:
             stack.stop()
