@@ -11,6 +11,9 @@ use super::filters::FilterState;
 const KEPT: usize = 32;
 
 thread_local! {
+    // Boxes, not states: a record holds its state boxed, and taking and giving back move the
+    // box, never the state.
+    #[allow(clippy::vec_box)]
     static SPARES: RefCell<Vec<Box<FilterState>>> = const { RefCell::new(Vec::new()) };
 }
 
