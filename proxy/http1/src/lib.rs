@@ -18,4 +18,4 @@ pub mod response;
 
 pub use chunked::{BadChunk, ChunkedTracker};
 pub use request::{HandoffReason, ParsedRequest, RequestError, RequestHead, RequestLimits};
-pub use response::{Framing, ParsedResponse, ResponseError, ResponseHead};
+pub use response::{Framing, HeadEdit, ParsedResponse, ResponseError, ResponseHead, Unedited};

@@ -104,6 +104,39 @@ pub fn parse_response(
     client_close: bool,
     out: &mut Vec<u8>,
 ) -> Result<ParsedResponse, ResponseError> {
+    parse_response_edited(buf, head_request, client_close, out, &Unedited)
+}
+
+/// Changes a gateway makes to a response head on its way to the client, made in the pass
+/// that writes the head.
+pub trait HeadEdit {
+    /// Whether the upstream's field `name` is left out.
+    fn drops(&self, name: &str) -> bool;
+    /// Appends the gateway's own field lines (`name: value\r\n` each).
+    fn append_fields(&self, out: &mut Vec<u8>);
+}
+
+/// No change to the head.
+pub struct Unedited;
+
+impl HeadEdit for Unedited {
+    fn drops(&self, _name: &str) -> bool {
+        false
+    }
+
+    fn append_fields(&self, _out: &mut Vec<u8>) {}
+}
+
+/// [`parse_response`], with `edit`'s changes made to the head written to `out`: the
+/// upstream fields it drops are left out, its own fields follow the upstream's (before the
+/// codec's own framing fields, which no edit touches).
+pub fn parse_response_edited(
+    buf: &[u8],
+    head_request: bool,
+    client_close: bool,
+    out: &mut Vec<u8>,
+    edit: &impl HeadEdit,
+) -> Result<ParsedResponse, ResponseError> {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_FIELDS] =
         [const { MaybeUninit::uninit() }; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
@@ -184,8 +217,10 @@ pub fn parse_response(
             (status == 204 && framing_field)
                 || ((collapse_length || length_overridden) && length_field)
                 || (connection.names_fields && hop::named_by_connection(name, resp.headers))
+                || edit.drops(name)
         },
     );
+    edit.append_fields(out);
     if collapse_length && status != 204 && !length_overridden {
         if let Some(n) = length {
             let mut digits = [0u8; 20];
@@ -251,6 +286,44 @@ mod tests {
     fn refused(raw: &[u8]) -> ResponseError {
         let mut out = Vec::new();
         parse_response(raw, false, false, &mut out).expect_err(&String::from_utf8_lossy(raw))
+    }
+
+    /// Drops `x-drop` (any case), adds `x-added: 1`.
+    struct DropAndAdd;
+
+    impl HeadEdit for DropAndAdd {
+        fn drops(&self, name: &str) -> bool {
+            name.eq_ignore_ascii_case("x-drop")
+        }
+
+        fn append_fields(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(b"x-added: 1\r\n");
+        }
+    }
+
+    #[test]
+    fn an_edit_drops_upstream_fields_and_adds_its_own_before_the_framing_fields() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-Drop: a\r\nKeep: b\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok";
+        let mut out = Vec::new();
+        let parsed = parse_response_edited(raw, false, true, &mut out, &DropAndAdd).unwrap();
+        assert!(matches!(parsed, ParsedResponse::Final(h) if h.framing == Framing::Length(2)));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nKeep: b\r\nx-added: 1\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
+        );
+        // The same head unedited keeps its field.
+        let (_, unedited) = response(raw, false, true);
+        assert!(unedited.contains("X-Drop: a\r\n"), "{unedited}");
+        // An interim response is skipped whole, edited or not.
+        let mut out = Vec::new();
+        let interim = parse_response_edited(
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            false,
+            false,
+            &mut out,
+            &DropAndAdd,
+        );
+        assert_eq!(interim.unwrap(), ParsedResponse::Interim(25));
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Engine {
             }
         }
         record.status = status;
-        if let (Some(route), Some(state)) = (&record.route, &mut record.filters) {
+        if let (Some(route), Some(state)) = (&record.route, &record.filters) {
             route.filters.on_response(status, state);
         }
     }

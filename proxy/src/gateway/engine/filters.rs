@@ -28,8 +28,9 @@ pub(crate) trait Filter: Send + Sync + fmt::Debug {
         state: &mut FilterState,
     ) -> Verdict;
 
-    /// On the response head, before it goes to the client.
-    fn on_response(&self, _status: u16, _state: &mut FilterState) {}
+    /// On the response head, before it goes to the client. The response's edits are the
+    /// request phase's: the fast path writes them in the pass that writes the head.
+    fn on_response(&self, _status: u16, _state: &FilterState) {}
 
     /// After the request ended with `status` (sent or not: 499 when the client left).
     fn on_end(&self, _status: u16, _state: &FilterState) {}
@@ -327,7 +328,7 @@ impl FilterChain {
     }
 
     /// The response phase, in the chain's order.
-    pub(crate) fn on_response(&self, status: u16, state: &mut FilterState) {
+    pub(crate) fn on_response(&self, status: u16, state: &FilterState) {
         for filter in self.filters.iter() {
             filter.on_response(status, state);
         }

@@ -26,8 +26,8 @@ use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use sluice_http1::fields::put_field;
-use sluice_http1::response::parse_response;
-use sluice_http1::{ChunkedTracker, Framing, ParsedResponse, RequestError, ResponseHead};
+use sluice_http1::response::{parse_response, parse_response_edited};
+use sluice_http1::{ChunkedTracker, Framing, HeadEdit, ParsedResponse, RequestError, ResponseHead};
 
 use self::buffers::READ_ROOM;
 use self::handoff::{Handoff, HandoffCounters};
@@ -434,8 +434,16 @@ impl FastPath {
                             client: head,
                             early,
                         } = &mut *bufs;
-                        let exchange =
-                            exchange(up, req.is_head(), client_close, request, response, head);
+                        let edits = record.filters.as_deref().map(|state| &state.response);
+                        let exchange = exchange(
+                            up,
+                            req.is_head(),
+                            client_close,
+                            request,
+                            response,
+                            head,
+                            edits,
+                        );
                         let due = tokio::time::Instant::from_std(sending) + timeouts.io;
                         watched(exchange, due, &mut client.deadline, client.stream, early).await
                     }
@@ -448,9 +456,6 @@ impl FastPath {
             match exchanged {
                 Ok((upstream, response)) => {
                     self.engine.response_head(record, response.status);
-                    if let Some(state) = &record.filters {
-                        edit_response_head(&mut bufs.client, &state.response);
-                    }
                     return self
                         .relay(
                             upstream, addr, &route, response, client, bufs, shutdown, record,
@@ -650,44 +655,18 @@ impl FastPath {
     }
 }
 
-/// Writes the response edits of the filters into the response head at the start of `head`
-/// (status line and fields, its blank line, then perhaps the first body bytes), in place:
-/// fields the edits replace are taken out, the ones they add go before the blank line.
-/// Nothing happens without edits.
-fn edit_response_head(head: &mut Vec<u8>, edits: &HeaderEdits) {
-    if edits.is_empty() {
-        return;
+/// The chain's response edits, made by the codec as it writes the head for the client.
+struct ResponseEdits<'a>(&'a HeaderEdits);
+
+impl HeadEdit for ResponseEdits<'_> {
+    fn drops(&self, name: &str) -> bool {
+        self.0.replaces(name)
     }
-    // The status line is kept as it is.
-    let Some(mut read) = memchr::memchr(b'\n', head).map(|p| p + 1) else {
-        return;
-    };
-    let mut write = read;
-    // Field lines until the blank line, compacted over the ones that go.
-    while read < head.len() && head[read] != b'\r' && head[read] != b'\n' {
-        let end = memchr::memchr(b'\n', &head[read..]).map_or(head.len(), |p| read + p + 1);
-        let name_end = memchr::memchr(b':', &head[read..end]).map_or(end, |p| read + p);
-        if !edits.replaces_bytes(&head[read..name_end]) {
-            if write != read {
-                head.copy_within(read..end, write);
-            }
-            write += end - read;
+
+    fn append_fields(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.0.added() {
+            put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        read = end;
-    }
-    if write < read {
-        head.copy_within(read.., write);
-        head.truncate(head.len() - (read - write));
-    }
-    // The added fields are written at the end, then turned into place before the blank
-    // line: no second buffer.
-    let before = head.len();
-    for (name, value) in edits.added() {
-        sluice_http1::fields::put_field(head, name.as_str().as_bytes(), value.as_bytes());
-    }
-    let added = head.len() - before;
-    if added > 0 {
-        head[write..].rotate_right(added);
     }
 }
 
@@ -865,6 +844,7 @@ async fn exchange(
     request: &[u8],
     response: &mut Vec<u8>,
     head: &mut Vec<u8>,
+    edits: Option<&HeaderEdits>,
 ) -> Result<(Upstream, ResponseHead), AttemptError> {
     let reused = up.reused;
     if up.stream.write_all(request).await.is_err() {
@@ -881,7 +861,17 @@ async fn exchange(
         }
         loop {
             head.clear();
-            match parse_response(response, head_request, client_close, head) {
+            let parsed = match edits {
+                Some(edits) if !edits.is_empty() => parse_response_edited(
+                    response,
+                    head_request,
+                    client_close,
+                    head,
+                    &ResponseEdits(edits),
+                ),
+                _ => parse_response(response, head_request, client_close, head),
+            };
+            match parsed {
                 Err(_) => return Err(AttemptError::BadResponse),
                 Ok(ParsedResponse::Final(parsed)) => return Ok((up, parsed)),
                 Ok(ParsedResponse::Interim(len)) => {
@@ -1092,10 +1082,7 @@ mod tests {
     use http::{HeaderName, HeaderValue};
 
     #[test]
-    fn response_edits_are_made_in_place() {
-        let mut head =
-            b"HTTP/1.1 200 OK\r\nX-Request-Id: theirs\r\ncontent-length: 2\r\nVia: a\r\n\r\nok"
-                .to_vec();
+    fn response_edits_are_made_as_the_head_is_written() {
         let mut edits = HeaderEdits::default();
         let rid = HeaderName::from_static("x-request-id");
         edits.push(HeaderEdit::Set(rid, HeaderValue::from_static("ours")));
@@ -1104,17 +1091,24 @@ mod tests {
             HeaderName::from_static("ratelimit-limit"),
             HeaderValue::from_static("10"),
         ));
-        edit_response_head(&mut head, &edits);
+        let head_of = |raw: &[u8], edits: &HeaderEdits| {
+            let mut head = Vec::new();
+            parse_response_edited(raw, false, false, &mut head, &ResponseEdits(edits)).unwrap();
+            String::from_utf8(head).unwrap()
+        };
+        let upstream =
+            b"HTTP/1.1 200 OK\r\nX-Request-Id: theirs\r\ncontent-length: 2\r\nVia: a\r\n\r\nok";
         assert_eq!(
-            String::from_utf8(head).unwrap(),
-            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: ours\r\nratelimit-limit: 10\r\n\r\nok"
+            head_of(upstream, &edits),
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: ours\r\nratelimit-limit: 10\r\n\r\n"
         );
-        let mut untouched = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
-        edit_response_head(&mut untouched, &HeaderEdits::default());
-        assert_eq!(untouched, b"HTTP/1.1 204 No Content\r\n\r\n");
-        edit_response_head(&mut untouched, &edits);
+        let no_content = b"HTTP/1.1 204 No Content\r\n\r\n";
         assert_eq!(
-            String::from_utf8(untouched).unwrap(),
+            head_of(no_content, &HeaderEdits::default()),
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        );
+        assert_eq!(
+            head_of(no_content, &edits),
             "HTTP/1.1 204 No Content\r\nx-request-id: ours\r\nratelimit-limit: 10\r\n\r\n"
         );
     }
