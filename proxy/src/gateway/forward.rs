@@ -8,7 +8,7 @@ use http::{HeaderValue, Uri};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
-use super::head_edit::{EditableHeader, KnownName};
+use super::head_edit::{ForwardedFields, KnownName};
 use crate::config::RouteSpec;
 use crate::gateway::engine::filters::FilterState;
 
@@ -166,7 +166,7 @@ const X_FORWARDED_HOST: KnownName = KnownName::new("x-forwarded-host");
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `-Host`.
 pub(crate) fn forwarded_headers(
-    request: &mut impl EditableHeader,
+    request: &mut impl ForwardedFields,
     client_ip: Option<std::net::IpAddr>,
     host: &str,
     proto: &'static str,

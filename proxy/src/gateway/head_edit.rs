@@ -33,51 +33,31 @@ impl KnownName {
     }
 }
 
-/// A header block fields are set, added and removed in.
-pub(crate) trait EditableHeader {
+/// A request block the `X-Forwarded-*` fields are read from and set in: pingora's (its case
+/// map kept) on a route whose request no filter edits, the map beneath it on one that does.
+pub(crate) trait ForwardedFields {
     fn get(&self, name: &KnownName) -> Option<&HeaderValue>;
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    /// [`EditableHeader::set`] of a name the gateway sets itself.
     fn set_known(&mut self, name: &KnownName, value: HeaderValue) -> Result<()>;
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    fn remove(&mut self, name: &HeaderName);
 }
 
-/// Through pingora's methods, the case map kept.
-impl EditableHeader for RequestHeader {
+impl ForwardedFields for RequestHeader {
     fn get(&self, name: &KnownName) -> Option<&HeaderValue> {
         self.headers.get(&name.name)
-    }
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
     }
     fn set_known(&mut self, name: &KnownName, value: HeaderValue) -> Result<()> {
         // A `&'static str` is its own case name: no copy of it is made.
         self.insert_header(name.text, value)
     }
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.append_header(name, value).map(|_| ())
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
 }
 
-impl EditableHeader for HeaderMap {
+impl ForwardedFields for HeaderMap {
     fn get(&self, name: &KnownName) -> Option<&HeaderValue> {
         HeaderMap::get(self, &name.name)
     }
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.try_insert(name, value).map(|_| ()).map_err(too_many)
-    }
     fn set_known(&mut self, name: &KnownName, value: HeaderValue) -> Result<()> {
-        self.set(name.name.clone(), value)
-    }
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.try_append(name, value).map(|_| ()).map_err(too_many)
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        HeaderMap::remove(self, name);
+        self.try_insert(name.name.clone(), value)
+            .map(|_| ())
+            .map_err(too_many)
     }
 }
 
@@ -85,13 +65,23 @@ fn too_many(e: http::header::MaxSizeReached) -> Box<Error> {
     Error::because(ErrorType::InvalidHTTPHeader, "header edits", e)
 }
 
-/// Makes the chain's `edits` to `head`, in order.
-pub(crate) fn apply_edits(edits: &HeaderEdits, head: &mut impl EditableHeader) -> Result<()> {
+/// Makes the chain's `edits` to `headers`, in order.
+pub(crate) fn apply_edits(edits: &HeaderEdits, headers: &mut HeaderMap) -> Result<()> {
     for edit in edits.iter() {
         match edit {
-            HeaderEdit::Set(name, value) => head.set(name.clone(), value.clone())?,
-            HeaderEdit::Add(name, value) => head.add(name.clone(), value.clone())?,
-            HeaderEdit::Remove(name) => head.remove(name),
+            HeaderEdit::Set(name, value) => {
+                headers
+                    .try_insert(name.clone(), value.clone())
+                    .map_err(too_many)?;
+            }
+            HeaderEdit::Add(name, value) => {
+                headers
+                    .try_append(name.clone(), value.clone())
+                    .map_err(too_many)?;
+            }
+            HeaderEdit::Remove(name) => {
+                headers.remove(name);
+            }
         }
     }
     Ok(())
