@@ -18,10 +18,8 @@ use http::HeaderValue;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{read, reject, Consumer, FilterError};
-use crate::gateway::engine::filters::{
-    Filter, FilterState, HeaderEdit, HeaderEdits, Later, Verdict,
-};
+use super::{read, reject, Consumer, FilterError, AUTHORIZATION};
+use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdits, Later, Verdict};
 use crate::gateway::engine::RequestView;
 use crate::gateway::failure::Answer;
 use crate::gateway::Route;
@@ -177,8 +175,8 @@ fn credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
 /// The edits of a request that passed as `user`.
 fn passed_edits(user: &User) -> HeaderEdits {
     let mut edits = HeaderEdits::default();
-    edits.push(HeaderEdit::Remove(http::header::AUTHORIZATION));
-    edits.push(user.consumer.header_edit());
+    edits.remove(AUTHORIZATION);
+    user.consumer.set_header(&mut edits);
     edits
 }
 
@@ -210,9 +208,7 @@ impl Filter for BasicAuth {
             h.finalize().into()
         };
         if self.passed.pin().contains_key(&digest) {
-            state
-                .upstream
-                .push(HeaderEdit::Remove(http::header::AUTHORIZATION));
+            state.upstream.remove(AUTHORIZATION);
             user.consumer.admit(state);
             return Verdict::Continue;
         }

@@ -8,14 +8,16 @@
 
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
+    ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
 };
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::{read, FilterError};
-use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, HeaderEdits, Verdict};
+use crate::gateway::engine::filters::{
+    edit_name, EditName, Filter, FilterState, HeaderEdits, Verdict,
+};
 use crate::gateway::engine::RequestView;
 use crate::gateway::failure::Answer;
 use crate::gateway::Route;
@@ -79,26 +81,36 @@ impl OriginRule {
         }
     }
 
-    fn allows(&self, origin: &str) -> bool {
+    /// Whether `origin` (as the field came: bytes) is allowed. Every rule is UTF-8 text, so
+    /// bytes that match one are text too.
+    fn allows(&self, origin: &[u8]) -> bool {
         match self {
             Self::Any => true,
-            Self::Exact(exact) => origin.eq_ignore_ascii_case(exact),
+            Self::Exact(exact) => origin.eq_ignore_ascii_case(exact.as_bytes()),
             Self::Subdomains { scheme, suffix } => {
-                let Some((their_scheme, host)) = origin.split_once("://") else {
+                let Some(at) = origin.windows(3).position(|w| w == b"://") else {
                     return false;
                 };
-                their_scheme.eq_ignore_ascii_case(scheme)
-                    && host.len() > suffix.len()
-                    && host
-                        .get(host.len() - suffix.len()..)
-                        .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
-                    && host[..host.len() - suffix.len()]
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                let (their_scheme, host) = (&origin[..at], &origin[at + 3..]);
+                let Some(label_end) = host.len().checked_sub(suffix.len()).filter(|&n| n > 0)
+                else {
+                    return false;
+                };
+                their_scheme.eq_ignore_ascii_case(scheme.as_bytes())
+                    && host[label_end..].eq_ignore_ascii_case(suffix.as_bytes())
+                    && host[..label_end]
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
             }
         }
     }
 }
+
+/// The response fields of a request that is no preflight, as edits name them.
+const EDIT_VARY: EditName = edit_name!("vary");
+const EDIT_ALLOW_ORIGIN: EditName = edit_name!("access-control-allow-origin");
+const EDIT_ALLOW_CREDENTIALS: EditName = edit_name!("access-control-allow-credentials");
+const EDIT_EXPOSE_HEADERS: EditName = edit_name!("access-control-expose-headers");
 
 /// A list of names, or `*`: whatever the preflight asks for.
 #[derive(Debug)]
@@ -115,8 +127,6 @@ pub(super) struct Cors {
     origins: Vec<OriginRule>,
     /// Any origin, answered `*` (no credentials): the answer does not vary by origin.
     wildcard: bool,
-    /// The exact origins as header values, made once.
-    exact_values: Vec<HeaderValue>,
     methods: Allowed,
     /// `allow_methods` as the preflight answers it, when it is a list.
     methods_value: Option<HeaderValue>,
@@ -215,17 +225,9 @@ impl Cors {
                 Some(HeaderValue::from(age.as_secs()))
             }
         };
-        let exact_values = origins
-            .iter()
-            .filter_map(|rule| match rule {
-                OriginRule::Exact(text) => HeaderValue::from_str(text).ok(),
-                _ => None,
-            })
-            .collect();
         Ok(Self {
             name: name.to_string(),
             wildcard: any_origin,
-            exact_values,
             origins,
             methods,
             methods_value,
@@ -237,20 +239,17 @@ impl Cors {
         })
     }
 
-    fn allows_origin(&self, origin: &str) -> bool {
+    fn allows_origin(&self, origin: &[u8]) -> bool {
         self.origins.iter().any(|rule| rule.allows(origin))
     }
 
-    /// `Access-Control-Allow-Origin` for an allowed origin: `*`, or the origin itself (an
-    /// exact one as made at load when it came byte for byte as configured).
-    fn allow_origin_value(&self, origin: &[u8]) -> Option<HeaderValue> {
+    /// `Access-Control-Allow-Origin` for an allowed origin: `*`, or the origin itself.
+    fn allow_origin_text<'o>(&self, origin: &'o [u8]) -> &'o [u8] {
         if self.wildcard {
-            return Some(HeaderValue::from_static("*"));
+            b"*"
+        } else {
+            origin
         }
-        if let Some(made) = self.exact_values.iter().find(|v| v.as_bytes() == origin) {
-            return Some(made.clone());
-        }
-        HeaderValue::from_bytes(origin).ok()
     }
 
     /// The preflight's answer: 204 with what is allowed, or 403 saying what is not.
@@ -262,7 +261,7 @@ impl Cors {
                 "CorsRefused",
             )
         };
-        if !self.allows_origin(origin) {
+        if !self.allows_origin(origin.as_bytes()) {
             return refuse(format!("origin {origin:?} is not allowed"));
         }
         let method = String::from_utf8_lossy(method).trim().to_string();
@@ -284,7 +283,7 @@ impl Cors {
             }
         }
         let mut headers = Vec::with_capacity(7);
-        if let Some(value) = self.allow_origin_value(origin.as_bytes()) {
+        if let Ok(value) = HeaderValue::from_bytes(self.allow_origin_text(origin.as_bytes())) {
             headers.push((ACCESS_CONTROL_ALLOW_ORIGIN, value));
         }
         let methods = match &self.methods_value {
@@ -323,33 +322,23 @@ impl Cors {
     /// The response edits for a request that is no preflight.
     fn on_actual(&self, origin: Option<&[u8]>, edits: &mut HeaderEdits) {
         if !self.wildcard {
-            edits.push(HeaderEdit::Add(VARY, HeaderValue::from_static("Origin")));
+            edits.add_text(EDIT_VARY, b"Origin");
         }
-        let allowed =
-            origin.filter(|o| std::str::from_utf8(o).is_ok_and(|o| self.allows_origin(o)));
-        let value = allowed.and_then(|o| self.allow_origin_value(o));
-        match value {
-            Some(value) => {
-                edits.push(HeaderEdit::Set(ACCESS_CONTROL_ALLOW_ORIGIN, value));
-                if self.credentials {
-                    edits.push(HeaderEdit::Set(
-                        ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                        HeaderValue::from_static("true"),
-                    ));
-                }
-                if let Some(expose) = &self.expose {
-                    edits.push(HeaderEdit::Set(
-                        ACCESS_CONTROL_EXPOSE_HEADERS,
-                        expose.clone(),
-                    ));
-                }
+        let allowed = origin.filter(|o| self.allows_origin(o));
+        // `*`, or the origin itself (checked as a field value by the edit).
+        let value = allowed.map(|o| self.allow_origin_text(o));
+        if value.is_some_and(|value| edits.set_text(EDIT_ALLOW_ORIGIN, value)) {
+            if self.credentials {
+                edits.set_text(EDIT_ALLOW_CREDENTIALS, b"true");
             }
-            None => {
-                // No CORS for this origin, whatever the upstream says.
-                edits.push(HeaderEdit::Remove(ACCESS_CONTROL_ALLOW_ORIGIN));
-                edits.push(HeaderEdit::Remove(ACCESS_CONTROL_ALLOW_CREDENTIALS));
-                edits.push(HeaderEdit::Remove(ACCESS_CONTROL_EXPOSE_HEADERS));
+            if let Some(expose) = &self.expose {
+                edits.set(EDIT_EXPOSE_HEADERS, expose);
             }
+        } else {
+            // No CORS for this origin, whatever the upstream says.
+            edits.remove(EDIT_ALLOW_ORIGIN);
+            edits.remove(EDIT_ALLOW_CREDENTIALS);
+            edits.remove(EDIT_EXPOSE_HEADERS);
         }
     }
 }
@@ -389,19 +378,19 @@ mod tests {
     #[test]
     fn origins_exact_and_wildcard() {
         let rule = OriginRule::parse("https://*.Example.com").unwrap();
-        assert!(rule.allows("https://app.example.com"));
-        assert!(rule.allows("https://a.b.example.com"));
-        assert!(!rule.allows("https://example.com"));
-        assert!(!rule.allows("http://app.example.com"));
-        assert!(!rule.allows("https://app.example.com.evil.test"));
-        assert!(!rule.allows("https://evil-example.com"));
-        assert!(!rule.allows("https://x/y.example.com"));
+        assert!(rule.allows(b"https://app.example.com"));
+        assert!(rule.allows(b"https://a.b.example.com"));
+        assert!(!rule.allows(b"https://example.com"));
+        assert!(!rule.allows(b"http://app.example.com"));
+        assert!(!rule.allows(b"https://app.example.com.evil.test"));
+        assert!(!rule.allows(b"https://evil-example.com"));
+        assert!(!rule.allows(b"https://x/y.example.com"));
         let port = OriginRule::parse("http://*.local.test:8080").unwrap();
-        assert!(port.allows("http://a.local.test:8080"));
-        assert!(!port.allows("http://a.local.test:8081"));
+        assert!(port.allows(b"http://a.local.test:8080"));
+        assert!(!port.allows(b"http://a.local.test:8081"));
         let exact = OriginRule::parse("https://App.example.com").unwrap();
-        assert!(exact.allows("https://app.example.com"));
-        assert!(!exact.allows("https://app.example.com:8443"));
+        assert!(exact.allows(b"https://app.example.com"));
+        assert!(!exact.allows(b"https://app.example.com:8443"));
         for bad in [
             "app.example.com",
             "https://*",
@@ -460,22 +449,13 @@ mod tests {
         .unwrap();
         let mut edits = HeaderEdits::default();
         c.on_actual(Some(b"https://a.test"), &mut edits);
-        let added: Vec<_> = edits
-            .added()
-            .map(|(n, v)| (n.as_str(), v.clone()))
-            .collect();
+        let added: Vec<_> = edits.added().map(|(n, v)| (n.as_str(), v)).collect();
         assert_eq!(
             added,
             [
-                ("vary", HeaderValue::from_static("Origin")),
-                (
-                    "access-control-allow-origin",
-                    HeaderValue::from_static("https://a.test")
-                ),
-                (
-                    "access-control-allow-credentials",
-                    HeaderValue::from_static("true")
-                ),
+                ("vary", &b"Origin"[..]),
+                ("access-control-allow-origin", b"https://a.test"),
+                ("access-control-allow-credentials", b"true"),
             ]
         );
         let mut edits = HeaderEdits::default();

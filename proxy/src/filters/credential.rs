@@ -4,13 +4,14 @@
 
 use http::HeaderName;
 
-use crate::gateway::engine::filters::{FilterState, HeaderEdit};
+use crate::gateway::engine::filters::{EditName, FilterState};
 use crate::gateway::engine::RequestView;
 
 /// Where the credential is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum CredentialSource {
-    Header(HeaderName),
+    /// Interned at load: removing it from a request costs no lookup.
+    Header(EditName),
     Query(String),
     Cookie(String),
 }
@@ -29,7 +30,7 @@ impl CredentialSource {
         match kind.trim() {
             "header" => HeaderName::from_bytes(name.as_bytes())
                 .ok()
-                .map(Self::Header),
+                .map(|header| Self::Header(EditName::intern(&header))),
             "query" => Some(Self::Query(name.to_string())),
             "cookie" => Some(Self::Cookie(name.to_string())),
             _ => None,
@@ -58,7 +59,7 @@ impl CredentialSource {
     /// carries the client's other cookies too).
     pub(super) fn remove(&self, request: &dyn RequestView, state: &mut FilterState) {
         match self {
-            Self::Header(header) => state.upstream.push(HeaderEdit::Remove(header.clone())),
+            Self::Header(header) => state.upstream.remove(*header),
             Self::Query(param) => {
                 let query = state.query.as_deref().or(request.query()).unwrap_or("");
                 state.query = Some(without_param(query, param));
@@ -70,7 +71,7 @@ impl CredentialSource {
     /// How a missing credential is described to the client.
     pub(super) fn describe(&self) -> String {
         match self {
-            Self::Header(h) => format!("header {h}"),
+            Self::Header(h) => format!("header {}", h.as_str()),
             Self::Query(q) => format!("query parameter {q}"),
             Self::Cookie(c) => format!("cookie {c}"),
         }

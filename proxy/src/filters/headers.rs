@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::template::{Context, ValueTemplate};
 use super::{read, FilterError};
-use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, HeaderEdits, Verdict};
+use crate::gateway::engine::filters::{EditName, Filter, FilterState, HeaderEdits, Verdict};
 use crate::gateway::engine::RequestView;
 use crate::gateway::Route;
 
@@ -53,14 +53,14 @@ impl Side {
 /// The rules for one side, in the order they are made.
 #[derive(Debug, Default)]
 struct Rules {
-    remove: Vec<HeaderName>,
-    set: Vec<(HeaderName, ValueTemplate)>,
-    add: Vec<(HeaderName, ValueTemplate)>,
+    remove: Vec<EditName>,
+    set: Vec<(EditName, ValueTemplate)>,
+    add: Vec<(EditName, ValueTemplate)>,
 }
 
 impl Rules {
     fn build(name: &str, side: Side, settings: RuleSettings) -> Result<Self, FilterError> {
-        let header = |op: &str, text: &str| -> Result<HeaderName, FilterError> {
+        let header = |op: &str, text: &str| -> Result<EditName, FilterError> {
             let key = format!("{}.{op}", side.key());
             let header = HeaderName::from_bytes(text.trim().as_bytes())
                 .map_err(|_| FilterError::new(name, &key, format!("bad header name {text:?}")))?;
@@ -74,7 +74,7 @@ impl Rules {
                     format!("{header:?} is written by the gateway itself"),
                 ));
             }
-            Ok(header)
+            Ok(EditName::intern(&header))
         };
         let values = |op: &str, map: BTreeMap<String, String>| {
             map.into_iter()
@@ -105,18 +105,22 @@ impl Rules {
     /// The rules' edits for one request.
     fn edit(&self, cx: &Context<'_>, edits: &mut HeaderEdits) {
         for name in &self.remove {
-            edits.push(HeaderEdit::Remove(name.clone()));
+            edits.remove(*name);
         }
         for (name, value) in &self.set {
-            // A value the variables made unusable (a control byte) leaves the field out.
-            match value.render(cx) {
-                Some(value) => edits.push(HeaderEdit::Set(name.clone(), value)),
-                None => edits.push(HeaderEdit::Remove(name.clone())),
+            if let Some(constant) = value.constant() {
+                edits.set(*name, constant);
+            } else if !edits.set_with(*name, |out| value.render_into(cx, out)) {
+                // A value the variables made unusable (a control byte) leaves the field out.
+                edits.remove(*name);
             }
         }
         for (name, value) in &self.add {
-            if let Some(value) = value.render(cx) {
-                edits.push(HeaderEdit::Add(name.clone(), value));
+            match value.constant() {
+                Some(constant) => edits.add(*name, constant),
+                None => {
+                    edits.add_with(*name, |out| value.render_into(cx, out));
+                }
             }
         }
     }
@@ -198,8 +202,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h.request.set.len(), 2);
-        assert_eq!(h.request.remove, [HeaderName::from_static("x-debug")]);
-        assert_eq!(h.response.remove, [HeaderName::from_static("server")]);
+        assert_eq!(h.request.remove[0].as_str(), "x-debug");
+        assert_eq!(h.response.remove[0].header(), &http::header::SERVER);
         let refused = |text: &str, key: &str| {
             let e = build(text).unwrap_err();
             assert_eq!(e.key, key, "{text}: {e}");

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::config::{Config, FilterSpec};
-use crate::gateway::engine::filters::{Filter, FilterChain};
+use crate::gateway::engine::filters::{edit_name, EditName, Filter, FilterChain, HeaderEdits};
 use crate::gateway::failure::Answer;
 use crate::pool::Directory;
 
@@ -205,7 +205,9 @@ struct Consumer {
     value: http::HeaderValue,
 }
 
-const CONSUMER_HEADER: http::HeaderName = http::HeaderName::from_static("x-consumer");
+const CONSUMER_HEADER: EditName = edit_name!("x-consumer");
+/// `Authorization`, as an edit names it.
+const AUTHORIZATION: EditName = edit_name!("authorization");
 
 impl Consumer {
     /// `None` for an empty name or one that cannot be a header value.
@@ -217,14 +219,14 @@ impl Consumer {
         })
     }
 
-    /// The upstream request's `x-consumer`.
-    fn header_edit(&self) -> crate::gateway::engine::filters::HeaderEdit {
-        crate::gateway::engine::filters::HeaderEdit::Set(CONSUMER_HEADER, self.value.clone())
+    /// The upstream request's `x-consumer`, into `edits`.
+    fn set_header(&self, edits: &mut HeaderEdits) {
+        edits.set(CONSUMER_HEADER, &self.value);
     }
 
     /// The request passes as this consumer: `x-consumer` upstream, the consumer recorded.
     fn admit(&self, state: &mut crate::gateway::engine::filters::FilterState) {
-        state.upstream.push(self.header_edit());
+        self.set_header(&mut state.upstream);
         state.consumer = Some(self.name.clone());
     }
 }

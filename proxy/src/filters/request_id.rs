@@ -2,11 +2,11 @@
 //! one from the client is kept, else a new UUIDv7 is made. The upstream gets it, the
 //! response echoes it, and the access log has it as `request_id`.
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderName;
 use serde::Deserialize;
 
 use super::{read, FilterError};
-use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, Verdict};
+use crate::gateway::engine::filters::{EditName, FieldValue, Filter, FilterState, Verdict};
 use crate::gateway::engine::RequestView;
 use crate::gateway::Route;
 
@@ -23,7 +23,7 @@ const MAX_ID_BYTES: usize = 128;
 #[derive(Debug)]
 pub(super) struct RequestId {
     name: String,
-    header: HeaderName,
+    header: EditName,
 }
 
 impl RequestId {
@@ -34,7 +34,7 @@ impl RequestId {
             .map_err(|_| FilterError::new(name, "header", format!("bad header name {text:?}")))?;
         Ok(Self {
             name: name.to_string(),
-            header,
+            header: EditName::intern(&header),
         })
     }
 }
@@ -54,20 +54,14 @@ fn is_valid(id: &[u8]) -> bool {
 /// the thread's own random generator and the clock: no lock and no system call (the uuid
 /// crate's `now_v7` serialises every thread on one shared context and reads the OS's random
 /// source per call).
-fn new_id() -> HeaderValue {
+fn new_id(text: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut random = [0u8; 10];
     fastrand::fill(&mut random);
     let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid.hyphenated().encode_lower(&mut text);
-    // A hyphenated UUID is ASCII hex digits and hyphens: a valid header value. Its bytes
-    // are shared from the start: the copies upstream, on the response and in the log are
-    // reference counts, not allocations.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
-        .unwrap_or(HeaderValue::from_static("-"))
+    uuid.hyphenated().encode_lower(text)
 }
 
 impl Filter for RequestId {
@@ -81,18 +75,20 @@ impl Filter for RequestId {
         request: &dyn RequestView,
         state: &mut FilterState,
     ) -> Verdict {
-        let id = request
-            .field(self.header.as_str())
-            .filter(|id| is_valid(id))
-            .and_then(|id| HeaderValue::from_bytes(id).ok())
-            .unwrap_or_else(new_id);
-        state
-            .upstream
-            .push(HeaderEdit::Set(self.header.clone(), id.clone()));
-        state
-            .response
-            .push(HeaderEdit::Set(self.header.clone(), id.clone()));
-        state.request_id = Some(id);
+        let mut made = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        // A kept id is ASCII (`is_valid`): text.
+        let id = match request.field(self.header.as_str()) {
+            Some(id) if is_valid(id) => std::str::from_utf8(id).ok(),
+            _ => None,
+        }
+        .unwrap_or_else(|| new_id(&mut made));
+        // Checked once for both edits (it always passes: see `is_valid`).
+        if let Some(value) = FieldValue::new(id.as_bytes()) {
+            state.upstream.set(self.header, value);
+            state.response.set(self.header, value);
+        }
+        state.request_id.clear();
+        state.request_id.push_str(id);
         Verdict::Continue
     }
 }
@@ -109,10 +105,10 @@ mod tests {
         assert!(!is_valid(b"has space"));
         assert!(!is_valid(b"quote\""));
         assert!(!is_valid(&[b'a'; 129]));
-        let made = new_id();
-        let text = made.to_str().unwrap();
+        let mut room = [0u8; 36];
+        let text = new_id(&mut room).to_string();
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "7", "{text}");
-        assert_ne!(new_id(), made);
+        assert_ne!(new_id(&mut room), text);
     }
 }

@@ -2,7 +2,7 @@
 //! variables, rendered per request from the request and what the chain has decided so far.
 //! A value without variables is rendered once, at load.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use http::HeaderValue;
 
@@ -146,10 +146,10 @@ impl Template {
     }
 
     /// Appends the value for this request to `out`.
-    pub(super) fn render_into(&self, cx: &Context<'_>, out: &mut String) {
+    pub(super) fn render_into(&self, cx: &Context<'_>, out: &mut impl Sink) {
         for part in &self.parts {
             match part {
-                Part::Text(text) => out.push_str(text),
+                Part::Text(text) => out.put(text),
                 Part::Variable(variable) => render_variable(*variable, cx, out),
             }
         }
@@ -166,7 +166,35 @@ impl Template {
     }
 }
 
-fn render_variable(variable: Variable, cx: &Context<'_>, out: &mut String) {
+/// Where a rendered value goes: text (a redirect's `Location`) or the bytes of a header edit
+/// (written in place).
+pub(super) trait Sink {
+    fn put(&mut self, text: &str);
+    /// One ASCII byte.
+    fn put_ascii(&mut self, byte: u8);
+}
+
+impl Sink for String {
+    fn put(&mut self, text: &str) {
+        self.push_str(text);
+    }
+
+    fn put_ascii(&mut self, byte: u8) {
+        self.push(char::from(byte));
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, text: &str) {
+        self.extend_from_slice(text.as_bytes());
+    }
+
+    fn put_ascii(&mut self, byte: u8) {
+        self.push(byte);
+    }
+}
+
+fn render_variable(variable: Variable, cx: &Context<'_>, out: &mut impl Sink) {
     let request = cx.request;
     match variable {
         Variable::ClientIp => {
@@ -175,31 +203,29 @@ fn render_variable(variable: Variable, cx: &Context<'_>, out: &mut String) {
             }
         }
         Variable::RequestId => {
-            if let Some(id) = cx.state.request_id.as_ref().and_then(|v| v.to_str().ok()) {
-                out.push_str(id);
-            }
+            out.put(&cx.state.request_id);
         }
         Variable::Consumer => {
             if let Some(consumer) = &cx.state.consumer {
-                out.push_str(consumer);
+                out.put(consumer);
             }
         }
-        Variable::Route => out.push_str(&cx.route.spec.name),
-        Variable::Host => out.push_str(request.host()),
-        Variable::Path => out.push_str(request.path()),
-        Variable::Query => out.push_str(request.query().unwrap_or("")),
+        Variable::Route => out.put(&cx.route.spec.name),
+        Variable::Host => out.put(request.host()),
+        Variable::Path => out.put(request.path()),
+        Variable::Query => out.put(request.query().unwrap_or("")),
         Variable::Uri => {
-            out.push_str(request.path());
+            out.put(request.path());
             if let Some(query) = request.query() {
-                out.push('?');
-                out.push_str(query);
+                out.put_ascii(b'?');
+                out.put(query);
             }
         }
-        Variable::Scheme => out.push_str(request.proto()),
-        Variable::Method => out.push_str(request.method()),
+        Variable::Scheme => out.put(request.proto()),
+        Variable::Method => out.put(request.method()),
         Variable::TraceId => {
             if let Some(trace_id) = cx.state.trace_id() {
-                out.push_str(trace_id);
+                out.put(trace_id);
             }
         }
     }
@@ -207,26 +233,60 @@ fn render_variable(variable: Variable, cx: &Context<'_>, out: &mut String) {
 
 /// Appends `ip` as text: IPv4 (every request's usual case) digit by digit, without the
 /// formatting machinery; IPv6 by its `Display`.
-fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+fn push_ip(out: &mut impl Sink, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.put_ascii(b'.');
                 }
                 if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
+                    out.put_ascii(b'0' + octet / 100);
                 }
                 if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
+                    out.put_ascii(b'0' + octet / 10 % 10);
                 }
-                out.push(char::from(b'0' + octet % 10));
+                out.put_ascii(b'0' + octet % 10);
             }
         }
-        // Writing to a String cannot fail.
         std::net::IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
+            let mut text = ShortText::default();
+            // The longest IPv6 text (45 bytes) fits: the write cannot fail.
+            let _ = write!(text, "{v6}");
+            out.put(text.as_str());
         }
+    }
+}
+
+/// Text of at most 64 bytes on the stack (an address's).
+struct ShortText {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for ShortText {
+    fn default() -> Self {
+        Self {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl ShortText {
+    fn as_str(&self) -> &str {
+        // Only whole `str`s are written (`write_str`).
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for ShortText {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let end = self.len + text.len();
+        let room = self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?;
+        room.copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -251,14 +311,18 @@ impl ValueTemplate {
         Ok(Self { template, constant })
     }
 
-    /// The header value for this request; `None` when what the variables gave cannot be one
-    /// (it then is left out).
-    pub(super) fn render(&self, cx: &Context<'_>) -> Option<HeaderValue> {
-        if let Some(constant) = &self.constant {
-            return Some(constant.clone());
+    /// The value when it uses no variable (made at load).
+    pub(super) fn constant(&self) -> Option<&HeaderValue> {
+        self.constant.as_ref()
+    }
+
+    /// Appends the value for this request to `out` (a header edit's bytes, which checks
+    /// them).
+    pub(super) fn render_into(&self, cx: &Context<'_>, out: &mut Vec<u8>) {
+        match &self.constant {
+            Some(constant) => out.extend_from_slice(constant.as_bytes()),
+            None => self.template.render_into(cx, out),
         }
-        // The rendered text becomes the value's own bytes: checked, not copied.
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(self.template.render(cx))).ok()
     }
 }
 
@@ -298,11 +362,16 @@ mod tests {
             "10.20.3.255",
             "192.168.100.9",
             "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:192.168.100.200",
             "2001:db8::7",
         ] {
             let mut out = String::new();
             push_ip(&mut out, ip.parse().unwrap());
             assert_eq!(out, ip);
+            let mut bytes = Vec::new();
+            push_ip(&mut bytes, ip.parse().unwrap());
+            assert_eq!(bytes, ip.as_bytes());
         }
         for name in VARIABLES {
             assert!(Template::parse(&format!("${{{name}}}")).is_ok(), "{name}");

@@ -5,16 +5,17 @@
 //! (the specification: no `tracestate` without a `traceparent` it belongs to). The trace id
 //! is the access log's `trace_id` and the template variable `${trace_id}`.
 
-use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::{read, FilterError};
-use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, Verdict};
+use crate::gateway::engine::filters::{
+    edit_name, EditName, FieldValue, Filter, FilterState, Traceparent, Verdict,
+};
 use crate::gateway::engine::RequestView;
 use crate::gateway::Route;
 
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const TRACEPARENT: EditName = edit_name!("traceparent");
+const TRACESTATE: EditName = edit_name!("tracestate");
 
 /// Longest `tracestate` passed on: 32 members of at most 256 + 1 + 256 bytes would be more,
 /// but the specification asks that 512 bytes be kept and lets longer ones be dropped.
@@ -134,7 +135,7 @@ fn joined(request: &dyn RequestView, name: &str) -> Vec<u8> {
 
 impl TraceContext {
     /// The `traceparent` for the upstream: the client's trace continued, or a new one.
-    fn traceparent(&self, incoming: Option<Parent<'_>>) -> HeaderValue {
+    fn traceparent(&self, incoming: Option<Parent<'_>>) -> Traceparent {
         // version 00, a 32-digit trace id, the gateway's 16-digit span id, the flags.
         let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
         match incoming {
@@ -151,11 +152,7 @@ impl TraceContext {
             }
         }
         random_hex(&mut text[36..52]);
-        // Lower-case hex digits and hyphens: always a valid header value; shared from the
-        // start (the upstream's copy and the log's are reference counts).
-        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).unwrap_or(
-            HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-00"),
-        )
+        text
     }
 }
 
@@ -178,25 +175,21 @@ impl Filter for TraceContext {
             _ => None,
         };
         let traceparent = self.traceparent(incoming);
-        state
-            .upstream
-            .push(HeaderEdit::Set(TRACEPARENT, traceparent.clone()));
+        // Hex digits and hyphens: checked once for both edits.
+        let Some(value) = FieldValue::new(&traceparent) else {
+            return Verdict::Continue;
+        };
+        state.upstream.set(TRACEPARENT, value);
         let tracestate = incoming
             .map(|_| joined(request, TRACESTATE.as_str()))
-            .filter(|v| !v.is_empty() && usable_tracestate(v))
-            .and_then(|v| HeaderValue::from_bytes(&v).ok());
-        match tracestate {
-            Some(value) => state.upstream.push(HeaderEdit::Set(TRACESTATE, value)),
-            // One the client sent goes with its trace or not at all.
-            None if request.field(TRACESTATE.as_str()).is_some() => {
-                state.upstream.push(HeaderEdit::Remove(TRACESTATE));
-            }
-            None => {}
+            .filter(|v| !v.is_empty() && usable_tracestate(v));
+        let forwarded = tracestate.is_some_and(|value| state.upstream.set_text(TRACESTATE, &value));
+        // One the client sent goes with its trace or not at all.
+        if !forwarded && request.field(TRACESTATE.as_str()).is_some() {
+            state.upstream.remove(TRACESTATE);
         }
         if self.response {
-            state
-                .response
-                .push(HeaderEdit::Set(TRACEPARENT, traceparent.clone()));
+            state.response.set(TRACEPARENT, value);
         }
         state.traceparent = Some(traceparent);
         Verdict::Continue
@@ -239,13 +232,13 @@ mod tests {
     fn continued_or_started() {
         let filter = TraceContext::build("t", &toml::Table::new()).unwrap();
         let continued = filter.traceparent(parse(VALID));
-        let text = continued.to_str().unwrap();
+        let text = std::str::from_utf8(&continued).unwrap();
         assert_eq!(&text[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-");
         assert_ne!(&text[36..52], "00f067aa0ba902b7");
         assert!(text.ends_with("-01"));
         assert!(parse(text.as_bytes()).is_some());
         let started = filter.traceparent(None);
-        let text = started.to_str().unwrap();
+        let text = std::str::from_utf8(&started).unwrap();
         assert!(parse(text.as_bytes()).is_some(), "{text}");
         assert!(text.ends_with("-01"));
         assert_ne!(filter.traceparent(None), started);

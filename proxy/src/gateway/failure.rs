@@ -100,8 +100,13 @@ impl Answer {
         }
         let own = self.headers.len();
         for (name, value) in edits.added() {
-            if !self.headers[..own].iter().any(|(n, _)| n == name) {
-                self.headers.push((name.clone(), value.clone()));
+            let name = name.header();
+            if self.headers[..own].iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            // The edits accept only what `HeaderValue` accepts.
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                self.headers.push((name.clone(), value));
             }
         }
         self

@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType, Result};
 
-use super::engine::filters::{HeaderEdit, HeaderEdits};
+use super::engine::filters::{EditRef, HeaderEdits};
 
 /// A field name the gateway itself sets, in the two forms the blocks take it in.
 pub(crate) struct KnownName {
@@ -65,26 +65,34 @@ fn too_many(e: http::header::MaxSizeReached) -> Box<Error> {
     Error::because(ErrorType::InvalidHTTPHeader, "header edits", e)
 }
 
-/// Makes the chain's `edits` to `headers`, in order.
+/// Makes the chain's `edits` to `headers`, in order. Each value is copied into a
+/// `HeaderValue` of its own (the edits keep bytes); the names are static, so cloning them
+/// costs no reference count.
 pub(crate) fn apply_edits(edits: &HeaderEdits, headers: &mut HeaderMap) -> Result<()> {
     for edit in edits.iter() {
         match edit {
-            HeaderEdit::Set(name, value) => {
+            EditRef::Set(name, value) => {
                 headers
-                    .try_insert(name.clone(), value.clone())
+                    .try_insert(name.header().clone(), value_of(value)?)
                     .map_err(too_many)?;
             }
-            HeaderEdit::Add(name, value) => {
+            EditRef::Add(name, value) => {
                 headers
-                    .try_append(name.clone(), value.clone())
+                    .try_append(name.header().clone(), value_of(value)?)
                     .map_err(too_many)?;
             }
-            HeaderEdit::Remove(name) => {
-                headers.remove(name);
+            EditRef::Remove(name) => {
+                headers.remove(name.header());
             }
         }
     }
     Ok(())
+}
+
+/// An edit's value as a `HeaderValue` (the edits accept only what it accepts).
+fn value_of(bytes: &[u8]) -> Result<HeaderValue> {
+    HeaderValue::from_bytes(bytes)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "header edit value", e))
 }
 
 /// Runs `edit` on the request's header map with room for `room` more fields; the method,
@@ -142,18 +150,14 @@ pub(crate) fn edit_response_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::engine::filters::EditName;
 
     fn edits() -> HeaderEdits {
+        let name = |text: &'static str| EditName::intern(&HeaderName::from_static(text));
         let mut edits = HeaderEdits::default();
-        edits.push(HeaderEdit::Set(
-            HeaderName::from_static("x-set"),
-            HeaderValue::from_static("1"),
-        ));
-        edits.push(HeaderEdit::Add(
-            HeaderName::from_static("x-multi"),
-            HeaderValue::from_static("b"),
-        ));
-        edits.push(HeaderEdit::Remove(HeaderName::from_static("x-gone")));
+        edits.set(name("x-set"), &HeaderValue::from_static("1"));
+        edits.add(name("x-multi"), &HeaderValue::from_static("b"));
+        edits.remove(name("x-gone"));
         edits
     }
 

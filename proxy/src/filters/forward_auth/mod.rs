@@ -17,9 +17,7 @@ use serde::Deserialize;
 
 use self::client::{AuthClient, AuthResponse, AuthTls, DEFAULT_TIMEOUT};
 use super::{read, reject, FilterError};
-use crate::gateway::engine::filters::{
-    Filter, FilterState, HeaderEdit, HeaderEdits, Later, Verdict,
-};
+use crate::gateway::engine::filters::{EditName, Filter, FilterState, HeaderEdits, Later, Verdict};
 use crate::gateway::engine::RequestView;
 use crate::gateway::failure::Answer;
 use crate::gateway::Route;
@@ -43,7 +41,7 @@ pub(super) struct ForwardAuth {
     target: String,
     timeout: Duration,
     copy_request: Vec<HeaderName>,
-    copy_response: Arc<[HeaderName]>,
+    copy_response: Arc<[EditName]>,
 }
 
 fn header_names(
@@ -140,7 +138,9 @@ impl ForwardAuth {
                 settings.copy_response_headers,
                 &[],
             )?
-            .into(),
+            .iter()
+            .map(EditName::intern)
+            .collect(),
         })
     }
 
@@ -194,14 +194,14 @@ fn is_framing(name: &HeaderName) -> bool {
 }
 
 /// What the auth service's answer decides.
-fn decide(response: AuthResponse, copy: &[HeaderName]) -> Later {
+fn decide(response: AuthResponse, copy: &[EditName]) -> Later {
     if (200..300).contains(&response.status) {
         let mut upstream = HeaderEdits::default();
-        for name in copy {
-            upstream.push(HeaderEdit::Remove(name.clone()));
+        for &name in copy {
+            upstream.remove(name);
             for (n, value) in &response.headers {
-                if n == name {
-                    upstream.push(HeaderEdit::Add(name.clone(), value.clone()));
+                if n == name.header() {
+                    upstream.add(name, value);
                 }
             }
         }
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_2xx_copies_the_named_fields_and_anything_else_is_relayed() {
-        let copy = [HeaderName::from_static("x-user")];
+        let copy = [EditName::intern(&HeaderName::from_static("x-user"))];
         let passed = decide(response(204, &[("x-user", "u1"), ("x-other", "o")]), &copy);
         assert!(passed.answer.is_none());
         let edits: Vec<_> = passed.upstream.iter().map(|e| format!("{e:?}")).collect();

@@ -31,7 +31,7 @@ use self::keys::KeySet;
 use self::source::KeyCell;
 use super::credential::{self, CredentialSource};
 use super::{read, reject, Consumer, FilterError, CONSUMER_HEADER};
-use crate::gateway::engine::filters::{Filter, FilterState, HeaderEdit, Verdict};
+use crate::gateway::engine::filters::{EditName, Filter, FilterState, Verdict};
 use crate::gateway::engine::RequestView;
 use crate::gateway::failure::Answer;
 use crate::gateway::Route;
@@ -101,7 +101,7 @@ pub(super) struct Jwt {
     issuers: Vec<String>,
     audience: Vec<String>,
     leeway: u64,
-    claims_to_headers: Vec<(String, HeaderName)>,
+    claims_to_headers: Vec<(String, EditName)>,
     forward_token: bool,
     /// Signature-only checks per algorithm (the claims are checked here, in one place).
     validations: Vec<(Algorithm, Validation)>,
@@ -130,8 +130,7 @@ impl Jwt {
                 format!("{from_text:?}: expected {}", credential::FORMS),
             )
         })?;
-        let bearer =
-            matches!(&from, CredentialSource::Header(h) if h == http::header::AUTHORIZATION);
+        let bearer = matches!(&from, CredentialSource::Header(h) if h.header() == http::header::AUTHORIZATION);
 
         let mut refresh = None;
         let mut refresh_every = None;
@@ -253,7 +252,7 @@ impl Jwt {
                     format!("{header:?} is not a header name"),
                 )
             })?;
-            claims_to_headers.push((claim, header));
+            claims_to_headers.push((claim, EditName::intern(&header)));
         }
         let issuers = settings.issuer.map(OneOrMany::into_vec).unwrap_or_default();
         let audience = settings
@@ -473,8 +472,8 @@ impl Filter for Jwt {
         }
         for (claim, header) in &self.claims_to_headers {
             match claims.get(claim).and_then(claim_value) {
-                Some(value) => state.upstream.push(HeaderEdit::Set(header.clone(), value)),
-                None => state.upstream.push(HeaderEdit::Remove(header.clone())),
+                Some(value) => state.upstream.set(*header, &value),
+                None => state.upstream.remove(*header),
             }
         }
         match claims
@@ -483,7 +482,7 @@ impl Filter for Jwt {
             .and_then(Consumer::new)
         {
             Some(consumer) => consumer.admit(state),
-            None => state.upstream.push(HeaderEdit::Remove(CONSUMER_HEADER)),
+            None => state.upstream.remove(CONSUMER_HEADER),
         }
         Verdict::Continue
     }

@@ -27,7 +27,7 @@ use self::local::LocalStore;
 use self::redis::{OnError, RedisStore};
 use super::{read, reject, FilterError};
 use crate::gateway::engine::filters::{
-    Filter, FilterState, HeaderEdit, HeaderEdits, Later, Verdict,
+    edit_name, EditName, Filter, FilterState, HeaderEdits, Later, Verdict,
 };
 use crate::gateway::engine::RequestView;
 use crate::gateway::failure::Answer;
@@ -80,9 +80,9 @@ pub(super) struct RateLimit {
     limit_value: HeaderValue,
 }
 
-const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const LIMIT: EditName = edit_name!("ratelimit-limit");
+const REMAINING: EditName = edit_name!("ratelimit-remaining");
+const RESET: EditName = edit_name!("ratelimit-reset");
 
 impl RateLimit {
     pub(super) fn build(
@@ -183,19 +183,32 @@ impl RateLimit {
 
 /// The `RateLimit-*` headers of a decision (for filter `name`, bucket size `limit`), and the
 /// 429 answer when it refused.
-fn outcome(name: &str, limit: &HeaderValue, decision: &Decision) -> Result<HeaderEdits, Answer> {
-    let headers = [
-        (LIMIT, limit.clone()),
-        (REMAINING, HeaderValue::from(decision.remaining)),
-        (RESET, HeaderValue::from(ceil_secs(decision.reset))),
-    ];
+/// An allowed request's headers go into `edits` (digits written in place: nothing
+/// allocated).
+fn outcome(
+    name: &str,
+    limit: &HeaderValue,
+    decision: &Decision,
+    edits: &mut HeaderEdits,
+) -> Result<(), Answer> {
+    let reset = ceil_secs(decision.reset);
     let Some(wait) = decision.retry_after else {
-        let mut edits = HeaderEdits::default();
-        for (name, value) in headers {
-            edits.push(HeaderEdit::Set(name, value));
-        }
-        return Ok(edits);
+        let mut room = [0u8; 20];
+        edits.set(LIMIT, limit);
+        let digits = sluice_http1::fields::decimal(decision.remaining, &mut room);
+        edits.set_text(REMAINING, digits);
+        let digits = sluice_http1::fields::decimal(reset, &mut room);
+        edits.set_text(RESET, digits);
+        return Ok(());
     };
+    let headers = [
+        (LIMIT.header().clone(), limit.clone()),
+        (
+            REMAINING.header().clone(),
+            HeaderValue::from(decision.remaining),
+        ),
+        (RESET.header().clone(), HeaderValue::from(reset)),
+    ];
     let seconds = ceil_secs(wait).max(1);
     let mut answer = reject(
         429,
@@ -245,11 +258,13 @@ impl Filter for RateLimit {
         let store = match &self.store {
             Store::Local(local) => {
                 let decision = local.acquire(local.key_hash(key), &self.gcra);
-                return match outcome(&self.name, &self.limit_value, &decision) {
-                    Ok(edits) => {
-                        state.response.extend(edits);
-                        Verdict::Continue
-                    }
+                return match outcome(
+                    &self.name,
+                    &self.limit_value,
+                    &decision,
+                    &mut state.response,
+                ) {
+                    Ok(()) => Verdict::Continue,
                     Err(answer) => Verdict::Answer(answer),
                 };
             }
@@ -260,13 +275,16 @@ impl Filter for RateLimit {
         let limit = self.limit_value.clone();
         Verdict::Later(Box::pin(async move {
             match store.acquire(&redis_key, &gcra).await {
-                Ok(decision) => match outcome(&name, &limit, &decision) {
-                    Ok(response) => Later {
-                        response,
-                        ..Later::default()
-                    },
-                    Err(answer) => Later::answer(answer),
-                },
+                Ok(decision) => {
+                    let mut response = HeaderEdits::default();
+                    match outcome(&name, &limit, &decision, &mut response) {
+                        Ok(()) => Later {
+                            response,
+                            ..Later::default()
+                        },
+                        Err(answer) => Later::answer(answer),
+                    }
+                }
                 Err(error) => match store.on_error {
                     OnError::Allow => Later::default(),
                     OnError::Deny => {

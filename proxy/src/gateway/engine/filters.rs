@@ -9,8 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
-
+pub(crate) use super::header_edits::{edit_name, EditName, EditRef, FieldValue, HeaderEdits};
 use super::RequestView;
 use crate::gateway::failure::Answer;
 use crate::gateway::Route;
@@ -85,10 +84,10 @@ pub(crate) struct FilterState {
     pub(crate) response: HeaderEdits,
     /// Who the request authenticated as (the access log's `consumer`).
     pub(crate) consumer: Option<Arc<str>>,
-    /// The request's id (`request-id`): the access log's `request_id`.
-    pub(crate) request_id: Option<HeaderValue>,
+    /// The request's id (`request-id`; empty: none): the access log's `request_id`.
+    pub(crate) request_id: String,
     /// The `traceparent` sent upstream (`trace-context`): the access log's `trace_id`.
-    pub(crate) traceparent: Option<HeaderValue>,
+    pub(crate) traceparent: Option<Traceparent>,
     /// The path as forwarded, when a filter rewrote it (the route's prefix strip then does
     /// not apply).
     pub(crate) path: Option<String>,
@@ -123,7 +122,7 @@ impl FilterState {
         upstream.clear();
         response.clear();
         *consumer = None;
-        *request_id = None;
+        request_id.clear();
         *traceparent = None;
         *path = None;
         *query = None;
@@ -135,10 +134,12 @@ impl FilterState {
     /// The trace id of the request's `traceparent` (`00-TRACE-SPAN-FLAGS`), if a
     /// `trace-context` filter gave it one.
     pub(crate) fn trace_id(&self) -> Option<&str> {
-        let traceparent = self.traceparent.as_ref()?.to_str().ok()?;
-        traceparent.get(3..35)
+        std::str::from_utf8(self.traceparent.as_ref()?.get(3..35)?).ok()
     }
 }
+
+/// A `traceparent` of version 00 (`00-TRACE-SPAN-FLAGS`), as the gateway sends it: ASCII.
+pub(crate) type Traceparent = [u8; 55];
 
 /// Values held for the life of a request.
 #[derive(Default)]
@@ -154,118 +155,6 @@ impl fmt::Debug for Held {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Held({})", self.0.len())
     }
-}
-
-/// Changes to a header block, in order.
-#[derive(Debug, Default)]
-pub(crate) struct HeaderEdits {
-    edits: Vec<HeaderEdit>,
-    /// Bit `len % 64` is set for the name length of every edit that replaces or removes
-    /// fields: most field lines are told apart by their name's length alone.
-    replaced_lengths: u64,
-}
-
-/// One change to a header block.
-#[derive(Debug, Clone)]
-pub(crate) enum HeaderEdit {
-    /// Replaces every field of this name.
-    Set(HeaderName, HeaderValue),
-    /// Adds a field beside those of the name.
-    Add(HeaderName, HeaderValue),
-    /// Removes every field of this name.
-    Remove(HeaderName),
-}
-
-impl HeaderEdits {
-    /// Room for the edits a chain usually makes, taken at the first one (a request without
-    /// edits allocates nothing).
-    const FIRST_ROOM: usize = 8;
-
-    pub(crate) fn push(&mut self, edit: HeaderEdit) {
-        if self.edits.capacity() == 0 {
-            self.edits.reserve(Self::FIRST_ROOM);
-        }
-        if let HeaderEdit::Set(name, _) | HeaderEdit::Remove(name) = &edit {
-            self.replaced_lengths |= length_bit(name.as_str().len());
-        }
-        self.edits.push(edit);
-    }
-
-    pub(crate) fn extend(&mut self, other: HeaderEdits) {
-        self.replaced_lengths |= other.replaced_lengths;
-        if self.edits.is_empty() {
-            self.edits = other.edits;
-        } else {
-            self.edits.extend(other.edits);
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.edits.is_empty()
-    }
-
-    /// No edits, the room for them kept.
-    pub(crate) fn clear(&mut self) {
-        self.edits.clear();
-        self.replaced_lengths = 0;
-    }
-
-    /// How many edits fit before the list grows.
-    #[cfg(test)]
-    pub(crate) fn room(&self) -> usize {
-        self.edits.capacity()
-    }
-
-    /// How many edits there are.
-    pub(crate) fn len(&self) -> usize {
-        self.edits.len()
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &HeaderEdit> {
-        self.edits.iter()
-    }
-
-    /// Whether the original fields named `name` (any case) are not to be forwarded (set or
-    /// removed).
-    pub(crate) fn replaces(&self, name: &str) -> bool {
-        self.replaces_bytes(name.as_bytes())
-    }
-
-    /// [`HeaderEdits::replaces`] on a field name as it came off the wire.
-    pub(crate) fn replaces_bytes(&self, name: &[u8]) -> bool {
-        if self.replaced_lengths & length_bit(name.len()) == 0 {
-            return false;
-        }
-        self.edits.iter().any(|e| match e {
-            // Edit names are lower case (`HeaderName`); a length check first spares most
-            // comparisons.
-            HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => {
-                n.as_str().len() == name.len() && n.as_str().as_bytes().eq_ignore_ascii_case(name)
-            }
-            HeaderEdit::Add(..) => false,
-        })
-    }
-
-    /// The fields the edits add, as they go out: a set field once, added ones each, a
-    /// removal dropping what came before it (no allocation: a few edits at most).
-    pub(crate) fn added(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.edits.iter().enumerate().filter_map(|(i, edit)| {
-            let (name, value) = match edit {
-                HeaderEdit::Set(name, value) | HeaderEdit::Add(name, value) => (name, value),
-                HeaderEdit::Remove(_) => return None,
-            };
-            let overridden = self.edits[i + 1..].iter().any(|later| match later {
-                HeaderEdit::Set(n, _) | HeaderEdit::Remove(n) => n == name,
-                HeaderEdit::Add(..) => false,
-            });
-            (!overridden).then_some((name, value))
-        })
-    }
-}
-
-/// The bit of [`HeaderEdits::replaced_lengths`] for a name of `len` bytes.
-fn length_bit(len: usize) -> u64 {
-    1 << (len % 64)
 }
 
 /// A route's filters in the order they run (`[proxy] filters` first, then the route's).
@@ -339,24 +228,5 @@ impl FilterChain {
         for filter in self.filters.iter() {
             filter.on_end(status, state);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn edits_in_order() {
-        let name = HeaderName::from_static("x-a");
-        let value = |v: &'static str| HeaderValue::from_static(v);
-        let mut edits = HeaderEdits::default();
-        edits.push(HeaderEdit::Add(name.clone(), value("1")));
-        edits.push(HeaderEdit::Set(name.clone(), value("2")));
-        edits.push(HeaderEdit::Add(name.clone(), value("3")));
-        edits.push(HeaderEdit::Remove(HeaderName::from_static("x-gone")));
-        assert!(edits.replaces("X-A") && edits.replaces("x-gone") && !edits.replaces("x-b"));
-        let added: Vec<_> = edits.added().map(|(_, v)| v.clone()).collect();
-        assert_eq!(added, [value("2"), value("3")]);
     }
 }

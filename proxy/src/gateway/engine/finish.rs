@@ -70,9 +70,7 @@ impl Engine {
                 request_id: record
                     .filters
                     .as_ref()
-                    .and_then(|s| s.request_id.as_ref())
-                    .and_then(|id| id.to_str().ok())
-                    .unwrap_or(""),
+                    .map_or("", |s| s.request_id.as_str()),
                 trace_id: record
                     .filters
                     .as_ref()

@@ -21,6 +21,7 @@ mod admit;
 mod attempt;
 pub(crate) mod filters;
 mod finish;
+mod header_edits;
 mod record;
 mod request;
 mod state_spares;

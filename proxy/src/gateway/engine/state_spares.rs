@@ -41,17 +41,17 @@ pub(crate) fn give_back(mut state: Box<FilterState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::engine::filters::HeaderEdit;
+    use crate::gateway::engine::filters::EditName;
     use http::{HeaderName, HeaderValue};
 
     #[test]
     fn a_state_comes_back_cleared_with_its_room() {
         let mut state = take();
-        state.upstream.push(HeaderEdit::Set(
-            HeaderName::from_static("x-a"),
-            HeaderValue::from_static("1"),
-        ));
+        let name = EditName::intern(&HeaderName::from_static("x-a"));
+        state.upstream.set(name, &HeaderValue::from_static("1"));
         state.consumer = Some("alice".into());
+        state.request_id.push_str("an-id");
+        state.traceparent = Some([b'0'; 55]);
         state.path = Some("/x".into());
         state.held.push(Box::new(7u8));
         let room = state.upstream.room();
@@ -67,6 +67,7 @@ mod tests {
         assert!(!again.upstream.replaces("x-a"));
         assert_eq!(again.upstream.room(), room);
         assert!(again.consumer.is_none() && again.path.is_none());
+        assert!(again.request_id.is_empty() && again.traceparent.is_none());
         assert_eq!(format!("{:?}", again.held), "Held(0)");
     }
 

@@ -54,7 +54,7 @@ pub(super) fn write_upstream_request(
         Some(edits) => {
             req.write_forwarded_fields(out, |name| set_by_gateway(name) || edits.replaces(name));
             for (name, value) in edits.added() {
-                put_field(out, name.as_str().as_bytes(), value.as_bytes());
+                put_field(out, name.as_str().as_bytes(), value);
             }
         }
     }

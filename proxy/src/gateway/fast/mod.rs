@@ -665,7 +665,7 @@ impl HeadEdit for ResponseEdits<'_> {
 
     fn append_fields(&self, out: &mut Vec<u8>) {
         for (name, value) in self.0.added() {
-            put_field(out, name.as_str().as_bytes(), value.as_bytes());
+            put_field(out, name.as_str().as_bytes(), value);
         }
     }
 }
@@ -1078,19 +1078,16 @@ async fn write_answer(stream: &mut Stream, reply: &Answer, close: bool) -> std::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::engine::filters::HeaderEdit;
+    use crate::gateway::engine::filters::EditName;
     use http::{HeaderName, HeaderValue};
 
     #[test]
     fn response_edits_are_made_as_the_head_is_written() {
+        let name = |text: &'static str| EditName::intern(&HeaderName::from_static(text));
         let mut edits = HeaderEdits::default();
-        let rid = HeaderName::from_static("x-request-id");
-        edits.push(HeaderEdit::Set(rid, HeaderValue::from_static("ours")));
-        edits.push(HeaderEdit::Remove(HeaderName::from_static("via")));
-        edits.push(HeaderEdit::Add(
-            HeaderName::from_static("ratelimit-limit"),
-            HeaderValue::from_static("10"),
-        ));
+        edits.set(name("x-request-id"), &HeaderValue::from_static("ours"));
+        edits.remove(name("via"));
+        assert!(edits.add_text(name("ratelimit-limit"), b"10"));
         let head_of = |raw: &[u8], edits: &HeaderEdits| {
             let mut head = Vec::new();
             parse_response_edited(raw, false, false, &mut head, &ResponseEdits(edits)).unwrap();
