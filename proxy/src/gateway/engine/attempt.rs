@@ -87,7 +87,7 @@ impl Engine {
 
     /// The try's response head arrived with `status`: its latency feeds the instance's
     /// EWMA, a 5xx counts as a failure (toward passive ejection), anything else as a
-    /// success; then the chain's response phase runs.
+    /// success.
     pub(crate) fn response_head(&self, record: &mut RequestRecord, status: u16) {
         if let (Some(attempt), Some(start)) = (&record.attempt, record.try_start) {
             let elapsed = start.elapsed();
@@ -100,9 +100,6 @@ impl Engine {
             }
         }
         record.status = status;
-        if let (Some(route), Some(state)) = (&record.route, &record.filters) {
-            route.filters.on_response(status, state);
-        }
     }
 
     /// The try failed as `failed`: counted against the instance (unless the client left),

@@ -1,8 +1,9 @@
-//! The seam where a route's filter chain runs, once per request whichever path serves it:
-//! the request phase before the pick (a filter lets the request through, perhaps with header
-//! changes, answers it itself, or waits for an outbound call first), the response phase on
-//! the response head, and the end phase after the last byte. A route without filters has an
-//! empty chain: one branch per phase, nothing allocated.
+//! The seam where a route's filter chain runs, once per request whichever path serves it,
+//! before the pick: a filter lets the request through, perhaps with header changes for the
+//! upstream request and the response (made as each head is written), answers it itself, or
+//! waits for an outbound call first. What a filter holds until the request ends (a
+//! concurrency slot) is dropped with the request's record. A route without filters has an
+//! empty chain: one branch, nothing allocated.
 
 use std::fmt;
 use std::future::Future;
@@ -26,13 +27,6 @@ pub(crate) trait Filter: Send + Sync + fmt::Debug {
         request: &dyn RequestView,
         state: &mut FilterState,
     ) -> Verdict;
-
-    /// On the response head, before it goes to the client. The response's edits are the
-    /// request phase's: the fast path writes them in the pass that writes the head.
-    fn on_response(&self, _status: u16, _state: &FilterState) {}
-
-    /// After the request ended with `status` (sent or not: 499 when the client left).
-    fn on_end(&self, _status: u16, _state: &FilterState) {}
 
     /// The services this filter may send a request to instead of the route's own: the
     /// route gets a backend for each.
@@ -214,19 +208,5 @@ impl FilterChain {
             });
         }
         None
-    }
-
-    /// The response phase, in the chain's order.
-    pub(crate) fn on_response(&self, status: u16, state: &FilterState) {
-        for filter in self.filters.iter() {
-            filter.on_response(status, state);
-        }
-    }
-
-    /// The end phase, in the chain's order.
-    pub(crate) fn on_end(&self, status: u16, state: &FilterState) {
-        for filter in self.filters.iter() {
-            filter.on_end(status, state);
-        }
     }
 }

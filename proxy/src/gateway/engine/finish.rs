@@ -1,4 +1,4 @@
-//! Step 4 of a request: the metrics, the chain's end phase and the access line — one writer
+//! Step 4 of a request: the metrics and the access line — one writer
 //! for both paths.
 
 use std::time::Instant;
@@ -17,7 +17,7 @@ pub(crate) struct RequestLine<'a> {
 
 impl Engine {
     /// Records the request that ended at `now` with the record's status, error and bytes:
-    /// its route's metrics, the chain's end phase, the access line; the last try's in-flight
+    /// its route's metrics, the access line; the last try's in-flight
     /// count ends here.
     pub(crate) fn finish(
         &self,
@@ -38,9 +38,6 @@ impl Engine {
                         sent: record.bytes_sent,
                     },
                 );
-                if let Some(state) = &record.filters {
-                    route.filters.on_end(record.status, state);
-                }
                 route.access_log
             }
             None => self.router.load().access_log,

@@ -8,9 +8,10 @@
 //!    with the instances already tried left out, the in-flight count, the try's connect and
 //!    response limits;
 //! 3. **feedback**: a response head ([`Engine::response_head`]: latency to the EWMA, a 5xx as
-//!    a failure, the chain's response phase) or a failed try ([`Engine::try_failed`]: the
+//!    a failure) or a failed try ([`Engine::try_failed`]: the
 //!    failure count and ejection, then the one retry rule of `gateway::retry`);
-//! 4. **finish** ([`Engine::finish`]): the metrics, the chain's end phase, the access line.
+//! 4. **finish** ([`Engine::finish`]): the metrics, the access line (the filter state, and
+//!    what it holds, goes with the record).
 //!
 //! A driver owns only its transport: pingora's `ProxyHttp` callbacks (`gateway::proxy`) and
 //! the fast path's HTTP/1.1 loop (`gateway::fast`) call these steps in this order, so the
