@@ -9,6 +9,7 @@ mod cors;
 mod credential;
 mod forward_auth;
 mod headers;
+mod hex_digits;
 mod ip;
 mod jwt;
 mod key_auth;

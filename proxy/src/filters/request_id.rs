@@ -5,6 +5,7 @@
 use http::HeaderName;
 use serde::Deserialize;
 
+use super::hex_digits::lower_hex;
 use super::{read, FilterError};
 use crate::gateway::engine::filters::{EditName, FieldValue, Filter, FilterState, Verdict};
 use crate::gateway::engine::RequestView;
@@ -61,7 +62,19 @@ fn new_id(text: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
     let mut random = [0u8; 10];
     fastrand::fill(&mut random);
     let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-    uuid.hyphenated().encode_lower(text)
+    let (high, low) = uuid.as_u64_pair();
+    let (high, low) = (lower_hex(high), lower_hex(low));
+    // 8-4-4-4-12 digits.
+    text[..8].copy_from_slice(&high[..8]);
+    text[9..13].copy_from_slice(&high[8..12]);
+    text[14..18].copy_from_slice(&high[12..]);
+    text[19..23].copy_from_slice(&low[..4]);
+    text[24..].copy_from_slice(&low[4..]);
+    for at in [8, 13, 18, 23] {
+        text[at] = b'-';
+    }
+    // Hex digits and hyphens: text.
+    std::str::from_utf8(text).unwrap_or_default()
 }
 
 impl Filter for RequestId {
@@ -107,6 +120,13 @@ mod tests {
         assert!(!is_valid(&[b'a'; 129]));
         let mut room = [0u8; 36];
         let text = new_id(&mut room).to_string();
+        let uuid = uuid::Uuid::parse_str(&text).unwrap();
+        assert_eq!(uuid.get_version_num(), 7);
+        assert_eq!(
+            uuid.hyphenated().to_string(),
+            text,
+            "as the uuid crate writes it"
+        );
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "7", "{text}");
         assert_ne!(new_id(&mut room), text);

@@ -7,6 +7,7 @@
 
 use serde::Deserialize;
 
+use super::hex_digits::lower_hex;
 use super::{read, FilterError};
 use crate::gateway::engine::filters::{
     edit_name, EditName, FieldValue, Filter, FilterState, Traceparent, Verdict,
@@ -98,19 +99,21 @@ fn parse(value: &[u8]) -> Option<Parent<'_>> {
     Some(Parent { trace_id, flags })
 }
 
-/// Random lower-case hex, never all zeros (`out` is at most 32 digits: one `u128`).
-fn random_hex(out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    loop {
-        let mut bits = fastrand::u128(..);
-        for b in out.iter_mut() {
-            *b = HEX[(bits & 0xf) as usize];
-            bits >>= 4;
+/// A random trace id: 32 lower-case hex digits, never all zeros.
+fn random_trace_id(out: &mut [u8; 32]) {
+    let (high, low) = loop {
+        let (high, low) = (fastrand::u64(..), fastrand::u64(..));
+        if high | low != 0 {
+            break (high, low);
         }
-        if !all_zero(out) {
-            return;
-        }
-    }
+    };
+    out[..16].copy_from_slice(&lower_hex(high));
+    out[16..].copy_from_slice(&lower_hex(low));
+}
+
+/// A random span id: 16 lower-case hex digits, never all zeros.
+fn random_span_id(out: &mut [u8; 16]) {
+    *out = lower_hex(fastrand::u64(1..));
 }
 
 /// A `tracestate` worth passing on: visible ASCII, spaces and tabs, within the length cap.
@@ -147,11 +150,15 @@ impl TraceContext {
                 text[54] = if flags == 1 { b'1' } else { b'0' };
             }
             None => {
-                random_hex(&mut text[3..35]);
+                if let Some(trace_id) = text.get_mut(3..35).and_then(|t| t.try_into().ok()) {
+                    random_trace_id(trace_id);
+                }
                 text[54] = if self.sampled { b'1' } else { b'0' };
             }
         }
-        random_hex(&mut text[36..52]);
+        if let Some(span_id) = text.get_mut(36..52).and_then(|t| t.try_into().ok()) {
+            random_span_id(span_id);
+        }
         text
     }
 }
