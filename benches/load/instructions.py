@@ -7,6 +7,11 @@ worker; for each route the counters are zeroed after a warm-up, then keep-alive 
 
     python3 benches/load/instructions.py                      # both paths, plain/filtered/edge
     python3 benches/load/instructions.py --paths pingora --requests 4000 --keep /tmp/cg
+    python3 benches/load/instructions.py --paths fast --misses   # + cache and branch misses
+
+`--misses` adds callgrind's cache and branch simulation (several times slower): per request,
+the first-level instruction-cache misses and the mispredicted conditional and indirect
+branches, which the instruction count does not show and a short request pays for in cycles.
 
 Needs valgrind (callgrind_control), nginx (the upstreams). Loopback only; bounded by
 paths x routes x requests. `--keep DIR` leaves the dumps for `callgrind_annotate`.
@@ -69,16 +74,24 @@ def drive(port, route, requests, clients=4):
     return requests // clients * clients
 
 
-def total_instructions(dump):
+# The events of a dump reported per request, by callgrind's names.
+EVENTS = {"Ir": "instructions", "I1mr": "L1i misses", "Bcm": "mispredicted branches", "Bim": "mispredicted indirect calls"}
+
+
+def dump_events(dump):
+    """The dump's totals, by event name (`Ir`, and with the simulations `I1mr`, `Bcm`, ...)."""
+    names = None
     with open(dump) as f:
         for line in f:
-            m = re.match(r"(?:summary|totals): (\d+)", line)
-            if m:
-                return int(m.group(1))
+            if line.startswith("events:"):
+                names = line.split()[1:]
+            m = re.match(r"(?:summary|totals): ([\d ]+)", line)
+            if m and names:
+                return dict(zip(names, (int(v) for v in m.group(1).split())))
     sys.exit(f"no totals in {dump}")
 
 
-def measure(stack, work, path, routes, requests, keep):
+def measure(stack, work, path, routes, requests, keep, misses=False):
     port, admin = free_port(), free_port()
     conf = os.path.join(work, f"{path}.toml")
     with open(conf, "w") as f:
@@ -100,8 +113,9 @@ def measure(stack, work, path, routes, requests, keep):
         )
     out = os.path.join(work, f"callgrind.{path}")
     proc = stack.procs.spawn(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no",
-         stack.sluice_bin, "serve", "--config", conf],
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no"]
+        + (["--cache-sim=yes", "--branch-sim=yes"] if misses else [])
+        + [stack.sluice_bin, "serve", "--config", conf],
         os.path.join(work, f"{path}.log"),
     )
     wait_http(f"http://127.0.0.1:{admin}/readyz", f"{path} gateway under valgrind", timeout=120)
@@ -122,7 +136,11 @@ def measure(stack, work, path, routes, requests, keep):
         dumps = sorted(new)
         if not dumps:
             sys.exit("callgrind wrote no dump")
-        figures[route] = sum(total_instructions(d) for d in dumps) / served
+        totals = {}
+        for d in dumps:
+            for name, value in dump_events(d).items():
+                totals[name] = totals.get(name, 0) + value
+        figures[route] = {name: value / served for name, value in totals.items()}
         if keep:
             os.makedirs(keep, exist_ok=True)
             for d in dumps:
@@ -141,6 +159,7 @@ def main():
     ap.add_argument("--routes", default=",".join(ROUTES), help="which of " + ", ".join(ROUTES))
     ap.add_argument("--keep", help="a directory to copy the callgrind dumps to")
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
+    ap.add_argument("--misses", action="store_true", help="also simulate the caches and branch predictor")
     args = ap.parse_args()
     routes = [r for r in args.routes.split(",") if r]
     if "plain" not in routes or any(r not in ROUTES for r in routes):
@@ -153,15 +172,17 @@ def main():
         try:
             stack._upstreams()
             filters_ab.write_services(work, stack.up)
-            print(f"# user-space instructions per request (callgrind), {args.requests} requests per route")
-            print("| path | route | instructions per request | route / plain |\n| --- | --- | ---: | ---: |")
+            events = list(EVENTS) if args.misses else ["Ir"]
+            print(f"# user-space events per request (callgrind), {args.requests} requests per route")
+            print("| path | route | " + " | ".join(f"{EVENTS[e]} per request" for e in events) + " | instructions: route / plain |")
+            print("| --- | --- | " + " | ".join("---:" for _ in events) + " | ---: |")
             for path in [p for p in args.paths.split(",") if p]:
-                figures = measure(stack, work, path, routes, args.requests, args.keep)
+                figures = measure(stack, work, path, routes, args.requests, args.keep, args.misses)
                 for route in routes:
-                    print(
-                        f"| {path} | {route} | {figures[route]:,.0f} | {figures[route] / figures['plain']:.3f} |",
-                        flush=True,
-                    )
+                    row = figures[route]
+                    cells = " | ".join(f"{row.get(e, 0):,.0f}" for e in events)
+                    ratio = row["Ir"] / figures["plain"]["Ir"]
+                    print(f"| {path} | {route} | {cells} | {ratio:.3f} |", flush=True)
         finally:
             stack.stop()
 
