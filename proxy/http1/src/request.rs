@@ -220,7 +220,8 @@ pub enum RequestError {
     /// RFC 9110 7.6.1.
     #[error("{0}")]
     Connection(ConnectionError),
-    /// RFC 9112 3.2: a target that is none of the four forms.
+    /// RFC 9112 3.2: a target that is none of the four forms, or an origin-form one with a
+    /// byte a URI may not carry as it stands (see `has_uri_bytes_only`).
     #[error("invalid request target")]
     Target,
 }
@@ -397,6 +398,10 @@ fn classify<'h, 'b>(
         // RFC 9112 3.2.1: origin-form is a path and a query, never a fragment.
         return ParsedRequest::Invalid(RequestError::Target);
     }
+    if !has_uri_bytes_only(target) {
+        // What `http::Uri` refuses, hyper and pingora answer 400: so does the codec.
+        return ParsedRequest::Invalid(RequestError::Target);
+    }
     let reason = if scan.codings == Codings::Chunked {
         Some(HandoffReason::ChunkedBody)
     } else if version == 0 {
@@ -432,6 +437,20 @@ fn classify<'h, 'b>(
         collapse_length: scan.collapse_length,
         connection_names_fields: scan.connection.names_fields,
     })
+}
+
+/// Whether an origin-form target (no `#`) has only the bytes `http::Uri` takes, by the
+/// classes of its path and query scanners (the WHATWG URL path and query states, with `"`,
+/// `{` and `}` let through in the path): visible ASCII but `<`, `>` and `` ` `` in the path
+/// and `"`, `<` and `>` in the query, or bytes from 0x80 (the target is UTF-8 already).
+fn has_uri_bytes_only(target: &str) -> bool {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let visible = |b: u8| (0x21..=0x7e).contains(&b) || b >= 0x80;
+    path.bytes()
+        .all(|b| visible(b) && !matches!(b, b'<' | b'>' | b'`'))
+        && query
+            .bytes()
+            .all(|b| visible(b) && !matches!(b, b'"' | b'<' | b'>'))
 }
 
 #[cfg(test)]
@@ -552,6 +571,29 @@ mod tests {
         ] {
             assert_eq!(seen(bad), Seen::Invalid(400));
         }
+    }
+
+    #[test]
+    fn targets_with_bytes_the_uri_refuses_are_400_as_http_uri_decides() {
+        for byte in 0x21..=0x7eu8 {
+            if matches!(byte, b'#' | b'?') {
+                continue;
+            }
+            for target in [
+                format!("/a{}b?q=1", char::from(byte)),
+                format!("/a?q={}1", char::from(byte)),
+            ] {
+                let raw = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+                let takes = hyper::Uri::try_from(target.as_str()).is_ok();
+                let seen = seen(raw.as_bytes());
+                if takes {
+                    assert!(matches!(seen, Seen::Plain { .. }), "{target}: {seen:?}");
+                } else {
+                    assert_eq!(seen, Seen::Invalid(400), "{target}");
+                }
+            }
+        }
+        assert!(has_uri_bytes_only("/caf\u{e9}?q=\u{e9}"));
     }
 
     #[test]
