@@ -21,6 +21,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(req.head_len <= data.len());
     assert!(req.body_len <= LIMITS.max_body);
     assert!(req.target.starts_with('/') && !req.target.contains('#'));
+    // What hyper's and pingora's URI parse refuse is never forwarded.
+    assert!(http::Uri::try_from(req.target).is_ok(), "{:?}", req.target);
     assert!(!req.host.contains('@'));
     let hosts = req
         .fields
