@@ -319,10 +319,7 @@ impl ValueTemplate {
     /// Appends the value for this request to `out` (a header edit's bytes, which checks
     /// them).
     pub(super) fn render_into(&self, cx: &Context<'_>, out: &mut Vec<u8>) {
-        match &self.constant {
-            Some(constant) => out.extend_from_slice(constant.as_bytes()),
-            None => self.template.render_into(cx, out),
-        }
+        self.template.render_into(cx, out);
     }
 }
 

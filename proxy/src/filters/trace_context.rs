@@ -99,21 +99,19 @@ fn parse(value: &[u8]) -> Option<Parent<'_>> {
     Some(Parent { trace_id, flags })
 }
 
-/// A random trace id: 32 lower-case hex digits, never all zeros.
-fn random_trace_id(out: &mut [u8; 32]) {
-    let (high, low) = loop {
+/// A random trace id as two halves of 16 lower-case hex digits, never all zeros.
+fn random_trace_id() -> [[u8; 16]; 2] {
+    loop {
         let (high, low) = (fastrand::u64(..), fastrand::u64(..));
         if high | low != 0 {
-            break (high, low);
+            return [lower_hex(high), lower_hex(low)];
         }
-    };
-    out[..16].copy_from_slice(&lower_hex(high));
-    out[16..].copy_from_slice(&lower_hex(low));
+    }
 }
 
 /// A random span id: 16 lower-case hex digits, never all zeros.
-fn random_span_id(out: &mut [u8; 16]) {
-    *out = lower_hex(fastrand::u64(1..));
+fn random_span_id() -> [u8; 16] {
+    lower_hex(fastrand::u64(1..))
 }
 
 /// A `tracestate` worth passing on: visible ASCII, spaces and tabs, within the length cap.
@@ -150,15 +148,13 @@ impl TraceContext {
                 text[54] = if flags == 1 { b'1' } else { b'0' };
             }
             None => {
-                if let Some(trace_id) = text.get_mut(3..35).and_then(|t| t.try_into().ok()) {
-                    random_trace_id(trace_id);
-                }
+                let [high, low] = random_trace_id();
+                text[3..19].copy_from_slice(&high);
+                text[19..35].copy_from_slice(&low);
                 text[54] = if self.sampled { b'1' } else { b'0' };
             }
         }
-        if let Some(span_id) = text.get_mut(36..52).and_then(|t| t.try_into().ok()) {
-            random_span_id(span_id);
-        }
+        text[36..52].copy_from_slice(&random_span_id());
         text
     }
 }
