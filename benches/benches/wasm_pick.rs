@@ -30,6 +30,14 @@ fn builtin(metrics: &Metrics, name: &str) -> WasmStrategy {
     .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// Pool sizes: `SLUICE_BENCH_SIZES=16,1000` to choose; the three by default.
+fn pool_sizes() -> Vec<usize> {
+    std::env::var("SLUICE_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![16, 1_000, 10_000])
+}
+
 fn picks(c: &mut Criterion) {
     let metrics = Metrics::new();
     let strategies: Vec<(&str, Arc<dyn Strategy>)> = vec![
@@ -37,9 +45,10 @@ fn picks(c: &mut Criterion) {
         ("wasm-rr", Arc::new(builtin(&metrics, "round-robin"))),
         ("wasm-lc", Arc::new(builtin(&metrics, "least-conn"))),
         ("wasm-ch", Arc::new(builtin(&metrics, "consistent-hash"))),
+        ("wasm-p2c", Arc::new(builtin(&metrics, "p2c-ewma"))),
     ];
     let mut group = c.benchmark_group("pick");
-    for n in [2usize, 16, 64, 256, 1024] {
+    for n in pool_sizes() {
         let (_directory, slot) = directory_with(n);
         let pool = slot.load_full();
         let _guards: Vec<_> = (0..n)

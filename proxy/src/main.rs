@@ -339,9 +339,10 @@ fn plugin_check(file: PathBuf, config: &str, tags: Vec<String>, picks: u64) -> E
         let shown: Vec<String> = r.counts.iter().take(8).map(|c| c.to_string()).collect();
         let more = if r.counts.len() > 8 { ", …" } else { "" };
         println!(
-            "  n={:<4} {:>8.1} ns/pick  picks per instance: [{}{more}]  retries: {}",
+            "  n={:<4} {:>8.1} ns/pick  (first pick, with instantiation and prepare: {:.0} µs)  picks per instance: [{}{more}]  retries: {}",
             r.instances,
             r.ns_per_pick,
+            r.first_pick_us,
             shown.join(", "),
             r.retries
         );

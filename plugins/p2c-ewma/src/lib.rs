@@ -3,15 +3,101 @@
 //! weight` wins. A slow instance's EWMA rises with its responses, and its queue with its
 //! in-flight count, so it sheds load long before a request times out; the random pair keeps
 //! a herd from piling on one "best" instance the way a global minimum would.
+//!
+//! ABI v2: the weighted draw is an alias table (Vose) built once per pool change, and a pick
+//! reads the live fields of its two candidates only, so it costs the same at any pool size.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
-use sluice_plugin::{export_strategy, Instance, Instances, Request, Strategy};
+use sluice_plugin::{export_strategy, Instances, Live, Request, Strategy};
 
-pub struct P2cEwma;
+/// Largest pool with a weighted draw; larger pools draw uniformly.
+const MAX: usize = 16_384;
+
+/// Vose's alias table: draw a column uniformly, keep it with probability `keep / 2^32`, else
+/// take its alias. Empty (`len == 0`) when the weights are equal: the draw is uniform.
+pub struct P2cEwma {
+    keep: [u32; MAX],
+    alias: [u16; MAX],
+    len: usize,
+    /// Work lists of the build: columns under and over the mean.
+    small: [u16; MAX],
+    large: [u16; MAX],
+    scaled: [f64; MAX],
+}
+
+impl P2cEwma {
+    pub const fn new() -> Self {
+        Self {
+            keep: [0; MAX],
+            alias: [0; MAX],
+            len: 0,
+            small: [0; MAX],
+            large: [0; MAX],
+            scaled: [0.0; MAX],
+        }
+    }
+
+    /// Builds the alias table of `n` weights (already in `scaled`, summing to `total` > 0).
+    fn build(&mut self, n: usize, total: f64) {
+        let (mut small, mut large) = (0, 0);
+        for i in 0..n {
+            self.scaled[i] *= n as f64 / total;
+            if self.scaled[i] < 1.0 {
+                self.small[small] = i as u16;
+                small += 1;
+            } else {
+                self.large[large] = i as u16;
+                large += 1;
+            }
+        }
+        while small > 0 && large > 0 {
+            small -= 1;
+            let s = usize::from(self.small[small]);
+            let l = usize::from(self.large[large - 1]);
+            self.keep[s] = to_fraction(self.scaled[s]);
+            self.alias[s] = l as u16;
+            self.scaled[l] -= 1.0 - self.scaled[s];
+            if self.scaled[l] < 1.0 {
+                large -= 1;
+                self.small[small] = l as u16;
+                small += 1;
+            }
+        }
+        // What is left is 1 up to rounding: always kept.
+        for &i in self.large[..large].iter().chain(&self.small[..small]) {
+            self.keep[usize::from(i)] = u32::MAX;
+            self.alias[usize::from(i)] = i;
+        }
+        self.len = n;
+    }
+
+    /// An index of `0..n`, weighted when the table is built for `n`.
+    fn draw(&self, n: usize, random: u64) -> usize {
+        // The top 32 bits choose the column (multiply-shift, no division), the low 32 bits
+        // decide between it and its alias.
+        let column = (((random >> 32) * n as u64) >> 32) as usize;
+        if self.len != n || (random as u32) < self.keep[column] {
+            column
+        } else {
+            usize::from(self.alias[column])
+        }
+    }
+}
+
+impl Default for P2cEwma {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `p` in [0, 1] as a fraction of 2^32.
+fn to_fraction(p: f64) -> u32 {
+    (p.clamp(0.0, 1.0) * 4_294_967_296.0).min(u32::MAX as f64) as u32
+}
 
 /// Latency assumed for an instance with no EWMA yet (no response seen): 1 ms, so a new
 /// instance is tried but not flooded while its first responses come in.
-const DEFAULT_EWMA_US: u64 = 1_000;
+const DEFAULT_EWMA_US: f64 = 1_000.0;
 
 /// splitmix64: a cheap, well-mixed stream of randoms from the request's seed.
 fn next_random(state: &mut u64) -> u64 {
@@ -22,29 +108,38 @@ fn next_random(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// An index drawn with probability proportional to weight (`total` = sum of weights > 0).
-fn weighted_index(instances: &Instances<'_>, total: u64, draw: u64) -> usize {
-    let mut point = draw % total;
-    for i in 0..instances.len() {
-        let w = u64::from(instances.weight(i));
-        if point < w {
-            return i;
-        }
-        point -= w;
-    }
-    instances.len() - 1
-}
-
-/// `ewma x (in_flight + 1)`, compared across weights by cross-multiplying.
-fn load(instance: &Instance) -> u64 {
-    let ewma = match instance.ewma_us {
+/// `ewma x (in_flight + 1) / weight`, in floating point: exact enough to compare two
+/// instances, and cheaper in WebAssembly than the 128-bit products cross-multiplying needs.
+fn cost(live: Live, weight: u32) -> f64 {
+    let ewma = match live.ewma_us {
         0 => DEFAULT_EWMA_US,
-        us => u64::from(us),
+        us => f64::from(us),
     };
-    ewma * (u64::from(instance.in_flight) + 1)
+    ewma * (f64::from(live.in_flight) + 1.0) / f64::from(weight.max(1))
 }
 
 impl Strategy for P2cEwma {
+    fn prepare(&mut self, instances: &Instances<'_>) -> bool {
+        let n = instances.len();
+        self.len = 0;
+        if !(2..=MAX).contains(&n) {
+            return true;
+        }
+        let first = instances.weight(0);
+        let mut equal = true;
+        let mut total = 0.0;
+        for i in 0..n {
+            let w = instances.weight(i);
+            equal &= w == first;
+            self.scaled[i] = f64::from(w);
+            total += f64::from(w);
+        }
+        if !equal && total > 0.0 {
+            self.build(n, total);
+        }
+        true
+    }
+
     fn pick(&mut self, request: &Request, instances: &Instances<'_>) -> Option<usize> {
         let n = instances.len();
         match n {
@@ -53,26 +148,50 @@ impl Strategy for P2cEwma {
             _ => {}
         }
         let mut rng = request.random;
-        let total: u64 = (0..n).map(|i| u64::from(instances.weight(i))).sum();
-        let (a, mut b) = if total == 0 {
-            let a = (next_random(&mut rng) % n as u64) as usize;
-            (a, (next_random(&mut rng) % n as u64) as usize)
-        } else {
-            (
-                weighted_index(instances, total, next_random(&mut rng)),
-                weighted_index(instances, total, next_random(&mut rng)),
-            )
-        };
+        let a = self.draw(n, next_random(&mut rng));
+        let mut b = self.draw(n, next_random(&mut rng));
         if a == b {
             // A distinct second choice: the next instance over, uniformly far.
             b = (a + 1 + (next_random(&mut rng) % (n as u64 - 1)) as usize) % n;
         }
-        let (ia, ib) = (instances.get(a), instances.get(b));
-        // load_a / weight_a <= load_b / weight_b, without division.
-        let cost_a = u128::from(load(&ia)) * u128::from(ib.weight.max(1));
-        let cost_b = u128::from(load(&ib)) * u128::from(ia.weight.max(1));
+        let cost_a = cost(instances.live(a), instances.weight(a));
+        let cost_b = cost(instances.live(b), instances.weight(b));
         Some(if cost_a <= cost_b { a } else { b })
     }
 }
 
-export_strategy!(P2cEwma, P2cEwma);
+export_strategy!(P2cEwma, P2cEwma::new());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value on the heap, never on the stack (it is megabytes); all zeros is the empty
+    /// strategy.
+    fn zeroed<T>() -> Box<T> {
+        // SAFETY: T is made of integer (and float) arrays and counters only: zero is valid.
+        unsafe { Box::<T>::new_zeroed().assume_init() }
+    }
+
+    #[test]
+    fn the_alias_table_draws_by_weight() {
+        let mut p2c = zeroed::<P2cEwma>();
+        let weights = [100.0, 50.0, 150.0, 0.0, 700.0];
+        p2c.scaled[..5].copy_from_slice(&weights);
+        p2c.build(5, weights.iter().sum());
+        let mut counts = [0u32; 5];
+        let mut rng = 7;
+        let draws = 200_000;
+        for _ in 0..draws {
+            counts[p2c.draw(5, next_random(&mut rng))] += 1;
+        }
+        assert_eq!(counts[3], 0, "weight 0 is never drawn");
+        for (c, w) in counts.iter().zip(weights) {
+            let expected = draws as f64 * w / 1000.0;
+            assert!(
+                (f64::from(*c) - expected).abs() <= draws as f64 * 0.01,
+                "{counts:?}"
+            );
+        }
+    }
+}

@@ -1,11 +1,16 @@
-//! ABI v1 constants: the sizes and offsets of the buffer the host writes before each pick.
+//! ABI v2 constants: the sizes and offsets of the buffer the host writes (records when the
+//! pool changed, the header before each pick).
 
 /// The ABI version this SDK speaks.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Bytes of the request header at the start of the buffer.
 pub const HEADER_SIZE: usize = 32;
 /// Bytes of one instance record.
 pub const RECORD_SIZE: usize = 32;
+/// Bytes `sluice.live` writes per instance: in flight, EWMA, failures (u32 LE each).
+pub const LIVE_SIZE: usize = 12;
+
+const _: () = assert!(core::mem::size_of::<crate::Live>() == LIVE_SIZE);
 
 pub(crate) mod header {
     pub(crate) const VERSION: usize = 0;
@@ -19,8 +24,5 @@ pub(crate) mod header {
 pub(crate) mod record {
     pub(crate) const KEY: usize = 0;
     pub(crate) const WEIGHT: usize = 8;
-    pub(crate) const IN_FLIGHT: usize = 12;
-    pub(crate) const EWMA_US: usize = 16;
-    pub(crate) const FAILURES: usize = 20;
     pub(crate) const TAGS: usize = 24;
 }

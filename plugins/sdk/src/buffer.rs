@@ -96,12 +96,13 @@ pub struct Request {
     pub flags: u32,
 }
 
-/// Header flag: the request is a retry, and the instances it already tried are left out.
+/// Header flag: the request is a retry; [`Instances::tried`] says which instances it tried.
 pub const FLAG_RETRY: u32 = 1;
 
 impl Request {
-    /// Whether this pick is a retry after a failed try: the instances offered are the
-    /// eligible ones this request has not tried yet.
+    /// Whether this pick is a retry after a failed try. The whole pool is offered; the
+    /// instances this request already tried answer `true` to [`Instances::tried`], and at least
+    /// one has not been tried (with every instance tried, a retry is offered as a first try).
     pub fn is_retry(&self) -> bool {
         self.flags & FLAG_RETRY != 0
     }
@@ -153,7 +154,21 @@ pub struct Instance {
     pub tags: u32,
 }
 
-/// The eligible instances of this pick, in the host's order.
+/// The live fields of one instance, read from the host when asked (`sluice.live`): they
+/// change with every request, so the records do not carry them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Live {
+    /// Requests in flight to this instance, process-wide.
+    pub in_flight: u32,
+    /// Latency EWMA in microseconds, 0 when unknown.
+    pub ewma_us: u32,
+    /// Consecutive failures.
+    pub failures: u32,
+}
+
+/// The eligible instances of this pick, in the host's order: the records (key, weight, tags)
+/// the host wrote when the pool changed, and the live fields on demand.
 #[derive(Debug, Clone, Copy)]
 pub struct Instances<'a> {
     records: &'a [u8],
@@ -169,35 +184,63 @@ impl<'a> Instances<'a> {
         self.records.is_empty()
     }
 
-    /// The `i`-th instance. Panics (traps) when `i >= len()`.
+    /// The `i`-th instance, its live fields read from the host (one `sluice.live` call).
+    /// Panics (traps) when `i >= len()`.
     pub fn get(&self, i: usize) -> Instance {
         let r = &self.records[i * RECORD_SIZE..(i + 1) * RECORD_SIZE];
+        let live = self.live(i);
         Instance {
             key: u64_at(r, record::KEY),
             weight: u32_at(r, record::WEIGHT),
-            in_flight: u32_at(r, record::IN_FLIGHT),
-            ewma_us: u32_at(r, record::EWMA_US),
-            failures: u32_at(r, record::FAILURES),
+            in_flight: live.in_flight,
+            ewma_us: live.ewma_us,
+            failures: live.failures,
             tags: u32_at(r, record::TAGS),
         }
     }
 
-    /// The weight of the `i`-th instance, without decoding the rest.
+    /// The weight of the `i`-th instance.
     pub fn weight(&self, i: usize) -> u32 {
         u32_at(&self.records[i * RECORD_SIZE..], record::WEIGHT)
     }
 
-    /// The requests in flight to the `i`-th instance, without decoding the rest.
-    pub fn in_flight(&self, i: usize) -> u32 {
-        u32_at(&self.records[i * RECORD_SIZE..], record::IN_FLIGHT)
-    }
-
-    /// The key of the `i`-th instance, without decoding the rest.
+    /// The key of the `i`-th instance.
     pub fn key(&self, i: usize) -> u64 {
         u64_at(&self.records[i * RECORD_SIZE..], record::KEY)
     }
 
-    /// Every instance in order.
+    /// The tag bits of the `i`-th instance.
+    pub fn tags(&self, i: usize) -> u32 {
+        u32_at(&self.records[i * RECORD_SIZE..], record::TAGS)
+    }
+
+    /// The live fields of the `i`-th instance (zeros when `i` is out of range).
+    pub fn live(&self, i: usize) -> Live {
+        let mut one = [Live::default()];
+        crate::host::live(i, &mut one);
+        one[0]
+    }
+
+    /// The requests in flight to the `i`-th instance.
+    pub fn in_flight(&self, i: usize) -> u32 {
+        self.live(i).in_flight
+    }
+
+    /// The live fields of instances `first..first + out.len()` in one host call (a strategy
+    /// that scans the pool reads it in chunks); `false` when the range is outside the pool.
+    pub fn live_into(&self, first: usize, out: &mut [Live]) -> bool {
+        first
+            .checked_add(out.len())
+            .is_some_and(|end| end <= self.len())
+            && crate::host::live(first, out)
+    }
+
+    /// Whether this request already tried the `i`-th instance (only ever on a retry).
+    pub fn tried(&self, i: usize) -> bool {
+        crate::host::tried(i)
+    }
+
+    /// Every instance in order (one host call each for the live fields).
     pub fn iter(&self) -> impl Iterator<Item = Instance> + 'a {
         let this = *self;
         (0..this.len()).map(move |i| this.get(i))
@@ -211,7 +254,7 @@ mod tests {
     #[test]
     fn views_read_the_documented_layout() {
         let mut bytes = [0u8; HEADER_SIZE + 2 * RECORD_SIZE];
-        bytes[0..4].copy_from_slice(&1u32.to_le_bytes());
+        bytes[0..4].copy_from_slice(&ABI_VERSION.to_le_bytes());
         bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
         bytes[8..12].copy_from_slice(&32u32.to_le_bytes());
         bytes[16..24].copy_from_slice(&0xabcdu64.to_le_bytes());
@@ -219,16 +262,24 @@ mod tests {
         let r1 = HEADER_SIZE + RECORD_SIZE;
         bytes[r1..r1 + 8].copy_from_slice(&99u64.to_le_bytes());
         bytes[r1 + 8..r1 + 12].copy_from_slice(&50u32.to_le_bytes());
-        bytes[r1 + 12..r1 + 16].copy_from_slice(&3u32.to_le_bytes());
         bytes[r1 + 24..r1 + 28].copy_from_slice(&0b101u32.to_le_bytes());
         let (req, inst) = view(&bytes, 2).unwrap();
         assert_eq!((req.hash, req.random), (0xabcd, 7));
         assert_eq!(inst.len(), 2);
         let second = inst.get(1);
+        assert_eq!((second.key, second.weight, second.tags), (99, 50, 0b101));
+        assert_eq!(inst.tags(1), 0b101);
         assert_eq!(
-            (second.key, second.weight, second.in_flight, second.tags),
-            (99, 50, 3, 0b101)
+            second.in_flight, 0,
+            "live fields come from the host, absent off wasm"
         );
+        assert!(
+            !inst.live_into(1, &mut [Live::default(); 2]),
+            "past the end"
+        );
+        bytes[0..4].copy_from_slice(&1u32.to_le_bytes());
+        assert!(view(&bytes, 2).is_none(), "a v1 header is not read as v2");
+        bytes[0..4].copy_from_slice(&ABI_VERSION.to_le_bytes());
         assert!(view(&bytes, 3).is_none(), "n must match the header");
         assert!(!req.is_retry());
         bytes[12..16].copy_from_slice(&FLAG_RETRY.to_le_bytes());

@@ -1,4 +1,5 @@
-//! The two host functions a plugin may import from module `sluice`.
+//! The host functions a plugin may import from module `sluice`: `log` and `request_header`
+//! (since v1), `live` and `tried` (v2; wrapped by [`crate::Instances`]).
 
 /// Log levels understood by the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,10 @@ extern "C" {
     fn host_log(level: i32, ptr: i32, len: i32);
     #[link_name = "request_header"]
     fn host_request_header(name_ptr: i32, name_len: i32, out_ptr: i32, out_cap: i32) -> i32;
+    #[link_name = "live"]
+    fn host_live(first: i32, count: i32, out_ptr: i32) -> i32;
+    #[link_name = "tried"]
+    fn host_tried(index: i32) -> i32;
 }
 
 /// Writes a line to the gateway's log, attributed to the strategy.
@@ -50,5 +55,37 @@ pub fn request_header(name: &str, out: &mut [u8]) -> Option<usize> {
     {
         let _ = (name, out);
         None
+    }
+}
+
+/// Fills `out` with the live fields of records `first..first + out.len()`; `false` (and `out`
+/// untouched) when the range is outside the pool or the call is outside a pick or prepare.
+pub(crate) fn live(first: usize, out: &mut [crate::Live]) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        // SAFETY: `Live` is `repr(C)`, three u32 (12 bytes, the host's LIVE_SIZE), and wasm32
+        // is little-endian as the host writes them; the host writes at most `out.len()` of them
+        // at `out`'s address.
+        let n = unsafe { host_live(first as i32, out.len() as i32, out.as_mut_ptr() as i32) };
+        n >= 0
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (first, out);
+        false
+    }
+}
+
+/// Whether this request already tried record `index` (false outside a retry).
+pub(crate) fn tried(index: usize) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        // SAFETY: a pure query; the host reads no memory.
+        unsafe { host_tried(index as i32) == 1 }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = index;
+        false
     }
 }

@@ -2,8 +2,13 @@
 //!
 //! A strategy is a `no_std` `cdylib` built for `wasm32-unknown-unknown`. Implement
 //! [`Strategy`] and export it with [`export_strategy!`]; the macro provides every export of
-//! ABI v1 (`memory`, `sluice_abi_v1`, `sluice_buffer`, `sluice_pick`, and the optional
+//! ABI v2 (`memory`, `sluice_abi_v2`, `sluice_buffer`, `sluice_pick`, `sluice_prepare`, and
 //! `sluice_alloc` / `sluice_tags` / `sluice_configure`), so the plugin holds only its logic.
+//!
+//! In v2 the host writes the records (key, weight, tags) only when the pool changed, and then
+//! calls [`Strategy::prepare`], where a strategy builds its tables (a schedule, a ring) once;
+//! a pick reads the live fields of just the instances it looks at ([`Instances::live`]), so
+//! it costs the same in a pool of 10 000 as in one of 10.
 //!
 //! ```ignore
 //! #![no_std]
@@ -13,7 +18,7 @@
 //!
 //! impl Strategy for Heaviest {
 //!     fn pick(&mut self, _request: &Request, instances: &Instances<'_>) -> Option<usize> {
-//!         (0..instances.len()).max_by_key(|&i| instances.get(i).weight)
+//!         (0..instances.len()).max_by_key(|&i| instances.weight(i))
 //!     }
 //! }
 //!
@@ -21,15 +26,15 @@
 //! ```
 //!
 //! The buffer views ([`Request`], [`Instances`], [`Instance`]) read the little-endian layout
-//! the host writes before each pick; nothing is allocated.
+//! the host writes; nothing is allocated.
 #![cfg_attr(not(test), no_std)]
 
 mod abi;
 mod buffer;
 mod host;
 
-pub use abi::{ABI_VERSION, HEADER_SIZE, RECORD_SIZE};
-pub use buffer::{Instance, Instances, Request, TagNames, FLAG_RETRY};
+pub use abi::{ABI_VERSION, HEADER_SIZE, LIVE_SIZE, RECORD_SIZE};
+pub use buffer::{Instance, Instances, Live, Request, TagNames, FLAG_RETRY};
 pub use host::{log, request_header, LogLevel};
 
 #[doc(hidden)]
@@ -54,12 +59,41 @@ pub trait Strategy {
         true
     }
 
+    /// Called when the pool's records changed (an instance came, went, or changed weight or
+    /// tags), before the next pick, with up to 50 ms to build per-pool tables; `false` makes
+    /// the host serve that pick by round-robin and count a failure. The live fields are
+    /// readable here too. The default keeps nothing.
+    fn prepare(&mut self, _instances: &Instances<'_>) -> bool {
+        true
+    }
+
     /// Picks an index in `0..instances.len()`, or `None` for "no opinion" (the host then uses
-    /// round-robin).
+    /// round-robin). On a retry ([`Request::is_retry`]) the whole pool is offered and
+    /// [`Instances::tried`] marks what this request already tried; an answer that was tried
+    /// is moved to the next untried index.
     fn pick(&mut self, request: &Request, instances: &Instances<'_>) -> Option<usize>;
 }
 
-/// Exports a [`Strategy`] as a Sluice ABI v1 module.
+/// The answer of a pick, a tried one on a retry moved to the next untried index.
+#[doc(hidden)]
+pub fn settle(request: &Request, instances: &Instances<'_>, answer: Option<usize>) -> i32 {
+    let n = instances.len();
+    match answer {
+        Some(i) if i < n => {
+            if request.is_retry() && instances.tried(i) {
+                (1..n)
+                    .map(|step| (i + step) % n)
+                    .find(|&j| !instances.tried(j))
+                    .map_or(i as i32, |j| j as i32)
+            } else {
+                i as i32
+            }
+        }
+        _ => -1,
+    }
+}
+
+/// Exports a [`Strategy`] as a Sluice ABI v2 module.
 ///
 /// `export_strategy!(Type, init_expression)`: the expression builds the strategy value; it
 /// must be usable in a `static` initializer (a `const` expression).
@@ -76,7 +110,7 @@ macro_rules! export_strategy {
         }
 
         #[no_mangle]
-        pub extern "C" fn sluice_abi_v1() {}
+        pub extern "C" fn sluice_abi_v2() {}
 
         #[no_mangle]
         pub extern "C" fn sluice_buffer(max_instances: i32) -> i32 {
@@ -111,14 +145,24 @@ macro_rules! export_strategy {
         }
 
         #[no_mangle]
+        pub extern "C" fn sluice_prepare(n: i32) -> i32 {
+            let Some((_, instances)) = $crate::__private::read_request(n) else {
+                return 1;
+            };
+            if <$ty as $crate::Strategy>::prepare(__sluice_strategy(), &instances) {
+                0
+            } else {
+                1
+            }
+        }
+
+        #[no_mangle]
         pub extern "C" fn sluice_pick(n: i32) -> i32 {
             let Some((request, instances)) = $crate::__private::read_request(n) else {
                 return -1;
             };
-            match <$ty as $crate::Strategy>::pick(__sluice_strategy(), &request, &instances) {
-                Some(i) if i < instances.len() => i as i32,
-                _ => -1,
-            }
+            let answer = <$ty as $crate::Strategy>::pick(__sluice_strategy(), &request, &instances);
+            $crate::settle(&request, &instances, answer)
         }
 
         #[cfg(all(target_arch = "wasm32", not(test)))]

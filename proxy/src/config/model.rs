@@ -24,7 +24,7 @@ pub enum BuiltinStrategy {
     RoundRobin,
     /// Weighted least-in-flight, WASM plugin.
     LeastConn,
-    /// Weighted rendezvous hashing on the request hash, WASM plugin.
+    /// A hash ring (Ketama's) on the request hash, WASM plugin.
     ConsistentHash,
     /// Power of two choices over latency EWMA x in flight (Linkerd's peak EWMA), WASM plugin.
     P2cEwma,

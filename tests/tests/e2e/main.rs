@@ -24,6 +24,7 @@ mod registrar;
 mod routing;
 mod signals;
 mod tls;
+mod wasm_abi_v2;
 mod wasm_gateway;
 mod wasm_plugins;
 mod websocket;

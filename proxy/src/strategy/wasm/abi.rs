@@ -1,10 +1,33 @@
-//! ABI v1 (SPEC §6): buffer layout constants and the check of a module's imports and exports.
+//! ABI v1 (SPEC §6) and v2 (docs/plugin-abi.md): buffer layout constants and the check of a
+//! module's imports and exports.
 
 use wasmtime::{ExternType, FuncType, Module, ValType};
 
 use super::LoadError;
 
-pub(crate) const ABI_VERSION: u32 = 1;
+/// The ABI a module speaks, from its marker export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Abi {
+    /// `sluice_abi_v1`: the live fields of every record are rewritten before each pick.
+    V1,
+    /// `sluice_abi_v2`: records change only with the pool; live fields are read on demand
+    /// (`sluice.live`), retries offer the whole pool (`sluice.tried`), `sluice_prepare` runs
+    /// when the records changed.
+    V2,
+}
+
+impl Abi {
+    /// The version number written in the header.
+    pub(crate) fn version(self) -> u32 {
+        match self {
+            Abi::V1 => 1,
+            Abi::V2 => 2,
+        }
+    }
+}
+
+/// Bytes `sluice.live` writes per instance: in flight, EWMA, failures (u32 each).
+pub(crate) const LIVE_SIZE: usize = 12;
 pub(crate) const HEADER_SIZE: usize = 32;
 pub(crate) const RECORD_SIZE: usize = 32;
 
@@ -55,15 +78,19 @@ fn has_signature(ty: &FuncType, params: usize, results: usize) -> bool {
     is_i32s(ty.params(), params) && is_i32s(ty.results(), results)
 }
 
-/// `(name, i32 params, i32 results, required)` of every export the host knows.
+/// `(name, i32 params, i32 results, required)` of every export the host knows (besides the
+/// version marker, of which a module has exactly one).
 const EXPORTS: &[(&str, usize, usize, bool)] = &[
-    ("sluice_abi_v1", 0, 0, true),
     ("sluice_buffer", 1, 1, true),
     ("sluice_pick", 1, 1, true),
     ("sluice_alloc", 1, 1, false),
     ("sluice_configure", 2, 1, false),
     ("sluice_tags", 2, 1, false),
+    ("sluice_prepare", 1, 1, false),
 ];
+
+/// The version markers, `() -> ()`, and the ABI each declares.
+const MARKERS: &[(&str, Abi)] = &[("sluice_abi_v1", Abi::V1), ("sluice_abi_v2", Abi::V2)];
 
 /// The optional exports a module has.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,25 +99,78 @@ pub(crate) struct OptionalExports {
     pub(crate) configure: bool,
     /// `sluice_tags` (with `sluice_alloc`): takes the names of the strategy's `tags`.
     pub(crate) tags: bool,
+    /// `sluice_prepare` (v2 only): told when the records changed, before the pick.
+    pub(crate) prepare: bool,
 }
 
-/// `(name, i32 params, i32 results)` of every import the host provides.
-const IMPORTS: &[(&str, usize, usize)] = &[("log", 3, 0), ("request_header", 4, 1)];
+/// What a module declares: its ABI and which optional exports it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ModuleShape {
+    pub(crate) abi: Abi,
+    pub(crate) exports: OptionalExports,
+}
+
+/// `(name, i32 params, i32 results, first ABI with it)` of every import the host provides.
+const IMPORTS: &[(&str, usize, usize, Abi)] = &[
+    ("log", 3, 0, Abi::V1),
+    ("request_header", 4, 1, Abi::V1),
+    ("live", 3, 1, Abi::V2),
+    ("tried", 1, 1, Abi::V2),
+];
 
 fn expected(params: usize, results: usize) -> String {
     signature(&vec![ValType::I32; params], &vec![ValType::I32; results])
 }
 
-/// Checks imports (only `sluice.log` and `sluice.request_header`) and exports (names and
-/// signatures); returns which optional exports exist (`sluice_alloc` exactly when
-/// `sluice_configure` or `sluice_tags` does).
-pub(crate) fn check_module(module: &Module) -> Result<OptionalExports, LoadError> {
+/// The ABI a module declares by its marker export: exactly one of `sluice_abi_v1` and
+/// `sluice_abi_v2`, a function `() -> ()`.
+fn declared_abi(module: &Module) -> Result<Abi, LoadError> {
+    let mut found = None;
+    for (name, abi) in MARKERS {
+        match module.get_export(name) {
+            None => continue,
+            Some(ExternType::Func(ty)) if has_signature(&ty, 0, 0) => {}
+            Some(ExternType::Func(ty)) => {
+                return Err(LoadError::ExportSignature {
+                    name: name.to_string(),
+                    expected: expected(0, 0),
+                    found: func_signature(&ty),
+                })
+            }
+            Some(_) => {
+                return Err(LoadError::ExportSignature {
+                    name: name.to_string(),
+                    expected: expected(0, 0),
+                    found: "not a function".into(),
+                })
+            }
+        }
+        if found.replace(*abi).is_some() {
+            return Err(LoadError::MissingExport(
+                "exactly one version marker (sluice_abi_v1 and sluice_abi_v2 both exported)".into(),
+            ));
+        }
+    }
+    found.ok_or_else(|| LoadError::MissingExport("sluice_abi_v1 or sluice_abi_v2".into()))
+}
+
+/// Checks the version marker, imports (only those of module `sluice` the module's ABI has)
+/// and exports (names and signatures); returns the ABI and which optional exports exist
+/// (`sluice_alloc` exactly when `sluice_configure` or `sluice_tags` does; `sluice_prepare`
+/// only in v2).
+pub(crate) fn check_module(module: &Module) -> Result<ModuleShape, LoadError> {
+    let abi = declared_abi(module)?;
     for import in module.imports() {
-        let allowed = IMPORTS
+        let known = IMPORTS
             .iter()
-            .find(|(name, _, _)| import.module() == IMPORT_MODULE && import.name() == *name);
-        match (allowed, import.ty()) {
-            (Some((name, params, results)), ExternType::Func(ty)) => {
+            .find(|(name, ..)| import.module() == IMPORT_MODULE && import.name() == *name);
+        if let Some((name, _, _, Abi::V2)) = known {
+            if abi == Abi::V1 {
+                return Err(LoadError::ImportNeedsV2(format!("{IMPORT_MODULE}.{name}")));
+            }
+        }
+        match (known, import.ty()) {
+            (Some((name, params, results, _)), ExternType::Func(ty)) => {
                 if !has_signature(&ty, *params, *results) {
                     return Err(LoadError::ImportSignature {
                         name: format!("{IMPORT_MODULE}.{name}"),
@@ -136,10 +216,21 @@ pub(crate) fn check_module(module: &Module) -> Result<OptionalExports, LoadError
     let optional = OptionalExports {
         configure: has("sluice_configure"),
         tags: has("sluice_tags"),
+        prepare: has("sluice_prepare"),
+    };
+    if optional.prepare && abi == Abi::V1 {
+        return Err(LoadError::MissingExport(
+            "sluice_abi_v2 (sluice_prepare is part of ABI v2; a v1 module is never prepared)"
+                .into(),
+        ));
+    }
+    let shape = ModuleShape {
+        abi,
+        exports: optional,
     };
     let wants_alloc = optional.configure || optional.tags;
     match (has("sluice_alloc"), wants_alloc) {
-        (true, true) | (false, false) => Ok(optional),
+        (true, true) | (false, false) => Ok(shape),
         (false, true) => Err(LoadError::MissingExport(
             "sluice_alloc (sluice_configure and sluice_tags receive their bytes in memory it returns)"
                 .into(),

@@ -16,6 +16,9 @@ pub struct PickReport {
     /// First-try picks made (retries come on top: one per 16).
     pub picks: u64,
     pub ns_per_pick: f64,
+    /// The first pick, untimed in `ns_per_pick`: it instantiates the thread's instance and,
+    /// for an ABI v2 module, writes the records and runs `sluice_prepare`.
+    pub first_pick_us: f64,
     /// First-try picks per instance index.
     pub counts: Vec<u64>,
     /// Retry picks made after the first tries (instance 0 tried already).
@@ -62,8 +65,10 @@ pub fn check_file(path: &Path, settings: &CheckSettings) -> Result<Vec<PickRepor
         )?;
         let pool = sample_pool_tagged(n, &settings.tags);
         let mut counts = vec![0u64; n];
-        // Warm the thread's instance before timing.
+        // Warm the thread's instance before timing, and time that apart.
+        let first = Instant::now();
         let _ = strategy.pick(&pool, &PickRequest::default());
+        let first_pick_us = first.elapsed().as_secs_f64() * 1e6;
         let start = Instant::now();
         for i in 0..settings.picks {
             let request = PickRequest {
@@ -93,6 +98,7 @@ pub fn check_file(path: &Path, settings: &CheckSettings) -> Result<Vec<PickRepor
             instances: n,
             picks: settings.picks,
             ns_per_pick: elapsed.as_nanos() as f64 / settings.picks.max(1) as f64,
+            first_pick_us,
             counts,
             retries,
             fallbacks: strategy

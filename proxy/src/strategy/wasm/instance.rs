@@ -1,14 +1,17 @@
 //! One long-lived plugin instance on one worker thread: its store, typed exports and buffer,
-//! and the per-pick write of header and records (full records only when the pool changed,
-//! otherwise just the live fields).
+//! and the per-pick write of header and records. v1: full records when the pool changed,
+//! otherwise just the live fields of every record. v2: records only when the pool changed
+//! (then `sluice_prepare`), otherwise the header alone; live fields are read on demand.
 
 use std::sync::Arc;
 
 use wasmtime::{Memory, Store, TypedFunc};
 
-use super::abi::{header, record, ABI_VERSION, HEADER_SIZE, RECORD_SIZE};
+use super::abi::{header, record, Abi, HEADER_SIZE, RECORD_SIZE};
 use super::plugin::LoadedPlugin;
-use super::runtime::{on_deadline, DeadlineState, HeadersPtr, HostState, WasmRuntime};
+use super::runtime::{
+    on_deadline, DeadlineState, HeadersPtr, HostState, PoolPtr, WasmRuntime, PREPARE_DEADLINE_TICKS,
+};
 use super::ticker::EpochTicker;
 use super::LoadError;
 use crate::pool::{Member, Pool};
@@ -21,6 +24,22 @@ pub(crate) enum CallError {
     Deadline,
     /// The plugin's buffer does not fit in its memory, or it could not provide one.
     Buffer,
+    /// `sluice_prepare(n)` answered non-zero: the plugin cannot serve this pool.
+    Prepare {
+        n: usize,
+        code: i32,
+    },
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Trap(t) => write!(f, "trapped: {t}"),
+            CallError::Deadline => f.write_str("missed its deadline"),
+            CallError::Buffer => f.write_str("buffer outside linear memory"),
+            CallError::Prepare { n, code } => write!(f, "sluice_prepare({n}) returned {code}"),
+        }
+    }
 }
 
 impl From<wasmtime::Error> for CallError {
@@ -36,12 +55,12 @@ impl From<wasmtime::Error> for CallError {
 }
 
 pub(crate) struct ThreadInstance {
-    /// Generation of the plugin this was instantiated from.
-    pub(crate) generation: u64,
     store: Store<HostState>,
     memory: Memory,
+    abi: Abi,
     pick: TypedFunc<i32, i32>,
     buffer: TypedFunc<i32, i32>,
+    prepare: Option<TypedFunc<i32, i32>>,
     buffer_ptr: usize,
     capacity: usize,
     /// (pool generation, n) whose records are in the buffer.
@@ -148,6 +167,16 @@ impl ThreadInstance {
         let buffer = instance
             .get_typed_func::<i32, i32>(&mut store, "sluice_buffer")
             .map_err(|_| export("sluice_buffer"))?;
+        let prepare = if plugin.exports.prepare {
+            Some(
+                instance
+                    .get_typed_func::<i32, i32>(&mut store, "sluice_prepare")
+                    .map_err(|_| export("sluice_prepare"))?,
+            )
+        } else {
+            None
+        };
+        store.data_mut().memory = Some(memory);
         if plugin.exports.tags || plugin.exports.configure {
             let alloc = instance
                 .get_typed_func::<i32, i32>(&mut store, "sluice_alloc")
@@ -177,11 +206,12 @@ impl ThreadInstance {
             }
         }
         let mut this = Self {
-            generation: plugin.generation,
             store,
             memory,
+            abi: plugin.abi,
             pick,
             buffer,
+            prepare,
             buffer_ptr: 0,
             capacity: 0,
             written: None,
@@ -193,7 +223,7 @@ impl ThreadInstance {
             CallError::Deadline => {
                 LoadError::Instantiate("sluice_buffer missed its deadline".into())
             }
-            CallError::Buffer => {
+            CallError::Buffer | CallError::Prepare { .. } => {
                 LoadError::Instantiate("sluice_buffer returned memory out of bounds".into())
             }
         })?;
@@ -220,11 +250,86 @@ impl ThreadInstance {
         Ok(())
     }
 
-    /// Writes the request and the pool's eligible instances, then calls `sluice_pick`. On a
-    /// retry (`exclude` names instances this request already tried) the records are the
+    /// Asks the plugin for the instance of one request, as its ABI says.
+    pub(crate) fn pick(
+        &mut self,
+        pool: &Pool,
+        request: Pick<'_>,
+        tags: &[String],
+    ) -> Result<Answer, CallError> {
+        match self.abi {
+            Abi::V1 => self.pick_v1(pool, request, tags),
+            Abi::V2 => self.pick_v2(pool, request, tags),
+        }
+    }
+
+    /// v2: the header, and the records only when the pool differs from the one the buffer
+    /// holds (then `sluice_prepare`); `sluice_pick` reads live fields through `sluice.live`.
+    /// A retry offers the whole pool with the retry flag set (`sluice.tried` says which were
+    /// tried); the answer is an index of the pool.
+    fn pick_v2(
+        &mut self,
+        pool: &Pool,
+        request: Pick<'_>,
+        tags: &[String],
+    ) -> Result<Answer, CallError> {
+        let n = pool.eligible_len();
+        if n > self.capacity {
+            self.grow(n)?;
+        }
+        let fresh = self.written != Some((pool.generation(), n));
+        let base = self.buffer_ptr;
+        let mem = self.memory.data_mut(&mut self.store);
+        let end = base + HEADER_SIZE + if fresh { RECORD_SIZE * n } else { 0 };
+        if end > mem.len() {
+            return Err(CallError::Buffer);
+        }
+        let buf = &mut mem[base..end];
+        let retry = is_retry(pool, request.exclude);
+        write_header(buf, Abi::V2, n, retry, &request);
+        if fresh {
+            for (r, member) in buf[HEADER_SIZE..]
+                .chunks_exact_mut(RECORD_SIZE)
+                .zip(pool.eligible_members())
+            {
+                put_u64(r, record::KEY, member.key);
+                put_u32(r, record::WEIGHT, member.spec.weight);
+                // Live fields are read through `sluice.live` in v2.
+                r[record::IN_FLIGHT..record::FAILURES + 4].fill(0);
+                put_u32(r, record::TAGS, tag_bits(&member.spec.tags, tags));
+                put_u32(r, record::RESERVED, 0);
+            }
+        }
+        // Until the prepare and the pick succeed, the next pick starts from fresh records.
+        self.written = None;
+        let mut store = LentRequest::lend(&mut self.store, request.headers, pool, request.exclude);
+        if let Some(prepare) = self.prepare.as_ref().filter(|_| fresh) {
+            store.data_mut().deadline = DeadlineState::default();
+            self.ticker.call_starting();
+            store.set_epoch_deadline(PREPARE_DEADLINE_TICKS);
+            let code = prepare.call(&mut *store, n as i32)?;
+            if code != 0 {
+                return Err(CallError::Prepare { n, code });
+            }
+        }
+        store.data_mut().deadline = DeadlineState::default();
+        self.ticker.call_starting();
+        store.set_epoch_deadline(self.deadline_ticks);
+        let answer = self.pick.call(&mut *store, n as i32)?;
+        drop(store);
+        self.written = Some((pool.generation(), n));
+        Ok(match usize::try_from(answer) {
+            Ok(i) if i < n => Answer::Index(i),
+            _ if answer == -1 => Answer::NoOpinion,
+            _ => Answer::OutOfRange { answer, offered: n },
+        })
+    }
+
+    /// v1: writes the request and the pool's eligible instances, then calls `sluice_pick`. On
+    /// a retry (`exclude` names instances this request already tried) the records are the
     /// eligible instances less those, the header's retry flag is set, and the answer is
     /// mapped back to an index of the whole pool.
-    pub(crate) fn pick(
+    fn pick_v1(
         &mut self,
         pool: &Pool,
         request: Pick<'_>,
@@ -245,13 +350,7 @@ impl ThreadInstance {
             return Err(CallError::Buffer);
         }
         let buf = &mut mem[base..end];
-        put_u32(buf, header::VERSION, ABI_VERSION);
-        put_u32(buf, header::N, count as u32);
-        put_u32(buf, header::RECORD_SIZE, RECORD_SIZE as u32);
-        let flags = if offered.is_retry() { flags::RETRY } else { 0 };
-        put_u32(buf, header::FLAGS, flags);
-        put_u64(buf, header::REQUEST_HASH, request.hash);
-        put_u64(buf, header::RANDOM, request.random);
+        write_header(buf, Abi::V1, count, offered.is_retry(), &request);
         // A retry's subset is written whole and leaves the buffer to be rewritten whole.
         let full = offered.is_retry() || self.written != Some((pool.generation(), n));
         let write = |r: &mut [u8], member: &Member| {
@@ -289,7 +388,7 @@ impl ThreadInstance {
         self.written = (!offered.is_retry()).then_some((pool.generation(), n));
         // The guest reads the request's headers during the call only: the guard clears the
         // pointer when it drops, after the call returns or while a panic unwinds through it.
-        let mut store = LentHeaders::lend(&mut self.store, request.headers);
+        let mut store = LentRequest::lend_headers(&mut self.store, request.headers);
         // Each call starts with a fresh deadline: a CPU mark left by an earlier call that was
         // descheduled across a tick would make the next firing interrupt a healthy pick.
         store.data_mut().deadline = DeadlineState::default();
@@ -313,6 +412,26 @@ impl ThreadInstance {
             },
         })
     }
+}
+
+/// The 32-byte header: version, count, record size, flags, request hash, random.
+fn write_header(buf: &mut [u8], abi: Abi, n: usize, retry: bool, request: &Pick<'_>) {
+    put_u32(buf, header::VERSION, abi.version());
+    put_u32(buf, header::N, n as u32);
+    put_u32(buf, header::RECORD_SIZE, RECORD_SIZE as u32);
+    put_u32(buf, header::FLAGS, if retry { flags::RETRY } else { 0 });
+    put_u64(buf, header::REQUEST_HASH, request.hash);
+    put_u64(buf, header::RANDOM, request.random);
+}
+
+/// Whether a v2 pick is a retry: the request tried some instance and at least one eligible
+/// instance is still untried (with everything tried, a retry may go anywhere, as a first try).
+/// Fewer tried keys than instances leave one untried for sure, so the pool is walked only
+/// when the request tried at least as many instances as it has.
+fn is_retry(pool: &Pool, tried: &[u64]) -> bool {
+    !tried.is_empty()
+        && (tried.len() < pool.eligible_len()
+            || pool.eligible_members().any(|m| !tried.contains(&m.key)))
 }
 
 /// Header flag bits (offset 12).
@@ -404,15 +523,16 @@ impl<'a> Offered<'a> {
     }
 }
 
-/// The store while a request's headers are lent to the guest: `HostState::headers` points at
-/// them with its lifetime erased, and is cleared when this guard drops, so no path (a return,
-/// an error, a panic) leaves a pointer to headers that are gone.
-struct LentHeaders<'s> {
+/// The store while a request is lent to the guest: `HostState::headers` (and in v2
+/// `HostState::pool`) point at it with their lifetimes erased, and are cleared when this guard
+/// drops, so no path (a return, an error, a panic) leaves a pointer to a request that is gone.
+struct LentRequest<'s> {
     store: &'s mut Store<HostState>,
 }
 
-impl<'s> LentHeaders<'s> {
-    fn lend(store: &'s mut Store<HostState>, headers: Option<&dyn RequestHeaders>) -> Self {
+impl<'s> LentRequest<'s> {
+    /// Lends the headers alone (v1).
+    fn lend_headers(store: &'s mut Store<HostState>, headers: Option<&dyn RequestHeaders>) -> Self {
         store.data_mut().headers = HeadersPtr(headers.map(|h| {
             let h: *const (dyn RequestHeaders + '_) = h;
             // SAFETY: only the lifetime is erased. The guard that clears the pointer lives
@@ -427,22 +547,37 @@ impl<'s> LentHeaders<'s> {
         }));
         Self { store }
     }
-}
 
-impl Drop for LentHeaders<'_> {
-    fn drop(&mut self) {
-        self.store.data_mut().headers = HeadersPtr(None);
+    /// Lends the headers, the pool and the keys already tried (v2).
+    fn lend(
+        store: &'s mut Store<HostState>,
+        headers: Option<&dyn RequestHeaders>,
+        pool: &Pool,
+        tried: &[u64],
+    ) -> Self {
+        // Raw pointers carry no lifetime: the guard clears them before the borrows end, as
+        // for the headers.
+        store.data_mut().pool = PoolPtr(Some((pool as *const Pool, tried as *const [u64])));
+        Self::lend_headers(store, headers)
     }
 }
 
-impl std::ops::Deref for LentHeaders<'_> {
+impl Drop for LentRequest<'_> {
+    fn drop(&mut self) {
+        let state = self.store.data_mut();
+        state.headers = HeadersPtr(None);
+        state.pool = PoolPtr(None);
+    }
+}
+
+impl std::ops::Deref for LentRequest<'_> {
     type Target = Store<HostState>;
     fn deref(&self) -> &Self::Target {
         self.store
     }
 }
 
-impl std::ops::DerefMut for LentHeaders<'_> {
+impl std::ops::DerefMut for LentRequest<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         self.store
     }
@@ -458,15 +593,17 @@ mod tests {
         let mut store = Store::new(&engine, HostState::new("t".into(), 1 << 20));
         let headers = http::HeaderMap::new();
         {
-            let lent = LentHeaders::lend(&mut store, Some(&headers));
+            let pool = crate::strategy::wasm::sample_pool(2);
+            let lent = LentRequest::lend(&mut store, Some(&headers), &pool, &[]);
             assert!(lent.data().headers.0.is_some());
+            assert!(lent.data().pool.0.is_some());
         }
         assert!(
-            store.data().headers.0.is_none(),
+            store.data().headers.0.is_none() && store.data().pool.0.is_none(),
             "cleared after a normal return"
         );
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _lent = LentHeaders::lend(&mut store, Some(&headers));
+            let _lent = LentRequest::lend_headers(&mut store, Some(&headers));
             panic!("a host function panicked");
         }));
         assert!(unwound.is_err());

@@ -1,4 +1,4 @@
-//! The WebAssembly strategy host (ABI v1, SPEC §6): one engine, one `Module` + `InstancePre`
+//! The WebAssembly strategy host (ABI v1, SPEC §6, and v2, docs/plugin-abi.md): one engine, one `Module` + `InstancePre`
 //! per plugin version, one long-lived instance per worker thread, epoch deadlines, memory caps,
 //! native round-robin when a plugin fails, hot reload.
 
@@ -28,8 +28,10 @@ pub enum LoadError {
     },
     #[error("not a valid WebAssembly module: {0}")]
     Compile(String),
-    #[error("import {module}.{name} is not allowed (only sluice.log and sluice.request_header)")]
+    #[error("import {module}.{name} is not allowed (only sluice.log, sluice.request_header and, in ABI v2, sluice.live and sluice.tried)")]
     ForbiddenImport { module: String, name: String },
+    #[error("import {0} is part of ABI v2: export sluice_abi_v2 instead of sluice_abi_v1")]
+    ImportNeedsV2(String),
     #[error("import {name} has signature {found}, expected {expected}")]
     ImportSignature {
         name: String,

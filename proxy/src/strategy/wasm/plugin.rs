@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use wasmtime::{InstancePre, Module};
 
-use super::abi::{check_module, OptionalExports};
+use super::abi::{check_module, Abi, OptionalExports};
 use super::instance::{Answer, CallError, Pick, ThreadInstance};
 use super::runtime::{HostState, WasmRuntime, DEFAULT_MEMORY_LIMIT};
 use super::LoadError;
@@ -20,6 +20,7 @@ pub struct LoadedPlugin {
     /// Increases with every successful (re)load of the strategy.
     pub generation: u64,
     pub(crate) pre: InstancePre<HostState>,
+    pub(crate) abi: Abi,
     pub(crate) exports: OptionalExports,
     pub(crate) config_json: Vec<u8>,
     /// The strategy's `tags`: bit i of a record's tag bits is `tags[i]`.
@@ -92,7 +93,7 @@ impl LoadedPlugin {
     ) -> Result<Self, LoadError> {
         let module = Module::new(runtime.engine(), bytes)
             .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        let exports = check_module(&module)?;
+        let shape = check_module(&module)?;
         let pre = runtime
             .linker()
             .instantiate_pre(&module)
@@ -102,7 +103,8 @@ impl LoadedPlugin {
             source,
             generation,
             pre,
-            exports,
+            abi: shape.abi,
+            exports: shape.exports,
             config_json: serde_json::to_vec(settings.config).unwrap_or_else(|_| b"{}".to_vec()),
             tags: settings.tags.into(),
             tags_text: settings.tags.join("\n").into_bytes(),
@@ -141,6 +143,7 @@ impl LoadedPlugin {
                         CallError::Buffer => {
                             LoadError::Probe("buffer outside linear memory".into())
                         }
+                        e @ CallError::Prepare { .. } => LoadError::Probe(e.to_string()),
                     })?;
                 if let Answer::OutOfRange { answer, offered } = answer {
                     return Err(LoadError::Probe(format!(

@@ -1,14 +1,16 @@
 //! The one wasmtime `Engine`, its linker of host functions (`sluice.log`,
-//! `sluice.request_header`) and the per-call deadline policy (the epoch clock and its
-//! watchdog are in `ticker`).
+//! `sluice.request_header`, and v2's `sluice.live` and `sluice.tried`) and the per-call
+//! deadline policy (the epoch clock and its watchdog are in `ticker`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasmtime::{Caller, Config, Engine, Extern, Linker, OptLevel, StoreLimits};
+use wasmtime::{Caller, Config, Engine, Extern, Linker, Memory, OptLevel, StoreLimits};
 
+use super::abi::LIVE_SIZE;
 use super::ticker::EpochTicker;
 use super::LoadError;
+use crate::pool::Pool;
 use crate::strategy::RequestHeaders;
 
 /// Default cap on a plugin instance's linear memory.
@@ -27,6 +29,15 @@ pub(crate) struct HeadersPtr(pub(crate) Option<*const (dyn RequestHeaders + 'sta
 // owns the store, and cleared before the call returns; it is never dereferenced elsewhere.
 unsafe impl Send for HeadersPtr {}
 
+/// The pool and the keys already tried of the v2 pick (or prepare) in progress, for
+/// `sluice.live` and `sluice.tried`.
+#[derive(Clone, Copy)]
+pub(crate) struct PoolPtr(pub(crate) Option<(*const Pool, *const [u64])>);
+
+// SAFETY: as HeadersPtr: set for one synchronous call on the store's thread, cleared before it
+// returns, read only by host functions during that call.
+unsafe impl Send for PoolPtr {}
+
 /// CPU time a call must burn after its first deadline for the second one to interrupt it.
 const CPU_AFTER_DEADLINE: Duration = Duration::from_micros(500);
 /// Deadline extensions granted to a call that keeps being descheduled, before it is stopped.
@@ -34,6 +45,10 @@ const MAX_EXTENSIONS: u32 = 20;
 
 /// Epoch ticks a call may run before its deadline fires (see `deadline_ticks`).
 const DEADLINE_TICKS: u64 = 2;
+
+/// Epoch ticks `sluice_prepare` may run: it builds per-pool tables (a schedule, a ring) once
+/// per pool change per thread, so it gets 50 ms where a pick gets 1–2.
+pub(crate) const PREPARE_DEADLINE_TICKS: u64 = 50;
 
 /// The longest a call can run, in epoch ticks: its deadline, then every extension of one step.
 pub(crate) const MAX_CALL_TICKS: u64 =
@@ -95,6 +110,10 @@ pub(crate) fn on_deadline(state: &mut DeadlineState, step: u64) -> wasmtime::Upd
 pub(crate) struct HostState {
     pub(crate) limits: StoreLimits,
     pub(crate) headers: HeadersPtr,
+    pub(crate) pool: PoolPtr,
+    /// The instance's exported memory, once instantiated (for v2's host functions, which
+    /// run on every pick: no lookup by name).
+    pub(crate) memory: Option<Memory>,
     pub(crate) strategy: Arc<str>,
     pub(crate) deadline: DeadlineState,
     log_window: Instant,
@@ -111,6 +130,8 @@ impl HostState {
                 .memories(1)
                 .build(),
             headers: HeadersPtr(None),
+            pool: PoolPtr(None),
+            memory: None,
             strategy,
             deadline: DeadlineState::default(),
             log_window: Instant::now(),
@@ -139,6 +160,60 @@ fn slice(memory: &[u8], ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
     let start = usize::try_from(ptr).ok()?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     (end <= memory.len()).then_some(start..end)
+}
+
+/// `sluice.live(first, count, out_ptr) -> i32`: the live fields (in flight, EWMA, failures;
+/// u32 LE each) of records `first..first + count`, [`LIVE_SIZE`] bytes each at `out_ptr`.
+/// Returns `count`, or -1 for a range outside the pool, memory outside the module's, or a call
+/// outside a pick or prepare.
+fn host_live(mut caller: Caller<'_, HostState>, first: i32, count: i32, out_ptr: i32) -> i32 {
+    let Some(memory) = caller.data().memory else {
+        return -1;
+    };
+    let (mem, state) = memory.data_and_store_mut(&mut caller);
+    let Some((pool, _)) = state.pool.0 else {
+        return -1;
+    };
+    // SAFETY: set by the pick on this thread for the duration of this call (see PoolPtr); the
+    // pool outlives the call.
+    let pool = unsafe { &*pool };
+    let (Ok(first), Ok(count_usize)) = (usize::try_from(first), usize::try_from(count)) else {
+        return -1;
+    };
+    let Some(end) = first
+        .checked_add(count_usize)
+        .filter(|&end| end <= pool.eligible_len())
+    else {
+        return -1;
+    };
+    let Some(out) = count_usize
+        .checked_mul(LIVE_SIZE)
+        .and_then(|len| i32::try_from(len).ok())
+        .and_then(|len| slice(mem, out_ptr, len))
+    else {
+        return -1;
+    };
+    for (fields, i) in mem[out].chunks_exact_mut(LIVE_SIZE).zip(first..end) {
+        let live = &pool.eligible(i).live;
+        fields[0..4].copy_from_slice(&live.in_flight().to_le_bytes());
+        fields[4..8].copy_from_slice(&live.ewma_us().to_le_bytes());
+        fields[8..12].copy_from_slice(&live.failures().to_le_bytes());
+    }
+    count
+}
+
+/// `sluice.tried(index) -> i32`: 1 when this request already tried record `index`, 0 when
+/// not, -1 for an index outside the pool or a call outside a pick or prepare.
+fn host_tried(caller: Caller<'_, HostState>, index: i32) -> i32 {
+    let Some((pool, tried)) = caller.data().pool.0 else {
+        return -1;
+    };
+    // SAFETY: as in host_live; `tried` is the request's slice, alive for the call.
+    let (pool, tried) = unsafe { (&*pool, &*tried) };
+    match usize::try_from(index) {
+        Ok(i) if i < pool.eligible_len() => i32::from(tried.contains(&pool.eligible(i).key)),
+        _ => -1,
+    }
 }
 
 impl WasmRuntime {
@@ -228,6 +303,12 @@ impl WasmRuntime {
                     i32::try_from(value.len()).unwrap_or(i32::MAX)
                 },
             )
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        linker
+            .func_wrap("sluice", "live", host_live)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        linker
+            .func_wrap("sluice", "tried", host_tried)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         Ok(Self {
             ticker: Arc::new(EpochTicker::new(engine.clone(), deadline)),

@@ -58,7 +58,9 @@ impl FallbackReason {
 
 #[derive(Default)]
 struct ThreadSlot {
-    instance: Option<ThreadInstance>,
+    /// The plugin version this thread's instance runs (kept here so a pick reads one atomic,
+    /// `WasmStrategy::generation`, instead of loading the `ArcSwap`).
+    instance: Option<(Arc<LoadedPlugin>, ThreadInstance)>,
     picks: u32,
 }
 
@@ -67,6 +69,8 @@ pub struct WasmStrategy {
     name: Arc<str>,
     runtime: Arc<WasmRuntime>,
     current: ArcSwap<LoadedPlugin>,
+    /// `current`'s generation, stored after it.
+    generation: AtomicU64,
     threads: ThreadLocal<RefCell<ThreadSlot>>,
     /// Generation that was disabled (`u64::MAX`: none).
     disabled_generation: AtomicU64,
@@ -111,6 +115,7 @@ impl WasmStrategy {
         };
         Ok(Self {
             name: name.into(),
+            generation: AtomicU64::new(plugin.generation),
             current: ArcSwap::from_pointee(plugin),
             runtime,
             threads: ThreadLocal::new(),
@@ -155,6 +160,7 @@ impl WasmStrategy {
         ) {
             Ok(plugin) => {
                 self.current.store(Arc::new(plugin));
+                self.generation.store(generation, Ordering::Release);
                 self.reloads_ok.inc();
                 tracing::info!(strategy = %self.name, generation, "strategy reloaded");
                 Ok(generation)
@@ -226,8 +232,8 @@ impl Strategy for WasmStrategy {
         if n == 0 {
             return None;
         }
-        let plugin = self.current.load();
-        if self.is_disabled(plugin.generation) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.is_disabled(generation) {
             return self.fallback(FallbackReason::Disabled, pool, request);
         }
         let cell = self.threads.get_or(|| RefCell::new(ThreadSlot::default()));
@@ -235,10 +241,11 @@ impl Strategy for WasmStrategy {
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return RoundRobin.pick(pool, request);
         };
-        if slot.instance.as_ref().map(|i| i.generation) != Some(plugin.generation) {
+        if slot.instance.as_ref().map(|(p, _)| p.generation) != Some(generation) {
             slot.instance = None;
+            let plugin = self.current.load_full();
             match ThreadInstance::new(&self.runtime, &plugin, n) {
-                Ok(instance) => slot.instance = Some(instance),
+                Ok(instance) => slot.instance = Some((plugin, instance)),
                 Err(e) => {
                     self.record_failure(plugin.generation, &e);
                     return self.fallback(FallbackReason::Trap, pool, request);
@@ -247,7 +254,7 @@ impl Strategy for WasmStrategy {
         }
         slot.picks = slot.picks.wrapping_add(1);
         let timed = slot.picks.is_multiple_of(TIMING_SAMPLE).then(Instant::now);
-        let Some(instance) = slot.instance.as_mut() else {
+        let Some((plugin, instance)) = slot.instance.as_mut() else {
             return self.fallback(FallbackReason::Trap, pool, request);
         };
         let pick = Pick {
@@ -263,7 +270,8 @@ impl Strategy for WasmStrategy {
         let reason = match result {
             Ok(Answer::Index(i)) => return Some(i),
             Ok(Answer::NoOpinion) => {
-                return self.fallback(FallbackReason::NoOpinion, pool, request)
+                drop(slot);
+                return self.fallback(FallbackReason::NoOpinion, pool, request);
             }
             Ok(Answer::OutOfRange { answer, offered }) => {
                 self.record_failure(
@@ -280,8 +288,8 @@ impl Strategy for WasmStrategy {
                 self.record_failure(plugin.generation, &t);
                 FallbackReason::Trap
             }
-            Err(CallError::Buffer) => {
-                self.record_failure(plugin.generation, &"buffer outside linear memory");
+            Err(e @ (CallError::Buffer | CallError::Prepare { .. })) => {
+                self.record_failure(plugin.generation, &e);
                 FallbackReason::Trap
             }
         };
