@@ -105,7 +105,7 @@ impl ConsistentHash {
                 let position = point_position(key, j);
                 let b = bucket(position);
                 let at = self.start[b] as usize;
-                self.points[at] = position << 16 | i as u64;
+                self.points[at] = (position << 16) | i as u64;
                 self.start[b] += 1;
             }
         }

@@ -50,7 +50,7 @@ impl Strategy for LeastConn {
                     ties += 1;
                     // Keep the i-th tie with probability 1/i (reservoir sampling), by
                     // multiply-shift on 32 random bits: no 64-bit division per tie.
-                    if (next_random(&mut rng) >> 32) * ties >> 32 == 0 {
+                    if ((next_random(&mut rng) >> 32) * ties) >> 32 == 0 {
                         (best, best_load, best_weight) = (i, load, weight);
                     }
                 }

@@ -4,6 +4,7 @@
 use wasmtime::{ExternType, FuncType, Module, ValType};
 
 use super::LoadError;
+use crate::pool::InstanceLive;
 
 /// The ABI a module speaks, from its marker export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,19 @@ pub(crate) mod record {
     pub(crate) const FAILURES: usize = 20;
     pub(crate) const TAGS: usize = 24;
     pub(crate) const RESERVED: usize = 28;
+}
+
+/// The live fields of one instance as the ABI lays them out: in flight, latency EWMA (µs),
+/// consecutive failures, u32 LE each. v1 copies them into each record (from
+/// [`record::IN_FLIGHT`]), v2's `sluice.live` into the module's memory.
+pub(crate) fn live_fields(live: &InstanceLive) -> [u8; LIVE_SIZE] {
+    const _: () = assert!(record::EWMA_US == record::IN_FLIGHT + 4);
+    const _: () = assert!(record::FAILURES == record::EWMA_US + 4);
+    let mut fields = [0u8; LIVE_SIZE];
+    fields[0..4].copy_from_slice(&live.in_flight().to_le_bytes());
+    fields[4..8].copy_from_slice(&live.ewma_us().to_le_bytes());
+    fields[8..12].copy_from_slice(&live.failures().to_le_bytes());
+    fields
 }
 
 /// The one import module a plugin may use.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wasmtime::{Memory, Store, TypedFunc};
 
-use super::abi::{header, record, Abi, HEADER_SIZE, RECORD_SIZE};
+use super::abi::{header, live_fields, record, Abi, HEADER_SIZE, LIVE_SIZE, RECORD_SIZE};
 use super::plugin::LoadedPlugin;
 use super::runtime::{
     on_deadline, DeadlineState, HeadersPtr, HostState, PoolPtr, WasmRuntime, PREPARE_DEADLINE_TICKS,
@@ -104,8 +104,11 @@ impl Handover<'_> {
     ) -> Result<(), LoadError> {
         let refused = |code| LoadError::Refused { export, what, code };
         let len = i32::try_from(bytes.len()).map_err(|_| refused(-1))?;
-        self.runtime.ticker().call_starting();
-        self.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        arm_deadline(
+            self.store,
+            self.runtime.ticker(),
+            self.runtime.deadline_ticks(),
+        );
         let ptr = self
             .alloc
             .call(&mut *self.store, len)
@@ -121,8 +124,11 @@ impl Handover<'_> {
             ));
         };
         mem[range].copy_from_slice(bytes);
-        self.runtime.ticker().call_starting();
-        self.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        arm_deadline(
+            self.store,
+            self.runtime.ticker(),
+            self.runtime.deadline_ticks(),
+        );
         let code = receive
             .call(&mut *self.store, (ptr, len))
             .map_err(|e| LoadError::Instantiate(format!("{export}: {e:#}")))?;
@@ -233,9 +239,7 @@ impl ThreadInstance {
     /// Asks the plugin for a buffer of at least `n` records.
     fn grow(&mut self, n: usize) -> Result<(), CallError> {
         let max = i32::try_from(n).map_err(|_| CallError::Buffer)?;
-        self.store.data_mut().deadline = DeadlineState::default();
-        self.ticker.call_starting();
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        arm_deadline(&mut self.store, &self.ticker, self.deadline_ticks);
         let ptr = self.buffer.call(&mut self.store, max)?;
         let start = usize::try_from(ptr).map_err(|_| CallError::Buffer)?;
         let end = start
@@ -292,29 +296,22 @@ impl ThreadInstance {
                 .chunks_exact_mut(RECORD_SIZE)
                 .zip(pool.eligible_members())
             {
-                put_u64(r, record::KEY, member.key);
-                put_u32(r, record::WEIGHT, member.spec.weight);
+                write_record_fields(r, member, tags);
                 // Live fields are read through `sluice.live` in v2.
-                r[record::IN_FLIGHT..record::FAILURES + 4].fill(0);
-                put_u32(r, record::TAGS, tag_bits(&member.spec.tags, tags));
-                put_u32(r, record::RESERVED, 0);
+                r[record::IN_FLIGHT..record::IN_FLIGHT + LIVE_SIZE].fill(0);
             }
         }
         // Until the prepare and the pick succeed, the next pick starts from fresh records.
         self.written = None;
         let mut store = LentRequest::lend(&mut self.store, request.headers, pool, request.exclude);
         if let Some(prepare) = self.prepare.as_ref().filter(|_| fresh) {
-            store.data_mut().deadline = DeadlineState::default();
-            self.ticker.call_starting();
-            store.set_epoch_deadline(PREPARE_DEADLINE_TICKS);
+            arm_deadline(&mut store, &self.ticker, PREPARE_DEADLINE_TICKS);
             let code = prepare.call(&mut *store, n as i32)?;
             if code != 0 {
                 return Err(CallError::Prepare { n, code });
             }
         }
-        store.data_mut().deadline = DeadlineState::default();
-        self.ticker.call_starting();
-        store.set_epoch_deadline(self.deadline_ticks);
+        arm_deadline(&mut store, &self.ticker, self.deadline_ticks);
         let answer = self.pick.call(&mut *store, n as i32)?;
         drop(store);
         self.written = Some((pool.generation(), n));
@@ -355,20 +352,11 @@ impl ThreadInstance {
         let full = offered.is_retry() || self.written != Some((pool.generation(), n));
         let write = |r: &mut [u8], member: &Member| {
             if full {
-                put_u64(r, record::KEY, member.key);
-                put_u32(r, record::WEIGHT, member.spec.weight);
-                put_u32(r, record::TAGS, tag_bits(&member.spec.tags, tags));
-                put_u32(r, record::RESERVED, 0);
+                write_record_fields(r, member, tags);
             }
             // The three live fields are contiguous (in flight, EWMA, failures): one copy.
-            const _: () = assert!(record::EWMA_US == record::IN_FLIGHT + 4);
-            const _: () = assert!(record::FAILURES == record::EWMA_US + 4);
-            let live = &member.live;
-            let mut fields = [0u8; 12];
-            fields[0..4].copy_from_slice(&live.in_flight().to_le_bytes());
-            fields[4..8].copy_from_slice(&live.ewma_us().to_le_bytes());
-            fields[8..12].copy_from_slice(&live.failures().to_le_bytes());
-            r[record::IN_FLIGHT..record::FAILURES + 4].copy_from_slice(&fields);
+            r[record::IN_FLIGHT..record::IN_FLIGHT + LIVE_SIZE]
+                .copy_from_slice(&live_fields(&member.live));
         };
         let records = buf[HEADER_SIZE..].chunks_exact_mut(RECORD_SIZE);
         // A first try walks the eligible members as they are: no filter per record.
@@ -389,11 +377,7 @@ impl ThreadInstance {
         // The guest reads the request's headers during the call only: the guard clears the
         // pointer when it drops, after the call returns or while a panic unwinds through it.
         let mut store = LentRequest::lend_headers(&mut self.store, request.headers);
-        // Each call starts with a fresh deadline: a CPU mark left by an earlier call that was
-        // descheduled across a tick would make the next firing interrupt a healthy pick.
-        store.data_mut().deadline = DeadlineState::default();
-        self.ticker.call_starting();
-        store.set_epoch_deadline(self.deadline_ticks);
+        arm_deadline(&mut store, &self.ticker, self.deadline_ticks);
         let result = self.pick.call(&mut *store, count as i32);
         drop(store);
         let answer = match result {
@@ -412,6 +396,23 @@ impl ThreadInstance {
             },
         })
     }
+}
+
+/// The fields of a record that change only with the pool: key, weight, tag bits, reserved.
+fn write_record_fields(r: &mut [u8], member: &Member, tags: &[String]) {
+    put_u64(r, record::KEY, member.key);
+    put_u32(r, record::WEIGHT, member.spec.weight);
+    put_u32(r, record::TAGS, tag_bits(&member.spec.tags, tags));
+    put_u32(r, record::RESERVED, 0);
+}
+
+/// Gives the next call a fresh deadline of `ticks` epoch ticks. A CPU mark left by an earlier
+/// call that was descheduled across a tick would make the next firing interrupt a healthy
+/// call, so each call starts from a clean deadline state.
+fn arm_deadline(store: &mut Store<HostState>, ticker: &EpochTicker, ticks: u64) {
+    store.data_mut().deadline = DeadlineState::default();
+    ticker.call_starting();
+    store.set_epoch_deadline(ticks);
 }
 
 /// The 32-byte header: version, count, record size, flags, request hash, random.

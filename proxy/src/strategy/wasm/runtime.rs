@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Caller, Config, Engine, Extern, Linker, Memory, OptLevel, StoreLimits};
 
-use super::abi::LIVE_SIZE;
+use super::abi::{live_fields, LIVE_SIZE};
 use super::ticker::EpochTicker;
 use super::LoadError;
 use crate::pool::Pool;
@@ -194,10 +194,7 @@ fn host_live(mut caller: Caller<'_, HostState>, first: i32, count: i32, out_ptr:
         return -1;
     };
     for (fields, i) in mem[out].chunks_exact_mut(LIVE_SIZE).zip(first..end) {
-        let live = &pool.eligible(i).live;
-        fields[0..4].copy_from_slice(&live.in_flight().to_le_bytes());
-        fields[4..8].copy_from_slice(&live.ewma_us().to_le_bytes());
-        fields[8..12].copy_from_slice(&live.failures().to_le_bytes());
+        fields.copy_from_slice(&live_fields(&pool.eligible(i).live));
     }
     count
 }
