@@ -1,76 +1,109 @@
-//! Weighted round-robin as a Sluice WASM strategy (ABI v2): a smooth schedule built once per
-//! pool change (stride scheduling, as the host's native round-robin), walked by a cursor, so a
-//! pick costs the same at 10 000 instances as at 10.
+//! Smooth weighted round-robin as a Sluice WASM strategy (ABI v2), the same order as the host's
+//! native round-robin: the weights, reduced by their gcd, laid end to end as slots (instance
+//! `i` owns `weight_i / gcd` consecutive ones) and visited in bit-reversed order (van der
+//! Corput), so every `total` consecutive picks give each instance exactly its share, spread
+//! through the cycle.
 //!
-//! Equal weights need no schedule: the cursor walks the pool itself. Otherwise the weights are
-//! divided by their gcd and, when they sum past [`MAX_SCHEDULE`], scaled down to it (each
-//! instance keeps at least one slot). Each worker thread's instance keeps its own cursor.
+//! `prepare` (once per pool change) is one pass of additions; a pick reverses its step's bits
+//! and binary-searches the prefix sums, so it costs the same at 10 000 instances as at 10.
+//! Equal weights need no prefix sums: slot `s` is instance `s`. Each worker thread's instance
+//! keeps its own cursor.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 use sluice_plugin::{export_strategy, Instances, Request, Strategy};
 
 /// Largest pool this strategy tracks; larger pools get "no opinion" (host round-robin).
 const MAX: usize = 16_384;
-/// Longest schedule: slots of one round, before every instance's extra slot for rounding.
-const MAX_SCHEDULE: usize = 65_536;
-
-/// Pass values in fixed point: an instance of weight `w` advances `SCALE / w` per slot.
-const SCALE: u64 = 1 << 32;
+/// Bits of a slot that index `first`: 4 096 buckets, so a pick searches a handful of
+/// instances, not the whole pool.
+const BUCKET_BITS: u32 = 12;
+const BUCKETS: usize = 1 << BUCKET_BITS;
 
 pub struct WeightedRoundRobin {
-    /// The schedule of one round (instance indices); empty when the weights are equal.
-    schedule: [u16; MAX_SCHEDULE + MAX],
-    len: usize,
-    cursor: usize,
-    /// Stride scheduling's min-heap of (pass, index), used while building the schedule.
-    heap: [(u64, u16); MAX],
-    weights: [u32; MAX],
+    /// `ends[i]`: slots owned by instances `0..=i`; unused when `uniform`.
+    ends: [u64; MAX],
+    /// `first[b]`: the instance owning the first slot of bucket `b` (`first[BUCKETS]` = n).
+    first: [u32; BUCKETS + 1],
+    /// Slot bits below the bucket's: `slot >> shift` is its bucket.
+    shift: u32,
+    uniform: bool,
+    /// Slots in one cycle (0: nothing prepared).
+    total: u64,
+    /// `2^bits >= total`.
+    bits: u32,
+    step: u64,
 }
 
 impl WeightedRoundRobin {
     pub const fn new() -> Self {
         Self {
-            schedule: [0; MAX_SCHEDULE + MAX],
-            len: 0,
-            cursor: 0,
-            heap: [(0, 0); MAX],
-            weights: [0; MAX],
+            ends: [0; MAX],
+            first: [0; BUCKETS + 1],
+            shift: 0,
+            uniform: true,
+            total: 0,
+            bits: 0,
+            step: 0,
         }
     }
 
-    /// Fills `schedule` with one smooth round of `weights` (reduced), as stride scheduling:
-    /// the instance with the lowest pass takes the next slot and advances by its stride.
-    fn build(&mut self, n: usize) {
-        let weights = &mut self.weights[..n];
-        let g = weights.iter().fold(0u64, |acc, &w| gcd(acc, u64::from(w)));
-        let mut total = 0u64;
-        for w in weights.iter_mut() {
-            *w = (u64::from(*w) / g.max(1)) as u32;
-            total += u64::from(*w);
+    /// Lays out the slots of `weights(0..n)` (0 counts as 1).
+    fn build(&mut self, n: usize, weights: impl Fn(usize) -> u32) {
+        let w = |i: usize| u64::from(weights(i).max(1));
+        let first = w(0);
+        let mut g = 0;
+        self.uniform = true;
+        for i in 0..n {
+            g = gcd(g, w(i));
+            self.uniform &= w(i) == first;
         }
-        if total > MAX_SCHEDULE as u64 {
-            let scaled = total;
-            total = 0;
-            for w in weights.iter_mut() {
-                *w = ((u64::from(*w) * MAX_SCHEDULE as u64 / scaled) as u32).max(1);
-                total += u64::from(*w);
+        self.total = if self.uniform {
+            n as u64
+        } else {
+            let mut sum = 0;
+            for i in 0..n {
+                sum += w(i) / g;
+                self.ends[i] = sum;
             }
+            sum
+        };
+        self.bits = u64::BITS - self.total.saturating_sub(1).leading_zeros();
+        if !self.uniform {
+            self.shift = self.bits.saturating_sub(BUCKET_BITS);
+            let mut owner = 0;
+            for b in 0..BUCKETS {
+                let slot = (b as u64) << self.shift;
+                while owner < n && self.ends[owner] <= slot {
+                    owner += 1;
+                }
+                self.first[b] = owner as u32;
+            }
+            self.first[BUCKETS] = n as u32;
         }
-        let heap = &mut self.heap[..n];
-        for (i, slot) in heap.iter_mut().enumerate() {
-            *slot = (SCALE / u64::from(weights[i]) / 2, i as u16);
+    }
+
+    /// The instance of slot step `step`, or `None` past the last slot (never for an even step:
+    /// it maps below `2^(bits - 1) < total`).
+    fn at(&self, n: usize, step: u64) -> Option<usize> {
+        let slot = match self.bits {
+            0 => 0,
+            bits => step.reverse_bits() >> (u64::BITS - bits),
+        };
+        if slot >= self.total {
+            return None;
         }
-        // The initial passes are heap-ordered once sifted down from the middle.
-        for i in (0..n / 2).rev() {
-            sift_down(heap, i);
-        }
-        for slot in self.schedule[..total as usize].iter_mut() {
-            let (pass, i) = heap[0];
-            *slot = i;
-            heap[0] = (pass + SCALE / u64::from(weights[usize::from(i)]), i);
-            sift_down(heap, 0);
-        }
-        self.len = total as usize;
+        Some(if self.uniform {
+            slot as usize
+        } else {
+            // The owner is in the slot's bucket's range: from the bucket's first owner to the
+            // next bucket's (inclusive, as that one may start inside this bucket).
+            let b = (slot >> self.shift) as usize;
+            let (from, to) = (
+                self.first[b] as usize,
+                (self.first[b + 1] as usize + 1).min(n),
+            );
+            from + self.ends[from..to].partition_point(|&end| end <= slot)
+        })
     }
 }
 
@@ -80,65 +113,34 @@ impl Default for WeightedRoundRobin {
     }
 }
 
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
     }
-}
-
-/// Restores the min-heap order below `i` (ties by index, so the schedule is deterministic).
-fn sift_down(heap: &mut [(u64, u16)], mut i: usize) {
-    loop {
-        let (left, right) = (2 * i + 1, 2 * i + 2);
-        let mut least = i;
-        if left < heap.len() && heap[left] < heap[least] {
-            least = left;
-        }
-        if right < heap.len() && heap[right] < heap[least] {
-            least = right;
-        }
-        if least == i {
-            return;
-        }
-        heap.swap(i, least);
-        i = least;
-    }
+    a
 }
 
 impl Strategy for WeightedRoundRobin {
     fn prepare(&mut self, instances: &Instances<'_>) -> bool {
         let n = instances.len();
-        self.len = 0;
-        if n == 0 || n > MAX {
-            return true;
-        }
-        let first = instances.weight(0).max(1);
-        let mut equal = true;
-        for i in 0..n {
-            let w = instances.weight(i).max(1);
-            self.weights[i] = w;
-            equal &= w == first;
-        }
-        if !equal {
-            self.build(n);
+        self.total = 0;
+        if n > 0 && n <= MAX {
+            self.build(n, |i| instances.weight(i));
         }
         true
     }
 
     fn pick(&mut self, _request: &Request, instances: &Instances<'_>) -> Option<usize> {
         let n = instances.len();
-        if n == 0 || n > MAX {
+        if self.total == 0 || n > MAX {
             return None;
         }
-        let rounds = if self.len == 0 { n } else { self.len };
-        self.cursor = (self.cursor + 1) % rounds;
-        Some(if self.len == 0 {
-            self.cursor
-        } else {
-            usize::from(self.schedule[self.cursor])
-        })
+        self.step = self.step.wrapping_add(1);
+        if let Some(i) = self.at(n, self.step) {
+            return Some(i);
+        }
+        self.step = self.step.wrapping_add(1);
+        self.at(n, self.step)
     }
 }
 
@@ -148,39 +150,44 @@ export_strategy!(WeightedRoundRobin, WeightedRoundRobin::new());
 mod tests {
     use super::*;
 
-    /// A value on the heap, never on the stack (it is megabytes); all zeros is the empty
+    /// A value on the heap, never on the stack (it is 128 KiB); all zeros is the empty
     /// strategy.
     fn zeroed<T>() -> Box<T> {
-        // SAFETY: T is made of integer (and float) arrays and counters only: zero is valid.
+        // SAFETY: T is made of integer arrays, counters and a bool only: zero is valid.
         unsafe { Box::<T>::new_zeroed().assume_init() }
     }
 
-    fn counts(rr: &WeightedRoundRobin, n: usize) -> Vec<usize> {
+    fn walk(rr: &WeightedRoundRobin, n: usize, start: u64, picks: usize) -> Vec<usize> {
+        (start..).filter_map(|s| rr.at(n, s)).take(picks).collect()
+    }
+
+    fn counts(order: &[usize], n: usize) -> Vec<usize> {
         let mut c = vec![0; n];
-        for &i in &rr.schedule[..rr.len] {
-            c[usize::from(i)] += 1;
+        for &i in order {
+            c[i] += 1;
         }
         c
     }
 
     #[test]
-    fn the_schedule_follows_the_weights_smoothly() {
+    fn the_order_is_the_hosts() {
         let mut rr = zeroed::<WeightedRoundRobin>();
-        rr.weights[..3].copy_from_slice(&[500, 100, 100]);
-        rr.build(3);
-        assert_eq!(&rr.schedule[..rr.len], &[0, 0, 0, 1, 2, 0, 0]);
-        assert_eq!(counts(&rr, 3), vec![5, 1, 1]);
+        let weights = [500, 100, 100];
+        rr.build(3, |i| weights[i]);
+        // As the native round-robin's test of `pool/cycle.rs`.
+        assert_eq!(walk(&rr, 3, 0, 7), vec![0, 0, 0, 2, 0, 1, 0]);
+        assert_eq!(counts(&walk(&rr, 3, 5, 7), 3), vec![5, 1, 1]);
     }
 
     #[test]
-    fn a_long_schedule_is_capped_and_keeps_everyone() {
+    fn large_pools_and_equal_weights() {
         let mut rr = zeroed::<WeightedRoundRobin>();
         let n = 10_000;
-        for i in 0..n {
-            rr.weights[i] = 1 + (i as u32 % 10_000);
-        }
-        rr.build(n);
-        assert!(rr.len <= MAX_SCHEDULE + n, "{}", rr.len);
-        assert!(counts(&rr, n).iter().all(|&c| c >= 1));
+        rr.build(n, |i| 1 + (i as u32 % 10_000));
+        assert_eq!(rr.total, (n as u64) * (n as u64 + 1) / 2);
+        assert!((0..1000).all(|s| rr.at(n, s).is_none_or(|i| i < n)));
+        rr.build(4, |_| 100);
+        assert!(rr.uniform);
+        assert_eq!(counts(&walk(&rr, 4, 3, 8), 4), vec![2; 4]);
     }
 }

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use super::{instance_key, InstanceLive, Member, Pool};
 use crate::metrics::Metrics;
-use crate::registry::{InstanceSpec, Scheme, SourceEvent, Update};
+use crate::registry::{InstanceSpec, Scheme, SourceEvent, Status, Update};
 
 /// The one atomically swapped pool of one service. Routes hold the slot; requests load the pool.
 #[derive(Debug)]
@@ -390,18 +390,31 @@ impl Directory {
     fn rebuild(&self, inner: &mut Inner, service: &Arc<str>, resolved: &Resolved) {
         let slot = self.slot_locked(inner, service);
         let previous = slot.load_full();
-        let before: HashMap<&str, &Member> = previous
-            .members()
-            .iter()
-            .map(|m| (m.spec.id.as_str(), m))
-            .collect();
+        // Both sides are sorted by id (a snapshot keeps the order of the id-keyed map it was
+        // built from), so the old member of each instance is found by one merge walk: no
+        // hashing of 10 000 ids per change.
+        let mut old_members = previous.members().iter().peekable();
+        let mut changes = MembershipChanges::default();
         let specs = inner.instances.get(service);
         let default_scheme = inner.default_schemes.get(&**service).copied();
         let mut members = Vec::with_capacity(specs.map_or(0, BTreeMap::len));
         for spec in specs.into_iter().flat_map(|m| m.values()) {
             let spec = &with_default_scheme(spec, default_scheme);
+            while let Some(gone) = old_members.next_if(|m| m.spec.id < spec.id) {
+                changes.left.push(gone.spec.id.clone());
+            }
+            let old = old_members.next_if(|m| m.spec.id == spec.id);
+            match old {
+                Some(old) if old.spec.status != spec.status => {
+                    changes
+                        .status_changed
+                        .push((spec.id.clone(), old.spec.status, spec.status))
+                }
+                Some(_) => {}
+                None => changes.joined.push(spec.clone()),
+            }
             // An unchanged instance carries over as it was: same live state, key and address.
-            if let Some(old) = before.get(spec.id.as_str()) {
+            if let Some(old) = old {
                 if Arc::ptr_eq(&old.spec, spec) || old.spec == *spec {
                     members.push(Member {
                         spec: spec.clone(),
@@ -427,7 +440,7 @@ impl Directory {
                     live
                 }
             };
-            let socket = match before.get(spec.id.as_str()) {
+            let socket = match old {
                 Some(old) if old.spec.addr == spec.addr && old.socket.is_some() => old.socket,
                 _ => resolve(service, spec, resolved),
             };
@@ -438,7 +451,10 @@ impl Directory {
                 live,
             });
         }
-        log_membership_changes(&mut inner.membership_log, service, &before, &members);
+        changes
+            .left
+            .extend(old_members.map(|gone| gone.spec.id.clone()));
+        changes.log(&mut inner.membership_log, service, members.len());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let pool = Pool::new(service.clone(), generation, members);
         let eligible = pool.eligible_len() as i64;
@@ -511,68 +527,65 @@ const MAX_MEMBERSHIP_LINES: usize = 16;
 /// Logs instances that joined or left `service`'s pool, and status changes, at info: what an
 /// operator reads when traffic moves. One line per change, one summary line for a larger
 /// change, within `budget` lines a second.
-fn log_membership_changes(
-    budget: &mut LogBudget,
-    service: &str,
-    before: &HashMap<&str, &Member>,
-    after: &[Member],
-) {
-    let present: HashSet<&str> = after.iter().map(|m| m.spec.id.as_str()).collect();
-    let joined: Vec<&Member> = after
-        .iter()
-        .filter(|m| !before.contains_key(m.spec.id.as_str()))
-        .collect();
-    let changed: Vec<(&Member, &Member)> = after
-        .iter()
-        .filter_map(|m| before.get(m.spec.id.as_str()).map(|old| (*old, m)))
-        .filter(|(old, new)| old.spec.status != new.spec.status)
-        .collect();
-    let left: Vec<&&str> = before.keys().filter(|id| !present.contains(**id)).collect();
-    if joined.len() + changed.len() + left.len() > MAX_MEMBERSHIP_LINES {
-        if !budget.take() {
+/// What one rebuild changed in a pool's membership, for the log.
+#[derive(Default)]
+struct MembershipChanges {
+    joined: Vec<Arc<InstanceSpec>>,
+    /// (id, from, to)
+    status_changed: Vec<(String, Status, Status)>,
+    left: Vec<String>,
+}
+
+impl MembershipChanges {
+    /// One line per change, or one summary line past [`MAX_MEMBERSHIP_LINES`]; within the
+    /// log budget.
+    fn log(&self, budget: &mut LogBudget, service: &str, instances: usize) {
+        let total = self.joined.len() + self.status_changed.len() + self.left.len();
+        if total > MAX_MEMBERSHIP_LINES {
+            if !budget.take() {
+                return;
+            }
+            tracing::info!(
+                %service,
+                joined = self.joined.len(),
+                left = self.left.len(),
+                status_changed = self.status_changed.len(),
+                instances,
+                "pool changed"
+            );
             return;
         }
-        tracing::info!(
-            %service,
-            joined = joined.len(),
-            left = left.len(),
-            status_changed = changed.len(),
-            instances = after.len(),
-            "pool changed"
-        );
-        return;
-    }
-    for member in joined {
-        if !budget.take() {
-            continue;
+        for spec in &self.joined {
+            if !budget.take() {
+                continue;
+            }
+            tracing::info!(
+                %service,
+                instance = %spec.id,
+                addr = %spec.addr,
+                status = spec.status.as_str(),
+                weight = spec.weight,
+                "instance joined"
+            );
         }
-        let spec = &member.spec;
-        tracing::info!(
-            %service,
-            instance = %spec.id,
-            addr = %spec.addr,
-            status = spec.status.as_str(),
-            weight = spec.weight,
-            "instance joined"
-        );
-    }
-    for (old, new) in changed {
-        if !budget.take() {
-            continue;
+        for (id, from, to) in &self.status_changed {
+            if !budget.take() {
+                continue;
+            }
+            tracing::info!(
+                %service,
+                instance = %id,
+                from = from.as_str(),
+                to = to.as_str(),
+                "instance status changed"
+            );
         }
-        tracing::info!(
-            %service,
-            instance = %new.spec.id,
-            from = old.spec.status.as_str(),
-            to = new.spec.status.as_str(),
-            "instance status changed"
-        );
-    }
-    for id in left {
-        if !budget.take() {
-            continue;
+        for id in &self.left {
+            if !budget.take() {
+                continue;
+            }
+            tracing::info!(%service, instance = %id, "instance left");
         }
-        tracing::info!(%service, instance = %id, "instance left");
     }
 }
 

@@ -2,6 +2,7 @@
 //! ([`ServiceSlot`]), rebuilt off the request path by the [`Directory`] and swapped whole;
 //! per-instance live state ([`InstanceLive`]) lives outside the snapshot and survives swaps.
 
+mod cycle;
 mod decay;
 mod directory;
 mod live;

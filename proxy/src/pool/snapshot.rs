@@ -1,17 +1,13 @@
 //! The immutable pool snapshot of one service: its members, which of them are eligible, and
-//! a precomputed smooth weighted round-robin schedule over the eligible ones.
+//! the smooth weighted round-robin cycle over the eligible ones.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::cycle::WeightedCycle;
 use super::InstanceLive;
 use crate::registry::{InstanceSpec, Status};
-
-/// Longest weighted round-robin schedule kept per pool (entries are `u32`).
-const MAX_SCHEDULE: u64 = 1 << 16;
 
 /// Stable 64-bit key of an instance id (FNV-1a), as the WASM ABI's `instance key`.
 pub fn instance_key(id: &str) -> u64 {
@@ -37,11 +33,16 @@ pub struct Member {
 impl Member {
     /// Whether the strategy may be offered this instance.
     pub fn is_eligible(&self) -> bool {
+        self.is_eligible_at(super::live::clock_ms())
+    }
+
+    /// [`Member::is_eligible`] at `now_ms` ([`super::clock_ms`]), for a pass over many.
+    pub fn is_eligible_at(&self, now_ms: u64) -> bool {
         self.spec.status == Status::Up
             && self.spec.weight > 0
             && self.socket.is_some()
             && self.live.health().admits()
-            && !self.live.is_ejected(super::live::clock_ms())
+            && !self.live.is_ejected(now_ms)
     }
 }
 
@@ -52,8 +53,8 @@ pub struct Pool {
     generation: u64,
     members: Box<[Member]>,
     eligible: Box<[u32]>,
-    schedule: Box<[u32]>,
-    cursor: AtomicUsize,
+    cycle: WeightedCycle,
+    cursor: AtomicU64,
     /// Every member is a plain `http` instance (what the fast path serves).
     all_plain_http: bool,
 }
@@ -66,22 +67,20 @@ impl Pool {
 
     /// Builds a snapshot; members keep their order (sorted by id by the directory).
     pub fn new(service: Arc<str>, generation: u64, members: Vec<Member>) -> Self {
+        let now_ms = super::live::clock_ms();
         let eligible: Box<[u32]> = members
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.is_eligible())
+            .filter(|(_, m)| m.is_eligible_at(now_ms))
             .map(|(i, _)| i as u32)
             .collect();
         let weights: Vec<u32> = eligible
             .iter()
             .map(|&i| members[i as usize].spec.weight)
             .collect();
-        let schedule = weighted_schedule(&weights);
-        let start = if schedule.is_empty() {
-            0
-        } else {
-            fastrand::usize(..schedule.len())
-        };
+        let cycle = WeightedCycle::new(&weights);
+        // A random start keeps pools (and gateways) from walking in step.
+        let start = fastrand::u64(..);
         let all_plain_http = members
             .iter()
             .all(|m| m.spec.scheme == crate::registry::Scheme::Http);
@@ -91,8 +90,8 @@ impl Pool {
             generation,
             members: members.into_boxed_slice(),
             eligible,
-            schedule,
-            cursor: AtomicUsize::new(start),
+            cycle,
+            cursor: AtomicU64::new(start),
         }
     }
 
@@ -134,91 +133,29 @@ impl Pool {
         self.eligible.iter().map(|&i| &self.members[i as usize])
     }
 
-    /// Next index in smooth weighted round-robin order (an index of `eligible`).
+    /// Next index in smooth weighted round-robin order (an index of `eligible`): one atomic
+    /// add, two when the step falls past the cycle's last slot.
     pub fn next_round_robin(&self) -> Option<usize> {
-        if self.schedule.is_empty() {
+        if self.cycle.total() == 0 {
             return None;
         }
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        Some(self.schedule[n % self.schedule.len()] as usize)
-    }
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-/// A smooth weighted order of indices: stride scheduling (each pick advances the picked
-/// index's pass by `1/weight`), so weights 5:1:1 give `a a a b c a a` rather than `a a a a a b c`.
-/// Weights are reduced by their gcd and scaled down when the schedule would exceed
-/// [`MAX_SCHEDULE`]; every index appears at least once.
-fn weighted_schedule(weights: &[u32]) -> Box<[u32]> {
-    if weights.is_empty() {
-        return Box::new([]);
-    }
-    let g = weights
-        .iter()
-        .fold(0u64, |acc, &w| gcd(acc, u64::from(w.max(1))));
-    let mut reduced: Vec<u64> = weights.iter().map(|&w| u64::from(w.max(1)) / g).collect();
-    let total: u64 = reduced.iter().sum();
-    let limit = MAX_SCHEDULE.max(weights.len() as u64);
-    if total > limit {
-        for w in &mut reduced {
-            *w = (*w * limit / total).max(1);
+        // A step is skipped only when odd, and this thread's next step is usually the next
+        // one; should other threads keep taking the even ones, an odd step's even neighbour
+        // is always inside the cycle.
+        let mut step = 0;
+        for _ in 0..4 {
+            step = self.cursor.fetch_add(1, Ordering::Relaxed);
+            if let Some(i) = self.cycle.at(step) {
+                return Some(i);
+            }
         }
+        self.cycle.at(step & !1)
     }
-    let total: u64 = reduced.iter().sum();
-    // Pass values in fixed point: stride = SCALE / weight.
-    const SCALE: u64 = 1 << 32;
-    let mut heap: BinaryHeap<Reverse<(u64, u32)>> = reduced
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| Reverse((SCALE / w / 2, i as u32)))
-        .collect();
-    let mut out = Vec::with_capacity(total as usize);
-    while out.len() < total as usize {
-        let Some(Reverse((pass, i))) = heap.pop() else {
-            break;
-        };
-        out.push(i);
-        heap.push(Reverse((pass + SCALE / reduced[i as usize], i)));
-    }
-    out.into_boxed_slice()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn counts(schedule: &[u32], n: usize) -> Vec<usize> {
-        let mut c = vec![0; n];
-        for &i in schedule {
-            c[i as usize] += 1;
-        }
-        c
-    }
-
-    #[test]
-    fn schedule_follows_weights_smoothly() {
-        let s = weighted_schedule(&[500, 100, 100]);
-        assert_eq!(counts(&s, 3), vec![5, 1, 1]);
-        // Smooth: the heavy one never runs more than 3 in a row here.
-        let runs = s.windows(4).filter(|w| w.iter().all(|&x| x == 0)).count();
-        assert_eq!(runs, 0, "{s:?}");
-        assert_eq!(&*s, &[0, 0, 0, 1, 2, 0, 0]);
-        assert_eq!(weighted_schedule(&[100, 100]).len(), 2);
-    }
-
-    #[test]
-    fn schedule_is_capped_and_keeps_everyone() {
-        let weights: Vec<u32> = (1..=10_000).collect();
-        let s = weighted_schedule(&weights);
-        assert!(s.len() as u64 <= MAX_SCHEDULE + 10_000);
-        assert!(counts(&s, 10_000).iter().all(|&c| c >= 1));
-    }
 
     #[test]
     fn key_is_stable_fnv1a() {
