@@ -18,6 +18,8 @@ const MAX: usize = 16_384;
 /// instances, not the whole pool.
 const BUCKET_BITS: u32 = 12;
 const BUCKETS: usize = 1 << BUCKET_BITS;
+/// Steps a retry looks ahead for an untried instance.
+const RETRY_LOOKAHEAD: u64 = 256;
 
 pub struct WeightedRoundRobin {
     /// `ends[i]`: slots owned by instances `0..=i`; unused when `uniform`.
@@ -130,10 +132,24 @@ impl Strategy for WeightedRoundRobin {
         true
     }
 
-    fn pick(&mut self, _request: &Request, instances: &Instances<'_>) -> Option<usize> {
+    fn pick(&mut self, request: &Request, instances: &Instances<'_>) -> Option<usize> {
         let n = instances.len();
         if self.total == 0 || n > MAX {
             return None;
+        }
+        if request.is_retry() {
+            // The next untried instance in the order, without moving the cursor: retries do
+            // not shift the rotation of first tries (else a failing instance would come first
+            // for every request once its retries fall in step with it).
+            let mut step = self.step;
+            for _ in 0..RETRY_LOOKAHEAD.min(2 * self.total + 2) {
+                step = step.wrapping_add(1);
+                if let Some(i) = self.at(n, step).filter(|&i| !instances.tried(i)) {
+                    return Some(i);
+                }
+            }
+            // Past the lookahead: the SDK moves a tried answer to the next untried index.
+            return self.at(n, self.step.wrapping_add(2) & !1);
         }
         self.step = self.step.wrapping_add(1);
         if let Some(i) = self.at(n, self.step) {

@@ -75,7 +75,7 @@ pub(super) fn services_json(directory: &Directory) -> Vec<u8> {
             name: pool.service(),
             generation: pool.generation(),
             eligible: pool.eligible_len(),
-            instances: pool.members().iter().map(InstanceView::new).collect(),
+            instances: pool.members().map(InstanceView::new).collect(),
         })
         .collect();
     to_json(&serde_json::json!({ "services": services }))

@@ -85,7 +85,6 @@ async fn check_service(
         let pool = slot.load_full();
         let probes = pool
             .members()
-            .iter()
             // HTTP/1.1 GETs, over TLS for `https` instances. gRPC servers commonly refuse
             // HTTP/1.1 (and answer any path 200 with the status in trailers): `grpc` and
             // `grpcs` instances are left to passive ejection rather than marked down by a

@@ -84,11 +84,7 @@ impl Ejector {
         let pool = slot.load_full();
         let now = clock_ms();
         let total = pool.members().len();
-        let mut ejected = pool
-            .members()
-            .iter()
-            .filter(|m| m.live.is_ejected(now))
-            .count();
+        let mut ejected = pool.members().filter(|m| m.live.is_ejected(now)).count();
         let mut changed = false;
         for member in pool.members() {
             if member.live.is_ejected(now) || member.live.failures() < spec.consecutive_failures {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::ArcSwap;
 
+use super::snapshot::{Chunk, CHUNK};
 use super::{instance_key, InstanceLive, Member, Pool};
 use crate::metrics::Metrics;
 use crate::registry::{InstanceSpec, Scheme, SourceEvent, Status, Update};
@@ -302,22 +303,43 @@ impl Directory {
 
     fn apply_resolved(&self, events: Vec<SourceEvent>, resolved: &Resolved) {
         let mut inner = self.lock();
-        let mut touched: Vec<Arc<str>> = Vec::new();
+        // Per service touched: the instance ids changed, or `None` for "rebuild whole".
+        let mut touched: Vec<(Arc<str>, Option<Vec<String>>)> = Vec::new();
         for event in events {
-            for service in self.apply_locked(&mut inner, event) {
-                if !touched.contains(&service) {
-                    touched.push(service);
+            for (service, id) in self.apply_locked(&mut inner, event) {
+                let at = match touched.iter().position(|(s, _)| *s == service) {
+                    Some(at) => at,
+                    None => {
+                        touched.push((service, Some(Vec::new())));
+                        touched.len() - 1
+                    }
+                };
+                match (&mut touched[at].1, id) {
+                    (Some(ids), Some(id)) => ids.push(id),
+                    (ids, _) => *ids = None,
                 }
             }
         }
-        for service in touched {
-            self.rebuild(&mut inner, &service, resolved);
+        for (service, ids) in touched {
+            match ids {
+                Some(mut ids) => {
+                    ids.sort_unstable();
+                    ids.dedup();
+                    self.rebuild_instances(&mut inner, &service, &ids, resolved);
+                }
+                None => self.rebuild(&mut inner, &service, resolved),
+            }
         }
         self.update_ready(&inner);
     }
 
-    /// Applies one event to the instance maps; returns the services it changed.
-    fn apply_locked(&self, inner: &mut Inner, event: SourceEvent) -> Vec<Arc<str>> {
+    /// Applies one event to the instance maps; returns the services it changed, each with the
+    /// one instance id it changed (`None`: possibly all of them).
+    fn apply_locked(
+        &self,
+        inner: &mut Inner,
+        event: SourceEvent,
+    ) -> Vec<(Arc<str>, Option<String>)> {
         let last = inner.last_reset.get(&event.source).copied();
         if last.is_some_and(|last| event.revision <= last) {
             tracing::debug!(source = %event.source, revision = event.revision, "stale update ignored");
@@ -359,7 +381,7 @@ impl Directory {
                     inner.instances.remove(&name);
                     touched.push(name);
                 }
-                touched
+                touched.into_iter().map(|name| (name, None)).collect()
             }
             Update::Upsert { service, instance } => {
                 let name: Arc<str> = service.into();
@@ -368,8 +390,9 @@ impl Directory {
                 if entry.get(&instance.id) == Some(&instance) {
                     Vec::new()
                 } else {
-                    entry.insert(instance.id.clone(), instance);
-                    vec![name]
+                    let id = instance.id.clone();
+                    entry.insert(id.clone(), instance);
+                    vec![(name, Some(id))]
                 }
             }
             Update::Remove { service, id } => {
@@ -379,7 +402,7 @@ impl Directory {
                     .get_mut(&name)
                     .is_some_and(|entry| entry.remove(&id).is_some());
                 if removed {
-                    vec![name]
+                    vec![(name, Some(id))]
                 } else {
                     Vec::new()
                 }
@@ -387,87 +410,144 @@ impl Directory {
         }
     }
 
+    /// Rebuilds the whole snapshot of `service` from its instances and swaps it in.
     fn rebuild(&self, inner: &mut Inner, service: &Arc<str>, resolved: &Resolved) {
         let slot = self.slot_locked(inner, service);
         let previous = slot.load_full();
         // Both sides are sorted by id (a snapshot keeps the order of the id-keyed map it was
         // built from), so the old member of each instance is found by one merge walk: no
         // hashing of 10 000 ids per change.
-        let mut old_members = previous.members().iter().peekable();
+        let mut old_members = previous.members().peekable();
         let mut changes = MembershipChanges::default();
-        let specs = inner.instances.get(service);
-        let default_scheme = inner.default_schemes.get(&**service).copied();
+        let Inner {
+            instances,
+            live: lives,
+            wait_first,
+            default_schemes,
+            ..
+        } = &mut *inner;
+        let wait_first = wait_first.contains(&**service);
+        let default_scheme = default_schemes.get(&**service).copied();
+        let specs = instances.get(service);
         let mut members = Vec::with_capacity(specs.map_or(0, BTreeMap::len));
-        for spec in specs.into_iter().flat_map(|m| m.values()) {
+        for spec in specs.into_iter().flat_map(BTreeMap::values) {
             let spec = &with_default_scheme(spec, default_scheme);
             while let Some(gone) = old_members.next_if(|m| m.spec.id < spec.id) {
                 changes.left.push(gone.spec.id.clone());
             }
             let old = old_members.next_if(|m| m.spec.id == spec.id);
-            match old {
-                Some(old) if old.spec.status != spec.status => {
-                    changes
-                        .status_changed
-                        .push((spec.id.clone(), old.spec.status, spec.status))
-                }
-                Some(_) => {}
-                None => changes.joined.push(spec.clone()),
-            }
-            // An unchanged instance carries over as it was: same live state, key and address.
-            if let Some(old) = old {
-                if Arc::ptr_eq(&old.spec, spec) || old.spec == *spec {
-                    members.push(Member {
-                        spec: spec.clone(),
-                        key: old.key,
-                        socket: old.socket,
-                        live: old.live.clone(),
-                    });
-                    continue;
-                }
-            }
-            let id: Arc<str> = spec.id.as_str().into();
-            let live_key = (service.clone(), id.clone());
-            let live = match inner.live.get(&live_key).and_then(Weak::upgrade) {
-                Some(live) => live,
-                None => {
-                    let health = if inner.wait_first.contains(&**service) {
-                        crate::pool::Health::Pending
-                    } else {
-                        crate::pool::Health::Unchecked
-                    };
-                    let live = Arc::new(InstanceLive::with_health(service.clone(), id, health));
-                    inner.live.insert(live_key, Arc::downgrade(&live));
-                    live
-                }
-            };
-            let socket = match old {
-                Some(old) if old.spec.addr == spec.addr && old.socket.is_some() => old.socket,
-                _ => resolve(service, spec, resolved),
-            };
-            members.push(Member {
-                key: instance_key(&spec.id),
-                spec: spec.clone(),
-                socket,
-                live,
-            });
+            changes.note(old, spec);
+            members.push(member_for(lives, wait_first, service, spec, old, resolved));
         }
         changes
             .left
             .extend(old_members.map(|gone| gone.spec.id.clone()));
-        changes.log(&mut inner.membership_log, service, members.len());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let pool = Pool::new(service.clone(), generation, members);
+        self.publish(inner, &slot, previous, pool, &changes);
+    }
+
+    /// Applies a change to the instances `ids` (sorted) of `service`: the chunks of the
+    /// snapshot that hold them are rebuilt, every other chunk is shared with the previous
+    /// snapshot, so a change costs the same in a pool of 10 000 as in one of 100. Falls back
+    /// to [`Directory::rebuild`] for a change of many instances.
+    fn rebuild_instances(
+        &self,
+        inner: &mut Inner,
+        service: &Arc<str>,
+        ids: &[String],
+        resolved: &Resolved,
+    ) {
+        let slot = self.slot_locked(inner, service);
+        let previous = slot.load_full();
+        let old_chunks = previous.chunks();
+        if old_chunks.is_empty() || ids.len() > old_chunks.len().div_ceil(4) {
+            drop(previous);
+            return self.rebuild(inner, service, resolved);
+        }
+        let Inner {
+            instances,
+            live: lives,
+            wait_first,
+            default_schemes,
+            ..
+        } = &mut *inner;
+        let wait_first = wait_first.contains(&**service);
+        let default_scheme = default_schemes.get(&**service).copied();
+        let Some(specs) = instances.get(service) else {
+            drop(previous);
+            return self.rebuild(inner, service, resolved);
+        };
+        let now_ms = super::clock_ms();
+        let mut changes = MembershipChanges::default();
+        let mut chunks = Vec::with_capacity(old_chunks.len() + 1);
+        let mut pending = ids.iter().peekable();
+        for (c, chunk) in old_chunks.iter().enumerate() {
+            // The ids that sort before the next chunk's first member belong to this chunk.
+            let next_first = old_chunks.get(c + 1).map(|next| next.first_id());
+            let mine: Vec<&String> = std::iter::from_fn(|| {
+                pending.next_if(|id| next_first.is_none_or(|first| id.as_str() < first))
+            })
+            .collect();
+            if mine.is_empty() {
+                chunks.push(chunk.clone());
+                continue;
+            }
+            let mut members = Vec::with_capacity(chunk.members.len() + mine.len());
+            let mut old_members = chunk.members.iter().peekable();
+            for id in mine {
+                while let Some(kept) = old_members.next_if(|m| m.spec.id < *id) {
+                    members.push(kept.clone());
+                }
+                let old = old_members.next_if(|m| m.spec.id == *id);
+                match specs.get(id) {
+                    Some(spec) => {
+                        let spec = &with_default_scheme(spec, default_scheme);
+                        changes.note(old, spec);
+                        members.push(member_for(lives, wait_first, service, spec, old, resolved));
+                    }
+                    None if old.is_some() => changes.left.push(id.clone()),
+                    None => {}
+                }
+            }
+            members.extend(old_members.cloned());
+            while members.len() > 2 * CHUNK {
+                let rest = members.split_off(CHUNK);
+                chunks.push(Chunk::new(members, now_ms));
+                members = rest;
+            }
+            if !members.is_empty() {
+                chunks.push(Chunk::new(members, now_ms));
+            }
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let pool = Pool::from_chunks(service.clone(), generation, chunks);
+        self.publish(inner, &slot, previous, pool, &changes);
+    }
+
+    /// Logs the membership changes, swaps `pool` in for `previous` and updates the gauges.
+    fn publish(
+        &self,
+        inner: &mut Inner,
+        slot: &ServiceSlot,
+        previous: Arc<Pool>,
+        pool: Pool,
+        changes: &MembershipChanges,
+    ) {
+        let service = slot.name_arc().clone();
+        changes.log(&mut inner.membership_log, &service, pool.members().len());
+        let generation = pool.generation();
         let eligible = pool.eligible_len() as i64;
         let ineligible = pool.members().len() as i64 - eligible;
         slot.pool.store(Arc::new(pool));
         drop(previous);
         let m = &self.metrics;
-        m.pool_swaps_total.with_label_values(&[&**service]).inc();
+        m.pool_swaps_total.with_label_values(&[&*service]).inc();
         m.pool_instances
-            .with_label_values(&[&**service, "eligible"])
+            .with_label_values(&[&*service, "eligible"])
             .set(eligible);
         m.pool_instances
-            .with_label_values(&[&**service, "ineligible"])
+            .with_label_values(&[&*service, "ineligible"])
             .set(ineligible);
         tracing::debug!(%service, generation, eligible, ineligible, "pool swapped");
     }
@@ -527,6 +607,54 @@ const MAX_MEMBERSHIP_LINES: usize = 16;
 /// Logs instances that joined or left `service`'s pool, and status changes, at info: what an
 /// operator reads when traffic moves. One line per change, one summary line for a larger
 /// change, within `budget` lines a second.
+/// The member for `spec`: an unchanged instance carries over as it was (same live
+/// state, key and address); otherwise its live state is found or made, and its address
+/// kept or resolved.
+fn member_for(
+    lives: &mut HashMap<(Arc<str>, Arc<str>), Weak<InstanceLive>>,
+    wait_first: bool,
+    service: &Arc<str>,
+    spec: &Arc<InstanceSpec>,
+    old: Option<&Member>,
+    resolved: &Resolved,
+) -> Member {
+    if let Some(old) = old {
+        if Arc::ptr_eq(&old.spec, spec) || old.spec == *spec {
+            return Member {
+                spec: spec.clone(),
+                key: old.key,
+                socket: old.socket,
+                live: old.live.clone(),
+            };
+        }
+    }
+    let id: Arc<str> = spec.id.as_str().into();
+    let live_key = (service.clone(), id.clone());
+    let live = match lives.get(&live_key).and_then(Weak::upgrade) {
+        Some(live) => live,
+        None => {
+            let health = if wait_first {
+                crate::pool::Health::Pending
+            } else {
+                crate::pool::Health::Unchecked
+            };
+            let live = Arc::new(InstanceLive::with_health(service.clone(), id, health));
+            lives.insert(live_key, Arc::downgrade(&live));
+            live
+        }
+    };
+    let socket = match old {
+        Some(old) if old.spec.addr == spec.addr && old.socket.is_some() => old.socket,
+        _ => resolve(service, spec, resolved),
+    };
+    Member {
+        key: instance_key(&spec.id),
+        spec: spec.clone(),
+        socket,
+        live,
+    }
+}
+
 /// What one rebuild changed in a pool's membership, for the log.
 #[derive(Default)]
 struct MembershipChanges {
@@ -537,6 +665,18 @@ struct MembershipChanges {
 }
 
 impl MembershipChanges {
+    /// Notes `spec` against the member it replaces (`None`: it joins).
+    fn note(&mut self, old: Option<&Member>, spec: &Arc<InstanceSpec>) {
+        match old {
+            Some(old) if old.spec.status != spec.status => {
+                self.status_changed
+                    .push((spec.id.clone(), old.spec.status, spec.status))
+            }
+            Some(_) => {}
+            None => self.joined.push(spec.clone()),
+        }
+    }
+
     /// One line per change, or one summary line past [`MAX_MEMBERSHIP_LINES`]; within the
     /// log budget.
     fn log(&self, budget: &mut LogBudget, service: &str, instances: usize) {
@@ -672,6 +812,105 @@ mod tests {
         decode_value(id, format!("127.0.0.1:{port}").as_bytes()).unwrap()
     }
 
+    /// What a pool says of its members: id, weight, eligibility, in order.
+    fn shape(pool: &Pool) -> (Vec<(String, u32)>, Vec<String>) {
+        (
+            pool.members()
+                .map(|m| (m.spec.id.clone(), m.spec.weight))
+                .collect(),
+            pool.eligible_members().map(|m| m.spec.id.clone()).collect(),
+        )
+    }
+
+    #[test]
+    fn a_change_of_one_instance_rebuilds_its_chunk_and_shares_the_rest() {
+        let dir = Directory::new(Arc::new(Metrics::new()), &["test"]);
+        let slot = dir.slot("svc");
+        let n = 1_000;
+        let all: Vec<InstanceSpec> = (0..n).map(|i| spec(&format!("i-{i:04}"), 1)).collect();
+        dir.apply(event(
+            1,
+            Update::Reset {
+                services: [("svc".to_string(), all)].into(),
+            },
+        ));
+        let mut revision = 1;
+        let mut check = |update: Update| {
+            revision += 1;
+            let before = slot.load_full();
+            dir.apply(event(revision, update));
+            let after = slot.load_full();
+            // The same as a whole rebuild of the same instances.
+            let incremental = shape(&after);
+            dir.refresh("svc");
+            assert_eq!(incremental, shape(&slot.load_full()));
+            // Most chunks are the previous snapshot's own.
+            let shared = after
+                .chunks()
+                .iter()
+                .filter(|c| {
+                    before
+                        .chunks()
+                        .iter()
+                        .any(|b| Arc::ptr_eq(&b.members, &c.members))
+                })
+                .count();
+            assert!(
+                shared + 2 >= after.chunks().len(),
+                "{shared} of {}",
+                after.chunks().len()
+            );
+            // Live state carries over.
+            let live = |p: &Pool| {
+                p.members()
+                    .find(|m| m.spec.id == "i-0002")
+                    .map(|m| m.live.clone())
+            };
+            assert!(Arc::ptr_eq(&live(&before).unwrap(), &live(&after).unwrap()));
+        };
+        let mut heavier = spec("i-0500", 1);
+        heavier.weight = 300;
+        check(Update::Upsert {
+            service: "svc".into(),
+            instance: heavier,
+        });
+        let mut down = spec("i-0001", 1);
+        down.status = Status::Down;
+        check(Update::Upsert {
+            service: "svc".into(),
+            instance: down,
+        });
+        check(Update::Remove {
+            service: "svc".into(),
+            id: "i-0700".into(),
+        });
+        for id in ["i-0700", "a-first", "i-0640x", "z-last"] {
+            check(Update::Upsert {
+                service: "svc".into(),
+                instance: spec(id, 2),
+            });
+        }
+        // A chunk that grows past twice its size is split.
+        for i in 0..200 {
+            check(Update::Upsert {
+                service: "svc".into(),
+                instance: spec(&format!("i-0300-{i:03}"), 3),
+            });
+        }
+        let pool = slot.load_full();
+        assert!(pool.chunks().iter().all(|c| c.members.len() <= 2 * CHUNK));
+        assert_eq!(pool.members().len(), n - 1 + 4 + 200);
+        // The round-robin cycle follows: i-0500 gets three times a default instance's share.
+        let picks: Vec<usize> = (0..pool.eligible_len() * 10)
+            .filter_map(|_| pool.next_round_robin())
+            .collect();
+        let heavy = (0..pool.eligible_len())
+            .find(|&i| pool.eligible(i).spec.id == "i-0500")
+            .unwrap();
+        let share = picks.iter().filter(|&&i| i == heavy).count();
+        assert!((25..=35).contains(&share), "{share}");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn host_names_are_resolved_before_the_lock_and_off_the_runtime() {
         let dir = Arc::new(Directory::new(Arc::new(Metrics::new()), &["test"]));
@@ -699,13 +938,7 @@ mod tests {
         let _ = dir.slots();
         applying.await.unwrap();
         let pool = slot.load_full();
-        let socket = |id: &str| {
-            pool.members()
-                .iter()
-                .find(|m| m.spec.id == id)
-                .unwrap()
-                .socket
-        };
+        let socket = |id: &str| pool.members().find(|m| m.spec.id == id).unwrap().socket;
         assert_eq!(socket("literal"), Some("127.0.0.1:1".parse().unwrap()));
         assert!(socket("name").is_some_and(|a| a.ip().is_loopback() && a.port() == 2));
         assert_eq!(socket("nowhere"), None);
@@ -738,8 +971,11 @@ mod tests {
         ));
         let after = slot.load_full();
         assert_eq!(after.eligible_len(), 1);
-        assert!(Arc::ptr_eq(&after.members()[0].live, guard.live()));
-        assert_eq!(after.members()[0].live.in_flight(), 1);
+        assert!(Arc::ptr_eq(
+            &after.members().next().unwrap().live,
+            guard.live()
+        ));
+        assert_eq!(after.members().next().unwrap().live.in_flight(), 1);
 
         // An event at or below the last reset's revision changes nothing.
         dir.apply(event(

@@ -20,7 +20,7 @@ pub fn instance_key(id: &str) -> u64 {
 }
 
 /// One instance in a snapshot.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Member {
     pub spec: Arc<InstanceSpec>,
     /// [`instance_key`] of the id.
@@ -46,12 +46,59 @@ impl Member {
     }
 }
 
+/// Members per chunk when a snapshot is built whole; a chunk that grows past twice this is
+/// split. A change copies the chunks it touches and shares the rest with the previous snapshot.
+pub(crate) const CHUNK: usize = 64;
+
+/// What a chunk contributes to its pool's eligible list, computed once when the chunk is built:
+/// the eligible members' offsets in the chunk and their weights.
+type ChunkEligible = Arc<[(u8, u32)]>;
+
+/// A run of consecutive members (in id order) shared between snapshots, with what it
+/// contributes to the eligible list (as of the chunk's build: eligibility changes through a
+/// whole rebuild, [`super::Directory::refresh`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Chunk {
+    pub(crate) members: Arc<[Member]>,
+    eligible: ChunkEligible,
+    all_plain_http: bool,
+}
+
+impl Chunk {
+    /// A chunk of `members` (at most 255), their eligibility judged at `now_ms`.
+    pub(crate) fn new(members: Vec<Member>, now_ms: u64) -> Self {
+        debug_assert!(members.len() <= usize::from(u8::MAX));
+        let eligible = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.is_eligible_at(now_ms))
+            .map(|(i, m)| (i as u8, m.spec.weight))
+            .collect();
+        let all_plain_http = members
+            .iter()
+            .all(|m| m.spec.scheme == crate::registry::Scheme::Http);
+        Self {
+            members: members.into(),
+            eligible,
+            all_plain_http,
+        }
+    }
+
+    /// The id of the chunk's first member (chunks are never empty).
+    pub(crate) fn first_id(&self) -> &str {
+        self.members.first().map_or("", |m| m.spec.id.as_str())
+    }
+}
+
 /// One service's pool at one moment. Immutable but for the round-robin cursor.
 #[derive(Debug)]
 pub struct Pool {
     service: Arc<str>,
     generation: u64,
-    members: Box<[Member]>,
+    /// The members in id order, in shared chunks.
+    chunks: Box<[Chunk]>,
+    member_count: usize,
+    /// The eligible members, as `chunk << 8 | offset`.
     eligible: Box<[u32]>,
     cycle: WeightedCycle,
     cursor: AtomicU64,
@@ -68,31 +115,44 @@ impl Pool {
     /// Builds a snapshot; members keep their order (sorted by id by the directory).
     pub fn new(service: Arc<str>, generation: u64, members: Vec<Member>) -> Self {
         let now_ms = super::live::clock_ms();
-        let eligible: Box<[u32]> = members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.is_eligible_at(now_ms))
-            .map(|(i, _)| i as u32)
-            .collect();
-        let weights: Vec<u32> = eligible
-            .iter()
-            .map(|&i| members[i as usize].spec.weight)
-            .collect();
+        let mut chunks = Vec::with_capacity(members.len().div_ceil(CHUNK));
+        let mut members = members.into_iter().peekable();
+        while members.peek().is_some() {
+            chunks.push(Chunk::new(members.by_ref().take(CHUNK).collect(), now_ms));
+        }
+        Self::from_chunks(service, generation, chunks)
+    }
+
+    /// A snapshot of `chunks` (none empty, in id order): the eligible list and the round-robin
+    /// cycle are put together from what each chunk contributes, without visiting members.
+    pub(crate) fn from_chunks(service: Arc<str>, generation: u64, chunks: Vec<Chunk>) -> Self {
+        let eligible_count = chunks.iter().map(|c| c.eligible.len()).sum();
+        let mut eligible = Vec::with_capacity(eligible_count);
+        let mut weights = Vec::with_capacity(eligible_count);
+        for (c, chunk) in chunks.iter().enumerate() {
+            for &(offset, weight) in chunk.eligible.iter() {
+                eligible.push((c as u32) << 8 | u32::from(offset));
+                weights.push(weight);
+            }
+        }
         let cycle = WeightedCycle::new(&weights);
         // A random start keeps pools (and gateways) from walking in step.
         let start = fastrand::u64(..);
-        let all_plain_http = members
-            .iter()
-            .all(|m| m.spec.scheme == crate::registry::Scheme::Http);
         Self {
-            all_plain_http,
+            all_plain_http: chunks.iter().all(|c| c.all_plain_http),
+            member_count: chunks.iter().map(|c| c.members.len()).sum(),
             service,
             generation,
-            members: members.into_boxed_slice(),
-            eligible,
+            chunks: chunks.into_boxed_slice(),
+            eligible: eligible.into_boxed_slice(),
             cycle,
             cursor: AtomicU64::new(start),
         }
+    }
+
+    /// The shared chunks, for a change that copies only those it touches.
+    pub(crate) fn chunks(&self) -> &[Chunk] {
+        &self.chunks
     }
 
     /// Whether every member is a plain `http` instance.
@@ -113,9 +173,12 @@ impl Pool {
         self.generation
     }
 
-    /// Every instance the registry lists, eligible or not.
-    pub fn members(&self) -> &[Member] {
-        &self.members
+    /// Every instance the registry lists, eligible or not, in id order.
+    pub fn members(&self) -> impl ExactSizeIterator<Item = &Member> + Clone + '_ {
+        ExactLen {
+            inner: self.chunks.iter().flat_map(|c| c.members.iter()),
+            left: self.member_count,
+        }
     }
 
     /// Number of eligible instances.
@@ -125,12 +188,16 @@ impl Pool {
 
     /// The `i`-th eligible instance.
     pub fn eligible(&self, i: usize) -> &Member {
-        &self.members[self.eligible[i] as usize]
+        self.at(self.eligible[i])
+    }
+
+    fn at(&self, packed: u32) -> &Member {
+        &self.chunks[(packed >> 8) as usize].members[(packed & 0xff) as usize]
     }
 
     /// Iterates over the eligible instances in order.
     pub fn eligible_members(&self) -> impl ExactSizeIterator<Item = &Member> + '_ {
-        self.eligible.iter().map(|&i| &self.members[i as usize])
+        self.eligible.iter().map(|&packed| self.at(packed))
     }
 
     /// Next index in smooth weighted round-robin order (an index of `eligible`): one atomic
@@ -152,6 +219,27 @@ impl Pool {
         self.cycle.at(step & !1)
     }
 }
+
+/// An iterator of known length (a flattening of chunks is not `ExactSizeIterator` by itself).
+#[derive(Clone)]
+struct ExactLen<I> {
+    inner: I,
+    left: usize,
+}
+
+impl<I: Iterator> Iterator for ExactLen<I> {
+    type Item = I::Item;
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next()?;
+        self.left -= 1;
+        Some(item)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for ExactLen<I> {}
 
 #[cfg(test)]
 mod tests {

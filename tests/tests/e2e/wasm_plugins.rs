@@ -187,7 +187,6 @@ impl ServiceSlotHelper {
         let slot: Arc<ServiceSlot> = directory.slot("sample");
         let instances = pool
             .members()
-            .iter()
             .filter(|m| m.spec.id != id)
             .map(|m| (*m.spec).clone())
             .collect();
@@ -204,7 +203,6 @@ impl ServiceSlotHelper {
                 arc.service_arc().clone(),
                 arc.generation(),
                 arc.members()
-                    .iter()
                     .map(|m| sluice::pool::Member {
                         spec: m.spec.clone(),
                         key: m.key,
