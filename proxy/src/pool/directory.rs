@@ -419,25 +419,16 @@ impl Directory {
         // hashing of 10 000 ids per change.
         let mut old_members = previous.members().peekable();
         let mut changes = MembershipChanges::default();
-        let Inner {
-            instances,
-            live: lives,
-            wait_first,
-            default_schemes,
-            ..
-        } = &mut *inner;
-        let wait_first = wait_first.contains(&**service);
-        let default_scheme = default_schemes.get(&**service).copied();
-        let specs = instances.get(service);
+        let (specs, mut make) = MemberMaker::split(inner, service, resolved);
         let mut members = Vec::with_capacity(specs.map_or(0, BTreeMap::len));
         for spec in specs.into_iter().flat_map(BTreeMap::values) {
-            let spec = &with_default_scheme(spec, default_scheme);
+            let spec = &make.defaulted(spec);
             while let Some(gone) = old_members.next_if(|m| m.spec.id < spec.id) {
                 changes.left.push(gone.spec.id.clone());
             }
             let old = old_members.next_if(|m| m.spec.id == spec.id);
             changes.note(old, spec);
-            members.push(member_for(lives, wait_first, service, spec, old, resolved));
+            members.push(make.member(spec, old));
         }
         changes
             .left
@@ -465,16 +456,8 @@ impl Directory {
             drop(previous);
             return self.rebuild(inner, service, resolved);
         }
-        let Inner {
-            instances,
-            live: lives,
-            wait_first,
-            default_schemes,
-            ..
-        } = &mut *inner;
-        let wait_first = wait_first.contains(&**service);
-        let default_scheme = default_schemes.get(&**service).copied();
-        let Some(specs) = instances.get(service) else {
+        let (specs, mut make) = MemberMaker::split(inner, service, resolved);
+        let Some(specs) = specs else {
             drop(previous);
             return self.rebuild(inner, service, resolved);
         };
@@ -502,9 +485,9 @@ impl Directory {
                 let old = old_members.next_if(|m| m.spec.id == *id);
                 match specs.get(id) {
                     Some(spec) => {
-                        let spec = &with_default_scheme(spec, default_scheme);
+                        let spec = &make.defaulted(spec);
                         changes.note(old, spec);
-                        members.push(member_for(lives, wait_first, service, spec, old, resolved));
+                        members.push(make.member(spec, old));
                     }
                     None if old.is_some() => changes.left.push(id.clone()),
                     None => {}
@@ -607,51 +590,85 @@ const MAX_MEMBERSHIP_LINES: usize = 16;
 /// Logs instances that joined or left `service`'s pool, and status changes, at info: what an
 /// operator reads when traffic moves. One line per change, one summary line for a larger
 /// change, within `budget` lines a second.
-/// The member for `spec`: an unchanged instance carries over as it was (same live
-/// state, key and address); otherwise its live state is found or made, and its address
-/// kept or resolved.
-fn member_for(
-    lives: &mut HashMap<(Arc<str>, Arc<str>), Weak<InstanceLive>>,
+/// What making the members of one service needs from the directory, borrowed apart from the
+/// service's instances so that both can be used in one pass.
+struct MemberMaker<'a> {
+    lives: &'a mut HashMap<(Arc<str>, Arc<str>), Weak<InstanceLive>>,
     wait_first: bool,
-    service: &Arc<str>,
-    spec: &Arc<InstanceSpec>,
-    old: Option<&Member>,
-    resolved: &Resolved,
-) -> Member {
-    if let Some(old) = old {
-        if Arc::ptr_eq(&old.spec, spec) || old.spec == *spec {
-            return Member {
-                spec: spec.clone(),
-                key: old.key,
-                socket: old.socket,
-                live: old.live.clone(),
-            };
-        }
+    default_scheme: Option<Scheme>,
+    service: &'a Arc<str>,
+    resolved: &'a Resolved,
+}
+
+impl<'a> MemberMaker<'a> {
+    /// The instances of `service` (if listed) and the maker of its members.
+    fn split(
+        inner: &'a mut Inner,
+        service: &'a Arc<str>,
+        resolved: &'a Resolved,
+    ) -> (Option<&'a BTreeMap<String, Arc<InstanceSpec>>>, Self) {
+        let Inner {
+            instances,
+            live,
+            wait_first,
+            default_schemes,
+            ..
+        } = inner;
+        let maker = Self {
+            lives: live,
+            wait_first: wait_first.contains(&**service),
+            default_scheme: default_schemes.get(&**service).copied(),
+            service,
+            resolved,
+        };
+        (instances.get(service), maker)
     }
-    let id: Arc<str> = spec.id.as_str().into();
-    let live_key = (service.clone(), id.clone());
-    let live = match lives.get(&live_key).and_then(Weak::upgrade) {
-        Some(live) => live,
-        None => {
-            let health = if wait_first {
-                crate::pool::Health::Pending
-            } else {
-                crate::pool::Health::Unchecked
-            };
-            let live = Arc::new(InstanceLive::with_health(service.clone(), id, health));
-            lives.insert(live_key, Arc::downgrade(&live));
-            live
+
+    /// `spec` with the service's default scheme, when its registry value named none.
+    fn defaulted(&self, spec: &Arc<InstanceSpec>) -> Arc<InstanceSpec> {
+        with_default_scheme(spec, self.default_scheme)
+    }
+
+    /// The member for `spec`: an unchanged instance carries over as it was (same live
+    /// state, key and address); otherwise its live state is found or made, and its address
+    /// kept or resolved.
+    fn member(&mut self, spec: &Arc<InstanceSpec>, old: Option<&Member>) -> Member {
+        let service = self.service;
+        if let Some(old) = old {
+            if Arc::ptr_eq(&old.spec, spec) || old.spec == *spec {
+                return Member {
+                    spec: spec.clone(),
+                    key: old.key,
+                    socket: old.socket,
+                    live: old.live.clone(),
+                };
+            }
         }
-    };
-    let socket = match old {
-        Some(old) if old.spec.addr == spec.addr && old.socket.is_some() => old.socket,
-        _ => resolve(service, spec, resolved),
-    };
-    Member {
-        key: instance_key(&spec.id),
-        spec: spec.clone(),
-        socket,
-        live,
+        let id: Arc<str> = spec.id.as_str().into();
+        let live_key = (service.clone(), id.clone());
+        let live = match self.lives.get(&live_key).and_then(Weak::upgrade) {
+            Some(live) => live,
+            None => {
+                let health = if self.wait_first {
+                    crate::pool::Health::Pending
+                } else {
+                    crate::pool::Health::Unchecked
+                };
+                let live = Arc::new(InstanceLive::with_health(service.clone(), id, health));
+                self.lives.insert(live_key, Arc::downgrade(&live));
+                live
+            }
+        };
+        let socket = match old {
+            Some(old) if old.spec.addr == spec.addr && old.socket.is_some() => old.socket,
+            _ => resolve(service, spec, self.resolved),
+        };
+        Member {
+            key: instance_key(&spec.id),
+            spec: spec.clone(),
+            socket,
+            live,
+        }
     }
 }
 
