@@ -7,7 +7,6 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -19,7 +18,7 @@ use crate::admin::AdminApp;
 use crate::config::{Config, RegistrySettings};
 use crate::gateway::{FastPath, Gateway, Router, RouterError};
 use crate::listener::{
-    CertError, CertIndex, ConnectionCap, HeaderDeadline, ProxyShard, SniResolver,
+    CertError, CertIndex, ConnectionCap, Endpoint, HeaderDeadline, ProxyShard, SniResolver,
 };
 use crate::metrics::Metrics;
 use crate::pool::Directory;
@@ -246,27 +245,26 @@ impl Parts {
         Ok(())
     }
 
-    /// The cleartext and TLS listeners of `[proxy]` on one proxy service.
-    fn add_listeners<A>(&self, proxy: &mut Service<A>) {
+    /// The cleartext and TLS listening addresses of `[proxy]`, shared by every shard (one TLS
+    /// acceptor per address, so one session cache whichever shard accepts).
+    fn endpoints(&self) -> Arc<[Endpoint]> {
         let cfg = &self.config;
-        for addr in &cfg.proxy.listen {
-            proxy.add_listener(
-                ListenerConfig::tcp(addr.to_string()).l4_buffer(DOWNSTREAM_L4_BUFFERS),
-            );
-        }
+        let mut endpoints: Vec<Endpoint> = cfg
+            .proxy
+            .listen
+            .iter()
+            .map(|addr| Endpoint::plain(addr.to_string()))
+            .collect();
         if let (Some(tls), Some(resolver)) = (&cfg.proxy.tls, &self.tls) {
             for addr in &tls.listen {
                 let mut settings = tls_settings(resolver.clone());
                 if tls.h2 {
                     settings.enable_h2();
                 }
-                proxy.add_listener(
-                    ListenerConfig::tcp(addr.to_string())
-                        .tls(settings)
-                        .l4_buffer(DOWNSTREAM_L4_BUFFERS),
-                );
+                endpoints.push(Endpoint::tls(addr.to_string(), Arc::new(settings.build())));
             }
         }
+        endpoints.into()
     }
 
     /// The pingora server with the proxy, admin and registry services added. With `upgrade`,
@@ -337,6 +335,7 @@ impl Parts {
         let mut proxies: Vec<Box<dyn ServiceTrait>> = Vec::with_capacity(shards);
         // Room for the request line beside the header fields.
         let max_head_bytes = cfg.proxy.max_header_bytes + 16 * 1024;
+        let endpoints = self.endpoints();
         for index in 0..shards {
             let mut http = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
             http.server_options = Some(options.clone());
@@ -358,18 +357,18 @@ impl Parts {
                     max_head_bytes,
                 ));
             }
-            let name = if shards == 1 {
-                "sluice proxy".to_string()
+            let (name, threads) = if shards == 1 {
+                ("sluice proxy".to_string(), cfg.proxy.threads)
             } else {
-                format!("sluice proxy {index}")
+                (format!("sluice proxy {index}"), 1)
             };
-            let mut proxy = Service::new(name, app);
-            self.add_listeners(&mut proxy);
-            if shards == 1 {
-                proxies.push(Box::new(proxy));
-            } else {
-                proxies.push(Box::new(ProxyShard::new(index, proxy)));
-            }
+            proxies.push(Box::new(ProxyShard::new(
+                index,
+                name,
+                threads,
+                app,
+                endpoints.clone(),
+            )));
         }
 
         let reloader = Arc::new(
@@ -545,14 +544,6 @@ impl BackgroundService for RegistryWatch {
         runner.abort();
     }
 }
-
-/// Client connections read straight into the HTTP session's own buffer: pingora's default
-/// 64 KiB read buffer per connection costs ~40 KiB of resident memory per idle keep-alive
-/// client and a copy of every byte (docs/benchmarks.md).
-const DOWNSTREAM_L4_BUFFERS: L4BufferSettings = L4BufferSettings {
-    read: Some(0),
-    write: None,
-};
 
 /// Listener TLS settings that take every certificate from `resolver` (chosen by SNI).
 fn tls_settings(resolver: Arc<SniResolver>) -> TlsSettings {

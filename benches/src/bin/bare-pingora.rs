@@ -16,7 +16,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
-use sluice::listener::ProxyShard;
+use sluice::listener::{Endpoint, ProxyShard};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -86,10 +86,23 @@ fn main() {
         server.add_service(proxy);
     } else {
         // Sluice's layout: one single-threaded shard per thread on the same sockets.
+        let endpoints: std::sync::Arc<[Endpoint]> = vec![Endpoint::plain(listen.clone())].into();
         for index in 0..threads {
-            let mut proxy = app(upstreams.clone());
-            proxy.add_tcp(&listen);
-            server.add_service(ProxyShard::new(index, proxy));
+            let proxy = pingora::proxy::http_proxy(
+                &configuration,
+                Bare {
+                    upstreams: upstreams.clone(),
+                    next: AtomicUsize::new(0),
+                    timeouts,
+                },
+            );
+            server.add_service(ProxyShard::new(
+                index,
+                format!("bare pingora {index}"),
+                1,
+                proxy,
+                endpoints.clone(),
+            ));
         }
     }
     server.run_forever();

@@ -16,6 +16,7 @@ mod retry;
 mod route_metrics;
 mod router;
 
+pub(crate) use fast::read_client;
 pub use fast::{answer as local_answer, FastPath, Served};
 pub use peer::{CaError, UpstreamTls};
 pub use proxy::{Gateway, HeaderLimits};

@@ -10,10 +10,10 @@ use pingora::apps::ServerApp;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::rewind::{OpenConnection, Rewind};
-use crate::gateway::{local_answer, FastPath, InFlightHold, Served};
+use crate::gateway::{local_answer, read_client, FastPath, InFlightHold, Served};
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
 /// seen (HTTP/2 has its own framing and flow control).
@@ -85,13 +85,11 @@ fn header_complete(buf: &[u8], new_from: usize) -> bool {
 }
 
 async fn read_start(stream: &mut Stream, max_bytes: usize) -> Start {
-    let mut buf = Vec::with_capacity(1024);
+    // No buffer until the client's first bytes are there (read_client lends one then).
+    let mut buf = Vec::new();
     loop {
         let before = buf.len();
-        if buf.capacity() == buf.len() {
-            buf.reserve(buf.len().max(1024));
-        }
-        match stream.read_buf(&mut buf).await {
+        match read_client(stream, &mut buf).await {
             Ok(0) | Err(_) if before == 0 => return Start::Closed,
             // A client that closes mid-header gets what pingora makes of the part it sent.
             Ok(0) | Err(_) => return Start::Ready(buf),

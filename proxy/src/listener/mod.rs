@@ -10,5 +10,5 @@ mod tls;
 
 pub use connection_cap::ConnectionCap;
 pub use header_deadline::HeaderDeadline;
-pub use shard::ProxyShard;
+pub use shard::{Endpoint, ProxyShard};
 pub use tls::{CertError, CertIndex, LoadedCertificate, SniResolver};

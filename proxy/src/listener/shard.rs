@@ -1,41 +1,99 @@
-//! Share-nothing proxy shards: one single-threaded pingora service per proxy thread, every one
-//! accepting on the same listening sockets.
+//! Share-nothing proxy shards: one single-threaded service per proxy thread, every one
+//! accepting on the same listening sockets, with accept loops of its own.
 //!
-//! Why: a pingora listening service with N threads runs its accept loop on one runtime, which
-//! registers every accepted socket with *its* reactor, then spawns the connection on a random
-//! runtime; and the upstream keep-alive pool hands connections between runtimes. Every read
-//! and write readiness then crosses threads (an eventfd write and a wake-up per request, with
-//! one thread doing all the epoll work). A shard owns its accept loop, its connections and its
-//! upstream pool, like an nginx worker, and nothing crosses threads on the request path.
+//! Why shards: a pingora listening service with N threads runs its accept loop on one runtime,
+//! which registers every accepted socket with *its* reactor, then spawns the connection on a
+//! random runtime; and the upstream keep-alive pool hands connections between runtimes. Every
+//! read and write readiness then crosses threads (an eventfd write and a wake-up per request,
+//! with one thread doing all the epoll work). A shard owns its accept loop, its connections and
+//! its upstream pool, like an nginx worker, and nothing crosses threads on the request path.
 //!
-//! Shard 0 binds the sockets through pingora as usual (or inherits them in a graceful upgrade,
-//! and hands them on at the next); the others accept on duplicates of the same sockets, so there
-//! is one accept queue per address and nothing else can bind the port.
+//! Why its own accept loops: pingora's listening service spawns each connection as one task
+//! whose future holds the TLS handshake's state inline (~9 KiB, kept for the connection's
+//! whole life, TLS or not). Here a connection's task holds only the loop over its requests;
+//! the handshake is boxed and freed once done. Client streams are unbuffered (reads go
+//! straight into the request's own buffer; a response is written whole).
+//!
+//! Shard 0 binds the sockets and lists them in the server's socket table (or finds them there,
+//! inherited in a graceful upgrade, and they are handed on at the next); the others accept on
+//! duplicates of the same sockets, so there is one accept queue per address and nothing else
+//! can bind the port.
 
-use std::os::fd::{BorrowedFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::listener::Listener;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
 use pingora::server::{Fds, ListenFds, ShutdownWatch};
-use pingora::services::listening::Service;
 use pingora::services::Service as ServiceTrait;
+use tokio::net::{TcpListener, TcpSocket};
 
 /// How often a shard looks for the sockets shard 0 binds.
 const BIND_POLL: Duration = Duration::from_millis(5);
+/// The listen backlog (pingora's).
+const BACKLOG: u32 = 65_535;
+/// Longest a TLS handshake may take (pingora's).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an accept loop rests when the process is out of descriptors (EMFILE): accept
+/// would fail again at once and spin.
+const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_secs(1);
 
-/// One shard: a listening service that runs on one thread.
+/// A listening address of the proxy, cleartext or TLS.
+pub struct Endpoint {
+    addr: String,
+    tls: Option<Arc<Acceptor>>,
+}
+
+impl Endpoint {
+    pub fn plain(addr: String) -> Self {
+        Self { addr, tls: None }
+    }
+
+    /// A TLS address; `acceptor` may be shared by every shard (one session cache).
+    pub fn tls(addr: String, acceptor: Arc<Acceptor>) -> Self {
+        Self {
+            addr,
+            tls: Some(acceptor),
+        }
+    }
+}
+
+/// One shard: the proxy's accept loops and connections on `threads` threads (1 for a
+/// shard; more for the single work-stealing service).
 pub struct ProxyShard<A> {
     index: usize,
-    service: Service<A>,
+    name: String,
+    threads: usize,
+    app: Arc<A>,
+    endpoints: Arc<[Endpoint]>,
 }
 
 impl<A> ProxyShard<A> {
-    /// Shard `index` of the proxy; `service` has its listeners added already.
-    pub fn new(index: usize, service: Service<A>) -> Self {
-        Self { index, service }
+    /// Shard `index` of the proxy, serving `endpoints` with `app`.
+    pub fn new(
+        index: usize,
+        name: String,
+        threads: usize,
+        app: A,
+        endpoints: Arc<[Endpoint]>,
+    ) -> Self {
+        Self {
+            index,
+            name,
+            threads,
+            app: Arc::new(app),
+            endpoints,
+        }
+    }
+
+    fn addresses(&self) -> Vec<String> {
+        self.endpoints.iter().map(|e| e.addr.clone()).collect()
     }
 }
 
@@ -47,31 +105,157 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for ProxyShard<A> {
         mut shutdown: ShutdownWatch,
         listeners_per_fd: usize,
     ) {
-        let fds = match fds {
+        let addresses = self.addresses();
+        let table = match fds {
             Some(shared) if self.index > 0 => {
-                let addresses = self.service.listen_addresses().unwrap_or_default();
                 tokio::select! {
-                    own = duplicates(&shared, &addresses) => Some(own),
+                    own = duplicates(&shared, &addresses) => own,
                     _ = shutdown.changed() => return,
                 }
             }
-            fds => fds,
+            Some(shared) => shared,
+            None => Arc::new(Mutex::new(Fds::new())),
         };
-        self.service
-            .start_service(fds, shutdown, listeners_per_fd)
-            .await;
+        let mut loops = Vec::new();
+        for endpoint in self.endpoints.iter() {
+            let listener = match listen(&table, &endpoint.addr) {
+                Ok(listener) => Arc::new(listener),
+                Err(e) => {
+                    tracing::error!(address = %endpoint.addr, "cannot listen: {e}");
+                    continue;
+                }
+            };
+            for _ in 0..listeners_per_fd.max(1) {
+                loops.push(tokio::spawn(accept_loop(
+                    self.app.clone(),
+                    listener.clone(),
+                    endpoint.tls.clone(),
+                    shutdown.clone(),
+                )));
+            }
+        }
+        for accepting in loops {
+            // An accept loop ends at shutdown; a panicked one has nothing to hand back.
+            let _ = accepting.await;
+        }
+        self.app.cleanup().await;
     }
 
     fn name(&self) -> &str {
-        self.service.name()
+        &self.name
     }
 
     fn threads(&self) -> Option<usize> {
-        Some(1)
+        Some(self.threads)
     }
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
-        self.service.listen_addresses()
+        Some(self.addresses())
+    }
+}
+
+/// The listening socket for `addr`: the one `table` lists (inherited in a graceful upgrade, or
+/// a shard's duplicate), else a new one, listed in `table` so the next upgrade hands it on.
+fn listen(table: &ListenFds, addr: &str) -> std::io::Result<Listener> {
+    let mut table = table.lock();
+    let socket = match table.get(addr) {
+        Some(&fd) => {
+            // SAFETY: the table's descriptors are listening sockets handed to this service to
+            // own (inherited from the previous process, or this shard's duplicate); each is
+            // taken once, by the one service that listens on its address.
+            let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+            // Listening again on a listening socket only updates its backlog (Linux).
+            TcpSocket::from_std_stream(std)
+        }
+        None => {
+            let address: std::net::SocketAddr = addr.parse().map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}"))
+            })?;
+            let socket = if address.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(address)?;
+            table.add(addr.to_string(), socket.as_raw_fd());
+            socket
+        }
+    };
+    let listener: TcpListener = socket.listen(BACKLOG)?;
+    Ok(listener.into())
+}
+
+/// Accepts connections until the gateway stops, one task each.
+async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    app: Arc<A>,
+    listener: Arc<Listener>,
+    tls: Option<Arc<Acceptor>>,
+    mut shutdown: ShutdownWatch,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            changed = shutdown.changed() => match changed {
+                Ok(()) if !*shutdown.borrow() => continue,
+                _ => return,
+            },
+        };
+        match accepted {
+            Ok(mut stream) => {
+                // Responses are written whole: no reason to wait for more.
+                if let Err(e) = stream.set_nodelay() {
+                    tracing::debug!("cannot set TCP_NODELAY on a client connection: {e}");
+                }
+                tokio::spawn(connection(
+                    app.clone(),
+                    Box::new(stream),
+                    tls.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::error!("accept failed: {e}");
+                if e.raw_os_error() == Some(libc::EMFILE) {
+                    tokio::time::sleep(OUT_OF_DESCRIPTORS_PAUSE).await;
+                }
+            }
+        }
+    }
+}
+
+/// One client connection: the TLS handshake (boxed: its state is freed once done, not kept
+/// for the connection's life), then the app, for as long as it hands the stream back.
+async fn connection<A: ServerApp + Send + Sync + 'static>(
+    app: Arc<A>,
+    // Boxed by the caller: the task holds a pointer, not the stream, for its whole life.
+    l4: Box<L4Stream>,
+    tls: Option<Arc<Acceptor>>,
+    shutdown: ShutdownWatch,
+) {
+    let stream: Stream = match tls {
+        None => l4,
+        Some(acceptor) => {
+            let handshake = Box::pin(tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                acceptor.tls_handshake(*l4),
+            ));
+            match handshake.await {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let mut next = app.process_new(stream, &shutdown).await;
+    while let Some(stream) = next {
+        next = app.process_new(stream, &shutdown).await;
     }
 }
 

@@ -29,7 +29,8 @@ use sluice_http1::fields::put_field;
 use sluice_http1::response::{parse_response, parse_response_edited};
 use sluice_http1::{ChunkedTracker, Framing, HeadEdit, ParsedResponse, RequestError, ResponseHead};
 
-use self::buffers::READ_ROOM;
+pub(crate) use self::buffers::read_client;
+use self::buffers::{RequestBuffers, READ_ROOM};
 use self::handoff::{Handoff, HandoffCounters};
 use self::head::{ParsedRequest, RequestHead};
 use self::upstream::{ConnectError, Upstream};
@@ -177,88 +178,48 @@ impl FastPath {
             stream,
             deadline: LazyDeadline::default(),
         };
-        let mut bufs = Buffers::default();
+        let mut lent = None;
         let mut idle = Idle::new(shutdown);
         loop {
-            let step = {
-                let mut fields = head::field_slots();
-                match head::parse(buf, &mut fields, self.engine.limits) {
-                    ParsedRequest::Handoff(reason) => {
-                        return self.hand_off(Handoff::Request(reason))
-                    }
-                    ParsedRequest::Invalid(error) => Step::Refuse(error),
-                    ParsedRequest::Partial if buf.len() > self.max_head_bytes => {
-                        return self.hand_off(Handoff::HeadTooLarge)
-                    }
-                    ParsedRequest::Partial => Step::ReadHead,
-                    ParsedRequest::Plain(req) => {
-                        let route = match self.route_for(&req) {
-                            Ok(route) => route,
-                            Err(reason) => return self.hand_off(reason),
-                        };
-                        // Bounded by MAX_BUFFERED_BODY: fits a usize.
-                        let end = req.head_len + req.body_len as usize;
-                        if buf.len() < end {
-                            let timeout = route.as_ref().map_or(BODY_TIMEOUT, |r| r.spec.timeout);
-                            Step::ReadBody(end, timeout)
-                        } else {
-                            let body = &buf[req.head_len..end];
-                            let (outcome, ended) = self
-                                .serve_request(&req, body, route, &mut client, &mut bufs, shutdown)
-                                .await;
-                            idle.last_active = ended;
-                            match outcome {
-                                Outcome::Handoff(reason) => return self.hand_off(reason),
-                                Outcome::KeepAlive => Step::Next(end),
-                                Outcome::Close => Step::Close,
-                            }
-                        }
-                    }
-                }
-            };
+            let step =
+                Box::pin(self.step(buf, &mut client, &mut lent, shutdown, &mut idle.last_active))
+                    .await;
             match step {
+                Step::Handoff(reason) => return self.hand_off(reason),
                 Step::Next(end) => {
                     buf.drain(..end);
-                    // What the client sent while its request was served comes next.
-                    buf.append(&mut bufs.early);
-                    if buf.is_empty() && buf.capacity() > KEPT_BETWEEN_REQUESTS {
-                        // A large request body grew it: an idle connection keeps little.
-                        *buf = Vec::new();
+                    if let Some(mut set) = lent.take() {
+                        // What the client sent while its request was served comes next.
+                        buf.append(&mut set.early);
+                        set.give_back();
                     }
-                    if buf.is_empty() && !idle.wait_request(client.stream, buf, shutdown).await {
+                    if buf.is_empty() && !idle.wait_request(&mut client, buf).await {
                         return Served::Closed;
                     }
                 }
                 Step::ReadHead => {
-                    let read = tokio::time::timeout(KEEPALIVE, read_more(client.stream, buf));
-                    if !matches!(read.await, Ok(Ok(n)) if n > 0) {
+                    let due = tokio::time::Instant::now() + KEEPALIVE;
+                    if client.read_by(buf, due).await.is_err() {
                         return Served::Closed;
                     }
                 }
                 Step::ReadBody(end, timeout) => {
-                    let read = tokio::time::timeout(timeout, async {
-                        while buf.len() < end {
-                            if read_more(client.stream, buf).await? == 0 {
-                                return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    let due = tokio::time::Instant::now() + timeout;
+                    while buf.len() < end {
+                        match client.read_by(buf, due).await {
+                            Ok(_) => {}
+                            Err(ClientRead::Closed) => return Served::Closed,
+                            Err(ClientRead::TimedOut) => {
+                                // Rare: boxed, so the connection's state stays small.
+                                Box::pin(body_timed_out(client.stream, timeout)).await;
+                                return Served::Closed;
                             }
-                        }
-                        Ok::<_, std::io::Error>(())
-                    });
-                    match read.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return Served::Closed,
-                        Err(_) => {
-                            let body = format!(
-                                "sluice: request body not received within {}\n",
-                                humantime::format_duration(timeout)
-                            );
-                            answer(client.stream, 408, &body).await;
-                            return Served::Closed;
                         }
                     }
                 }
                 Step::Refuse(error) => {
-                    self.refuse(&mut client, error).await;
+                    // Rare: boxed, so the connection's state stays small.
+                    Box::pin(self.refuse(&mut client, error)).await;
                     return Served::Closed;
                 }
                 Step::Close => {
@@ -267,6 +228,51 @@ impl FastPath {
                     return Served::Closed;
                 }
             }
+        }
+    }
+
+    /// What to do with what `buf` holds: read more, refuse it, hand it over, or serve the
+    /// request it starts (then `last_active` is when it ended). The caller boxes it, so the
+    /// state of a request in flight (its field slots, the engine's and the relay's futures)
+    /// is allocated while the request lasts, not for the connection's life: an idle
+    /// connection's task stays small.
+    async fn step(
+        &self,
+        buf: &[u8],
+        client: &mut Client<'_>,
+        lent: &mut Option<Box<RequestBuffers>>,
+        shutdown: &ShutdownWatch,
+        last_active: &mut Instant,
+    ) -> Step {
+        let mut fields = head::field_slots();
+        let req = match head::parse(buf, &mut fields, self.engine.limits) {
+            ParsedRequest::Handoff(reason) => return Step::Handoff(Handoff::Request(reason)),
+            ParsedRequest::Invalid(error) => return Step::Refuse(error),
+            ParsedRequest::Partial if buf.len() > self.max_head_bytes => {
+                return Step::Handoff(Handoff::HeadTooLarge)
+            }
+            ParsedRequest::Partial => return Step::ReadHead,
+            ParsedRequest::Plain(req) => req,
+        };
+        let route = match self.route_for(&req) {
+            Ok(route) => route,
+            Err(reason) => return Step::Handoff(reason),
+        };
+        // Bounded by MAX_BUFFERED_BODY: fits a usize.
+        let end = req.head_len + req.body_len as usize;
+        if buf.len() < end {
+            let timeout = route.as_ref().map_or(BODY_TIMEOUT, |r| r.spec.timeout);
+            return Step::ReadBody(end, timeout);
+        }
+        let body = &buf[req.head_len..end];
+        let (outcome, ended) = self
+            .serve_request(&req, body, route, client, lent, shutdown)
+            .await;
+        *last_active = ended;
+        match outcome {
+            Outcome::Handoff(reason) => Step::Handoff(reason),
+            Outcome::KeepAlive => Step::Next(end),
+            Outcome::Close => Step::Close,
         }
     }
 
@@ -320,7 +326,7 @@ impl FastPath {
         body: &[u8],
         route: Option<Arc<Route>>,
         client: &mut Client<'_>,
-        bufs: &mut Buffers,
+        lent: &mut Option<Box<RequestBuffers>>,
         shutdown: &ShutdownWatch,
     ) -> (Outcome, Instant) {
         let mut record = RequestRecord::new();
@@ -342,13 +348,10 @@ impl FastPath {
                     // The fast path has the whole body before the engine admits a request.
                     mirror.send(Some(body));
                 }
-                bufs.response = buffers::lend();
-                let outcome = self
-                    .forward(&view, body, client, bufs, shutdown, &mut record)
-                    .await;
-                buffers::give_back(std::mem::take(&mut bufs.response));
-                bufs.shrink_idle();
-                outcome
+                // Given back by `serve` once the bytes the client sent meanwhile are moved.
+                let bufs = lent.insert(RequestBuffers::lend());
+                self.forward(&view, body, client, bufs, shutdown, &mut record)
+                    .await
             }
         };
         let ended = Instant::now();
@@ -369,7 +372,7 @@ impl FastPath {
         view: &FastView<'_, '_, '_>,
         body: &[u8],
         client: &mut Client<'_>,
-        bufs: &mut Buffers,
+        bufs: &mut RequestBuffers,
         shutdown: &ShutdownWatch,
         record: &mut RequestRecord,
     ) -> Outcome {
@@ -428,7 +431,7 @@ impl FastPath {
                         } else {
                             Instant::now()
                         };
-                        let Buffers {
+                        let RequestBuffers {
                             request,
                             response,
                             client: head,
@@ -515,7 +518,7 @@ impl FastPath {
         route: &Route,
         response: ResponseHead,
         client: &mut Client<'_>,
-        bufs: &mut Buffers,
+        bufs: &mut RequestBuffers,
         shutdown: &ShutdownWatch,
         record: &mut RequestRecord,
     ) -> Outcome {
@@ -679,36 +682,39 @@ struct Client<'s> {
     proto: &'static str,
 }
 
-/// Buffers kept for the connection's lifetime: no allocation per request once warm.
-#[derive(Default)]
-struct Buffers {
-    /// The request as sent upstream.
-    request: Vec<u8>,
-    /// Bytes read from the upstream: lent per request (see `buffers`), empty between them.
-    response: Vec<u8>,
-    /// The response head (and first body bytes) as sent to the client.
-    client: Vec<u8>,
-    /// Bytes the client sent while its request was served (a pipelined request).
-    early: Vec<u8>,
+/// Why no more of the client's bytes came.
+enum ClientRead {
+    /// It closed its side, or the read failed.
+    Closed,
+    /// Nothing came by the due time.
+    TimedOut,
 }
 
-/// Most capacity the per-connection buffers keep between requests; a request with a large
-/// body or a response with a large first read grows them, and they are let go after it.
-const KEPT_BETWEEN_REQUESTS: usize = 4096;
-
-impl Buffers {
-    /// Frees what a large request or response left: an idle connection holds a few KiB.
-    fn shrink_idle(&mut self) {
-        for buffer in [&mut self.request, &mut self.client] {
-            if buffer.capacity() > KEPT_BETWEEN_REQUESTS {
-                *buffer = Vec::new();
-            }
-        }
-        // `early` may hold the client's next request: only an empty one goes.
-        if self.early.is_empty() && self.early.capacity() > KEPT_BETWEEN_REQUESTS {
-            self.early = Vec::new();
+impl Client<'_> {
+    /// Reads more of the client's bytes into `buf` by `due`, on the connection's one timer.
+    async fn read_by(
+        &mut self,
+        buf: &mut Vec<u8>,
+        due: tokio::time::Instant,
+    ) -> Result<usize, ClientRead> {
+        tokio::select! {
+            biased;
+            read = read_client(self.stream, buf) => match read {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(ClientRead::Closed),
+            },
+            () = self.deadline.until(due) => Err(ClientRead::TimedOut),
         }
     }
+}
+
+/// Answers a request whose body did not come within `timeout` (408).
+async fn body_timed_out(stream: &mut Stream, timeout: Duration) {
+    let body = format!(
+        "sluice: request body not received within {}\n",
+        humantime::format_duration(timeout)
+    );
+    answer(stream, 408, &body).await;
 }
 
 /// What one request left of the connection.
@@ -719,6 +725,8 @@ enum Outcome {
 }
 
 enum Step {
+    /// The request is pingora's, for this reason.
+    Handoff(Handoff),
     /// The request ended at this offset; the next one may follow.
     Next(usize),
     ReadHead,
@@ -946,60 +954,47 @@ async fn watch_client(stream: &mut Stream, early: &mut Vec<u8>) {
     }
 }
 
-/// Reads more of the client's bytes into `buf`.
-async fn read_more(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    buf.reserve(READ_ROOM.min(buf.capacity().max(1024)));
-    stream.read_buf(buf).await
-}
-
-/// A keep-alive connection between requests, without a timer per request: one idle timer
-/// per connection, moved only when it fires, and one watch on the gateway's stop.
+/// A keep-alive connection between requests, without a timer per request: the connection's
+/// one timer (its `LazyDeadline`, moved only when it fires), and a watch on the gateway's stop.
 struct Idle {
-    timer: LazyDeadline,
     /// When the last request ended.
     last_active: Instant,
-    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stop: ShutdownWatch,
 }
 
 impl Idle {
     fn new(shutdown: &ShutdownWatch) -> Self {
-        let mut watch = shutdown.clone();
         Self {
-            timer: LazyDeadline::default(),
             last_active: Instant::now(),
-            stopping: Box::pin(async move {
-                while watch.changed().await.is_ok() {
-                    if *watch.borrow() {
-                        return;
-                    }
-                }
-                // The server is gone: nothing will say stop any more.
-                std::future::pending::<()>().await
-            }),
+            stop: shutdown.clone(),
         }
     }
 
     /// Waits for the client's next request; false when it closes, idles out (KEEPALIVE), or
     /// the gateway stops (an idle keep-alive connection is closed at once then, as pingora
     /// does).
-    async fn wait_request(
-        &mut self,
-        stream: &mut Stream,
-        buf: &mut Vec<u8>,
-        shutdown: &ShutdownWatch,
-    ) -> bool {
-        if *shutdown.borrow() {
+    async fn wait_request(&mut self, client: &mut Client<'_>, buf: &mut Vec<u8>) -> bool {
+        if *self.stop.borrow() {
             return false;
         }
         let idle_until = tokio::time::Instant::from_std(self.last_active) + KEEPALIVE;
         tokio::select! {
             biased;
-            read = read_more(stream, buf) => matches!(read, Ok(n) if n > 0),
-            () = self.timer.until(idle_until) => false,
-            // Completes once, and the connection closes: never polled again.
-            () = self.stopping.as_mut() => false,
+            read = read_client(client.stream, buf) => matches!(read, Ok(n) if n > 0),
+            () = client.deadline.until(idle_until) => false,
+            () = stopped(&mut self.stop) => false,
         }
     }
+}
+
+/// Resolves when the gateway begins to stop (never, once the server is gone).
+async fn stopped(stop: &mut ShutdownWatch) {
+    while stop.changed().await.is_ok() {
+        if *stop.borrow() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// Writes `bytes` to the client: at once when the socket takes them (no timer), else within
