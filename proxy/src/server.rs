@@ -18,7 +18,8 @@ use crate::admin::AdminApp;
 use crate::config::{Config, RegistrySettings};
 use crate::gateway::{FastPath, Gateway, Router, RouterError};
 use crate::listener::{
-    CertError, CertIndex, ConnectionCap, Endpoint, HeaderDeadline, ProxyShard, SniResolver,
+    CertError, CertIndex, ConnectionCap, Endpoint, HeaderDeadline, ProxyShard, ShardBalance,
+    SniResolver,
 };
 use crate::metrics::Metrics;
 use crate::pool::Directory;
@@ -336,6 +337,7 @@ impl Parts {
         // Room for the request line beside the header fields.
         let max_head_bytes = cfg.proxy.max_header_bytes + 16 * 1024;
         let endpoints = self.endpoints();
+        let balance = ShardBalance::new(shards);
         for index in 0..shards {
             let mut http = pingora::proxy::http_proxy(&server.configuration, gateway.clone());
             http.server_options = Some(options.clone());
@@ -368,6 +370,7 @@ impl Parts {
                 threads,
                 app,
                 endpoints.clone(),
+                balance.clone(),
             )));
         }
 

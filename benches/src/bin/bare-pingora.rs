@@ -16,7 +16,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
-use sluice::listener::{Endpoint, ProxyShard};
+use sluice::listener::{Endpoint, ProxyShard, ShardBalance};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -87,6 +87,7 @@ fn main() {
     } else {
         // Sluice's layout: one single-threaded shard per thread on the same sockets.
         let endpoints: std::sync::Arc<[Endpoint]> = vec![Endpoint::plain(listen.clone())].into();
+        let balance = ShardBalance::new(threads);
         for index in 0..threads {
             let proxy = pingora::proxy::http_proxy(
                 &configuration,
@@ -102,6 +103,7 @@ fn main() {
                 1,
                 proxy,
                 endpoints.clone(),
+                balance.clone(),
             ));
         }
     }

@@ -2,12 +2,14 @@
 //! admin's connection cap, and
 //! downstream TLS (certificates chosen by SNI), and the per-thread proxy shards that accept.
 
+mod balance;
 mod connection_cap;
 mod header_deadline;
 mod rewind;
 mod shard;
 mod tls;
 
+pub use balance::ShardBalance;
 pub use connection_cap::ConnectionCap;
 pub use header_deadline::HeaderDeadline;
 pub use shard::{Endpoint, ProxyShard};

@@ -27,12 +27,13 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
-use pingora::protocols::l4::listener::Listener;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::server::{Fds, ListenFds, ShutdownWatch};
 use pingora::services::Service as ServiceTrait;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use super::balance::{Handed, OpenOnShard, ShardBalance};
 
 /// How often a shard looks for the sockets shard 0 binds.
 const BIND_POLL: Duration = Duration::from_millis(5);
@@ -72,16 +73,19 @@ pub struct ProxyShard<A> {
     threads: usize,
     app: Arc<A>,
     endpoints: Arc<[Endpoint]>,
+    balance: Arc<ShardBalance>,
 }
 
 impl<A> ProxyShard<A> {
-    /// Shard `index` of the proxy, serving `endpoints` with `app`.
+    /// Shard `index` of the proxy, serving `endpoints` with `app`; `balance` is shared by
+    /// every shard of the proxy.
     pub fn new(
         index: usize,
         name: String,
         threads: usize,
         app: A,
         endpoints: Arc<[Endpoint]>,
+        balance: Arc<ShardBalance>,
     ) -> Self {
         Self {
             index,
@@ -89,6 +93,7 @@ impl<A> ProxyShard<A> {
             threads,
             app: Arc::new(app),
             endpoints,
+            balance,
         }
     }
 
@@ -117,6 +122,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for ProxyShard<A> {
             None => Arc::new(Mutex::new(Fds::new())),
         };
         let mut loops = Vec::new();
+        if let Some(inbox) = self.balance.inbox(self.index) {
+            loops.push(tokio::spawn(serve_handed(
+                self.app.clone(),
+                inbox,
+                shutdown.clone(),
+            )));
+        }
+        let shard = Shard {
+            index: self.index,
+            balance: self.balance.clone(),
+        };
         for endpoint in self.endpoints.iter() {
             let listener = match listen(&table, &endpoint.addr) {
                 Ok(listener) => Arc::new(listener),
@@ -128,6 +144,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for ProxyShard<A> {
             for _ in 0..listeners_per_fd.max(1) {
                 loops.push(tokio::spawn(accept_loop(
                     self.app.clone(),
+                    shard.clone(),
                     listener.clone(),
                     endpoint.tls.clone(),
                     shutdown.clone(),
@@ -156,7 +173,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for ProxyShard<A> {
 
 /// The listening socket for `addr`: the one `table` lists (inherited in a graceful upgrade, or
 /// a shard's duplicate), else a new one, listed in `table` so the next upgrade hands it on.
-fn listen(table: &ListenFds, addr: &str) -> std::io::Result<Listener> {
+fn listen(table: &ListenFds, addr: &str) -> std::io::Result<TcpListener> {
     let mut table = table.lock();
     let socket = match table.get(addr) {
         Some(&fd) => {
@@ -182,14 +199,22 @@ fn listen(table: &ListenFds, addr: &str) -> std::io::Result<Listener> {
             socket
         }
     };
-    let listener: TcpListener = socket.listen(BACKLOG)?;
-    Ok(listener.into())
+    socket.listen(BACKLOG)
 }
 
-/// Accepts connections until the gateway stops, one task each.
+/// Which shard an accept loop belongs to, and the proxy's balance.
+#[derive(Clone)]
+struct Shard {
+    index: usize,
+    balance: Arc<ShardBalance>,
+}
+
+/// Accepts connections until the gateway stops, one task each: on this shard, or handed to a
+/// less loaded one.
 async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     app: Arc<A>,
-    listener: Arc<Listener>,
+    shard: Shard,
+    listener: Arc<TcpListener>,
     tls: Option<Arc<Acceptor>>,
     mut shutdown: ShutdownWatch,
 ) {
@@ -202,17 +227,17 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
             },
         };
         match accepted {
-            Ok(mut stream) => {
-                // Responses are written whole: no reason to wait for more.
-                if let Err(e) = stream.set_nodelay() {
-                    tracing::debug!("cannot set TCP_NODELAY on a client connection: {e}");
+            Ok((stream, peer)) => {
+                let (target, open) = shard.balance.choose(shard.index);
+                let kept = if target == shard.index {
+                    Some((stream, open))
+                } else {
+                    hand_over(&shard, target, stream, peer, &tls, open)
+                        .map(|(stream, open)| (stream, open.moved_to(shard.index)))
+                };
+                if let Some((stream, open)) = kept {
+                    spawn_connection(&app, stream, peer, tls.clone(), &shutdown, open);
                 }
-                tokio::spawn(connection(
-                    app.clone(),
-                    Box::new(stream),
-                    tls.clone(),
-                    shutdown.clone(),
-                ));
             }
             Err(e) => {
                 tracing::error!("accept failed: {e}");
@@ -224,6 +249,89 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     }
 }
 
+/// Sends `stream` (counted open on `target` by `open`, in transit too) to shard `target`;
+/// `None` once it is on its way (or lost: a socket that cannot leave this shard's reactor is
+/// closed), else the stream back to serve here (the target no longer takes connections).
+fn hand_over(
+    shard: &Shard,
+    target: usize,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    tls: &Option<Arc<Acceptor>>,
+    open: OpenOnShard,
+) -> Option<(TcpStream, OpenOnShard)> {
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::debug!("cannot hand a connection to shard {target}: {e}");
+            return None;
+        }
+    };
+    let handed = Handed {
+        stream,
+        peer,
+        tls: tls.clone(),
+        open,
+    };
+    match shard.balance.hand(target, handed) {
+        Ok(()) => None,
+        Err(back) => TcpStream::from_std(back.stream)
+            .ok()
+            .map(|stream| (stream, back.open)),
+    }
+}
+
+/// Serves the connections other shards hand to this one, until the gateway stops.
+async fn serve_handed<A: ServerApp + Send + Sync + 'static>(
+    app: Arc<A>,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handed>,
+    mut shutdown: ShutdownWatch,
+) {
+    loop {
+        let handed = tokio::select! {
+            handed = inbox.recv() => handed,
+            changed = shutdown.changed() => match changed {
+                Ok(()) if !*shutdown.borrow() => continue,
+                _ => return,
+            },
+        };
+        let Some(handed) = handed else { return };
+        // Joins this shard's reactor: its readiness is served here from now on.
+        match TcpStream::from_std(handed.stream) {
+            Ok(stream) => spawn_connection(
+                &app,
+                stream,
+                handed.peer,
+                handed.tls,
+                &shutdown,
+                handed.open,
+            ),
+            Err(e) => tracing::debug!("cannot take over a handed connection: {e}"),
+        }
+    }
+}
+
+/// Spawns the task of one accepted connection on this shard.
+fn spawn_connection<A: ServerApp + Send + Sync + 'static>(
+    app: &Arc<A>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    tls: Option<Arc<Acceptor>>,
+    shutdown: &ShutdownWatch,
+    open: OpenOnShard,
+) {
+    // Responses are written whole: no reason to wait for more.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY on a client connection: {e}");
+    }
+    let mut l4 = Box::new(L4Stream::from(stream));
+    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+    // A new digest: its peer address is not set yet.
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    l4.set_socket_digest(digest);
+    tokio::spawn(connection(app.clone(), l4, tls, shutdown.clone(), open));
+}
+
 /// One client connection: the TLS handshake (boxed: its state is freed once done, not kept
 /// for the connection's life), then the app, for as long as it hands the stream back.
 async fn connection<A: ServerApp + Send + Sync + 'static>(
@@ -232,6 +340,8 @@ async fn connection<A: ServerApp + Send + Sync + 'static>(
     l4: Box<L4Stream>,
     tls: Option<Arc<Acceptor>>,
     shutdown: ShutdownWatch,
+    // Counted open on this shard while the task lives.
+    _open: OpenOnShard,
 ) {
     let stream: Stream = match tls {
         None => l4,
