@@ -1,4 +1,7 @@
-//! A downstream stream with bytes already read from it put back in front.
+//! A downstream stream as pingora gets it: bytes already read from it put back in front, and
+//! small writes held until a flush, so a response pingora writes in pieces (a head, then the
+//! body) leaves in one segment, as it did through pingora's own 1460-byte write buffer — but
+//! held only while it has bytes: an idle connection keeps no write buffer.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +25,8 @@ pub(super) struct Rewind {
     prefix: Vec<u8>,
     consumed: usize,
     inner: Stream,
+    /// Writes not yet passed on (empty, and unallocated, after each flush).
+    unsent: Vec<u8>,
     /// The connection counted open while the stream lives (pingora keeps it across the
     /// connection's requests and drops it when the connection ends).
     open: Option<OpenConnection>,
@@ -50,6 +55,7 @@ impl Rewind {
             prefix,
             consumed: 0,
             inner,
+            unsent: Vec::new(),
             open: None,
         }
     }
@@ -115,39 +121,61 @@ impl AsyncRead for Rewind {
     }
 }
 
+/// Writes smaller than this are held for the next flush (pingora's L4 write buffer size: a
+/// typical MSS).
+const COALESCE_BELOW: usize = 1460;
+
+impl Rewind {
+    /// Passes on what `unsent` holds, then lets its allocation go.
+    fn poll_send_unsent(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.unsent.is_empty() {
+            match std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.unsent))? {
+                0 => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                n => {
+                    self.unsent.drain(..n);
+                }
+            }
+        }
+        self.unsent = Vec::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncWrite for Rewind {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        let this = &mut *self;
+        if this.unsent.len() + buf.len() > COALESCE_BELOW {
+            std::task::ready!(this.poll_send_unsent(cx))?;
+        }
+        if buf.len() >= COALESCE_BELOW {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        this.unsent.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        std::task::ready!(this.poll_send_unsent(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        std::task::ready!(this.poll_send_unsent(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
 #[async_trait]
 impl Shutdown for Rewind {
     async fn shutdown(&mut self) {
+        // What is held goes first; a failed write changes nothing about closing.
+        let _ = tokio::io::AsyncWriteExt::flush(self).await;
         self.inner.shutdown().await
     }
 }

@@ -11,8 +11,10 @@
 //! Why its own accept loops: pingora's listening service spawns each connection as one task
 //! whose future holds the TLS handshake's state inline (~9 KiB, kept for the connection's
 //! whole life, TLS or not). Here a connection's task holds only the loop over its requests;
-//! the handshake is boxed and freed once done. Client streams are unbuffered (reads go
-//! straight into the request's own buffer; a response is written whole).
+//! the handshake is boxed and freed once done. Client streams hold no buffers of their own:
+//! reads go straight into the request's own buffer, the fast path writes a response whole,
+//! and writes in pieces (pingora's path, TLS records) are held only until their flush
+//! (`Rewind`).
 //!
 //! Shard 0 binds the sockets and lists them in the server's socket table (or finds them there,
 //! inherited in a graceful upgrade, and they are handed on at the next); the others accept on
@@ -34,6 +36,7 @@ use pingora::services::Service as ServiceTrait;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::balance::{Handed, OpenOnShard, ShardBalance};
+use super::rewind::Rewind;
 
 /// How often a shard looks for the sockets shard 0 binds.
 const BIND_POLL: Duration = Duration::from_millis(5);
@@ -181,6 +184,8 @@ fn listen(table: &ListenFds, addr: &str) -> std::io::Result<TcpListener> {
             // own (inherited from the previous process, or this shard's duplicate); each is
             // taken once, by the one service that listens on its address.
             let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+            // The reactor needs it non-blocking, whoever made it.
+            std.set_nonblocking(true)?;
             // Listening again on a listening socket only updates its backlog (Linux).
             TcpSocket::from_std_stream(std)
         }
@@ -348,7 +353,8 @@ async fn connection<A: ServerApp + Send + Sync + 'static>(
         Some(acceptor) => {
             let handshake = Box::pin(tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
-                acceptor.tls_handshake(*l4),
+                // Under TLS, the records of a response are held until its flush: one write.
+                acceptor.tls_handshake(Rewind::new(Vec::new(), l4)),
             ));
             match handshake.await {
                 Ok(Ok(tls)) => Box::new(tls),
@@ -416,6 +422,97 @@ mod tests {
     use std::os::fd::{AsRawFd, FromRawFd};
 
     use super::*;
+
+    /// Answers each connection with the name of the thread that serves it, then holds it.
+    struct WhichThread;
+
+    #[async_trait]
+    impl ServerApp for WhichThread {
+        async fn process_new(
+            self: &Arc<Self>,
+            mut stream: Stream,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<Stream> {
+            use tokio::io::AsyncWriteExt;
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            stream
+                .write_all(format!("{name}\n").as_bytes())
+                .await
+                .ok()?;
+            stream.flush().await.ok()?;
+            std::future::pending::<()>().await;
+            None
+        }
+    }
+
+    #[test]
+    fn connections_accepted_on_one_socket_are_split_evenly_across_shards() {
+        let bound = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = bound.local_addr().unwrap().to_string();
+        let table: ListenFds = Arc::new(Mutex::new(Fds::new()));
+        // Listed as if inherited: shard 0 takes it over, shard 1 duplicates it.
+        table.lock().add(addr.clone(), bound.into_raw_fd());
+        let endpoints: Arc<[Endpoint]> = vec![Endpoint::plain(addr.clone())].into();
+        let balance = ShardBalance::new(2);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let shards: Vec<_> = (0..2)
+            .map(|index| {
+                // Shard 1 listens on nothing: shard 0 accepts every connection, and only
+                // the hand-off can give shard 1 its share.
+                let listens = if index == 0 {
+                    endpoints.clone()
+                } else {
+                    Arc::from(Vec::new())
+                };
+                let mut shard = ProxyShard::new(
+                    index,
+                    format!("shard {index}"),
+                    1,
+                    WhichThread,
+                    listens,
+                    balance.clone(),
+                );
+                let (table, shutdown) = (table.clone(), shutdown.clone());
+                std::thread::Builder::new()
+                    .name(format!("shard {index}"))
+                    .spawn(move || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
+                        runtime.block_on(shard.start_service(Some(table), shutdown, 1));
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let mut clients = Vec::new();
+        let mut served = [0usize; 2];
+        for _ in 0..20 {
+            let mut client = TcpStream::connect(&addr).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while client.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+                line.push(byte[0]);
+            }
+            match line.as_slice() {
+                b"shard 0" => served[0] += 1,
+                b"shard 1" => served[1] += 1,
+                other => panic!("served by {:?}", String::from_utf8_lossy(other)),
+            }
+            clients.push(client);
+        }
+        assert!(
+            served[0].abs_diff(served[1]) <= 2,
+            "split {served:?} across the shards"
+        );
+        assert!(served[1] >= 9, "shard 1 got its share: {served:?}");
+        stop.send(true).unwrap();
+        drop(clients);
+        drop(shards);
+    }
 
     #[test]
     fn waits_for_every_address_then_duplicates_each() {
