@@ -110,6 +110,25 @@ def set_delay(upstream, ms):
     upstream.stdin.flush()
 
 
+def nginx_upstream(procs, work):
+    """An upstream answering `200 ok` to everything (nginx, one worker) on a free port under
+    `work/nginx`; returns the port."""
+    port = free_port()
+    d = os.path.join(work, "nginx")
+    os.makedirs(d)
+    with open(f"{d}/nginx.conf", "w") as f:
+        f.write(f"""worker_processes 1; daemon off; error_log {d}/error.log; pid {d}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p;
+  fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;
+  keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }} }}
+""")
+    procs.spawn(["nginx", "-c", f"{d}/nginx.conf", "-p", d], os.path.join(work, "nginx.log"))
+    wait_http(f"http://127.0.0.1:{port}/", "upstream")
+    return port
+
+
 def start_sluice(procs, work, config_body, threads=1, binary=None):
     """`sluice serve` (release) with `[proxy]` and `[admin]` on free ports plus `config_body`;
     returns (process, proxy port, admin port)."""

@@ -29,7 +29,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, Procs, build_release, free_port, metric, need, rss_kib, start_sluice, version, wait_http  # noqa: E402
+from harness import ROOT, Procs, build_release, free_port, metric, need, nginx_upstream, rss_kib, start_sluice, version, wait_http  # noqa: E402
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 UPGRADE = (
@@ -204,18 +204,7 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as work:
         try:
-            up, ws = free_port(), free_port()
-            os.makedirs(f"{work}/nginx")
-            with open(f"{work}/nginx/nginx.conf", "w") as f:
-                f.write(f"""worker_processes 1; daemon off; error_log {work}/nginx/error.log; pid {work}/nginx/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {work}/nginx/b; proxy_temp_path {work}/nginx/p;
-  fastcgi_temp_path {work}/nginx/f; uwsgi_temp_path {work}/nginx/u; scgi_temp_path {work}/nginx/s;
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{up}; location / {{ return 200 "ok\\n"; }} }} }}
-""")
-            procs.spawn(["nginx", "-c", f"{work}/nginx/nginx.conf", "-p", f"{work}/nginx"], f"{work}/nginx.log")
-            wait_http(f"http://127.0.0.1:{up}/", "upstream")
+            up, ws = nginx_upstream(procs, work), free_port()
             echo = procs.spawn(
                 [sys.executable, os.path.abspath(__file__), "--echo-upstream", str(ws)], f"{work}/echo.log",
                 stdout=subprocess.PIPE, text=True,

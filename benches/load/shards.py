@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, Procs, build_release, free_port, need, start_sluice, wait_http  # noqa: E402
+from harness import ROOT, Procs, build_release, need, nginx_upstream, start_sluice  # noqa: E402
 
 
 def shard_ticks(pid):
@@ -57,18 +57,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as work:
         try:
-            up = free_port()
-            os.makedirs(f"{work}/nginx")
-            with open(f"{work}/nginx/nginx.conf", "w") as f:
-                f.write(f"""worker_processes 1; daemon off; error_log {work}/nginx/error.log; pid {work}/nginx/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{ access_log off; client_body_temp_path {work}/nginx/b; proxy_temp_path {work}/nginx/p;
-  fastcgi_temp_path {work}/nginx/f; uwsgi_temp_path {work}/nginx/u; scgi_temp_path {work}/nginx/s;
-  keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{up}; location / {{ return 200 "ok\\n"; }} }} }}
-""")
-            procs.spawn(["nginx", "-c", f"{work}/nginx/nginx.conf", "-p", f"{work}/nginx"], f"{work}/nginx.log")
-            wait_http(f"http://127.0.0.1:{up}/", "upstream")
+            up = nginx_upstream(procs, work)
             services = f"{work}/services.toml"
             with open(services, "w") as f:
                 f.write(f'[services.bench]\ninstances = [{{ id = "real", addr = "127.0.0.1:{up}" }}]\n')

@@ -139,7 +139,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         }
         let mut shutdown_seen = shutdown.clone();
         let mut held = None;
-        let start = {
+        // Boxed: its timers and read live only until the first request is in, not in the
+        // state the connection keeps while it is served and while it idles.
+        let start = Box::pin(async {
             let read = tokio::time::timeout(self.timeout, read_start(&mut stream, self.max_bytes));
             tokio::pin!(read);
             tokio::select! {
@@ -160,7 +162,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
                     }
                 }
             }
-        };
+        })
+        .await;
         match start {
             Start::Ready(mut prefix) => {
                 if let Some(fast) = &self.fast {
