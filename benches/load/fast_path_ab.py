@@ -22,17 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import Stack, run_wrk  # noqa: E402
-from harness import ROOT, free_port, wait_http  # noqa: E402
-
-
-def cpu_ticks(pid):
-    """utime + stime of every thread of `pid`, in clock ticks."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total
+from harness import ROOT, cpu_ticks, free_port, wait_http  # noqa: E402
 
 
 def main():

@@ -69,6 +69,39 @@ def rss_kib(pid):
     return 0
 
 
+def thread_ticks(pid):
+    """{thread name: utime + stime in clock ticks} of `pid`'s threads (threads of one name
+    summed); threads that end while being read are skipped."""
+    ticks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def cpu_ticks(*pids):
+    """utime + stime of every thread of `pids`, in clock ticks."""
+    return sum(sum(thread_ticks(pid).values()) for pid in pids)
+
+
+def children(pid):
+    """The pids of `pid`'s child processes (nginx's workers)."""
+    kids = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+        except OSError:
+            continue
+    return kids
+
+
 class Procs:
     """Child processes, stopped together."""
 

@@ -22,24 +22,17 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, Procs, build_release, need, nginx_upstream, start_sluice  # noqa: E402
+from harness import ROOT, Procs, build_release, need, nginx_upstream, start_sluice, thread_ticks  # noqa: E402
 
 
 def shard_ticks(pid):
     """{shard index: utime + stime in clock ticks} for the threads named `sluice proxy N`."""
-    ticks = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                name = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
+    shards = {}
+    for name, ticks in thread_ticks(pid).items():
         m = re.fullmatch(r"sluice proxy (\d+)", name)
         if m:
-            ticks[int(m.group(1))] = int(fields[11]) + int(fields[12])
-    return ticks
+            shards[int(m.group(1))] = ticks
+    return shards
 
 
 def main():

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub downstream_connections_open: IntGauge,
     pub config_last_reload_successful: IntGauge,
     pub tls_certificate_expiration_timestamp_seconds: IntGaugeVec,
+    pub tls_handshakes_total: IntCounterVec,
+    pub tls_sessions_resumed_total: IntCounter,
     pub config_last_reload_success_timestamp_seconds: IntGauge,
 }
 
@@ -307,6 +309,21 @@ impl Metrics {
                     "sluice_tls_certificate_expiration_timestamp_seconds",
                     "The notAfter of each [proxy.tls] certificate as Unix time, by file and the names it serves.",
                     &["file", "names"],
+                ),
+            ),
+            tls_handshakes_total: register(
+                &registry,
+                counter(
+                    "sluice_tls_handshakes_total",
+                    "TLS handshakes of the proxy's TLS listeners, by outcome: completed (full or resumed) or failed (including timed out).",
+                    &["outcome"],
+                ),
+            ),
+            tls_sessions_resumed_total: register(
+                &registry,
+                plain_counter(
+                    "sluice_tls_sessions_resumed_total",
+                    "TLS handshakes that resumed a session (a valid ticket, or a session id still cached) instead of a full handshake.",
                 ),
             ),
             config_last_reload_successful: register(

@@ -170,6 +170,14 @@ pub(crate) fn restart_only_changes(current: &Config, new: &Config) -> Vec<String
             "proxy.tls.h2",
             p.tls.as_ref().map(|t| t.h2) != q.tls.as_ref().map(|t| t.h2),
         ),
+        (
+            "proxy.tls.session_tickets",
+            p.tls.as_ref().map(|t| t.session_tickets) != q.tls.as_ref().map(|t| t.session_tickets),
+        ),
+        (
+            "proxy.tls.session_cache",
+            p.tls.as_ref().map(|t| t.session_cache) != q.tls.as_ref().map(|t| t.session_cache),
+        ),
         ("admin.listen", current.admin.listen != new.admin.listen),
         ("admin.token", current.admin.token != new.admin.token),
         (

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -18,8 +17,8 @@ use crate::admin::AdminApp;
 use crate::config::{Config, RegistrySettings};
 use crate::gateway::{FastPath, Gateway, Router, RouterError};
 use crate::listener::{
-    CertError, CertIndex, ConnectionCap, Endpoint, HeaderDeadline, ProxyShard, ShardBalance,
-    SniResolver,
+    CertError, CertIndex, ConnectionCap, Endpoint, HandshakeCounters, HeaderDeadline, ProxyShard,
+    Resumption, ShardBalance, SniResolver, TlsListener, TlsServerError,
 };
 use crate::metrics::Metrics;
 use crate::pool::Directory;
@@ -46,6 +45,12 @@ pub enum BuildError {
         path: String,
         #[source]
         source: CertError,
+    },
+    #[error("{path}: proxy.tls: {source}")]
+    TlsServer {
+        path: String,
+        #[source]
+        source: TlsServerError,
     },
     #[error("{path}: {key}: cannot listen on {addr}: {source}")]
     Listen {
@@ -87,6 +92,9 @@ pub struct Parts {
     pub source: Arc<dyn RegistrySource>,
     /// The certificates of `[proxy.tls]`, if configured.
     pub tls: Option<Arc<SniResolver>>,
+    /// The TLS side of every `[proxy.tls]` address (its rustls configuration with those
+    /// certificates, session resumption and handshake counters).
+    tls_listener: Option<Arc<TlsListener>>,
 }
 
 /// One log line per certificate (the names it serves, the first is the default, and when it
@@ -206,6 +214,17 @@ impl Parts {
             publish_certificates(&index, &metrics);
             Arc::new(SniResolver::new(index))
         });
+        let tls_listener = match (&config.proxy.tls, &tls) {
+            (Some(settings), Some(resolver)) => Some(Arc::new(
+                tls_listener(settings, resolver.clone(), &metrics).map_err(|source| {
+                    BuildError::TlsServer {
+                        path: config.source.display().to_string(),
+                        source,
+                    }
+                })?,
+            )),
+            _ => None,
+        };
         let router = Router::build(&config, &directory, &strategies, None).map_err(|source| {
             BuildError::Router {
                 path: config.source.display().to_string(),
@@ -220,6 +239,7 @@ impl Parts {
             strategies: Arc::new(ArcSwap::from_pointee(strategies)),
             source,
             tls,
+            tls_listener,
         })
     }
 
@@ -247,7 +267,8 @@ impl Parts {
     }
 
     /// The cleartext and TLS listening addresses of `[proxy]`, shared by every shard (one TLS
-    /// acceptor per address, so one session cache whichever shard accepts).
+    /// acceptor for every address, so one ticket key and one session cache whichever address
+    /// and shard accepts).
     fn endpoints(&self) -> Arc<[Endpoint]> {
         let cfg = &self.config;
         let mut endpoints: Vec<Endpoint> = cfg
@@ -256,13 +277,9 @@ impl Parts {
             .iter()
             .map(|addr| Endpoint::plain(addr.to_string()))
             .collect();
-        if let (Some(tls), Some(resolver)) = (&cfg.proxy.tls, &self.tls) {
+        if let (Some(tls), Some(listener)) = (&cfg.proxy.tls, &self.tls_listener) {
             for addr in &tls.listen {
-                let mut settings = tls_settings(resolver.clone());
-                if tls.h2 {
-                    settings.enable_h2();
-                }
-                endpoints.push(Endpoint::tls(addr.to_string(), Arc::new(settings.build())));
+                endpoints.push(Endpoint::tls(addr.to_string(), listener.clone()));
             }
         }
         endpoints.into()
@@ -549,21 +566,24 @@ impl BackgroundService for RegistryWatch {
 }
 
 /// Listener TLS settings that take every certificate from `resolver` (chosen by SNI).
-fn tls_settings(resolver: Arc<SniResolver>) -> TlsSettings {
-    // With rustls, `with_callbacks` only records the callbacks: it cannot fail.
-    let mut settings = match TlsSettings::with_callbacks(Box::new(NoCallbacks)) {
-        Ok(settings) => settings,
-        Err(e) => unreachable!("rustls TlsSettings::with_callbacks is infallible: {e}"),
+/// The TLS side of `[proxy.tls]`, counted in the `sluice_tls_*` families.
+fn tls_listener(
+    settings: &crate::config::ListenerTls,
+    resolver: Arc<SniResolver>,
+    metrics: &Metrics,
+) -> Result<TlsListener, TlsServerError> {
+    let handshakes = &metrics.tls_handshakes_total;
+    let counters = HandshakeCounters {
+        completed: handshakes.with_label_values(&["completed"]),
+        failed: handshakes.with_label_values(&["failed"]),
+        resumed: metrics.tls_sessions_resumed_total.clone(),
     };
-    settings.set_cert_resolver(resolver);
-    settings
+    let resumption = Resumption {
+        tickets: settings.session_tickets,
+        cache: settings.session_cache,
+    };
+    TlsListener::new(resolver, settings.h2, resumption, counters)
 }
-
-/// No post-handshake work: certificates are chosen by the resolver.
-struct NoCallbacks;
-
-#[async_trait]
-impl pingora::listeners::TlsAccept for NoCallbacks {}
 
 /// `[services.NAME] scheme`, by service: for instances whose registry value names none.
 pub(crate) fn default_schemes(

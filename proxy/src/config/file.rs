@@ -52,6 +52,8 @@ pub(super) struct ProxySection {
 pub(super) struct ListenerTlsSection {
     pub(super) listen: Option<Vec<String>>,
     pub(super) h2: Option<bool>,
+    pub(super) session_tickets: Option<bool>,
+    pub(super) session_cache: Option<usize>,
     #[serde(default)]
     pub(super) certificates: Vec<CertificateSection>,
 }

@@ -124,6 +124,12 @@ pub struct ListenerTls {
     pub listen: Vec<SocketAddr>,
     /// Offer HTTP/2 by ALPN (else HTTP/1.1 only).
     pub h2: bool,
+    /// Resume sessions from stateless tickets (TLS 1.2 tickets, TLS 1.3 PSK tickets) sealed
+    /// with keys the process makes at start and rotates.
+    pub session_tickets: bool,
+    /// Sessions kept in memory for resumption by session id (TLS 1.2) and, without tickets,
+    /// by TLS 1.3 PSK identity; 0 keeps none.
+    pub session_cache: usize,
     /// The first is the default: served when the client sends no SNI or one no certificate
     /// covers.
     pub certificates: Vec<CertificateSpec>,

@@ -457,6 +457,12 @@ fn readable_file(issues: &mut Issues, key: &str, path: &str) -> Option<PathBuf> 
     }
 }
 
+/// Sessions kept for resumption by id when `session_cache` is not set (about 20 MB at most:
+/// rustls keeps ~1 KiB per session).
+const DEFAULT_TLS_SESSION_CACHE: usize = 20_000;
+/// The most sessions `proxy.tls.session_cache` may keep.
+const MAX_TLS_SESSION_CACHE: usize = 1_000_000;
+
 fn validate_listener_tls(issues: &mut Issues, tls: &ListenerTlsSection) -> Option<ListenerTls> {
     let listen_text = tls.listen.clone().unwrap_or_default();
     if listen_text.is_empty() {
@@ -508,9 +514,18 @@ fn validate_listener_tls(issues: &mut Issues, tls: &ListenerTlsSection) -> Optio
             });
         }
     }
+    let session_cache = tls.session_cache.unwrap_or(DEFAULT_TLS_SESSION_CACHE);
+    if session_cache > MAX_TLS_SESSION_CACHE {
+        issues.push(
+            "proxy.tls.session_cache",
+            format!("{session_cache} is out of range: 0 to {MAX_TLS_SESSION_CACHE}"),
+        );
+    }
     Some(ListenerTls {
         listen,
         h2: tls.h2.unwrap_or(true),
+        session_tickets: tls.session_tickets.unwrap_or(true),
+        session_cache,
         certificates,
     })
 }

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use pingora::listeners::tls::Acceptor;
 use tokio::sync::mpsc;
+
+use super::tls_server::TlsListener;
 
 /// How many more open connections a shard may hold than the least loaded one before it
 /// hands new ones over.
@@ -21,7 +22,7 @@ const SLACK: usize = 1;
 pub(super) struct Handed {
     pub(super) stream: std::net::TcpStream,
     pub(super) peer: std::net::SocketAddr,
-    pub(super) tls: Option<Arc<Acceptor>>,
+    pub(super) tls: Option<Arc<TlsListener>>,
     /// Counted open on the shard it goes to from the moment it was chosen.
     pub(super) open: OpenOnShard,
 }

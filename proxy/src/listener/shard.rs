@@ -28,7 +28,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::apps::ServerApp;
-use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::server::{Fds, ListenFds, ShutdownWatch};
@@ -37,6 +36,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::balance::{Handed, OpenOnShard, ShardBalance};
 use super::rewind::Rewind;
+use super::tls_server::TlsListener;
 
 /// How often a shard looks for the sockets shard 0 binds.
 const BIND_POLL: Duration = Duration::from_millis(5);
@@ -51,7 +51,7 @@ const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_secs(1);
 /// A listening address of the proxy, cleartext or TLS.
 pub struct Endpoint {
     addr: String,
-    tls: Option<Arc<Acceptor>>,
+    tls: Option<Arc<TlsListener>>,
 }
 
 impl Endpoint {
@@ -59,11 +59,12 @@ impl Endpoint {
         Self { addr, tls: None }
     }
 
-    /// A TLS address; `acceptor` may be shared by every shard (one session cache).
-    pub fn tls(addr: String, acceptor: Arc<Acceptor>) -> Self {
+    /// A TLS address; `listener` is shared by every shard and TLS address (one ticket key,
+    /// one session cache).
+    pub fn tls(addr: String, listener: Arc<TlsListener>) -> Self {
         Self {
             addr,
-            tls: Some(acceptor),
+            tls: Some(listener),
         }
     }
 }
@@ -220,7 +221,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     app: Arc<A>,
     shard: Shard,
     listener: Arc<TcpListener>,
-    tls: Option<Arc<Acceptor>>,
+    tls: Option<Arc<TlsListener>>,
     mut shutdown: ShutdownWatch,
 ) {
     loop {
@@ -262,7 +263,7 @@ fn hand_over(
     target: usize,
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    tls: &Option<Arc<Acceptor>>,
+    tls: &Option<Arc<TlsListener>>,
     open: OpenOnShard,
 ) -> Option<(TcpStream, OpenOnShard)> {
     let stream = match stream.into_std() {
@@ -321,7 +322,7 @@ fn spawn_connection<A: ServerApp + Send + Sync + 'static>(
     app: &Arc<A>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    tls: Option<Arc<Acceptor>>,
+    tls: Option<Arc<TlsListener>>,
     shutdown: &ShutdownWatch,
     open: OpenOnShard,
 ) {
@@ -343,26 +344,32 @@ async fn connection<A: ServerApp + Send + Sync + 'static>(
     app: Arc<A>,
     // Boxed by the caller: the task holds a pointer, not the stream, for its whole life.
     l4: Box<L4Stream>,
-    tls: Option<Arc<Acceptor>>,
+    tls: Option<Arc<TlsListener>>,
     shutdown: ShutdownWatch,
     // Counted open on this shard while the task lives.
     _open: OpenOnShard,
 ) {
     let stream: Stream = match tls {
         None => l4,
-        Some(acceptor) => {
+        Some(listener) => {
             let handshake = Box::pin(tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
                 // Under TLS, the records of a response are held until its flush: one write.
-                acceptor.tls_handshake(Rewind::new(Vec::new(), l4)),
+                listener.acceptor.tls_handshake(Rewind::new(Vec::new(), l4)),
             ));
+            let counters = &listener.counters;
             match handshake.await {
-                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Ok(tls)) => {
+                    counters.completed.inc();
+                    Box::new(tls)
+                }
                 Ok(Err(e)) => {
+                    counters.failed.inc();
                     tracing::debug!("TLS handshake failed: {e}");
                     return;
                 }
                 Err(_) => {
+                    counters.failed.inc();
                     tracing::debug!("TLS handshake timed out");
                     return;
                 }

@@ -276,6 +276,35 @@ fn etcd_tls_settings_are_checked() {
 }
 
 #[test]
+fn tls_session_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "gw.toml",
+        "[proxy.tls]\nlisten = [\"127.0.0.1:8443\"]\nsession_cache = 2000000\n\
+         session_tickets = \"yes\"\ncertificates = [{ cert = \"/nonexistent/a.pem\", key = \"/nonexistent/a.key\" }]\n",
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains("proxy.tls.session_tickets") && stderr.contains("expected a boolean"),
+        "{stderr}"
+    );
+    let path = write(
+        dir.path(),
+        "gw.toml",
+        "[proxy.tls]\nlisten = [\"127.0.0.1:8443\"]\nsession_cache = 2000000\n\
+         certificates = [{ cert = \"/nonexistent/a.pem\", key = \"/nonexistent/a.key\" }]\n",
+    );
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains("proxy.tls.session_cache: 2000000 is out of range: 0 to 1000000"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn version_is_printed() {
     let out = run_sluice(&["--version"]);
     assert!(out.status.success());

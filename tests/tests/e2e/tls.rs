@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use sluice_tests::{free_port, Ca, Gateway, Leaf, Upstream};
+use sluice_tests::{free_port, metric, Ca, Gateway, Leaf, Upstream};
 
 const ROUTES: &str = "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n";
 
@@ -286,5 +286,138 @@ async fn check_names_a_certificate_that_does_not_match_its_key() {
     assert!(
         stderr.contains("proxy.tls.certificates[1]") && stderr.contains("does not belong"),
         "{stderr}"
+    );
+}
+
+/// One connection by OpenSSL's `s_client` (an independent TLS client) with `args`, one
+/// request answered; the summary line it prints: `New, TLSv1.3, …` or `Reused, …`.
+fn s_client(port: u16, args: &[&str]) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "a.example", "-ign_eof"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl s_client (Debian: openssl)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("HTTP/1.1 200"), "{stdout}\n{stderr}");
+    stdout
+        .lines()
+        .find(|l| l.starts_with("New,") || l.starts_with("Reused,"))
+        .unwrap_or_else(|| panic!("no session line: {stdout}"))
+        .to_string()
+}
+
+/// Whether a second connection offering the first one's session (`-sess_in`) resumes it
+/// (false too when the server gave the first one nothing to resume: no ticket, no id).
+fn resumes(port: u16, dir: &std::path::Path, args: &[&str]) -> bool {
+    let path = dir.join("session.pem");
+    let _ = std::fs::remove_file(&path);
+    let session = path.to_str().unwrap();
+    let first = s_client(port, &[args, &["-sess_out", session]].concat());
+    assert!(first.starts_with("New,"), "{first}");
+    if !path.exists() {
+        return false;
+    }
+    let second = s_client(port, &[args, &["-sess_in", session]].concat());
+    second.starts_with("Reused,")
+}
+
+// s_client blocks a thread: the test upstream answers on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_by_ticket_and_by_id_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let a = ca.server("a", &["a.example"]);
+    let up = Upstream::start("u").await;
+    let port = free_port();
+    let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
+    let gw = Gateway::start_with_proxy(&tls_section(port, &[&a], ""), ROUTES, &services).await;
+
+    // TLS 1.3 PSK from a ticket; TLS 1.2 from a session ticket; TLS 1.2 from the session
+    // cache, for a client that takes no tickets.
+    assert!(resumes(port, dir.path(), &[]), "TLS 1.3 ticket");
+    assert!(resumes(port, dir.path(), &["-tls1_2"]), "TLS 1.2 ticket");
+    assert!(
+        resumes(port, dir.path(), &["-tls1_2", "-no_ticket"]),
+        "TLS 1.2 session id"
+    );
+    let metrics = gw.metrics().await;
+    let completed = metric(
+        &metrics,
+        "sluice_tls_handshakes_total{outcome=\"completed\"}",
+    );
+    assert_eq!(completed, Some(6.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "sluice_tls_sessions_resumed_total"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "sluice_tls_handshakes_total{outcome=\"failed\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
+
+    // Ticket keys are the process's own: another gateway's ticket opens nothing here, and
+    // costs the client one full handshake, not a failed one.
+    let session = dir.path().join("session.pem");
+    let session = session.to_str().unwrap();
+    s_client(port, &["-sess_out", session]);
+    let other_port = free_port();
+    let other =
+        Gateway::start_with_proxy(&tls_section(other_port, &[&a], ""), ROUTES, &services).await;
+    let offered = s_client(other_port, &["-sess_in", session]);
+    assert!(offered.starts_with("New,"), "{offered}");
+    let metrics = other.metrics().await;
+    assert_eq!(
+        metric(&metrics, "sluice_tls_sessions_resumed_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
+// s_client blocks a thread: the test upstream answers on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_and_the_cache_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let a = ca.server("a", &["a.example"]);
+    let up = Upstream::start("u").await;
+    let port = free_port();
+    let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
+
+    // Tickets off: TLS 1.2 and 1.3 still resume from the cache.
+    let tls = tls_section(port, &[&a], ", session_tickets = false");
+    let gw = Gateway::start_with_proxy(&tls, ROUTES, &services).await;
+    assert!(resumes(port, dir.path(), &[]), "TLS 1.3 from the cache");
+    assert!(
+        resumes(port, dir.path(), &["-tls1_2"]),
+        "TLS 1.2 from the cache"
+    );
+    drop(gw);
+
+    // Both off: every handshake is a full one.
+    let port = free_port();
+    let tls = tls_section(port, &[&a], ", session_tickets = false, session_cache = 0");
+    let gw = Gateway::start_with_proxy(&tls, ROUTES, &services).await;
+    assert!(!resumes(port, dir.path(), &[]), "TLS 1.3");
+    assert!(!resumes(port, dir.path(), &["-tls1_2"]), "TLS 1.2");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "sluice_tls_sessions_resumed_total"),
+        Some(0.0),
+        "{metrics}"
     );
 }
