@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::cycle::WeightedCycle;
+use super::cycle::{WeightShape, WeightedCycle};
 use super::InstanceLive;
 use crate::registry::{InstanceSpec, Status};
 
@@ -61,6 +61,8 @@ type ChunkEligible = Arc<[(u8, u32)]>;
 pub(crate) struct Chunk {
     pub(crate) members: Arc<[Member]>,
     eligible: ChunkEligible,
+    /// The shape of the eligible members' weights (their gcd, whether all equal).
+    shape: WeightShape,
     all_plain_http: bool,
 }
 
@@ -68,18 +70,20 @@ impl Chunk {
     /// A chunk of `members` (at most 255), their eligibility judged at `now_ms`.
     pub(crate) fn new(members: Vec<Member>, now_ms: u64) -> Self {
         debug_assert!(members.len() <= usize::from(u8::MAX));
-        let eligible = members
+        let eligible: ChunkEligible = members
             .iter()
             .enumerate()
             .filter(|(_, m)| m.is_eligible_at(now_ms))
             .map(|(i, m)| (i as u8, m.spec.weight))
             .collect();
+        let shape = WeightShape::of(eligible.iter().map(|&(_, weight)| weight));
         let all_plain_http = members
             .iter()
             .all(|m| m.spec.scheme == crate::registry::Scheme::Http);
         Self {
             members: members.into(),
             eligible,
+            shape,
             all_plain_http,
         }
     }
@@ -128,14 +132,22 @@ impl Pool {
     pub(crate) fn from_chunks(service: Arc<str>, generation: u64, chunks: Vec<Chunk>) -> Self {
         let eligible_count = chunks.iter().map(|c| c.eligible.len()).sum();
         let mut eligible = Vec::with_capacity(eligible_count);
-        let mut weights = Vec::with_capacity(eligible_count);
         for (c, chunk) in chunks.iter().enumerate() {
-            for &(offset, weight) in chunk.eligible.iter() {
-                eligible.push((c as u32) << 8 | u32::from(offset));
-                weights.push(weight);
-            }
+            let c = (c as u32) << 8;
+            eligible.extend(
+                chunk
+                    .eligible
+                    .iter()
+                    .map(|&(offset, _)| c | u32::from(offset)),
+            );
         }
-        let cycle = WeightedCycle::new(&weights);
+        let shape = chunks
+            .iter()
+            .fold(WeightShape::EMPTY, |shape, c| shape.join(c.shape));
+        let weights = chunks
+            .iter()
+            .flat_map(|c| c.eligible.iter().map(|&(_, weight)| weight));
+        let cycle = WeightedCycle::with_shape(weights, eligible_count, shape);
         // A random start keeps pools (and gateways) from walking in step.
         let start = fastrand::u64(..);
         Self {
