@@ -13,16 +13,26 @@ use crate::gateway::active_requests;
 
 const POLL: Duration = Duration::from_millis(20);
 
+/// Resolves once the gateway begins to stop, or once its server (the watch's sender) is gone.
+/// What every accept loop, idle connection and this drain wait on.
+pub(crate) async fn stopping(shutdown: &mut ShutdownWatch) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Exits the process once draining is done.
 pub struct Drain;
 
 #[async_trait]
 impl BackgroundService for Drain {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                return;
-            }
+        stopping(&mut shutdown).await;
+        if !*shutdown.borrow() {
+            // The server is gone without a stop: nothing to drain.
+            return;
         }
         let started = std::time::Instant::now();
         tracing::info!(

@@ -37,6 +37,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use super::balance::{Handed, OpenOnShard, ShardBalance};
 use super::rewind::Rewind;
 use super::tls_server::TlsListener;
+use crate::drain::stopping;
 
 /// How often a shard looks for the sockets shard 0 binds.
 const BIND_POLL: Duration = Duration::from_millis(5);
@@ -227,10 +228,7 @@ async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            changed = shutdown.changed() => match changed {
-                Ok(()) if !*shutdown.borrow() => continue,
-                _ => return,
-            },
+            () = stopping(&mut shutdown) => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -296,10 +294,7 @@ async fn serve_handed<A: ServerApp + Send + Sync + 'static>(
     loop {
         let handed = tokio::select! {
             handed = inbox.recv() => handed,
-            changed = shutdown.changed() => match changed {
-                Ok(()) if !*shutdown.borrow() => continue,
-                _ => return,
-            },
+            () = stopping(&mut shutdown) => return,
         };
         let Some(handed) = handed else { return };
         // Joins this shard's reactor: its readiness is served here from now on.

@@ -982,19 +982,9 @@ impl Idle {
             biased;
             read = read_client(client.stream, buf) => matches!(read, Ok(n) if n > 0),
             () = client.deadline.until(idle_until) => false,
-            () = stopped(&mut self.stop) => false,
+            () = crate::drain::stopping(&mut self.stop) => false,
         }
     }
-}
-
-/// Resolves when the gateway begins to stop (never, once the server is gone).
-async fn stopped(stop: &mut ShutdownWatch) {
-    while stop.changed().await.is_ok() {
-        if *stop.borrow() {
-            return;
-        }
-    }
-    std::future::pending::<()>().await
 }
 
 /// Writes `bytes` to the client: at once when the socket takes them (no timer), else within
