@@ -5,7 +5,8 @@
 //! - [`request`]: the request head a proxy may forward (one `Host`, one body length, no
 //!   smuggling shapes), or why not: refused (400/501), or left to another engine.
 //! - [`response`]: the upstream's response head, its framing, and the head as sent on to the
-//!   client; a malformed or ambiguous one is refused (the proxy answers 502).
+//!   client; a malformed or ambiguous one is refused (the proxy answers 502); the answer to a
+//!   WebSocket handshake (a `101` that switched, or any other response).
 //! - [`chunked`]: follows a chunked body byte by byte without decoding it, strictly.
 //! - [`hop`]: hop-by-hop fields (RFC 9110 7.6.1), including those the `Connection` field names.
 //! - [`fields`]: the shared grammar: tokens, lists, `Content-Length`, `Host`.
@@ -18,4 +19,6 @@ pub mod response;
 
 pub use chunked::{BadChunk, ChunkedTracker};
 pub use request::{HandoffReason, ParsedRequest, RequestError, RequestHead, RequestLimits};
-pub use response::{Framing, HeadEdit, ParsedResponse, ResponseError, ResponseHead, Unedited};
+pub use response::{
+    Framing, HeadEdit, ParsedResponse, ResponseError, ResponseHead, Unedited, UpgradeResponse,
+};

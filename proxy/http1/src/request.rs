@@ -69,6 +69,10 @@ pub struct RequestHead<'h, 'b> {
     collapse_length: bool,
     /// `Connection` names other fields: they are not forwarded.
     connection_names_fields: bool,
+    /// The client asks to switch to WebSocket (RFC 6455 4.1: a `GET` without a body,
+    /// `Upgrade: websocket`, `Connection: upgrade`): forwarded with those two fields, and
+    /// after a `101` the connection is a tunnel.
+    pub websocket: bool,
 }
 
 impl<'b> RequestHead<'_, 'b> {
@@ -124,6 +128,10 @@ impl<'b> RequestHead<'_, 'b> {
             let mut digits = [0u8; 20];
             put_field(out, b"content-length", decimal(self.body_len, &mut digits));
         }
+        if self.websocket {
+            // Hop-by-hop, but what the next hop must see to switch (RFC 9110 7.8).
+            out.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n");
+        }
     }
 }
 
@@ -149,6 +157,7 @@ pub enum HandoffReason {
     Http10,
     /// An absolute-form or asterisk-form target, or `CONNECT`.
     TargetForm,
+    /// An upgrade other than a WebSocket handshake (`RequestHead::websocket`).
     Upgrade,
     Expect,
     /// A chunked request body.
@@ -309,6 +318,8 @@ struct Scan<'b> {
     codings: Codings,
     connection: ConnectionOptions,
     upgrade: bool,
+    /// One `Upgrade` field, naming only `websocket`.
+    websocket: bool,
     expect: bool,
     field_bytes: usize,
 }
@@ -322,6 +333,7 @@ fn scan_fields<'b>(fields: &[httparse::Header<'b>], version: u8) -> Result<Scan<
         codings: Codings::None,
         connection: ConnectionOptions::default(),
         upgrade: false,
+        websocket: false,
         expect: false,
         field_bytes: 0,
     };
@@ -348,6 +360,8 @@ fn scan_fields<'b>(fields: &[httparse::Header<'b>], version: u8) -> Result<Scan<
                 .add(field.value)
                 .map_err(RequestError::Connection)?;
         } else if name.eq_ignore_ascii_case("upgrade") {
+            // A second Upgrade field, or any other protocol, is pingora's to serve.
+            scan.websocket = !scan.upgrade && is_websocket(field.value);
             scan.upgrade = true;
         } else if name.eq_ignore_ascii_case("expect") {
             scan.expect = true;
@@ -406,7 +420,7 @@ fn classify<'h, 'b>(
         Some(HandoffReason::ChunkedBody)
     } else if version == 0 {
         Some(HandoffReason::Http10)
-    } else if scan.upgrade || scan.connection.upgrade {
+    } else if (scan.upgrade || scan.connection.upgrade) && !websocket_request(method, &scan) {
         Some(HandoffReason::Upgrade)
     } else if scan.expect {
         Some(HandoffReason::Expect)
@@ -436,7 +450,27 @@ fn classify<'h, 'b>(
         fields,
         collapse_length: scan.collapse_length,
         connection_names_fields: scan.connection.names_fields,
+        websocket: scan.upgrade && websocket_request(method, &scan),
     })
+}
+
+/// An `Upgrade` value naming exactly one protocol, `websocket` (RFC 6455 4.1; any case).
+fn is_websocket(value: &[u8]) -> bool {
+    let mut protocols = fields::list(value);
+    protocols
+        .next()
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"))
+        && protocols.next().is_none()
+}
+
+/// RFC 6455 4.1: an opening handshake is a `GET` with `Upgrade: websocket` and `Connection:
+/// upgrade`, and no body (HTTP/1.1 is checked before).
+fn websocket_request(method: &str, scan: &Scan<'_>) -> bool {
+    method == "GET"
+        && scan.websocket
+        && scan.connection.upgrade
+        && scan.length.unwrap_or(0) == 0
+        && scan.codings == Codings::None
 }
 
 /// Whether an origin-form target (no `#`) has only the bytes `http::Uri` takes, by the
@@ -719,6 +753,56 @@ mod tests {
     }
 
     #[test]
+    fn rfc6455_4_1_a_websocket_handshake_is_forwarded_with_its_upgrade() {
+        let raw = b"GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let mut slots = field_slots();
+        let ParsedRequest::Plain(head) = parse_request(raw, &mut slots, LIMITS) else {
+            panic!("a WebSocket handshake is the codec's");
+        };
+        assert!(head.websocket);
+        assert_eq!(
+            forwarded(raw),
+            "Host: a\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             connection: upgrade\r\nupgrade: websocket\r\n"
+        );
+        let mut slots = field_slots();
+        let ParsedRequest::Plain(plain) =
+            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &mut slots, LIMITS)
+        else {
+            panic!("plain");
+        };
+        assert!(!plain.websocket);
+        // Anything else that asks to switch is left to pingora: another protocol, two of
+        // them, two Upgrade fields, no `Connection: upgrade` (or only it), a method other
+        // than GET, a body.
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket, foo\r\nConnection: upgrade\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\nx",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(
+                matches!(seen(raw), Seen::Handoff(_)),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // An empty body is no body.
+        let mut slots = field_slots();
+        let ParsedRequest::Plain(head) = parse_request(
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 0\r\n\r\n",
+            &mut slots,
+            LIMITS,
+        ) else {
+            panic!("plain");
+        };
+        assert!(head.websocket);
+    }
+
+    #[test]
     fn other_engines_serve_the_rest() {
         for (raw, reason) in [
             (
@@ -727,7 +811,7 @@ mod tests {
             ),
             (b"GET / HTTP/1.0\r\n\r\n", HandoffReason::Http10),
             (
-                b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
                 HandoffReason::Upgrade,
             ),
             (

@@ -53,6 +53,9 @@ pub enum ResponseError {
     /// RFC 9110 15.2.2: a switch nobody asked for.
     #[error("unexpected 101 Switching Protocols")]
     UnexpectedSwitch,
+    /// RFC 9110 7.8, RFC 6455 4.2.2: a 101 that does not say it switched to WebSocket.
+    #[error("101 Switching Protocols without Upgrade: websocket")]
+    SwitchNotToWebSocket,
     #[error("{0}")]
     ContentLength(LengthError),
     /// RFC 9112 6.1: HTTP/1.0 has no transfer codings.
@@ -238,6 +241,87 @@ pub fn parse_response_edited(
         upstream_keepalive: !upstream_close && framing != Framing::UntilClose,
         client_close,
     }))
+}
+
+/// What an upstream answered a WebSocket handshake (`RequestHead::websocket`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeResponse {
+    /// `101 Switching Protocols` of `head_len` bytes; its head for the client was written.
+    /// The connection is a tunnel from the next byte on, both ways.
+    Switched { head_len: usize },
+    /// Any other answer, read as [`parse_response_edited`] reads it (a refused handshake is
+    /// an ordinary response).
+    Other(ParsedResponse),
+}
+
+/// The upstream's answer to a WebSocket handshake. A `101` must carry `Upgrade: websocket`
+/// (RFC 6455 4.2.2); its head goes to the client with the upstream's fields (the handshake's
+/// `Sec-WebSocket-*` among them) and `edit`'s changes, `upgrade` kept and `connection:
+/// upgrade` said, but no other hop-by-hop or framing field (a 1xx has no body). Anything
+/// else is [`parse_response_edited`]'s.
+pub fn parse_upgrade_response(
+    buf: &[u8],
+    client_close: bool,
+    out: &mut Vec<u8>,
+    edit: &impl HeadEdit,
+) -> Result<UpgradeResponse, ResponseError> {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_FIELDS] =
+        [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let head_len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return Ok(UpgradeResponse::Other(ParsedResponse::Partial))
+        }
+        Err(e) => return Err(ResponseError::Syntax(e)),
+    };
+    if resp.code != Some(101) {
+        return parse_response_edited(buf, false, client_close, out, edit)
+            .map(UpgradeResponse::Other);
+    }
+    let mut upgrades = resp
+        .headers
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("upgrade"));
+    let websocket = upgrades.next().is_some_and(|f| {
+        let mut protocols = fields::list(f.value);
+        protocols
+            .next()
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"))
+            && protocols.next().is_none()
+    });
+    if !websocket || upgrades.next().is_some() {
+        return Err(ResponseError::SwitchNotToWebSocket);
+    }
+    let mut connection = ConnectionOptions::default();
+    for field in resp.headers.iter() {
+        if field.name.eq_ignore_ascii_case("connection") {
+            connection
+                .add(field.value)
+                .map_err(ResponseError::Connection)?;
+        }
+    }
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for field in resp.headers.iter() {
+        let name = field.name;
+        let upgrade = name.eq_ignore_ascii_case("upgrade");
+        let framing = name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding");
+        let hop = !upgrade
+            && (hop::is_hop_by_hop(name)
+                || (connection.names_fields && hop::named_by_connection(name, resp.headers)));
+        if framing || hop || edit.drops(name) {
+            continue;
+        }
+        put_field(out, name.as_bytes(), field.value);
+    }
+    edit.append_fields(out);
+    out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+    Ok(UpgradeResponse::Switched { head_len })
 }
 
 /// The status line and the fields to forward, without the blank line.
@@ -484,6 +568,60 @@ mod tests {
         assert_eq!(
             refused(b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\n"),
             ResponseError::Connection(ConnectionError::NamesEndToEndField)
+        );
+    }
+
+    fn upgrade(raw: &[u8]) -> Result<(UpgradeResponse, String), ResponseError> {
+        let mut out = Vec::new();
+        let parsed = parse_upgrade_response(raw, false, &mut out, &DropAndAdd)?;
+        Ok((parsed, String::from_utf8(out).expect("ASCII")))
+    }
+
+    #[test]
+    fn rfc6455_4_2_2_a_switch_to_websocket_goes_to_the_client_with_its_upgrade() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nContent-Length: 0\r\nX-Drop: 1\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x05hello";
+        let (parsed, head) = upgrade(raw).expect("a switch");
+        assert_eq!(
+            parsed,
+            UpgradeResponse::Switched {
+                head_len: raw.len() - 7
+            }
+        );
+        assert_eq!(
+            head,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nx-added: 1\r\nconnection: upgrade\r\n\r\n"
+        );
+        // A refused handshake is an ordinary response, framed as any other.
+        let (parsed, head) =
+            upgrade(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno").expect("a response");
+        assert!(
+            matches!(parsed, UpgradeResponse::Other(ParsedResponse::Final(h)) if h.status == 403 && h.framing == Framing::Length(2)),
+            "{parsed:?}"
+        );
+        assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+        assert_eq!(
+            upgrade(b"HTTP/1.1 101 Switching").expect("partial").0,
+            UpgradeResponse::Other(ParsedResponse::Partial)
+        );
+        // A 101 to something else, or to nothing named, is refused (502).
+        for bad in [
+            &b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n"[..],
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket, h2c\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert_eq!(
+                upgrade(bad),
+                Err(ResponseError::SwitchNotToWebSocket),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Without a handshake, a 101 is still one nobody asked for.
+        assert_eq!(
+            refused(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"),
+            ResponseError::UnexpectedSwitch
         );
     }
 

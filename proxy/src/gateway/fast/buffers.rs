@@ -7,8 +7,6 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::Poll;
 
-use pingora::protocols::Stream;
-
 /// Room a lent upstream read buffer has for reading.
 pub(super) const READ_ROOM: usize = 16 * 1024;
 /// Room a client connection's read buffer gets when bytes arrive while it holds none.
@@ -80,7 +78,10 @@ fn keep_within(buffer: &mut Vec<u8>, limit: usize) {
 /// the poll that finds bytes to read (put back when the read would block), as nginx and
 /// HAProxy allocate a connection's buffer only once it is readable. A non-empty `buf` (a
 /// partial head or body) grows as needed.
-pub(crate) async fn read_client(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+pub(crate) async fn read_client<S>(stream: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize>
+where
+    S: tokio::io::AsyncRead + Unpin + ?Sized,
+{
     use tokio::io::AsyncReadExt;
 
     if !buf.is_empty() {

@@ -8,7 +8,8 @@ use crate::metrics::Metrics;
 /// Why a request goes to pingora.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Handoff {
-    /// The codec's reasons: HTTP/2, HTTP/1.0, other target forms, upgrades, `Expect`, chunked
+    /// The codec's reasons: HTTP/2, HTTP/1.0, other target forms, upgrades other than
+    /// WebSocket, `Expect`, chunked
     /// or large bodies, header limits (pingora answers 431).
     Request(sluice_http1::HandoffReason),
     /// The head is still incomplete past the header byte limit (pingora answers 431).

@@ -1,9 +1,11 @@
 //! The fast path: the HTTP/1.1 driver of the request engine for plain HTTP/1.1 requests to
 //! plain-`http` instances, on the shard's thread (the strict codec of `sluice_http1`,
 //! per-thread upstream keep-alive connections, one write per response in the common case).
-//! Everything else — HTTP/2, HTTP/1.0, upgrades, `Expect`, chunked or large request bodies,
-//! TLS or h2c instances, a pool with no eligible instance yet, heads over the limits — is
-//! handed to pingora untouched, before the engine has seen it.
+//! A WebSocket handshake is served here too: after the upstream's `101` the connection is a
+//! tunnel that holds no buffer while neither side sends. Everything else — HTTP/2, HTTP/1.0,
+//! other upgrades, `Expect`, chunked or large request bodies, TLS or h2c instances, a pool
+//! with no eligible instance yet, heads over the limits — is handed to pingora untouched,
+//! before the engine has seen it.
 //!
 //! Every decision is the engine's (`gateway::engine`): admission, filters, picks, retries,
 //! timeouts, failure answers, metrics and the access log. This module carries bytes.
@@ -23,13 +25,18 @@ use futures_util::FutureExt;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use sluice_http1::fields::put_field;
-use sluice_http1::response::{parse_response, parse_response_edited};
-use sluice_http1::{ChunkedTracker, Framing, HeadEdit, ParsedResponse, RequestError, ResponseHead};
+use sluice_http1::response::{parse_response, parse_response_edited, parse_upgrade_response};
+use sluice_http1::{
+    ChunkedTracker, Framing, HeadEdit, ParsedResponse, RequestError, ResponseHead, Unedited,
+    UpgradeResponse,
+};
 
 pub(crate) use self::buffers::read_client;
+use self::buffers::release_client;
 use self::buffers::{RequestBuffers, READ_ROOM};
 use self::handoff::{Handoff, HandoffCounters};
 use self::head::{ParsedRequest, RequestHead};
@@ -227,8 +234,54 @@ impl FastPath {
                     let _ = client.stream.shutdown().await;
                     return Served::Closed;
                 }
+                Step::Tunnel(end, tunnel) => {
+                    // What the client sent after its handshake goes first.
+                    buf.drain(..end);
+                    if let Some(mut set) = lent.take() {
+                        buf.append(&mut set.early);
+                        set.give_back();
+                    }
+                    Box::pin(self.tunnel(&mut client, buf, tunnel)).await;
+                    return Served::Closed;
+                }
             }
         }
+    }
+
+    /// Moves bytes both ways between the client and the upstream that switched to WebSocket,
+    /// `pending` (the client's bytes that came with or after its handshake) first, until both
+    /// sides close or either fails; then the request's record (101, the bytes each way, the
+    /// tunnel's whole time). No buffer is held while neither side sends: each read borrows
+    /// one from the thread's free list for the poll that finds bytes, as an idle keep-alive
+    /// connection does. No idle limit (as on pingora's path): a tunnel lasts as long as its
+    /// two ends keep it.
+    async fn tunnel(
+        &self,
+        client: &mut Client<'_>,
+        pending: &mut Vec<u8>,
+        mut tunnel: Box<Tunnel>,
+    ) {
+        let Tunnel {
+            up,
+            record,
+            method,
+            host,
+            path,
+        } = &mut *tunnel;
+        let Some(record) = record.as_mut() else {
+            return;
+        };
+        let (mut upward, mut downward) = (0u64, 0u64);
+        let error = relay_tunnel(client.stream, up, pending, &mut upward, &mut downward).await;
+        record.bytes_received += upward;
+        record.bytes_sent += downward;
+        if let Err(error) = error {
+            record.error = error;
+        }
+        let line = RequestLine { method, host, path };
+        self.engine.finish(record, line, Via::Fast, Instant::now());
+        // Closing anyway: a failed shutdown changes nothing.
+        let _ = client.stream.shutdown().await;
     }
 
     /// What to do with what `buf` holds: read more, refuse it, hand it over, or serve the
@@ -273,6 +326,7 @@ impl FastPath {
             Outcome::Handoff(reason) => Step::Handoff(reason),
             Outcome::KeepAlive => Step::Next(end),
             Outcome::Close => Step::Close,
+            Outcome::Tunnel(tunnel) => Step::Tunnel(end, tunnel),
         }
     }
 
@@ -355,15 +409,26 @@ impl FastPath {
             }
         };
         let ended = Instant::now();
-        if !matches!(outcome, Outcome::Handoff(_)) {
-            let line = RequestLine {
-                method: req.method,
-                host: req.host,
-                path: req.path(),
-            };
-            self.engine.finish(&mut record, line, Via::Fast, ended);
+        match outcome {
+            Outcome::Handoff(_) => (outcome, ended),
+            Outcome::Tunnel(mut tunnel) => {
+                // Finished when the tunnel ends.
+                tunnel.record = Some(record);
+                tunnel.method = req.method.to_string();
+                tunnel.host = req.host.to_string();
+                tunnel.path = req.path().to_string();
+                (Outcome::Tunnel(tunnel), ended)
+            }
+            _ => {
+                let line = RequestLine {
+                    method: req.method,
+                    host: req.host,
+                    path: req.path(),
+                };
+                self.engine.finish(&mut record, line, Via::Fast, ended);
+                (outcome, ended)
+            }
         }
-        (outcome, ended)
     }
 
     /// Picks, tries (and retries), and relays the response.
@@ -440,8 +505,11 @@ impl FastPath {
                         let edits = record.filters.as_deref().map(|state| &state.response);
                         let exchange = exchange(
                             up,
-                            req.is_head(),
-                            client_close,
+                            Asked {
+                                head_request: req.is_head(),
+                                websocket: req.websocket,
+                                client_close,
+                            },
                             request,
                             response,
                             head,
@@ -457,13 +525,17 @@ impl FastPath {
                 }
             };
             match exchanged {
-                Ok((upstream, response)) => {
+                Ok((upstream, Answered::Response(response))) => {
                     self.engine.response_head(record, response.status);
                     return self
                         .relay(
                             upstream, addr, &route, response, client, bufs, shutdown, record,
                         )
                         .await;
+                }
+                Ok((upstream, Answered::Switched { head_len })) => {
+                    self.engine.response_head(record, 101);
+                    return self.switch(upstream, head_len, client, bufs, record).await;
                 }
                 Err(e) => {
                     // The body is buffered whole before the first try: always at hand.
@@ -590,6 +662,34 @@ impl FastPath {
         } else {
             Outcome::KeepAlive
         }
+    }
+
+    /// Sends the upstream's `101` (its head in `bufs.client`, and whatever followed it in
+    /// `bufs.response`) to the client: from here the connection is a tunnel.
+    async fn switch(
+        &self,
+        up: Upstream,
+        head_len: usize,
+        client: &mut Client<'_>,
+        bufs: &mut RequestBuffers,
+        record: &mut RequestRecord,
+    ) -> Outcome {
+        let after = &bufs.response[head_len..];
+        bufs.client.extend_from_slice(after);
+        record.bytes_sent += after.len() as u64;
+        if write_client(client.stream, &bufs.client, record.timeouts.io)
+            .await
+            .is_err()
+        {
+            return self.client_gone(client, record).await;
+        }
+        Outcome::Tunnel(Box::new(Tunnel {
+            up: up.stream,
+            record: None,
+            method: String::new(),
+            host: String::new(),
+            path: String::new(),
+        }))
     }
 
     /// The upstream failed in the middle of a response: the client connection is closed so
@@ -722,6 +822,18 @@ enum Outcome {
     Handoff(Handoff),
     KeepAlive,
     Close,
+    /// The upstream switched to WebSocket: the connection is a tunnel from here.
+    Tunnel(Box<Tunnel>),
+}
+
+/// A connection switched to WebSocket: the upstream end, and the request's record and line
+/// (finished when the tunnel ends: filled in by `serve_request`).
+struct Tunnel {
+    up: TcpStream,
+    record: Option<RequestRecord>,
+    method: String,
+    host: String,
+    path: String,
 }
 
 enum Step {
@@ -735,6 +847,8 @@ enum Step {
     /// The request cannot be forwarded: answer and close.
     Refuse(RequestError),
     Close,
+    /// The request (ending at this offset) switched the connection to a tunnel.
+    Tunnel(usize, Box<Tunnel>),
 }
 
 /// Why a try failed before the response head arrived.
@@ -843,17 +957,39 @@ impl BodyState {
     }
 }
 
+/// What the response to a try answers: how the request was sent.
+#[derive(Clone, Copy)]
+struct Asked {
+    head_request: bool,
+    /// A WebSocket handshake: a `101` may answer it.
+    websocket: bool,
+    client_close: bool,
+}
+
+/// The upstream's answer to a try.
+enum Answered {
+    Response(ResponseHead),
+    /// `101` to a WebSocket handshake, its head this long.
+    Switched {
+        head_len: usize,
+    },
+}
+
 /// One try on `up`: sends `request`, reads the response head into `response` (and writes it
 /// as sent to the client to `head`). No timer of its own: see [`watched`].
 async fn exchange(
     mut up: Upstream,
-    head_request: bool,
-    client_close: bool,
+    asked: Asked,
     request: &[u8],
     response: &mut Vec<u8>,
     head: &mut Vec<u8>,
     edits: Option<&HeaderEdits>,
-) -> Result<(Upstream, ResponseHead), AttemptError> {
+) -> Result<(Upstream, Answered), AttemptError> {
+    let Asked {
+        head_request,
+        websocket,
+        client_close,
+    } = asked;
     let reused = up.reused;
     if up.stream.write_all(request).await.is_err() {
         return Err(AttemptError::Write { reused });
@@ -869,6 +1005,33 @@ async fn exchange(
         }
         loop {
             head.clear();
+            if websocket {
+                let parsed = match edits {
+                    Some(edits) if !edits.is_empty() => {
+                        parse_upgrade_response(response, client_close, head, &ResponseEdits(edits))
+                    }
+                    _ => parse_upgrade_response(response, client_close, head, &Unedited),
+                };
+                match parsed {
+                    Err(_) => return Err(AttemptError::BadResponse),
+                    Ok(UpgradeResponse::Switched { head_len }) => {
+                        return Ok((up, Answered::Switched { head_len }))
+                    }
+                    Ok(UpgradeResponse::Other(ParsedResponse::Final(parsed))) => {
+                        return Ok((up, Answered::Response(parsed)))
+                    }
+                    Ok(UpgradeResponse::Other(ParsedResponse::Interim(len))) => {
+                        response.drain(..len);
+                        continue;
+                    }
+                    Ok(UpgradeResponse::Other(ParsedResponse::Partial))
+                        if response.len() > MAX_RESPONSE_HEAD =>
+                    {
+                        return Err(AttemptError::BadResponse)
+                    }
+                    Ok(UpgradeResponse::Other(ParsedResponse::Partial)) => break,
+                }
+            }
             let parsed = match edits {
                 Some(edits) if !edits.is_empty() => parse_response_edited(
                     response,
@@ -881,7 +1044,7 @@ async fn exchange(
             };
             match parsed {
                 Err(_) => return Err(AttemptError::BadResponse),
-                Ok(ParsedResponse::Final(parsed)) => return Ok((up, parsed)),
+                Ok(ParsedResponse::Final(parsed)) => return Ok((up, Answered::Response(parsed))),
                 Ok(ParsedResponse::Interim(len)) => {
                     response.drain(..len);
                 }
@@ -903,15 +1066,67 @@ async fn watched<F>(
     deadline: &mut LazyDeadline,
     client: &mut Stream,
     early: &mut Vec<u8>,
-) -> Result<(Upstream, ResponseHead), AttemptError>
+) -> Result<(Upstream, Answered), AttemptError>
 where
-    F: Future<Output = Result<(Upstream, ResponseHead), AttemptError>>,
+    F: Future<Output = Result<(Upstream, Answered), AttemptError>>,
 {
     tokio::select! {
         biased;
         done = exchange => done,
         () = deadline.until(due) => Err(AttemptError::TimedOut),
         () = watch_client(client, early) => Err(AttemptError::ClientGone),
+    }
+}
+
+/// The two directions of a tunnel, each until its reader closes (then the other end's writing
+/// side is shut), both until either fails: the failure's access-log name then.
+async fn relay_tunnel(
+    client: &mut Stream,
+    up: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    upward: &mut u64,
+    downward: &mut u64,
+) -> Result<(), &'static str> {
+    if !pending.is_empty() {
+        up.write_all(pending).await.map_err(|_| "WriteError")?;
+        *upward += pending.len() as u64;
+    }
+    release_client(std::mem::take(pending));
+    let (mut up_read, mut up_write) = up.split();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let to_upstream = copy_half(&mut client_read, &mut up_write, upward);
+    let to_client = copy_half(&mut up_read, &mut client_write, downward);
+    tokio::pin!(to_upstream, to_client);
+    tokio::select! {
+        done = &mut to_upstream => {
+            done?;
+            to_client.await
+        }
+        done = &mut to_client => {
+            done?;
+            to_upstream.await
+        }
+    }
+}
+
+/// Copies `from` to `to` until `from` closes (then shuts `to`'s writing side), counting the
+/// bytes in `count`; each read borrows a buffer only while it has bytes.
+async fn copy_half<R, W>(from: &mut R, to: &mut W, count: &mut u64) -> Result<(), &'static str>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = Vec::new();
+    loop {
+        let n = read_client(from, &mut buf).await.map_err(|_| "ReadError")?;
+        if n == 0 {
+            // The other side may still talk: a failed shutdown ends nothing more than that.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        to.write_all(&buf).await.map_err(|_| "WriteError")?;
+        *count += n as u64;
+        release_client(std::mem::take(&mut buf));
     }
 }
 
