@@ -271,6 +271,7 @@ def main():
     ap.add_argument("--rate", type=int, default=5000, help="oha fixed request rate")
     ap.add_argument("--rate-conns", type=int, default=32, help="oha connections")
     ap.add_argument("--workers", type=int, default=1, help="worker threads/processes of each proxy")
+    ap.add_argument("--close", action="store_true", help="a new client connection per request (wrk: `Connection: close`; oha: no keep-alive)")
     ap.add_argument(
         "--targets",
         default="direct,lean-floor,bare-pingora,sluice-native,sluice-wasm-rr,sluice-wasm-lc,nginx,haproxy",
@@ -301,10 +302,10 @@ def main():
                 order = targets[shift:] + targets[:shift]
                 for t in order:
                     url = stack.url(t)
-                    m = run_wrk(url, args.conns, args.duration)
+                    m = run_wrk(url, args.conns, args.duration, ["Connection: close"] if args.close else ())
                     rows.append({"round": rnd, "target": t, "mode": "max", **m})
                     print(f"round {rnd} {t:15} max  {m}", flush=True)
-                    r = oha(url, args.rate, args.rate_conns, args.duration)
+                    r = oha(url, args.rate, args.rate_conns, args.duration, close=args.close)
                     rows.append({"round": rnd, "target": t, "mode": "rate", **{k: r[k] for k in ("rps", "p50", "p99", "p999", "errors")}})
                     print(f"round {rnd} {t:15} rate {r}", flush=True)
             with urllib.request.urlopen(f"http://127.0.0.1:{stack.sluice_admin}/metrics") as r:
@@ -331,7 +332,7 @@ def main():
         f"- versions: sluice {version([args.sluice, '--version'])}; {version(['nginx', '-v'])}; {version(['haproxy', '-v'])}; {version(['wrk', '-v'])}; {version(['oha', '--version'])}",
         f"- command: `{command}`",
         f"- setup: two upstream instances (nginx, 1 worker, `return 200`); each proxy with {args.workers} worker(s); "
-        f"wrk -t1 -c{args.conns} for {args.duration}s (closed loop); oha -q {args.rate} -c{args.rate_conns} for {args.duration}s "
+        f"wrk -t1 -c{args.conns} for {args.duration}s (closed loop){'; a new connection per request' if args.close else ''}; oha -q {args.rate} -c{args.rate_conns} for {args.duration}s "
         f"(fixed rate, latency corrected); {args.rounds} rounds, order rotated each round; medians below",
         "",
         f"| target | requests/s (max) | p50 | p99 | p99.9 | at {args.rate}/s: p50 | p99 | p99.9 | errors |",

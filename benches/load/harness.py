@@ -177,16 +177,19 @@ def start_sluice(procs, work, config_body, threads=1, binary=None):
     return p, port, admin
 
 
-def oha(url, rate, conns, duration, timeout=None):
-    """A fixed-rate run; returns rps, p50/p99/p99.9 (ms), successes and total."""
-    return oha_result(oha_start(url, rate, conns, duration, timeout), url, duration)
+def oha(url, rate, conns, duration, timeout=None, close=False):
+    """A fixed-rate run; returns rps, p50/p99/p99.9 (ms), successes and total. With `close`,
+    a new connection per request."""
+    return oha_result(oha_start(url, rate, conns, duration, timeout, close), url, duration)
 
 
-def oha_start(url, rate, conns, duration, timeout=None):
+def oha_start(url, rate, conns, duration, timeout=None, close=False):
     """Starts the run of `oha` and returns at once; `oha_result` waits for it."""
     args = ["oha", "-z", f"{duration}s", "-q", str(rate), "-c", str(conns), "--latency-correction", "--no-tui", "--output-format", "json"]
     if timeout:
         args += ["-t", timeout]
+    if close:
+        args += ["--disable-keepalive"]
     return subprocess.Popen(args + [url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -16,10 +16,33 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::upstreams::peer::HttpPeer;
-use sluice::listener::{Endpoint, ProxyShard, ShardBalance};
+use sluice::listener::{Endpoint, ProxyShard, ShardApp, ShardBalance};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// pingora's proxy app as a shard's app: every connection as pingora's stream (the default
+/// of `ShardApp`), nothing of Sluice's in front.
+struct PingoraOnly<A>(std::sync::Arc<A>);
+
+#[async_trait]
+impl<A: pingora::apps::ServerApp + Send + Sync + 'static> pingora::apps::ServerApp
+    for PingoraOnly<A>
+{
+    async fn process_new(
+        self: &std::sync::Arc<Self>,
+        stream: pingora::protocols::Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        self.0.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.0.cleanup().await
+    }
+}
+
+impl<A: pingora::apps::ServerApp + Send + Sync + 'static> ShardApp for PingoraOnly<A> {}
 
 struct Bare {
     upstreams: Vec<SocketAddr>,
@@ -101,7 +124,7 @@ fn main() {
                 index,
                 format!("bare pingora {index}"),
                 1,
-                proxy,
+                PingoraOnly(std::sync::Arc::new(proxy)),
                 endpoints.clone(),
                 balance.clone(),
             ));

@@ -2,6 +2,7 @@
 //! within `proxy.header_timeout` of the accept is answered 408 and closed (slow-client
 //! protection that pingora does not have; its own read timeouts restart on every byte).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +12,11 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use super::rewind::{OpenConnection, Rewind};
-use crate::gateway::{local_answer, read_client, FastPath, InFlightHold, Served};
+use super::shard::{pingora_stream, ShardApp};
+use crate::gateway::{local_answer, read_client, ClientIo, FastPath, InFlightHold, Peer, Served};
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
 /// seen (HTTP/2 has its own framing and flow control).
@@ -84,7 +87,7 @@ fn header_complete(buf: &[u8], new_from: usize) -> bool {
         || buf[start..].windows(2).any(|w| w == b"\n\n")
 }
 
-async fn read_start(stream: &mut Stream, max_bytes: usize) -> Start {
+async fn read_start(stream: &mut dyn ClientIo, max_bytes: usize) -> Start {
     // No buffer until the client's first bytes are there (read_client lends one then).
     let mut buf = Vec::new();
     loop {
@@ -105,7 +108,7 @@ async fn read_start(stream: &mut Stream, max_bytes: usize) -> Start {
     }
 }
 
-async fn answer_timeout(stream: &mut Stream, timeout: Duration) {
+async fn answer_timeout(stream: &mut dyn ClientIo, timeout: Duration) {
     let body = format!(
         "sluice: request header not received within {}\n",
         humantime::format_duration(timeout)
@@ -114,29 +117,30 @@ async fn answer_timeout(stream: &mut Stream, timeout: Duration) {
     let _ = stream.shutdown().await;
 }
 
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        // A stream we handed to pingora before comes back for its next keep-alive request.
-        let fresh = !stream.as_any().is::<Rewind>();
-        let open = match &self.connections {
+impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
+    /// The connection counted as accepted and open (once: a stream pingora hands back for its
+    /// next request is not fresh).
+    fn count(&self, fresh: bool) -> Option<OpenConnection> {
+        match &self.connections {
             Some((total, open)) if fresh => {
                 total.inc();
                 Some(OpenConnection::new(open))
             }
             _ => None,
-        };
-        // HTTP/2 negotiated by ALPN: nothing to wait for here (the whole connection is
-        // served in this call).
-        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            let served = self.inner.process_new(stream, shutdown).await;
-            drop(open);
-            return served;
         }
+    }
+
+    /// The first request header under the deadline, then the fast path, then `inner` with
+    /// the stream `into_pingora` makes of `stream` (only if it is handed over).
+    async fn serve_from<S: ClientIo>(
+        self: &Arc<Self>,
+        mut stream: S,
+        peer: Peer,
+        fresh: bool,
+        shutdown: &ShutdownWatch,
+        into_pingora: impl FnOnce(S) -> Stream,
+    ) -> Option<Stream> {
+        let open = self.count(fresh);
         let mut shutdown_seen = shutdown.clone();
         let mut held = None;
         // Boxed: its timers and read live only until the first request is in, not in the
@@ -167,11 +171,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         match start {
             Start::Ready(mut prefix) => {
                 if let Some(fast) = &self.fast {
-                    if let Served::Closed = fast.serve(&mut stream, &mut prefix, shutdown).await {
+                    if let Served::Closed =
+                        fast.serve(&mut stream, peer, &mut prefix, shutdown).await
+                    {
                         return None;
                     }
                 }
-                let stream = Rewind::around(stream, prefix, open)?;
+                let stream = Rewind::around(into_pingora(stream), prefix, open)?;
                 let reuse = self.inner.process_new(stream, shutdown).await;
                 drop(held);
                 reuse
@@ -184,9 +190,57 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
             }
         }
     }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // A stream we handed to pingora before comes back for its next keep-alive request.
+        let fresh = !stream.as_any().is::<Rewind>();
+        // HTTP/2 negotiated by ALPN: nothing to wait for here (the whole connection is
+        // served in this call).
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let open = self.count(fresh);
+            let served = self.inner.process_new(stream, shutdown).await;
+            drop(open);
+            return served;
+        }
+        let peer = Peer {
+            ip: stream
+                .get_socket_digest()
+                .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
+            tls: stream.get_ssl_digest().is_some(),
+        };
+        self.serve_from(stream, peer, fresh, shutdown, |stream| stream)
+            .await
+    }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ShardApp for HeaderDeadline<A> {
+    /// A cleartext connection is read and served on its bare socket; pingora's stream (its
+    /// box and socket digest, ~800 bytes) is built only when the connection is handed over,
+    /// so an idle keep-alive connection of the fast path holds neither.
+    async fn process_plain(
+        self: &Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let client = Peer {
+            ip: Some(peer.ip()),
+            tls: false,
+        };
+        self.serve_from(tcp, client, true, shutdown, |tcp| pingora_stream(tcp, peer))
+            .await
     }
 }
 

@@ -49,6 +49,37 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// would fail again at once and spin.
 const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_secs(1);
 
+/// What a shard serves its connections with: a pingora app, which may serve a cleartext
+/// connection on its bare socket and build pingora's stream only when it needs one.
+#[async_trait]
+pub trait ShardApp: ServerApp + Send + Sync + 'static {
+    /// Serves a cleartext connection from `peer`; the stream it hands back (if any) is served
+    /// by `process_new` from then on.
+    async fn process_plain(
+        self: &Arc<Self>,
+        tcp: TcpStream,
+        peer: std::net::SocketAddr,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.process_new(pingora_stream(tcp, peer), shutdown).await
+    }
+}
+
+/// pingora's stream of a cleartext connection from `peer`, with the socket digest pingora
+/// reads the client's address from.
+pub fn pingora_stream(tcp: TcpStream, peer: std::net::SocketAddr) -> Stream {
+    l4_stream(tcp, peer)
+}
+
+fn l4_stream(tcp: TcpStream, peer: std::net::SocketAddr) -> Box<L4Stream> {
+    let mut l4 = Box::new(L4Stream::from(tcp));
+    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+    // A new digest: its peer address is not set yet.
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    l4.set_socket_digest(digest);
+    l4
+}
+
 /// A listening address of the proxy, cleartext or TLS.
 pub struct Endpoint {
     addr: String,
@@ -108,7 +139,7 @@ impl<A> ProxyShard<A> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for ProxyShard<A> {
+impl<A: ShardApp> ServiceTrait for ProxyShard<A> {
     async fn start_service(
         &mut self,
         fds: Option<ListenFds>,
@@ -218,7 +249,7 @@ struct Shard {
 
 /// Accepts connections until the gateway stops, one task each: on this shard, or handed to a
 /// less loaded one.
-async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+async fn accept_loop<A: ShardApp>(
     app: Arc<A>,
     shard: Shard,
     listener: Arc<TcpListener>,
@@ -286,7 +317,7 @@ fn hand_over(
 }
 
 /// Serves the connections other shards hand to this one, until the gateway stops.
-async fn serve_handed<A: ServerApp + Send + Sync + 'static>(
+async fn serve_handed<A: ShardApp>(
     app: Arc<A>,
     mut inbox: tokio::sync::mpsc::UnboundedReceiver<Handed>,
     mut shutdown: ShutdownWatch,
@@ -313,7 +344,7 @@ async fn serve_handed<A: ServerApp + Send + Sync + 'static>(
 }
 
 /// Spawns the task of one accepted connection on this shard.
-fn spawn_connection<A: ServerApp + Send + Sync + 'static>(
+fn spawn_connection<A: ShardApp>(
     app: &Arc<A>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
@@ -325,35 +356,43 @@ fn spawn_connection<A: ServerApp + Send + Sync + 'static>(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY on a client connection: {e}");
     }
-    let mut l4 = Box::new(L4Stream::from(stream));
-    let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
-    // A new digest: its peer address is not set yet.
-    let _ = digest.peer_addr.set(Some(peer.into()));
-    l4.set_socket_digest(digest);
-    tokio::spawn(connection(app.clone(), l4, tls, shutdown.clone(), open));
+    tokio::spawn(connection(
+        app.clone(),
+        stream,
+        peer,
+        tls,
+        shutdown.clone(),
+        open,
+    ));
 }
 
-/// One client connection: the TLS handshake (boxed: its state is freed once done, not kept
-/// for the connection's life), then the app, for as long as it hands the stream back.
-async fn connection<A: ServerApp + Send + Sync + 'static>(
+/// One client connection: a cleartext one on its bare socket (`ShardApp::process_plain`), a
+/// TLS one after its handshake (boxed: its state is freed once done, not kept for the
+/// connection's life) as pingora's stream; then the app, for as long as it hands the stream
+/// back.
+async fn connection<A: ShardApp>(
     app: Arc<A>,
-    // Boxed by the caller: the task holds a pointer, not the stream, for its whole life.
-    l4: Box<L4Stream>,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
     tls: Option<Arc<TlsListener>>,
     shutdown: ShutdownWatch,
     // Counted open on this shard while the task lives.
     _open: OpenOnShard,
 ) {
     let stream: Stream = match tls {
-        None => l4,
+        None => match app.process_plain(tcp, peer, &shutdown).await {
+            Some(handed_back) => handed_back,
+            None => return,
+        },
         Some(listener) => {
+            let l4 = l4_stream(tcp, peer);
             let handshake = Box::pin(tokio::time::timeout(
                 HANDSHAKE_TIMEOUT,
                 // Under TLS, the records of a response are held until its flush: one write.
                 listener.acceptor.tls_handshake(Rewind::new(Vec::new(), l4)),
             ));
             let counters = &listener.counters;
-            match handshake.await {
+            let tls: Stream = match handshake.await {
                 Ok(Ok(tls)) => {
                     counters.completed.inc();
                     Box::new(tls)
@@ -368,9 +407,14 @@ async fn connection<A: ServerApp + Send + Sync + 'static>(
                     tracing::debug!("TLS handshake timed out");
                     return;
                 }
+            };
+            match app.process_new(tls, &shutdown).await {
+                Some(handed_back) => handed_back,
+                None => return,
             }
         }
     };
+    // A stream the app hands back (pingora's keep-alive) is served again until it is done.
     let mut next = app.process_new(stream, &shutdown).await;
     while let Some(stream) = next {
         next = app.process_new(stream, &shutdown).await;
@@ -446,6 +490,8 @@ mod tests {
             None
         }
     }
+
+    impl ShardApp for WhichThread {}
 
     #[test]
     fn connections_accepted_on_one_socket_are_split_evenly_across_shards() {

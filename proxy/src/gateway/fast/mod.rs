@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::ErrorType;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -56,6 +55,20 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// A client connection as the fast path sees it: bytes both ways. A cleartext connection is
+/// served on its bare socket (pingora's stream is built only if it is handed over); a TLS one
+/// as pingora's stream.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + ?Sized> ClientIo for T {}
+
+/// Who the client is: its address and whether it came over TLS (read once per connection).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub ip: Option<IpAddr>,
+    pub tls: bool,
+}
+
 /// The fast path of one proxy: the engine, and the upstream pool settings.
 #[derive(Clone)]
 pub struct FastPath {
@@ -166,22 +179,17 @@ impl FastPath {
     /// closes or a request is not the fast path's (then `buf` holds it, unread by anyone).
     pub async fn serve(
         &self,
-        stream: &mut Stream,
+        stream: &mut dyn ClientIo,
+        peer: Peer,
         buf: &mut Vec<u8>,
         shutdown: &ShutdownWatch,
     ) -> Served {
-        let ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let ip = peer.ip;
         let mut client = Client {
             ip,
             // Formatted once per connection, not per request.
             ip_text: ip.map(|ip| ip.to_string()),
-            proto: if stream.get_ssl_digest().is_some() {
-                "https"
-            } else {
-                "http"
-            },
+            proto: if peer.tls { "https" } else { "http" },
             stream,
             deadline: LazyDeadline::default(),
         };
@@ -775,7 +783,7 @@ impl HeadEdit for ResponseEdits<'_> {
 
 /// The client side of a connection.
 struct Client<'s> {
-    stream: &'s mut Stream,
+    stream: &'s mut dyn ClientIo,
     deadline: LazyDeadline,
     ip: Option<IpAddr>,
     ip_text: Option<String>,
@@ -809,7 +817,7 @@ impl Client<'_> {
 }
 
 /// Answers a request whose body did not come within `timeout` (408).
-async fn body_timed_out(stream: &mut Stream, timeout: Duration) {
+async fn body_timed_out(stream: &mut dyn ClientIo, timeout: Duration) {
     let body = format!(
         "sluice: request body not received within {}\n",
         humantime::format_duration(timeout)
@@ -1064,7 +1072,7 @@ async fn watched<F>(
     exchange: F,
     due: tokio::time::Instant,
     deadline: &mut LazyDeadline,
-    client: &mut Stream,
+    client: &mut dyn ClientIo,
     early: &mut Vec<u8>,
 ) -> Result<(Upstream, Answered), AttemptError>
 where
@@ -1081,7 +1089,7 @@ where
 /// The two directions of a tunnel, each until its reader closes (then the other end's writing
 /// side is shut), both until either fails: the failure's access-log name then.
 async fn relay_tunnel(
-    client: &mut Stream,
+    client: &mut dyn ClientIo,
     up: &mut TcpStream,
     pending: &mut Vec<u8>,
     upward: &mut u64,
@@ -1162,7 +1170,7 @@ impl LazyDeadline {
 
 /// Resolves when the client closes its connection; bytes it sends meanwhile (a pipelined
 /// request) are kept in `early` and end the watch.
-async fn watch_client(stream: &mut Stream, early: &mut Vec<u8>) {
+async fn watch_client(stream: &mut dyn ClientIo, early: &mut Vec<u8>) {
     early.reserve(1024);
     if let Ok(1..) = stream.read_buf(early).await {
         std::future::pending::<()>().await;
@@ -1204,7 +1212,11 @@ impl Idle {
 
 /// Writes `bytes` to the client: at once when the socket takes them (no timer), else within
 /// `timeout`.
-async fn write_client(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+async fn write_client(
+    stream: &mut dyn ClientIo,
+    bytes: &[u8],
+    timeout: Duration,
+) -> std::io::Result<()> {
     let mut written = 0;
     while written < bytes.len() {
         // Dropping a pending write is safe: nothing was written then.
@@ -1231,7 +1243,7 @@ async fn write_client(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> s
 
 /// A response of the gateway's own, written straight to the client (the header deadline's
 /// 408, a body that never came), that says the connection closes after it.
-pub async fn answer(stream: &mut Stream, status: u16, body: &str) {
+pub async fn answer(stream: &mut dyn ClientIo, status: u16, body: &str) {
     let reply = Answer::plain(status, body.to_string(), "");
     // The client may be gone: nothing more to do then.
     let _ = write_answer(stream, &reply, true).await;
@@ -1239,7 +1251,11 @@ pub async fn answer(stream: &mut Stream, status: u16, body: &str) {
 
 /// Writes one of the gateway's answers: its status, plain-text body (none for a 204 or 304)
 /// and fields, `x-sluice-error: 1` when flagged, and `connection: close` when `close`.
-async fn write_answer(stream: &mut Stream, reply: &Answer, close: bool) -> std::io::Result<()> {
+async fn write_answer(
+    stream: &mut dyn ClientIo,
+    reply: &Answer,
+    close: bool,
+) -> std::io::Result<()> {
     use std::io::Write;
     let reason = http::StatusCode::from_u16(reply.status)
         .ok()
