@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sluice_tests::{run_sluice, run_sluice_within};
+use sluice_tests::gateway::Gateway;
+use sluice_tests::{client, run_sluice, run_sluice_within};
 
 /// A `serve` that must refuse its config does so at once; past this it hangs the suite no more.
 const SERVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -249,6 +250,47 @@ fn serve_names_the_key_of_a_port_in_use_and_exits() {
         "{stderr}"
     );
     assert!(stderr.contains("in use"), "{stderr}");
+}
+
+/// Each shard listens on its own socket in the port's reuseport group; a second gateway started
+/// on a running one's port by mistake must still be refused, not join the group and take a
+/// share of its connections.
+#[tokio::test]
+async fn a_second_gateway_on_a_running_gateways_port_is_refused() {
+    let running = Gateway::start(
+        "[[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n",
+        "[services.svc]\ninstances = []\n",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = free.local_addr().unwrap();
+    drop(free);
+    let taken_addr = running.proxy;
+    let path = config(
+        dir.path(),
+        &format!(
+            "[proxy]\nlisten = [\"{taken_addr}\"]\nthreads = 2\n[admin]\nlisten = \"{admin_addr}\"\n\
+             [[routes]]\npath_prefix = \"/\"\nservice = \"svc\"\n"
+        ),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        run_sluice_within(&["serve", "--config", path.to_str().unwrap()], SERVE_LIMIT)
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "gw.toml: proxy.listen: cannot listen on {taken_addr}: "
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("in use"), "{stderr}");
+    // The running gateway still answers on its port (an empty pool: 503 from the gateway).
+    let response = client().get(running.url("/")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
 }
 
 #[test]
