@@ -3,6 +3,7 @@
 //! flight, instead of sleeping out the whole grace period as pingora alone does. The grace
 //! period stays the upper bound.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,10 +16,16 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Resolves once the gateway begins to stop, or once its server (the watch's sender) is gone.
 /// What every accept loop, idle connection and this drain wait on.
-pub(crate) async fn stopping(shutdown: &mut ShutdownWatch) {
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            return;
+/// An `async move` block, not an `async fn`, so an idle connection's wait keeps `shutdown`
+/// once.
+// An async block keeps each argument once (see above): not an `async fn` on purpose.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn stopping(shutdown: &mut ShutdownWatch) -> impl Future<Output = ()> + Send + '_ {
+    async move {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! within `proxy.header_timeout` of the accept is answered 408 and closed (slow-client
 //! protection that pingora does not have; its own read timeouts restart on every byte).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::rewind::{OpenConnection, Rewind};
-use super::shard::{pingora_stream, ShardApp};
+use super::shard::{pingora_stream, PlainConnection, ShardApp};
 use crate::gateway::{local_answer, read_client, ClientIo, FastPath, InFlightHold, Peer, Served};
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
@@ -131,63 +132,69 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
     }
 
     /// The first request header under the deadline, then the fast path, then `inner` with
-    /// the stream `into_pingora` makes of `stream` (only if it is handed over).
-    async fn serve_from<S: ClientIo>(
-        self: &Arc<Self>,
+    /// the stream `into_pingora` makes of `stream` (only if it is handed over). An `async move`
+    /// block, not an `async fn`: the arguments are kept once in the connection's state, not
+    /// once as arguments and again as the body's locals.
+    // An async block keeps each argument once (see above): not an `async fn` on purpose.
+    #[allow(clippy::manual_async_fn)]
+    fn serve_from<'a, S: ClientIo + 'a>(
+        self: &'a Arc<Self>,
         mut stream: S,
         peer: Peer,
         fresh: bool,
-        shutdown: &ShutdownWatch,
-        into_pingora: impl FnOnce(S) -> Stream,
-    ) -> Option<Stream> {
-        let open = self.count(fresh);
-        let mut shutdown_seen = shutdown.clone();
-        let mut held = None;
-        // Boxed: its timers and read live only until the first request is in, not in the
-        // state the connection keeps while it is served and while it idles.
-        let start = Box::pin(async {
-            let read = tokio::time::timeout(self.timeout, read_start(&mut stream, self.max_bytes));
-            tokio::pin!(read);
-            tokio::select! {
-                start = &mut read => start.unwrap_or(Start::TimedOut),
-                // Stopping: an idle keep-alive connection is closed, as pingora does; a fresh
-                // one counts as a request in flight (the drain waits) and gets a moment to
-                // send its request.
-                _ = shutdown_seen.changed() => {
-                    if fresh {
-                        held = Some(InFlightHold::new());
-                        let grace = FIRST_REQUEST_GRACE.min(self.timeout);
-                        match tokio::time::timeout(grace, &mut read).await {
-                            Ok(start) => start.unwrap_or(Start::TimedOut),
-                            Err(_) => Start::Closed,
+        shutdown: &'a ShutdownWatch,
+        into_pingora: impl FnOnce(S, Peer) -> Stream + Send + 'a,
+    ) -> impl Future<Output = Option<Stream>> + Send + 'a {
+        async move {
+            let open = self.count(fresh);
+            let mut held = None;
+            // Boxed: its timers and read live only until the first request is in, not in the
+            // state the connection keeps while it is served and while it idles.
+            let mut prefix = match Box::pin(async {
+                let mut shutdown_seen = shutdown.clone();
+                let read =
+                    tokio::time::timeout(self.timeout, read_start(&mut stream, self.max_bytes));
+                tokio::pin!(read);
+                tokio::select! {
+                    start = &mut read => start.unwrap_or(Start::TimedOut),
+                    // Stopping: an idle keep-alive connection is closed, as pingora does; a
+                    // fresh one counts as a request in flight (the drain waits) and gets a
+                    // moment to send its request.
+                    _ = shutdown_seen.changed() => {
+                        if fresh {
+                            held = Some(InFlightHold::new());
+                            let grace = FIRST_REQUEST_GRACE.min(self.timeout);
+                            match tokio::time::timeout(grace, &mut read).await {
+                                Ok(start) => start.unwrap_or(Start::TimedOut),
+                                Err(_) => Start::Closed,
+                            }
+                        } else {
+                            Start::Closed
                         }
-                    } else {
-                        Start::Closed
                     }
                 }
-            }
-        })
-        .await;
-        match start {
-            Start::Ready(mut prefix) => {
-                if let Some(fast) = &self.fast {
-                    if let Served::Closed =
-                        fast.serve(&mut stream, peer, &mut prefix, shutdown).await
-                    {
-                        return None;
-                    }
+            })
+            .await
+            {
+                // Matched as a temporary, so the connection's state keeps the bytes once.
+                Start::Ready(prefix) => prefix,
+                Start::Closed => return None,
+                Start::TimedOut => {
+                    self.timeouts.inc();
+                    // Rare: boxed, so the connection's state stays small.
+                    Box::pin(answer_timeout(&mut stream, self.timeout)).await;
+                    return None;
                 }
-                let stream = Rewind::around(into_pingora(stream), prefix, open)?;
-                let reuse = self.inner.process_new(stream, shutdown).await;
-                drop(held);
-                reuse
+            };
+            if let Some(fast) = &self.fast {
+                if let Served::Closed = fast.serve(&mut stream, peer, &mut prefix, shutdown).await {
+                    return None;
+                }
             }
-            Start::Closed => None,
-            Start::TimedOut => {
-                self.timeouts.inc();
-                answer_timeout(&mut stream, self.timeout).await;
-                None
-            }
+            let stream = Rewind::around(into_pingora(stream, peer), prefix, open)?;
+            let reuse = self.inner.process_new(stream, shutdown).await;
+            drop(held);
+            reuse
         }
     }
 }
@@ -215,7 +222,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
             tls: stream.get_ssl_digest().is_some(),
         };
-        self.serve_from(stream, peer, fresh, shutdown, |stream| stream)
+        self.serve_from(stream, peer, fresh, shutdown, |stream, _| stream)
             .await
     }
 
@@ -224,23 +231,29 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
     }
 }
 
-#[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ShardApp for HeaderDeadline<A> {
     /// A cleartext connection is read and served on its bare socket; pingora's stream (its
     /// box and socket digest, ~800 bytes) is built only when the connection is handed over,
     /// so an idle keep-alive connection of the fast path holds neither.
-    async fn process_plain(
-        self: &Arc<Self>,
+    fn process_plain(
+        self: Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+        shutdown: ShutdownWatch,
+    ) -> PlainConnection {
         let client = Peer {
             ip: Some(peer.ip()),
             tls: false,
         };
-        self.serve_from(tcp, client, true, shutdown, |tcp| pingora_stream(tcp, peer))
+        // The port alone is kept for the hand-off (the address is 32 bytes, kept for the
+        // connection's life); the client's IP is the one `Peer` holds.
+        let port = peer.port();
+        Box::pin(async move {
+            self.serve_from(tcp, client, true, &shutdown, move |tcp, client| {
+                pingora_stream(tcp, client.ip.map(|ip| SocketAddr::new(ip, port)))
+            })
             .await
+        })
     }
 }
 

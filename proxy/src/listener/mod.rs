@@ -13,6 +13,6 @@ mod tls_server;
 pub use balance::ShardBalance;
 pub use connection_cap::ConnectionCap;
 pub use header_deadline::HeaderDeadline;
-pub use shard::{pingora_stream, Endpoint, ProxyShard, ShardApp};
+pub use shard::{pingora_stream, Endpoint, PlainConnection, ProxyShard, ShardApp};
 pub use tls::{CertError, CertIndex, LoadedCertificate, SniResolver};
 pub use tls_server::{HandshakeCounters, Resumption, TlsListener, TlsServerError};

@@ -24,8 +24,10 @@
 //! sockets predate reuseport groups is met with duplicates of its one socket, and sockets of
 //! shards a predecessor had beyond this process's are accepted on by shard 0.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,33 +55,44 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// would fail again at once and spin.
 const OUT_OF_DESCRIPTORS_PAUSE: Duration = Duration::from_secs(1);
 
+/// What serving a cleartext connection is: boxed, as it lives for the connection's life and
+/// is as large as the app's state while the connection idles; made before the connection's
+/// task is spawned, so the task holds this box and not the socket and address besides.
+pub type PlainConnection = Pin<Box<dyn Future<Output = Option<Stream>> + Send>>;
+
 /// What a shard serves its connections with: a pingora app, which may serve a cleartext
 /// connection on its bare socket and build pingora's stream only when it needs one.
-#[async_trait]
 pub trait ShardApp: ServerApp + Send + Sync + 'static {
     /// Serves a cleartext connection from `peer`; the stream it hands back (if any) is served
-    /// by `process_new` from then on.
-    async fn process_plain(
-        self: &Arc<Self>,
+    /// by `process_new` from then on. Not an `async fn` (`async_trait`'s wrapper would keep a
+    /// second copy of each argument beside the app's own future, for the connection's life).
+    fn process_plain(
+        self: Arc<Self>,
         tcp: TcpStream,
         peer: std::net::SocketAddr,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        self.process_new(pingora_stream(tcp, peer), shutdown).await
+        shutdown: ShutdownWatch,
+    ) -> PlainConnection {
+        Box::pin(async move {
+            self.process_new(pingora_stream(tcp, Some(peer)), &shutdown)
+                .await
+        })
     }
 }
 
 /// pingora's stream of a cleartext connection from `peer`, with the socket digest pingora
-/// reads the client's address from.
-pub fn pingora_stream(tcp: TcpStream, peer: std::net::SocketAddr) -> Stream {
+/// reads the client's address from (without `peer`, the digest asks the socket when it is
+/// first read).
+pub fn pingora_stream(tcp: TcpStream, peer: Option<std::net::SocketAddr>) -> Stream {
     l4_stream(tcp, peer)
 }
 
-fn l4_stream(tcp: TcpStream, peer: std::net::SocketAddr) -> Box<L4Stream> {
+fn l4_stream(tcp: TcpStream, peer: Option<std::net::SocketAddr>) -> Box<L4Stream> {
     let mut l4 = Box::new(L4Stream::from(tcp));
     let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
-    // A new digest: its peer address is not set yet.
-    let _ = digest.peer_addr.set(Some(peer.into()));
+    if let Some(peer) = peer {
+        // A new digest: its peer address is not set yet.
+        let _ = digest.peer_addr.set(Some(peer.into()));
+    }
     l4.set_socket_digest(digest);
     l4
 }
@@ -446,68 +459,97 @@ fn spawn_connection<A: ShardApp>(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY on a client connection: {e}");
     }
-    tokio::spawn(connection(
-        app.clone(),
-        stream,
-        peer,
-        tls,
-        shutdown.clone(),
-        open,
-    ));
+    match tls {
+        None => {
+            let plain = app.clone().process_plain(stream, peer, shutdown.clone());
+            tokio::spawn(plain_connection(app.clone(), plain, shutdown.clone(), open));
+        }
+        Some(tls) => {
+            tokio::spawn(tls_connection(
+                app.clone(),
+                stream,
+                peer,
+                tls,
+                shutdown.clone(),
+                open,
+            ));
+        }
+    }
 }
 
-/// One client connection: a cleartext one on its bare socket (`ShardApp::process_plain`), a
-/// TLS one after its handshake (boxed: its state is freed once done, not kept for the
-/// connection's life) as pingora's stream; then the app, for as long as it hands the stream
-/// back.
-async fn connection<A: ShardApp>(
+/// One cleartext connection: `plain` (`ShardApp::process_plain`, on the bare socket), then
+/// the app for as long as it hands a stream back. An `async move` block, not an `async fn`:
+/// the task keeps each argument once, not once as an argument and again as the body's local
+/// (with the box made before the task, a task of 256 bytes instead of 384).
+// An async block keeps each argument once (see above): not an `async fn` on purpose.
+#[allow(clippy::manual_async_fn)]
+fn plain_connection<A: ShardApp>(
+    app: Arc<A>,
+    plain: PlainConnection,
+    shutdown: ShutdownWatch,
+    open: OpenOnShard,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Counted open on this shard while the task lives: the block owns it.
+        let _ = &open;
+        let mut plain = plain;
+        // Polled where it is (`Pin<Box<_>>` is `Unpin`), not moved into a second slot.
+        if let Some(stream) = (&mut plain).await {
+            drop(plain);
+            // Boxed: only a connection handed to pingora needs it.
+            Box::pin(serve_handed_back(&app, stream, &shutdown)).await;
+        }
+    }
+}
+
+/// A stream the app hands back (pingora's keep-alive) is served again until it is done.
+async fn serve_handed_back<A: ShardApp>(app: &Arc<A>, stream: Stream, shutdown: &ShutdownWatch) {
+    let mut next = app.process_new(stream, shutdown).await;
+    while let Some(stream) = next {
+        next = app.process_new(stream, shutdown).await;
+    }
+}
+
+/// One TLS connection: its handshake (boxed: its state is freed once done, not kept for the
+/// connection's life), then pingora's stream to the app for as long as it hands it back. An
+/// `async move` block, not an `async fn`: the task keeps each argument once.
+// An async block keeps each argument once (see above): not an `async fn` on purpose.
+#[allow(clippy::manual_async_fn)]
+fn tls_connection<A: ShardApp>(
     app: Arc<A>,
     tcp: TcpStream,
     peer: std::net::SocketAddr,
-    tls: Option<Arc<TlsListener>>,
+    listener: Arc<TlsListener>,
     shutdown: ShutdownWatch,
-    // Counted open on this shard while the task lives.
-    _open: OpenOnShard,
-) {
-    let stream: Stream = match tls {
-        None => match app.process_plain(tcp, peer, &shutdown).await {
-            Some(handed_back) => handed_back,
-            None => return,
-        },
-        Some(listener) => {
-            let l4 = l4_stream(tcp, peer);
-            let handshake = Box::pin(tokio::time::timeout(
-                HANDSHAKE_TIMEOUT,
-                // Under TLS, the records of a response are held until its flush: one write.
-                listener.acceptor.tls_handshake(Rewind::new(Vec::new(), l4)),
-            ));
-            let counters = &listener.counters;
-            let tls: Stream = match handshake.await {
-                Ok(Ok(tls)) => {
-                    counters.completed.inc();
-                    Box::new(tls)
-                }
-                Ok(Err(e)) => {
-                    counters.failed.inc();
-                    tracing::debug!("TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    counters.failed.inc();
-                    tracing::debug!("TLS handshake timed out");
-                    return;
-                }
-            };
-            match app.process_new(tls, &shutdown).await {
-                Some(handed_back) => handed_back,
-                None => return,
+    open: OpenOnShard,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Counted open on this shard while the task lives: the block owns it.
+        let _ = &open;
+        let l4 = l4_stream(tcp, Some(peer));
+        let handshake = Box::pin(tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            // Under TLS, the records of a response are held until its flush: one write.
+            listener.acceptor.tls_handshake(Rewind::new(Vec::new(), l4)),
+        ));
+        let counters = &listener.counters;
+        let tls: Stream = match handshake.await {
+            Ok(Ok(tls)) => {
+                counters.completed.inc();
+                Box::new(tls)
             }
-        }
-    };
-    // A stream the app hands back (pingora's keep-alive) is served again until it is done.
-    let mut next = app.process_new(stream, &shutdown).await;
-    while let Some(stream) = next {
-        next = app.process_new(stream, &shutdown).await;
+            Ok(Err(e)) => {
+                counters.failed.inc();
+                tracing::debug!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                counters.failed.inc();
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        };
+        serve_handed_back(&app, tls, &shutdown).await;
     }
 }
 

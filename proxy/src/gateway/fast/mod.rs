@@ -177,79 +177,92 @@ impl FastPath {
 
     /// Serves requests from `stream`, whose first bytes are in `buf`, until the connection
     /// closes or a request is not the fast path's (then `buf` holds it, unread by anyone).
-    pub async fn serve(
-        &self,
-        stream: &mut dyn ClientIo,
+    /// The connection's state is made before the `async move` block, which keeps it once (an
+    /// `async fn` would keep its arguments beside it while the connection idles).
+    pub fn serve<'a>(
+        &'a self,
+        stream: &'a mut dyn ClientIo,
         peer: Peer,
-        buf: &mut Vec<u8>,
-        shutdown: &ShutdownWatch,
-    ) -> Served {
-        let ip = peer.ip;
+        buf: &'a mut Vec<u8>,
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = Served> + Send + 'a {
         let mut client = Client {
-            ip,
+            ip: peer.ip,
             // Formatted once per connection, not per request.
-            ip_text: ip.map(|ip| ip.to_string()),
+            ip_text: peer.ip.map(|ip| ip.to_string()),
             proto: if peer.tls { "https" } else { "http" },
             stream,
             deadline: LazyDeadline::default(),
         };
-        let mut lent = None;
         let mut idle = Idle::new(shutdown);
-        loop {
-            let step =
-                Box::pin(self.step(buf, &mut client, &mut lent, shutdown, &mut idle.last_active))
-                    .await;
-            match step {
-                Step::Handoff(reason) => return self.hand_off(reason),
-                Step::Next(end) => {
-                    buf.drain(..end);
-                    if let Some(mut set) = lent.take() {
-                        // What the client sent while its request was served comes next.
-                        buf.append(&mut set.early);
-                        set.give_back();
+        async move {
+            let mut lent = None;
+            loop {
+                // The step is matched as a temporary and the idle wait comes after the match,
+                // so an idle connection's state does not keep the step.
+                let idle_next = match Box::pin(self.step(
+                    buf,
+                    &mut client,
+                    &mut lent,
+                    shutdown,
+                    &mut idle.last_active,
+                ))
+                .await
+                {
+                    Step::Handoff(reason) => return self.hand_off(reason),
+                    Step::Next(end) => {
+                        buf.drain(..end);
+                        if let Some(mut set) = lent.take() {
+                            // What the client sent while its request was served comes next.
+                            buf.append(&mut set.early);
+                            set.give_back();
+                        }
+                        buf.is_empty()
                     }
-                    if buf.is_empty() && !idle.wait_request(&mut client, buf).await {
-                        return Served::Closed;
+                    Step::ReadHead => {
+                        let due = tokio::time::Instant::now() + KEEPALIVE;
+                        if client.read_by(buf, due).await.is_err() {
+                            return Served::Closed;
+                        }
+                        false
                     }
-                }
-                Step::ReadHead => {
-                    let due = tokio::time::Instant::now() + KEEPALIVE;
-                    if client.read_by(buf, due).await.is_err() {
-                        return Served::Closed;
-                    }
-                }
-                Step::ReadBody(end, timeout) => {
-                    let due = tokio::time::Instant::now() + timeout;
-                    while buf.len() < end {
-                        match client.read_by(buf, due).await {
-                            Ok(_) => {}
-                            Err(ClientRead::Closed) => return Served::Closed,
-                            Err(ClientRead::TimedOut) => {
-                                // Rare: boxed, so the connection's state stays small.
-                                Box::pin(body_timed_out(client.stream, timeout)).await;
-                                return Served::Closed;
+                    Step::ReadBody(end, timeout) => {
+                        let due = tokio::time::Instant::now() + timeout;
+                        while buf.len() < end {
+                            match client.read_by(buf, due).await {
+                                Ok(_) => {}
+                                Err(ClientRead::Closed) => return Served::Closed,
+                                Err(ClientRead::TimedOut) => {
+                                    // Rare: boxed, so the connection's state stays small.
+                                    Box::pin(body_timed_out(client.stream, timeout)).await;
+                                    return Served::Closed;
+                                }
                             }
                         }
+                        false
                     }
-                }
-                Step::Refuse(error) => {
-                    // Rare: boxed, so the connection's state stays small.
-                    Box::pin(self.refuse(&mut client, error)).await;
-                    return Served::Closed;
-                }
-                Step::Close => {
-                    // Closing anyway: a failed shutdown changes nothing.
-                    let _ = client.stream.shutdown().await;
-                    return Served::Closed;
-                }
-                Step::Tunnel(end, tunnel) => {
-                    // What the client sent after its handshake goes first.
-                    buf.drain(..end);
-                    if let Some(mut set) = lent.take() {
-                        buf.append(&mut set.early);
-                        set.give_back();
+                    Step::Refuse(error) => {
+                        // Rare: boxed, so the connection's state stays small.
+                        Box::pin(self.refuse(&mut client, error)).await;
+                        return Served::Closed;
                     }
-                    Box::pin(self.tunnel(&mut client, buf, tunnel)).await;
+                    Step::Close => {
+                        // Closing anyway: a failed shutdown changes nothing.
+                        let _ = client.stream.shutdown().await;
+                        return Served::Closed;
+                    }
+                    Step::Tunnel(end, tunnel) => {
+                        // What the client sent after its handshake goes first.
+                        buf.drain(..end);
+                        if let Some(mut set) = lent.take() {
+                            buf.append(&mut set.early);
+                            set.give_back();
+                        }
+                        Box::pin(self.tunnel(&mut client, buf, tunnel)).await;
+                        return Served::Closed;
+                    }
+                };
+                if idle_next && !idle.wait_request(&mut client, buf).await {
                     return Served::Closed;
                 }
             }
