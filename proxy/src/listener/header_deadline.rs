@@ -137,14 +137,14 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
     /// once as arguments and again as the body's locals.
     // An async block keeps each argument once (see above): not an `async fn` on purpose.
     #[allow(clippy::manual_async_fn)]
-    fn serve_from<'a, S: ClientIo + 'a>(
-        self: &'a Arc<Self>,
+    fn serve_from<S: ClientIo + 'static>(
+        self: Arc<Self>,
         mut stream: S,
         peer: Peer,
         fresh: bool,
-        shutdown: &'a ShutdownWatch,
-        into_pingora: impl FnOnce(S, Peer) -> Stream + Send + 'a,
-    ) -> impl Future<Output = Option<Stream>> + Send + 'a {
+        shutdown: ShutdownWatch,
+        into_pingora: impl FnOnce(S, Peer) -> Stream + Send + 'static,
+    ) -> impl Future<Output = Option<Stream>> + Send + 'static {
         async move {
             let open = self.count(fresh);
             let mut held = None;
@@ -187,12 +187,13 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
                 }
             };
             if let Some(fast) = &self.fast {
-                if let Served::Closed = fast.serve(&mut stream, peer, &mut prefix, shutdown).await {
+                if let Served::Closed = fast.serve(&mut stream, peer, &mut prefix, &shutdown).await
+                {
                     return None;
                 }
             }
             let stream = Rewind::around(into_pingora(stream, peer), prefix, open)?;
-            let reuse = self.inner.process_new(stream, shutdown).await;
+            let reuse = self.inner.process_new(stream, &shutdown).await;
             drop(held);
             reuse
         }
@@ -222,7 +223,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
             tls: stream.get_ssl_digest().is_some(),
         };
-        self.serve_from(stream, peer, fresh, shutdown, |stream, _| stream)
+        // Owned handles for the connection's state (two reference counts per call here, on
+        // pingora's path, so a cleartext connection's box needs no wrapper).
+        self.clone()
+            .serve_from(stream, peer, fresh, shutdown.clone(), |stream, _| stream)
             .await
     }
 
@@ -248,12 +252,11 @@ impl<A: ServerApp + Send + Sync + 'static> ShardApp for HeaderDeadline<A> {
         // The port alone is kept for the hand-off (the address is 32 bytes, kept for the
         // connection's life); the client's IP is the one `Peer` holds.
         let port = peer.port();
-        Box::pin(async move {
-            self.serve_from(tcp, client, true, &shutdown, move |tcp, client| {
+        Box::pin(
+            self.serve_from(tcp, client, true, shutdown, move |tcp, client| {
                 pingora_stream(tcp, client.ip.map(|ip| SocketAddr::new(ip, port)))
-            })
-            .await
-        })
+            }),
+        )
     }
 }
 

@@ -227,17 +227,10 @@ impl FastPath {
                         false
                     }
                     Step::ReadBody(end, timeout) => {
-                        let due = tokio::time::Instant::now() + timeout;
-                        while buf.len() < end {
-                            match client.read_by(buf, due).await {
-                                Ok(_) => {}
-                                Err(ClientRead::Closed) => return Served::Closed,
-                                Err(ClientRead::TimedOut) => {
-                                    // Rare: boxed, so the connection's state stays small.
-                                    Box::pin(body_timed_out(client.stream, timeout)).await;
-                                    return Served::Closed;
-                                }
-                            }
+                        // One await here, so what the body's reads keep is the read's own
+                        // state, not the connection's for every state it is in.
+                        if !client.read_body(buf, end, timeout).await {
+                            return Served::Closed;
                         }
                         false
                     }
@@ -826,6 +819,26 @@ impl Client<'_> {
             },
             () = self.deadline.until(due) => Err(ClientRead::TimedOut),
         }
+    }
+}
+
+impl Client<'_> {
+    /// Reads until `buf` holds `end` bytes (the request's head and body) within `timeout`;
+    /// false when the client closed or the body did not come in time (answered 408).
+    async fn read_body(&mut self, buf: &mut Vec<u8>, end: usize, timeout: Duration) -> bool {
+        let due = tokio::time::Instant::now() + timeout;
+        while buf.len() < end {
+            match self.read_by(buf, due).await {
+                Ok(_) => {}
+                Err(ClientRead::Closed) => return false,
+                Err(ClientRead::TimedOut) => {
+                    // Rare: boxed, so the connection's state stays small.
+                    Box::pin(body_timed_out(self.stream, timeout)).await;
+                    return false;
+                }
+            }
+        }
+        true
     }
 }
 
