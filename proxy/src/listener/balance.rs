@@ -54,11 +54,6 @@ impl ShardBalance {
         })
     }
 
-    /// How many shards share the load.
-    pub(super) fn shards(&self) -> usize {
-        self.open.len()
-    }
-
     /// Shard `index`'s inbox, taken once when the shard starts.
     pub(super) fn inbox(&self, index: usize) -> Option<mpsc::UnboundedReceiver<Handed>> {
         self.receivers.lock().get_mut(index).and_then(Option::take)
