@@ -1,9 +1,15 @@
 //! Graceful stop: once shutdown begins (SIGTERM, or the end of a SIGQUIT upgrade) the
 //! listeners stop accepting, and this service exits the process as soon as no request is in
-//! flight, instead of sleeping out the whole grace period as pingora alone does. The grace
-//! period stays the upper bound.
+//! flight and no client connection is open, instead of sleeping out the whole grace period as
+//! pingora alone does. The grace period stays the upper bound.
+//!
+//! Connections, not only requests: a connection accepted just before the stop may not have
+//! sent (or this process may not yet have read) its first request, and exiting then resets
+//! it. Idle keep-alive connections close at the stop, a fresh one gets a moment for its first
+//! request, so waiting for every connection costs only what is really in flight.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +17,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::gateway::active_requests;
+use crate::listener::ShardBalance;
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -30,8 +37,21 @@ pub(crate) fn stopping(shutdown: &mut ShutdownWatch) -> impl Future<Output = ()>
     }
 }
 
-/// Exits the process once draining is done.
-pub struct Drain;
+/// Exits the process once draining is done: no request in flight, no connection open on
+/// the proxy's shards.
+pub struct Drain {
+    connections: Arc<ShardBalance>,
+}
+
+impl Drain {
+    pub fn new(connections: Arc<ShardBalance>) -> Self {
+        Self { connections }
+    }
+
+    fn drained(&self) -> bool {
+        active_requests() == 0 && self.connections.open_connections() == 0
+    }
+}
 
 #[async_trait]
 impl BackgroundService for Drain {
@@ -44,16 +64,16 @@ impl BackgroundService for Drain {
         let started = std::time::Instant::now();
         tracing::info!(
             in_flight = active_requests(),
-            "stopped accepting; draining requests in flight"
+            connections = self.connections.open_connections(),
+            "stopped accepting; draining requests in flight and open connections"
         );
-        // Two quiet reads in a row: a request accepted just before the stop has had its chance
-        // to register.
+        // Two quiet reads in a row: a connection accepted as the stop began has been counted.
         let mut quiet = 0;
         loop {
-            if active_requests() == 0 {
+            if self.drained() {
                 quiet += 1;
                 if quiet >= 2 {
-                    tracing::info!(after = ?started.elapsed(), "drained: no request in flight, exiting");
+                    tracing::info!(after = ?started.elapsed(), "drained: no request in flight, no connection open, exiting");
                     std::process::exit(0);
                 }
             } else {

@@ -439,7 +439,7 @@ impl Parts {
         );
 
         server.add_service(watch);
-        server.add_service(background_service("drain", crate::drain::Drain));
+        server.add_service(background_service("drain", crate::drain::Drain::new(balance)));
         let checked: Vec<_> = cfg
             .services
             .iter()

@@ -94,6 +94,12 @@ impl ShardBalance {
         }
     }
 
+    /// Connections open on every shard, those in transit between shards included: what the
+    /// graceful stop waits for (`drain::Drain`).
+    pub fn open_connections(&self) -> usize {
+        self.open.iter().map(|c| c.0.load(Ordering::Acquire)).sum()
+    }
+
     fn count(&self, shard: usize) -> usize {
         self.open
             .get(shard)
@@ -141,6 +147,7 @@ mod tests {
         }
         assert_eq!(targets, [0, 0, 1, 0, 1, 0, 1, 0]);
         assert_eq!((balance.count(0), balance.count(1)), (5, 3));
+        assert_eq!(balance.open_connections(), 8);
         // Closing connections uncounts them.
         held.clear();
         assert_eq!((balance.count(0), balance.count(1)), (0, 0));

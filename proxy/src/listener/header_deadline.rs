@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 use super::rewind::{OpenConnection, Rewind};
 use super::shard::{pingora_stream, PlainConnection, ShardApp};
-use crate::gateway::{local_answer, read_client, ClientIo, FastPath, InFlightHold, Peer, Served};
+use crate::gateway::{local_answer, read_client, ClientIo, FastPath, Peer, Served};
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
 /// seen (HTTP/2 has its own framing and flow control).
@@ -147,7 +147,6 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
     ) -> impl Future<Output = Option<Stream>> + Send + 'static {
         async move {
             let open = self.count(fresh);
-            let mut held = None;
             // Boxed: its timers and read live only until the first request is in, not in the
             // state the connection keeps while it is served and while it idles.
             let mut prefix = match Box::pin(async {
@@ -157,12 +156,11 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
                 tokio::pin!(read);
                 tokio::select! {
                     start = &mut read => start.unwrap_or(Start::TimedOut),
-                    // Stopping: an idle keep-alive connection is closed, as pingora does; a
-                    // fresh one counts as a request in flight (the drain waits) and gets a
-                    // moment to send its request.
-                    _ = shutdown_seen.changed() => {
+                    // Stopping (or stopped before this connection got here): an idle
+                    // keep-alive connection is closed, as pingora does; a fresh one gets a
+                    // moment to send its request (the drain waits for open connections).
+                    () = crate::drain::stopping(&mut shutdown_seen) => {
                         if fresh {
-                            held = Some(InFlightHold::new());
                             let grace = FIRST_REQUEST_GRACE.min(self.timeout);
                             match tokio::time::timeout(grace, &mut read).await {
                                 Ok(start) => start.unwrap_or(Start::TimedOut),
@@ -193,9 +191,7 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
                 }
             }
             let stream = Rewind::around(into_pingora(stream, peer), prefix, open)?;
-            let reuse = self.inner.process_new(stream, &shutdown).await;
-            drop(held);
-            reuse
+            self.inner.process_new(stream, &shutdown).await
         }
     }
 }

@@ -305,8 +305,11 @@ async fn accept_loop<A: ShardApp>(
 ) {
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            // The stop first: once it began, what waits in the queue is left to a successor
+            // that shares the socket (a graceful upgrade), not taken on here.
+            biased;
             () = stopping(&mut shutdown) => return,
+            accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
