@@ -13,7 +13,7 @@ pub use model::{
     RegistrySettings, RouteSpec, ServicePolicy, StrategyRef, StrategySpec, UpstreamTlsSpec,
     BUILTIN_STRATEGIES,
 };
-pub use validate::parse_cidr;
+pub use validate::{parse_cidr, MAX_THREADS};
 
 use std::path::Path;
 

@@ -15,7 +15,7 @@ use super::model::*;
 use super::{ConfigError, ConfigIssue};
 
 /// Bounds a value must be within: past them it is a typo, not a setting.
-const MAX_THREADS: usize = 1024;
+pub const MAX_THREADS: usize = 1024;
 /// Connections the admin listener serves at once by default: scrapes, probes and operators
 /// need a handful; the cap keeps idle or slow clients of the port from taking the process's
 /// descriptors.

@@ -1,10 +1,11 @@
-//! Accepted connections balanced across shards. Every shard accepts on the same sockets, and
-//! the kernel wakes whichever waits first, so one shard can end up with most connections
-//! (CPU 334/26 in one measured run). A shard that accepts a connection while another holds
-//! fewer open ones (by more than `SLACK`) hands it over: the socket leaves the accepting
-//! shard's reactor and joins the other's, which serves it from then on. One atomic read per
-//! shard and accept, and a channel send only when the split is uneven; nothing per request.
-//! The listening sockets stay one per address, so a graceful upgrade hands them on as before.
+//! Accepted connections balanced across shards. The kernel spreads new connections over the
+//! shards' sockets by a hash of their addresses (`SO_REUSEPORT`), not by load; on one shared
+//! socket it woke whichever shard waited first, and one shard could end up with most
+//! connections (CPU 334/26 in one measured run). A shard that accepts a connection while
+//! another holds fewer open ones (by more than `SLACK`) hands it over: the socket leaves the
+//! accepting shard's reactor and joins the other's, which serves it from then on. One atomic
+//! read per shard and accept, and a channel send only when the split is uneven; nothing per
+//! request. The counts are also what a graceful stop waits on (`drain::Drain`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -52,6 +53,11 @@ impl ShardBalance {
             inboxes: inboxes.into(),
             receivers: Mutex::new(receivers),
         })
+    }
+
+    /// How many shards share the load.
+    pub(super) fn shards(&self) -> usize {
+        self.open.len()
     }
 
     /// Shard `index`'s inbox, taken once when the shard starts.

@@ -1,5 +1,5 @@
 //! Share-nothing proxy shards: one single-threaded service per proxy thread, every one
-//! accepting on the same listening sockets, with accept loops of its own.
+//! with its own listening socket per address and accept loops of its own.
 //!
 //! Why shards: a pingora listening service with N threads runs its accept loop on one runtime,
 //! which registers every accepted socket with *its* reactor, then spawns the connection on a
@@ -16,10 +16,16 @@
 //! and writes in pieces (pingora's path, TLS records) are held only until their flush
 //! (`Rewind`).
 //!
-//! Shard 0 binds the sockets and lists them in the server's socket table (or finds them there,
-//! inherited in a graceful upgrade, and they are handed on at the next); the others accept on
-//! duplicates of the same sockets, so there is one accept queue per address and nothing else
-//! can bind the port.
+//! Every shard binds its own socket per address, all in the port's `SO_REUSEPORT` group (the
+//! kernel spreads new connections over them and wakes one shard per connection), and lists it
+//! in the server's socket table under its own key (the address for shard 0, `address#N` for
+//! shard N), so a graceful upgrade hands each one on; a shard finds its socket there when it
+//! was inherited. Only processes of the same user can join a port's group. A predecessor whose
+//! sockets predate reuseport groups is met with duplicates of its one socket, and sockets of
+//! shards a predecessor had beyond this process's are accepted on by shard 0. Every shard
+//! claims its keys (`listen_addresses`): pingora closes an inherited socket no service claims,
+//! and a group's socket left to the predecessor alone takes the connections queued on it
+//! down when the predecessor exits.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -147,8 +153,23 @@ impl<A> ProxyShard<A> {
         }
     }
 
-    fn addresses(&self) -> Vec<String> {
-        self.endpoints.iter().map(|e| e.addr.clone()).collect()
+    /// The socket-table keys this shard claims: its own socket's for each address, and for
+    /// shard 0 also those of shards a predecessor ran beyond this process's count (shard 0
+    /// accepts on them, `leftovers`). Pingora closes an inherited socket nobody claims before
+    /// any service starts, and a socket of the port's reuseport group closed in this process
+    /// lives on in the predecessor only, whose exit resets the connections queued on it.
+    fn claimed_keys(&self) -> Vec<String> {
+        let indices: Vec<usize> = if self.index == 0 {
+            std::iter::once(0)
+                .chain(self.balance.shards()..crate::config::MAX_THREADS)
+                .collect()
+        } else {
+            vec![self.index]
+        };
+        self.endpoints
+            .iter()
+            .flat_map(|e| indices.iter().map(|&i| shard_key(&e.addr, i)))
+            .collect()
     }
 }
 
@@ -178,13 +199,19 @@ impl<A: ShardApp> ServiceTrait for ProxyShard<A> {
                 listened = listen_shard(&table, &endpoint.addr, self.index) => listened,
                 () = stopping(&mut shutdown) => return,
             };
-            let listeners = match listened {
+            let mut listeners = match listened {
                 Ok(listener) => vec![listener],
                 Err(e) => {
                     tracing::error!(address = %endpoint.addr, "cannot listen: {e}");
                     continue;
                 }
             };
+            if self.index == 0 {
+                // Sockets of shards a predecessor had and this process has not: still in the
+                // port's reuseport group, so the kernel keeps giving them connections. Shard 0
+                // accepts on them too.
+                listeners.extend(leftovers(&table, &endpoint.addr, self.balance.shards()));
+            }
             for listener in listeners.into_iter().map(Arc::new) {
                 for _ in 0..listeners_per_fd.max(1) {
                     loops.push(tokio::spawn(accept_loop(
@@ -213,20 +240,35 @@ impl<A: ShardApp> ServiceTrait for ProxyShard<A> {
     }
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
-        Some(self.addresses())
+        Some(self.claimed_keys())
     }
 }
 
-/// Shard `index`'s listening socket for `addr`. Shard 0 binds it (or finds it in the socket
-/// table, inherited in a graceful upgrade, and lists it for the next); the others accept on
-/// duplicates of it once shard 0 has it, so there is one accept queue per address and
-/// nothing else can bind the port. (A socket per shard in a `SO_REUSEPORT` group woke one
-/// shard per connection instead of all, 28.7 k -> 31.7 k requests/s under `Connection:
-/// close`, but lost a connection now and then across a SIGQUIT upgrade: one reset connect
-/// in ~6 000, in 1 of ~6 runs of the upgrade test; docs/benchmarks.md, session 17.)
-async fn listen_shard(table: &ListenFds, addr: &str, index: usize) -> std::io::Result<TcpListener> {
+/// The key of shard `index`'s socket for `addr` in the socket table: the address itself for
+/// shard 0 (what a predecessor of any version lists), `addr#index` for the others.
+fn shard_key(addr: &str, index: usize) -> String {
     if index == 0 {
-        return listen(table, addr, || parse_address(addr));
+        addr.to_string()
+    } else {
+        format!("{addr}#{index}")
+    }
+}
+
+/// Shard `index`'s listening socket for `addr`: its own, in the port's `SO_REUSEPORT` group, so
+/// the kernel spreads new connections over the shards and wakes one shard per connection (on
+/// one shared socket every shard's reactor woke for each connection, and all but one found
+/// nothing to accept: `Connection: close` load 28.7 k -> 31.7 k requests/s with 2 shards).
+/// Inherited from a predecessor in a graceful upgrade when its table lists it; else bound and
+/// listed for the next. Shard 0 binds first and the others join its address (its port, when
+/// `addr` asked for any). A port another process holds, in a reuseport group or not, was
+/// refused before any shard starts (`Parts::check_listeners`, whose plain bind fails on any
+/// listening socket), so a second gateway started on it by mistake does not take a share.
+/// When the port is held by a predecessor's socket outside any reuseport group (a build that
+/// predates them), a shard accepts on a duplicate of shard 0's.
+async fn listen_shard(table: &ListenFds, addr: &str, index: usize) -> std::io::Result<TcpListener> {
+    let key = shard_key(addr, index);
+    if index == 0 {
+        return listen(table, &key, || parse_address(addr));
     }
     let shard_0 = loop {
         if let Some(fd) = table.lock().get(addr).copied() {
@@ -235,16 +277,47 @@ async fn listen_shard(table: &ListenFds, addr: &str, index: usize) -> std::io::R
         tokio::time::sleep(BIND_POLL).await;
     };
     // SAFETY: shard 0's listening socket, open while the table lists it (the server keeps it
-    // for a graceful upgrade); only borrowed here, to duplicate it.
+    // for a graceful upgrade); only borrowed here to read its address and to duplicate it.
     let shard_0 = unsafe { BorrowedFd::borrow_raw(shard_0) };
-    let std = std::net::TcpListener::from(shard_0.try_clone_to_owned()?);
-    std.set_nonblocking(true)?;
-    TcpListener::from_std(std)
+    match listen(table, &key, || local_address(shard_0)) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let std = std::net::TcpListener::from(shard_0.try_clone_to_owned()?);
+            std.set_nonblocking(true)?;
+            TcpListener::from_std(std)
+        }
+        listened => listened,
+    }
+}
+
+/// The inherited sockets for `addr` of shards `shards` and up (a predecessor ran more shards).
+fn leftovers(table: &ListenFds, addr: &str, shards: usize) -> Vec<TcpListener> {
+    let table = table.lock();
+    (shards..)
+        .map_while(|index| table.get(&shard_key(addr, index)).copied())
+        .filter_map(|fd| {
+            // SAFETY: a listening socket inherited for a shard this process does not run;
+            // owned from here by shard 0's extra listener (the table keeps the number for the
+            // next upgrade, as for every inherited socket).
+            let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            std.set_nonblocking(true).ok()?;
+            TcpListener::from_std(std).ok()
+        })
+        .collect()
 }
 
 fn parse_address(addr: &str) -> std::io::Result<SocketAddr> {
     addr.parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))
+}
+
+/// The address `socket` is bound to.
+fn local_address(socket: BorrowedFd<'_>) -> std::io::Result<SocketAddr> {
+    // A listener that borrows the descriptor: `ManuallyDrop` keeps it from closing it.
+    // SAFETY: `socket` is a valid open descriptor for the borrow's length.
+    let borrowed = std::mem::ManuallyDrop::new(unsafe {
+        std::net::TcpListener::from_raw_fd(socket.as_raw_fd())
+    });
+    borrowed.local_addr()
 }
 
 fn new_socket(address: SocketAddr) -> std::io::Result<TcpSocket> {
@@ -279,6 +352,7 @@ fn listen(
             let address = bind_to()?;
             let socket = new_socket(address)?;
             socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
             socket.bind(address)?;
             table.add(key.to_string(), socket.as_raw_fd());
             socket
@@ -614,20 +688,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_shards_share_shard_0s_accept_queue() {
+    async fn every_shard_listens_in_the_port_group_under_its_own_key() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
         let table: ListenFds = Arc::new(Mutex::new(Fds::new()));
-        let first = listen_shard(&table, "127.0.0.1:0", 0).await.unwrap();
-        let addr = first.local_addr().unwrap().to_string();
-        let second = listen_shard(&table, "127.0.0.1:0", 1).await.unwrap();
-        // Only shard 0's socket is listed (and handed on in an upgrade).
-        assert_eq!(*table.lock().get("127.0.0.1:0").unwrap(), first.as_raw_fd());
-        // One queue: whichever accepts first takes the connection.
+        let first = listen_shard(&table, &addr, 0).await.unwrap();
+        let second = listen_shard(&table, &addr, 1).await.unwrap();
+        let zero_fd = *table.lock().get(&addr).unwrap();
+        let one_fd = *table.lock().get(&format!("{addr}#1")).unwrap();
+        assert_eq!(zero_fd, first.as_raw_fd());
+        assert_eq!(one_fd, second.as_raw_fd());
+        // The kernel spreads connections over the group: both get some of 40.
         let clients: Vec<_> = (0..40)
             .map(|_| TcpStream::connect(&addr).unwrap())
             .collect();
-        let (a, b) = (accepted(&first, 20).await, accepted(&second, 40).await);
+        let (a, b) = (accepted(&first, 40).await, accepted(&second, 40).await);
         assert_eq!(a + b, 40);
+        assert!(a > 0 && b > 0, "split {a}/{b}");
         drop(clients);
+
+        // A successor finds each shard's socket by its key; one it has no shard for is
+        // accepted on by shard 0.
+        // (Shard 2's socket as a predecessor left it: listed, owned by no listener here.)
+        let third = listen_shard(&table, &addr, 2).await.unwrap();
+        let third = third.into_std().unwrap().into_raw_fd();
+        let extra = leftovers(&table, &addr, 2);
+        assert_eq!(extra.len(), 1);
+        assert_eq!(extra[0].as_raw_fd(), third);
+        assert!(leftovers(&table, &addr, 3).is_empty());
     }
 
     #[tokio::test]
@@ -650,8 +742,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_inherited_socket_is_shared_by_duplicates() {
-        // Bound by a predecessor and inherited.
+    async fn a_predecessors_socket_outside_any_group_is_duplicated() {
+        // Bound without SO_REUSEPORT, as a predecessor of an older build did, and inherited.
         let bound = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = bound.local_addr().unwrap().to_string();
         let table: ListenFds = Arc::new(Mutex::new(Fds::new()));

@@ -293,9 +293,18 @@ async fn sigquit_hands_the_listeners_over_with_no_refused_connection() {
         || async { upgrade_sock.exists().then_some(()) },
     )
     .await;
+    let sockets_before = listening_sockets(old.proxy.port());
+    assert!(!sockets_before.is_empty(), "the old process listens");
     old.signal("QUIT");
     let code = old.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "the old process drained and exited");
+    // Each shard's socket went on to the new process: one left behind would have lived in
+    // the old process alone, and its exit reset the connections queued on it.
+    assert_eq!(
+        listening_sockets(old.proxy.port()),
+        sockets_before,
+        "the new process listens on the very sockets the old one did"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await; // load keeps going, on the new one
     stop.store(true, Ordering::Relaxed);
     for w in workers {
@@ -381,4 +390,21 @@ async fn grace_period_cuts_a_request_that_outlasts_it() {
         !matches!(outcome, Ok(200)),
         "the request was cut, not answered: {outcome:?}"
     );
+}
+
+/// The inodes of the IPv4 sockets listening on `port` (from `/proc/net/tcp`).
+fn listening_sockets(port: u16) -> std::collections::BTreeSet<u64> {
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local_port = cols.get(1)?.rsplit(':').next()?;
+            let listening = cols.get(3) == Some(&LISTEN)
+                && u16::from_str_radix(local_port, 16).ok() == Some(port);
+            listening.then(|| cols.get(9)?.parse().ok()).flatten()
+        })
+        .collect()
 }
