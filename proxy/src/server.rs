@@ -439,7 +439,10 @@ impl Parts {
         );
 
         server.add_service(watch);
-        server.add_service(background_service("drain", crate::drain::Drain::new(balance)));
+        server.add_service(background_service(
+            "drain",
+            crate::drain::Drain::new(balance),
+        ));
         let checked: Vec<_> = cfg
             .services
             .iter()

@@ -275,29 +275,10 @@ async fn sigquit_hands_the_listeners_over_with_no_refused_connection() {
     .await;
 
     // The new process waits for the sockets; SIGQUIT makes the old one hand them over.
-    let upgrade_sock =
-        std::env::temp_dir().join(format!("sluice-{}-upgrade.sock", old.admin.port()));
-    let _ = std::fs::remove_file(&upgrade_sock);
-    let log = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
-    let mut new = std::process::Command::new(sluice_tests::sluice_bin())
-        .args(["serve", "--upgrade", "--config"])
-        .arg(&old.config_path)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    // It listens on the upgrade socket once it is waiting for the listeners.
-    eventually(
-        "the new process waiting",
-        Duration::from_secs(10),
-        || async { upgrade_sock.exists().then_some(()) },
-    )
-    .await;
     let sockets_before = listening_sockets(old.proxy.port());
     assert!(!sockets_before.is_empty(), "the old process listens");
-    old.signal("QUIT");
-    let code = old.wait_exit(Duration::from_secs(20)).await;
-    assert_eq!(code, Some(0), "the old process drained and exited");
+    let config = old.config_path.clone();
+    let mut new = upgrade_to(&mut old, &config).await;
     // Each shard's socket went on to the new process: one left behind would have lived in
     // the old process alone, and its exit reset the connections queued on it.
     assert_eq!(
@@ -407,4 +388,64 @@ fn listening_sockets(port: u16) -> std::collections::BTreeSet<u64> {
             listening.then(|| cols.get(9)?.parse().ok()).flatten()
         })
         .collect()
+}
+
+/// Starts `sluice serve --upgrade` with `config`, once it waits for the listeners SIGQUITs
+/// `old`, and waits for `old` to drain and exit.
+async fn upgrade_to(old: &mut Gateway, config: &std::path::Path) -> std::process::Child {
+    let upgrade_sock =
+        std::env::temp_dir().join(format!("sluice-{}-upgrade.sock", old.admin.port()));
+    let _ = std::fs::remove_file(&upgrade_sock);
+    let log = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
+    let new = std::process::Command::new(sluice_tests::sluice_bin())
+        .args(["serve", "--upgrade", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    eventually(
+        "the new process waiting",
+        Duration::from_secs(10),
+        || async { upgrade_sock.exists().then_some(()) },
+    )
+    .await;
+    old.signal("QUIT");
+    let code = old.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(0), "the old process drained and exited");
+    new
+}
+
+/// An upgrade to a process with fewer threads: its shard 0 accepts on the sockets of the
+/// shards it does not run (the kernel keeps giving them connections), so no socket is left
+/// behind and every fresh connection is answered.
+#[tokio::test]
+async fn an_upgrade_to_fewer_threads_keeps_every_socket_served() {
+    let a = Upstream::start("a").await;
+    let services = format!("[services.svc]\ninstances = [{}]\n", a.instance());
+    let mut old = Gateway::start(ROUTE, &services).await; // threads = 2
+    let before = listening_sockets(old.proxy.port());
+    assert_eq!(before.len(), 2, "one socket per shard");
+    let config = std::fs::read_to_string(&old.config_path).unwrap();
+    assert!(config.contains("threads = 2\n"));
+    let one = old.dir.path().join("one-thread.toml");
+    std::fs::write(&one, config.replace("threads = 2\n", "threads = 1\n")).unwrap();
+    let mut new = upgrade_to(&mut old, &one).await;
+    assert_eq!(
+        listening_sockets(old.proxy.port()),
+        before,
+        "the one-thread process listens on both inherited sockets"
+    );
+    // Fresh connections land on either socket (by their ports' hash): all are answered.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    for i in 0..64 {
+        let status = http.get(old.url("/")).send().await.map(|r| r.status());
+        assert_eq!(status.ok().map(|s| s.as_u16()), Some(200), "connection {i}");
+    }
+    let _ = new.kill();
+    let _ = new.wait();
 }
