@@ -421,3 +421,65 @@ async fn tickets_and_the_cache_can_be_turned_off() {
         "{metrics}"
     );
 }
+
+/// An HTTP/2 connection accepted before SIGTERM whose handshake ends after it: the stop has
+/// already begun when pingora's h2 loop starts (it sends its GOAWAY when the stop watch
+/// changes, and the connection's watch, cloned at accept, has not seen the change yet). The
+/// gateway closes it gracefully and exits at once (the drain waits for open connections),
+/// rather than holding it until the client leaves or the grace period ends.
+#[tokio::test]
+async fn an_h2_connection_whose_handshake_ends_after_sigterm_is_closed_and_the_gateway_exits() {
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path());
+    let a = ca.server("a", &["a.example"]);
+    let up = Upstream::start("u").await;
+    let port = free_port();
+    let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
+    let mut gw = Gateway::start_with_proxy(&tls_section(port, &[&a], ""), ROUTES, &services).await; // grace_period = 10s
+
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // accepted, its handshake not begun
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the stop has begun
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(&ca.cert).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from("a.example").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the handshake completes after the stop");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (_send, connection) = h2::client::handshake(tls).await.unwrap();
+    // The client stays connected for as long as the gateway keeps the connection open.
+    let held = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+
+    let started = std::time::Instant::now();
+    let code = gw.wait_exit(Duration::from_secs(6)).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "the gateway exited at once, not after the grace period ({:?})",
+        started.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(2), held)
+        .await
+        .expect("the gateway closed the h2 connection")
+        .unwrap();
+}
