@@ -61,7 +61,7 @@ pub enum ResponseError {
     /// RFC 9112 6.1: HTTP/1.0 has no transfer codings.
     #[error("Transfer-Encoding in an HTTP/1.0 response")]
     TransferEncodingInHttp10,
-    /// RFC 9112 6.3: chunked applied twice or not last.
+    /// RFC 9112 6.3: chunked applied twice or not last (nor last after the final comma).
     #[error("chunked is not the final transfer coding")]
     ChunkedNotFinal,
     #[error("{0}")]
@@ -91,6 +91,13 @@ impl Codings {
         }
         if !any {
             return Err(ResponseError::Syntax(httparse::Error::HeaderValue));
+        }
+        // An empty last element (`chunked, `): a recipient must ignore it (RFC 9110 5.6.1),
+        // but a client that takes the text after the last comma (hyper does) sees no
+        // `chunked` there and frames the body otherwise. Not final, then: refused.
+        let after_last_comma = value.rsplit(|&b| b == b',').next().unwrap_or(value);
+        if fields::trim_ows(after_last_comma).is_empty() {
+            self.last_chunked = false;
         }
         self.present = true;
         Ok(())
@@ -140,16 +147,39 @@ pub fn parse_response_edited(
     out: &mut Vec<u8>,
     edit: &impl HeadEdit,
 ) -> Result<ParsedResponse, ResponseError> {
+    with_head(buf, ParsedResponse::Partial, |resp, head_len| {
+        edited_head(resp, head_len, head_request, client_close, out, edit)
+    })
+}
+
+/// The response head at the start of `buf`, parsed once (httparse, at most `MAX_FIELDS`
+/// fields) and given with its length to `read`; `partial` while it is incomplete.
+fn with_head<T>(
+    buf: &[u8],
+    partial: T,
+    read: impl FnOnce(&httparse::Response<'_, '_>, usize) -> Result<T, ResponseError>,
+) -> Result<T, ResponseError> {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_FIELDS] =
         [const { MaybeUninit::uninit() }; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
-    let head_len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(ParsedResponse::Partial),
-        Err(e) => return Err(ResponseError::Syntax(e)),
-    };
+    match parsed {
+        Ok(httparse::Status::Complete(head_len)) => read(&resp, head_len),
+        Ok(httparse::Status::Partial) => Ok(partial),
+        Err(e) => Err(ResponseError::Syntax(e)),
+    }
+}
+
+/// [`parse_response_edited`] of a complete head.
+fn edited_head(
+    resp: &httparse::Response<'_, '_>,
+    head_len: usize,
+    head_request: bool,
+    client_close: bool,
+    out: &mut Vec<u8>,
+    edit: &impl HeadEdit,
+) -> Result<ParsedResponse, ResponseError> {
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Err(ResponseError::Syntax(httparse::Error::Status));
     };
@@ -265,22 +295,27 @@ pub fn parse_upgrade_response(
     out: &mut Vec<u8>,
     edit: &impl HeadEdit,
 ) -> Result<UpgradeResponse, ResponseError> {
-    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_FIELDS] =
-        [const { MaybeUninit::uninit() }; MAX_FIELDS];
-    let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
-    let head_len = match parsed {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return Ok(UpgradeResponse::Other(ParsedResponse::Partial))
-        }
-        Err(e) => return Err(ResponseError::Syntax(e)),
-    };
-    if resp.code != Some(101) {
-        return parse_response_edited(buf, false, client_close, out, edit)
-            .map(UpgradeResponse::Other);
-    }
+    with_head(
+        buf,
+        UpgradeResponse::Other(ParsedResponse::Partial),
+        |resp, head_len| {
+            if resp.code == Some(101) {
+                switched_head(resp, head_len, out, edit)
+            } else {
+                edited_head(resp, head_len, false, client_close, out, edit)
+                    .map(UpgradeResponse::Other)
+            }
+        },
+    )
+}
+
+/// [`parse_upgrade_response`] of a complete `101` head.
+fn switched_head(
+    resp: &httparse::Response<'_, '_>,
+    head_len: usize,
+    out: &mut Vec<u8>,
+    edit: &impl HeadEdit,
+) -> Result<UpgradeResponse, ResponseError> {
     let mut upgrades = resp
         .headers
         .iter()
@@ -519,9 +554,28 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // Empty elements after it: the text after the last comma is not `chunked`, which
+            // is all some clients read (found by the `response_head` fuzz target).
+            b"HTTP/1.1 210\nTransfer-Encoding: ,,,chunked,,,,\n\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked, \r\n\r\n",
         ] {
             assert_eq!(refused(bad), ResponseError::ChunkedNotFinal);
         }
+        // Empty elements before it are ignored (RFC 9110 5.6.1).
+        let mut out = Vec::new();
+        let parsed = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , gzip,chunked\r\n\r\n",
+            false,
+            false,
+            &mut out,
+        );
+        assert!(matches!(
+            parsed,
+            Ok(ParsedResponse::Final(ResponseHead {
+                framing: Framing::Chunked,
+                ..
+            }))
+        ));
         assert!(matches!(
             refused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\n"),
             ResponseError::Syntax(_)
