@@ -562,20 +562,11 @@ mod tests {
             assert_eq!(refused(bad), ResponseError::ChunkedNotFinal);
         }
         // Empty elements before it are ignored (RFC 9110 5.6.1).
-        let mut out = Vec::new();
-        let parsed = parse_response(
+        let (h, _) = final_head(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , gzip,chunked\r\n\r\n",
             false,
-            false,
-            &mut out,
         );
-        assert!(matches!(
-            parsed,
-            Ok(ParsedResponse::Final(ResponseHead {
-                framing: Framing::Chunked,
-                ..
-            }))
-        ));
+        assert_eq!(h.framing, Framing::Chunked);
         assert!(matches!(
             refused(b"HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\n\r\n"),
             ResponseError::Syntax(_)

@@ -27,6 +27,40 @@ fn tls_section(port: u16, certs: &[&Leaf], extra: &str) -> String {
     )
 }
 
+/// A gateway with one TLS listener on `port` serving `a` (`a.example`, signed by `ca`) in
+/// front of one plain upstream (`services`); bind every field a test needs alive (the temp
+/// dir, the upstream): fields a destructuring leaves out are dropped at once.
+struct OneCertificate {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    a: Leaf,
+    up: Upstream,
+    port: u16,
+    services: String,
+    gw: Gateway,
+}
+
+impl OneCertificate {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path());
+        let a = ca.server("a", &["a.example"]);
+        let up = Upstream::start("u").await;
+        let port = free_port();
+        let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
+        let gw = Gateway::start_with_proxy(&tls_section(port, &[&a], ""), ROUTES, &services).await;
+        Self {
+            dir,
+            ca,
+            a,
+            up,
+            port,
+            services,
+            gw,
+        }
+    }
+}
+
 /// A client that trusts `ca` and resolves every name to the gateway's TLS port.
 fn client_for(ca: &Ca, port: u16, names: &[&str]) -> reqwest::ClientBuilder {
     let root = reqwest::Certificate::from_pem(&std::fs::read(&ca.cert).unwrap()).unwrap();
@@ -152,13 +186,15 @@ async fn exported_not_after(gw: &Gateway, cert: &std::path::Path, names: &str) -
 
 #[tokio::test]
 async fn a_reload_serves_renewed_certificates_and_refuses_broken_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new(dir.path());
-    let a = ca.server("a", &["a.example"]);
-    let up = Upstream::start("u").await;
-    let port = free_port();
-    let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
-    let gw = Gateway::start_with_proxy(&tls_section(port, &[&a], ""), ROUTES, &services).await;
+    let OneCertificate {
+        dir: _dir,
+        ca,
+        a,
+        up: _up,
+        port,
+        gw,
+        ..
+    } = OneCertificate::start().await;
     let fetch = || async {
         // A new client per request: a new handshake.
         let client = client_for(&ca, port, &["a.example"]).build().unwrap();
@@ -337,13 +373,15 @@ fn resumes(port: u16, dir: &std::path::Path, args: &[&str]) -> bool {
 // s_client blocks a thread: the test upstream answers on the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_resume_by_ticket_and_by_id_and_are_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new(dir.path());
-    let a = ca.server("a", &["a.example"]);
-    let up = Upstream::start("u").await;
-    let port = free_port();
-    let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
-    let gw = Gateway::start_with_proxy(&tls_section(port, &[&a], ""), ROUTES, &services).await;
+    let OneCertificate {
+        dir,
+        a,
+        up: _up,
+        port,
+        services,
+        gw,
+        ..
+    } = OneCertificate::start().await;
 
     // TLS 1.3 PSK from a ticket; TLS 1.2 from a session ticket; TLS 1.2 from the session
     // cache, for a client that takes no tickets.
@@ -431,13 +469,15 @@ async fn tickets_and_the_cache_can_be_turned_off() {
 async fn an_h2_connection_whose_handshake_ends_after_sigterm_is_closed_and_the_gateway_exits() {
     use rustls_pki_types::pem::PemObject;
     use std::sync::Arc;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new(dir.path());
-    let a = ca.server("a", &["a.example"]);
-    let up = Upstream::start("u").await;
-    let port = free_port();
-    let services = format!("[services.svc]\ninstances = [{}]\n", up.instance());
-    let mut gw = Gateway::start_with_proxy(&tls_section(port, &[&a], ""), ROUTES, &services).await; // grace_period = 10s
+    // grace_period = 10s
+    let OneCertificate {
+        dir: _dir,
+        ca,
+        up: _up,
+        port,
+        mut gw,
+        ..
+    } = OneCertificate::start().await;
 
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
