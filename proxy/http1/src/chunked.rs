@@ -96,11 +96,23 @@ impl ChunkedTracker {
     /// Follows `bytes`; returns how many belong to the body (all of them, unless the body ends
     /// inside `bytes`). After an error the tracker is not to be fed again.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, BadChunk> {
+        self.feed_data(bytes, |_| {})
+    }
+
+    /// [`feed`](Self::feed), and tells `data` each run of chunk data in `bytes`, in order:
+    /// the body decoded, for a recipient that does not frame it in chunks (an HTTP/2 client).
+    /// Trailer fields are not data: they are followed and left out.
+    pub fn feed_data(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, BadChunk> {
         let mut i = 0;
         while i < bytes.len() {
             if let State::Data(left) = self.state {
                 let take = left.min((bytes.len() - i) as u64);
                 // At most bytes.len() - i: fits a usize.
+                data(&bytes[i..i + take as usize]);
                 i += take as usize;
                 self.state = if take == left {
                     State::DataCr
@@ -225,6 +237,28 @@ mod tests {
 
     fn whole(body: &[u8]) -> Result<(usize, bool), BadChunk> {
         consumed_in_pieces(body, body.len().max(1))
+    }
+
+    #[test]
+    fn decodes_the_chunk_data_whatever_the_read_boundaries() {
+        let body = b"5\r\nhello\r\n1a;ext=1;q=\"a\\\"b\"\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\nNEXT";
+        for piece in 1..=body.len() {
+            let mut t = ChunkedTracker::default();
+            let mut decoded = Vec::new();
+            let mut taken = 0;
+            for part in body.chunks(piece) {
+                let n = t
+                    .feed_data(part, |data| decoded.extend_from_slice(data))
+                    .expect("valid");
+                taken += n;
+                if n < part.len() {
+                    break;
+                }
+            }
+            assert!(t.is_done(), "{piece}");
+            assert_eq!(taken, body.len() - 4, "{piece}");
+            assert_eq!(decoded, b"helloabcdefghijklmnopqrstuvwxyz", "{piece}");
+        }
     }
 
     #[test]

@@ -43,7 +43,14 @@ fn refuse(session: &Session, limits: HeaderLimits) -> Option<(u16, String)> {
             return Some((error.status(), format!("sluice: bad request: {error}\n")));
         }
     }
-    let headers = &session.req_header().headers;
+    fields_over_limits(&session.req_header().headers, limits)
+}
+
+/// Why a request's fields are refused (431), if they are over the listener's limits.
+pub(super) fn fields_over_limits(
+    headers: &http::HeaderMap,
+    limits: HeaderLimits,
+) -> Option<(u16, String)> {
     if headers.len() > limits.max_headers {
         return Some((
             431,
@@ -116,7 +123,7 @@ impl Gateway {
 }
 
 /// The request's host without port: `Host` header, else the URI authority (HTTP/2).
-fn request_host(req: &RequestHeader) -> &str {
+pub(super) fn request_host(req: &RequestHeader) -> &str {
     let raw = req
         .headers
         .get(http::header::HOST)
@@ -143,8 +150,9 @@ fn proto(session: &Session) -> &'static str {
     }
 }
 
-/// A request on pingora's path as the engine reads it.
-struct SessionView<'a> {
+/// A request on pingora's path, or an HTTP/2 stream's on the fast path, as the engine reads
+/// it.
+pub(super) struct SessionView<'a> {
     req: &'a RequestHeader,
     client_ip: Option<IpAddr>,
     proto: &'static str,
@@ -152,12 +160,27 @@ struct SessionView<'a> {
 
 impl<'a> SessionView<'a> {
     fn new(session: &'a Session, engine: &Engine) -> Self {
-        let req = session.req_header();
+        Self::of(
+            session.req_header(),
+            client_ip(session),
+            proto(session),
+            engine,
+        )
+    }
+
+    /// The view of `req` from the peer at `peer_ip`, over `proto`: the client's IP as the
+    /// engine trusts `X-Forwarded-For`.
+    pub(super) fn of(
+        req: &'a RequestHeader,
+        peer_ip: Option<IpAddr>,
+        proto: &'static str,
+        engine: &Engine,
+    ) -> Self {
         let forwarded_for = || req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
         Self {
             req,
-            client_ip: engine.client_ip(client_ip(session), forwarded_for),
-            proto: proto(session),
+            client_ip: engine.client_ip(peer_ip, forwarded_for),
+            proto,
         }
     }
 }
@@ -214,12 +237,14 @@ impl RequestView for SessionView<'_> {
     }
 }
 
-/// Writes one of the gateway's own answers (in gRPC's form to a gRPC call).
-async fn answer(session: &mut Session, answer: Answer) -> Result<()> {
+/// One of the gateway's own answers to `req` as the response header and body sent (in gRPC's
+/// form to a gRPC call): on either path.
+pub(super) fn answer_parts(
+    req: &RequestHeader,
+    answer: Answer,
+) -> Result<(Box<ResponseHeader>, Bytes)> {
     let grpc_call = failure::is_grpc(
-        session
-            .req_header()
-            .headers
+        req.headers
             .get(http::header::CONTENT_TYPE)
             .map(|v| v.as_bytes()),
     );
@@ -246,10 +271,14 @@ async fn answer(session: &mut Session, answer: Answer) -> Result<()> {
     for (name, value) in answer.headers {
         header.append_header(name, value)?;
     }
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
     let body = if has_body { answer.body } else { Bytes::new() };
+    Ok((Box::new(header), body))
+}
+
+/// Writes one of the gateway's own answers (in gRPC's form to a gRPC call).
+async fn answer(session: &mut Session, answer: Answer) -> Result<()> {
+    let (header, body) = answer_parts(session.req_header(), answer)?;
+    session.write_response_header(header, false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
 }
@@ -385,6 +414,7 @@ impl ProxyHttp for Gateway {
             forward::rewrite_target(&route.spec, upstream_request, changed)?;
         }
         forward::hop_by_hop(upstream_request)?;
+        forward::join_cookies(upstream_request)?;
         // The downstream header and the upstream one are separate: borrow the host, no copy.
         let host = request_host(session.req_header());
         let (client, proto) = (client_ip(session), proto(session));

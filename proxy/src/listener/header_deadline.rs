@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
@@ -17,7 +17,9 @@ use tokio::net::TcpStream;
 
 use super::rewind::{OpenConnection, Rewind};
 use super::shard::{pingora_stream, PlainConnection, ShardApp};
-use crate::gateway::{local_answer, read_client, ClientIo, FastPath, Peer, Served};
+use crate::gateway::{
+    local_answer, read_client, ClientIo, FastPath, H2Service, Peer, Served, StreamApp,
+};
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
 /// seen (HTTP/2 has its own framing and flow control).
@@ -38,7 +40,9 @@ pub struct HeaderDeadline<A> {
     max_bytes: usize,
     timeouts: IntCounter,
     /// Serves plain HTTP/1.1 requests before anything reaches `inner`, when enabled.
-    fast: Option<FastPath>,
+    fast: Option<Arc<FastPath>>,
+    /// Serves HTTP/2 connections with the fast path, `inner` taking the streams it leaves.
+    h2: Option<Arc<H2Service>>,
     /// `sluice_downstream_connections_total` and `_open`, for the proxy's listeners.
     connections: Option<(IntCounter, IntGauge)>,
 }
@@ -51,6 +55,7 @@ impl<A> HeaderDeadline<A> {
             max_bytes,
             timeouts,
             fast: None,
+            h2: None,
             connections: None,
         }
     }
@@ -62,8 +67,15 @@ impl<A> HeaderDeadline<A> {
     }
 
     /// Lets `fast` serve the connection's requests first; it hands over the first one it does
-    /// not take, and `inner` serves the connection from then on.
-    pub fn with_fast_path(mut self, fast: FastPath) -> Self {
+    /// not take, and `inner` serves the connection from then on. An HTTP/2 connection is the
+    /// fast path's whole, `inner` serving the streams it leaves.
+    pub fn with_fast_path(mut self, fast: FastPath) -> Self
+    where
+        A: HttpServerApp + Send + Sync + 'static,
+    {
+        let fast = Arc::new(fast);
+        let pingora: Arc<dyn StreamApp> = self.inner.clone();
+        self.h2 = Some(Arc::new(H2Service::new(fast.clone(), pingora)));
         self.fast = Some(fast);
         self
     }
@@ -184,6 +196,12 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
                     return None;
                 }
             };
+            if let (Some(h2), true) = (&self.h2, prefix.starts_with(H2_PREFACE)) {
+                // h2c by prior knowledge: the whole connection is served here.
+                let stream = Rewind::around(into_pingora(stream, peer), prefix, open)?;
+                h2.serve(stream, &shutdown).await;
+                return None;
+            }
             if let Some(fast) = &self.fast {
                 if let Served::Closed = fast.serve(&mut stream, peer, &mut prefix, &shutdown).await
                 {
@@ -209,7 +227,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadline<A> {
         // served in this call).
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             let open = self.count(fresh);
-            let served = self.inner.process_new(stream, shutdown).await;
+            let served = match &self.h2 {
+                Some(h2) => {
+                    h2.serve(stream, shutdown).await;
+                    None
+                }
+                None => self.inner.process_new(stream, shutdown).await,
+            };
             drop(open);
             return served;
         }

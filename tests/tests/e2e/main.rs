@@ -17,6 +17,7 @@ mod fast_path;
 mod file_registry;
 mod filters;
 mod grpc;
+mod h2;
 mod health;
 mod in_flight;
 mod limits;

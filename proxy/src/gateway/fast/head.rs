@@ -2,6 +2,7 @@
 //! the gateway's limits, and the request head as sent upstream with the forwarding fields.
 
 use sluice_http1::fields::put_field;
+use sluice_http1::hop::is_hop_by_hop;
 pub(super) use sluice_http1::request::{field_slots, ParsedRequest, RequestHead};
 use sluice_http1::request::{parse_request, RequestLimits};
 
@@ -45,22 +46,51 @@ pub(super) fn write_upstream_request(
     proto: &str,
     edits: Option<&HeaderEdits>,
 ) {
-    out.extend_from_slice(req.method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_request_line(out, req.method, target);
     match edits {
         None => req.write_forwarded_fields(out, set_by_gateway),
         Some(edits) => {
-            req.write_forwarded_fields(out, |name| set_by_gateway(name) || edits.replaces(name));
-            for (name, value) in edits.added() {
-                put_field(out, name.as_str().as_bytes(), value);
-            }
+            req.write_forwarded_fields(out, |name| set_by_gateway(name) || edits.replaces(name))
         }
     }
-    if let Some(ip) = client_ip {
+    let forwarded = Forwarded {
+        existing_for: req.field("x-forwarded-for"),
+        client_ip,
+        proto,
+        host: req.host,
+    };
+    write_gateway_fields(out, forwarded, edits);
+}
+
+/// The HTTP/1.1 request line.
+fn write_request_line(out: &mut Vec<u8>, method: &str, target: &str) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// What the `X-Forwarded-*` fields say.
+struct Forwarded<'a> {
+    /// The client's own `X-Forwarded-For`, appended to.
+    existing_for: Option<&'a [u8]>,
+    client_ip: Option<&'a str>,
+    proto: &'a str,
+    /// The host without its port (none: no `X-Forwarded-Host`).
+    host: &'a str,
+}
+
+/// The fields that follow the client's: the filters' added fields, then `X-Forwarded-For`
+/// (appended to), `-Proto` and `-Host`, and the head's blank line.
+fn write_gateway_fields(out: &mut Vec<u8>, forwarded: Forwarded<'_>, edits: Option<&HeaderEdits>) {
+    if let Some(edits) = edits {
+        for (name, value) in edits.added() {
+            put_field(out, name.as_str().as_bytes(), value);
+        }
+    }
+    if let Some(ip) = forwarded.client_ip {
         out.extend_from_slice(b"x-forwarded-for: ");
-        match req.field("x-forwarded-for") {
+        match forwarded.existing_for {
             Some(existing) if !existing.is_empty() => {
                 out.extend_from_slice(existing);
                 out.extend_from_slice(b", ");
@@ -70,11 +100,75 @@ pub(super) fn write_upstream_request(
         out.extend_from_slice(ip.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    put_field(out, b"x-forwarded-proto", proto.as_bytes());
-    if !req.host.is_empty() {
-        put_field(out, b"x-forwarded-host", req.host.as_bytes());
+    put_field(out, b"x-forwarded-proto", forwarded.proto.as_bytes());
+    if !forwarded.host.is_empty() {
+        put_field(out, b"x-forwarded-host", forwarded.host.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// An HTTP/2 request as the HTTP/1.1 head sent upstream (RFC 9113 8.3.1, 8.2.3): the
+/// authority as `Host` (pingora refused a stream whose `:authority` and `Host` disagree),
+/// the `Cookie` fields joined into one, `Content-Length` as the body declares it, the other
+/// fields as the client sent them but hop-by-hop ones and those the gateway sets, then the
+/// same gateway fields as [`write_upstream_request`]'s.
+pub(super) fn write_upstream_request_h2(
+    out: &mut Vec<u8>,
+    req: &H2Request<'_>,
+    target: &str,
+    client_ip: Option<&str>,
+    proto: &str,
+    edits: Option<&HeaderEdits>,
+) {
+    let replaced = |name: &str| edits.is_some_and(|e| e.replaces(name));
+    let head = req.head;
+    write_request_line(out, head.method.as_str(), target);
+    if !replaced("host") {
+        put_field(out, b"host", req.authority.as_bytes());
+    }
+    if let Some(n) = req.body_len {
+        if !replaced("content-length") {
+            let mut digits = [0u8; 20];
+            put_field(
+                out,
+                b"content-length",
+                sluice_http1::fields::decimal(n, &mut digits),
+            );
+        }
+    }
+    let mut cookies = head.headers.get_all(http::header::COOKIE).iter();
+    if let Some(first) = cookies.next().filter(|_| !replaced("cookie")) {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(first.as_bytes());
+        for more in cookies {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(more.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &head.headers {
+        let name = name.as_str();
+        let own = matches!(name, "host" | "content-length" | "cookie");
+        if own || is_hop_by_hop(name) || set_by_gateway(name) || replaced(name) {
+            continue;
+        }
+        put_field(out, name.as_bytes(), value.as_bytes());
+    }
+    let forwarded = Forwarded {
+        existing_for: head.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+        client_ip,
+        proto,
+        host: sluice_http1::fields::host_without_port(req.authority),
+    };
+    write_gateway_fields(out, forwarded, edits);
+}
+
+/// An HTTP/2 request the fast path forwards: pingora's header of the stream, its authority
+/// (`:authority`, else `Host`), and the body length (none: no body, and none declared).
+pub(super) struct H2Request<'a> {
+    pub(super) head: &'a pingora::http::RequestHeader,
+    pub(super) authority: &'a str,
+    pub(super) body_len: Option<u64>,
 }
 
 #[cfg(test)]

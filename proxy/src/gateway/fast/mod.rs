@@ -11,6 +11,7 @@
 //! timeouts, failure answers, metrics and the access log. This module carries bytes.
 
 mod buffers;
+mod h2;
 mod handoff;
 mod head;
 mod upstream;
@@ -37,6 +38,7 @@ use sluice_http1::{
 pub(crate) use self::buffers::read_client;
 use self::buffers::release_client;
 use self::buffers::{RequestBuffers, READ_ROOM};
+pub use self::h2::{H2Service, StreamApp};
 use self::handoff::{Handoff, HandoffCounters};
 use self::head::{ParsedRequest, RequestHead};
 use self::upstream::{ConnectError, Upstream};
@@ -349,10 +351,18 @@ impl FastPath {
     /// for the registry's first sync), or instances that are not plain `http`. Decided before
     /// the engine sees the request, so its filters run once, on one path.
     fn route_for(&self, req: &RequestHead<'_, '_>) -> Result<Option<Arc<Route>>, Handoff> {
-        let Some(route) = self
-            .engine
-            .route(req.host, req.path(), req.method, &FieldsOf(req))
-        else {
+        self.route_of(req.host, req.path(), req.method, &FieldsOf(req))
+    }
+
+    /// [`route_for`](Self::route_for) of a request read by any parser.
+    fn route_of(
+        &self,
+        host: &str,
+        path: &str,
+        method: &str,
+        fields: &dyn RequestHeaders,
+    ) -> Result<Option<Arc<Route>>, Handoff> {
+        let Some(route) = self.engine.route(host, path, method, fields) else {
             return Ok(None);
         };
         let pool = route.own().slot.load();
@@ -844,11 +854,15 @@ impl Client<'_> {
 
 /// Answers a request whose body did not come within `timeout` (408).
 async fn body_timed_out(stream: &mut dyn ClientIo, timeout: Duration) {
-    let body = format!(
+    answer(stream, 408, &body_timeout_text(timeout)).await;
+}
+
+/// The body of the 408 answer to a request whose body did not come within `timeout`.
+fn body_timeout_text(timeout: Duration) -> String {
+    format!(
         "sluice: request body not received within {}\n",
         humantime::format_duration(timeout)
-    );
-    answer(stream, 408, &body).await;
+    )
 }
 
 /// What one request left of the connection.
@@ -975,6 +989,25 @@ impl BodyState {
             }
             BodyState::Chunked(tracker) => tracker.feed(bytes),
             BodyState::UntilClose => Ok(bytes.len()),
+        }
+    }
+
+    /// [`take`](Self::take), and appends the body's bytes among `bytes` to `out` decoded
+    /// (a chunked body's data without its framing).
+    fn take_decoded(
+        &mut self,
+        bytes: &[u8],
+        out: &mut bytes::BytesMut,
+    ) -> Result<usize, sluice_http1::BadChunk> {
+        match self {
+            BodyState::Chunked(tracker) => {
+                tracker.feed_data(bytes, |data| out.extend_from_slice(data))
+            }
+            _ => {
+                let n = self.take(bytes)?;
+                out.extend_from_slice(&bytes[..n]);
+                Ok(n)
+            }
         }
     }
 
