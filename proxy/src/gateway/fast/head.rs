@@ -198,6 +198,36 @@ mod tests {
     }
 
     #[test]
+    fn an_h2_request_goes_upstream_as_http1() {
+        let mut head = pingora::http::RequestHeader::build("POST", b"/api/x?q", None).unwrap();
+        for (name, value) in [
+            ("cookie", "a=1"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+            ("cookie", "b=2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("content-length", "5"),
+        ] {
+            head.append_header(name, value).unwrap();
+        }
+        let req = H2Request {
+            head: &head,
+            authority: "ex.test:8443",
+            body_len: Some(5),
+        };
+        let mut out = Vec::new();
+        write_upstream_request_h2(&mut out, &req, "/x?q", Some("127.0.0.1"), "http", None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /x?q HTTP/1.1\r\nhost: ex.test:8443\r\ncontent-length: 5\r\n\
+             cookie: a=1; b=2\r\naccept: */*\r\n\
+             x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: ex.test\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn the_gateway_limits_apply() {
         let many: String = (0..101).map(|i| format!("x-{i}: 1\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
