@@ -182,7 +182,9 @@ impl H2Service {
             Err(reason) => Some((reason, session)),
             Ok((route, body_len)) => {
                 let request = StreamRequest { client, body_len };
-                match self.fast.serve_stream(session, route, request).await {
+                // Boxed: the stream's task (moved whole into its cell at the spawn) holds the
+                // session, not every state of the request's engine, tries and relay.
+                match Box::pin(self.fast.serve_stream(session, route, request)).await {
                     StreamEnd::Done => None,
                     StreamEnd::Handoff(reason, session) => Some((reason, *session)),
                 }
