@@ -508,16 +508,8 @@ impl FastPath {
             record.error = "WriteError";
             return;
         }
-        if !data.is_empty() {
-            record.bytes_sent += data.len() as u64;
-            if session
-                .write_body(data.split().freeze(), body.is_done())
-                .await
-                .is_err()
-            {
-                record.error = "WriteError";
-                return;
-            }
+        if !data.is_empty() && !send_data(session, record, &mut data, body.is_done()).await {
+            return;
         }
         while !body.is_done() {
             bufs.response.clear();
@@ -543,13 +535,7 @@ impl FastPath {
                 // Chunk framing alone: nothing to send yet.
                 continue;
             }
-            record.bytes_sent += data.len() as u64;
-            if session
-                .write_body(data.split().freeze(), body.is_done())
-                .await
-                .is_err()
-            {
-                record.error = "WriteError";
+            if !send_data(session, record, &mut data, body.is_done()).await {
                 return;
             }
         }
@@ -627,6 +613,26 @@ fn line_of(session: &HttpSession) -> RequestLine<'_> {
         host: request_host(req),
         path: req.uri.path(),
     }
+}
+
+/// Sends what `data` holds as DATA (END_STREAM when `end`), counted as sent; false (the
+/// record says why) when the client is gone.
+async fn send_data(
+    session: &mut HttpSession,
+    record: &mut RequestRecord,
+    data: &mut BytesMut,
+    end: bool,
+) -> bool {
+    record.bytes_sent += data.len() as u64;
+    if session
+        .write_body(data.split().freeze(), end)
+        .await
+        .is_err()
+    {
+        record.error = "WriteError";
+        return false;
+    }
+    true
 }
 
 /// The upstream failed in the middle of a response: the stream is reset (when the session is
