@@ -151,6 +151,11 @@ enum PluginCommand {
 }
 
 fn main() -> ExitCode {
+    // rustls is built with two providers (aws-lc-rs for the listeners, ring for pingora's
+    // upstream TLS), so it picks no process default by itself: libraries that build their TLS
+    // configs from it (reqwest, tonic, pingora) get ring, as pingora would install. An `Err`
+    // only means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, upgrade } => serve(config, upgrade),

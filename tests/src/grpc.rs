@@ -101,6 +101,9 @@ impl GrpcUpstream {
         });
         let mut builder = Server::builder();
         if let Some(leaf) = tls {
+            // tonic builds its TLS config from the process default, and the workspace's rustls
+            // has two providers (so none is picked by itself).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let identity = Identity::from_pem(
                 std::fs::read(&leaf.cert).expect("cert"),
                 std::fs::read(&leaf.key).expect("key"),

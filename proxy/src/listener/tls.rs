@@ -14,6 +14,19 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::CertificateSpec;
 
+/// The cryptography of the TLS listeners: aws-lc-rs, whose RSA and ECDSA signing (one per
+/// full handshake) costs about half of ring's (docs/benchmarks.md, session 20). pingora's
+/// own TLS (upstream connections) keeps ring, which it installs as the process default.
+pub(crate) fn listener_crypto() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// The TLS listeners' session-ticket sealer (rotating keys), from the same provider.
+pub(crate) fn listener_ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error>
+{
+    rustls::crypto::aws_lc_rs::Ticketer::new()
+}
+
 /// Why a certificate could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -100,7 +113,7 @@ fn load_one(
         path: spec.key.clone(),
         reason: e.to_string(),
     })?;
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = listener_crypto();
     let certified =
         CertifiedKey::from_der(chain, key, &provider).map_err(|e| CertError::Mismatch {
             index,

@@ -88,7 +88,7 @@ fn server_config(
     resumption: Resumption,
     resumed: &IntCounter,
 ) -> Result<ServerConfig, TlsServerError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(super::tls::listener_crypto());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsServerError::Config)?
@@ -101,7 +101,7 @@ fn server_config(
         resumed: resumed.clone(),
     });
     if resumption.tickets {
-        let ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsServerError::TicketKeys)?;
+        let ticketer = super::tls::listener_ticketer().map_err(TlsServerError::TicketKeys)?;
         config.ticketer = Arc::new(CountedTicketer {
             inner: ticketer,
             resumed: resumed.clone(),
@@ -193,7 +193,7 @@ mod tests {
     fn a_ticket_it_sealed_opens_and_is_counted_and_a_forged_one_does_not() {
         let resumed = counter();
         let ticketer = CountedTicketer {
-            inner: rustls::crypto::ring::Ticketer::new().expect("ticket keys"),
+            inner: crate::listener::tls::listener_ticketer().expect("ticket keys"),
             resumed: resumed.clone(),
         };
         assert!(ticketer.enabled());
