@@ -20,7 +20,7 @@ use prometheus::IntCounter;
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::ServerConfig;
 
-use super::tls::SniResolver;
+use super::tls::{listener_crypto, listener_ticketer, SniResolver};
 
 /// Why the TLS listeners' configuration could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +88,7 @@ fn server_config(
     resumption: Resumption,
     resumed: &IntCounter,
 ) -> Result<ServerConfig, TlsServerError> {
-    let provider = Arc::new(super::tls::listener_crypto());
+    let provider = Arc::new(listener_crypto());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsServerError::Config)?
@@ -101,7 +101,7 @@ fn server_config(
         resumed: resumed.clone(),
     });
     if resumption.tickets {
-        let ticketer = super::tls::listener_ticketer().map_err(TlsServerError::TicketKeys)?;
+        let ticketer = listener_ticketer().map_err(TlsServerError::TicketKeys)?;
         config.ticketer = Arc::new(CountedTicketer {
             inner: ticketer,
             resumed: resumed.clone(),
@@ -193,7 +193,7 @@ mod tests {
     fn a_ticket_it_sealed_opens_and_is_counted_and_a_forged_one_does_not() {
         let resumed = counter();
         let ticketer = CountedTicketer {
-            inner: crate::listener::tls::listener_ticketer().expect("ticket keys"),
+            inner: listener_ticketer().expect("ticket keys"),
             resumed: resumed.clone(),
         };
         assert!(ticketer.enabled());
