@@ -5,7 +5,8 @@
 //! a herd from piling on one "best" instance the way a global minimum would.
 //!
 //! ABI v2: the weighted draw is an alias table (Vose) built once per pool change, and a pick
-//! reads the live fields of its two candidates only, so it costs the same at any pool size.
+//! reads the live fields of its two candidates only (one `sluice.live_of` call), so it costs
+//! the same at any pool size.
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 use sluice_plugin::{export_strategy, Instances, Live, Request, Strategy};
@@ -154,8 +155,9 @@ impl Strategy for P2cEwma {
             // A distinct second choice: the next instance over, uniformly far.
             b = (a + 1 + (next_random(&mut rng) % (n as u64 - 1)) as usize) % n;
         }
-        let cost_a = cost(instances.live(a), instances.weight(a));
-        let cost_b = cost(instances.live(b), instances.weight(b));
+        let [live_a, live_b] = instances.live_of([a, b]);
+        let cost_a = cost(live_a, instances.weight(a));
+        let cost_b = cost(live_b, instances.weight(b));
         Some(if cost_a <= cost_b { a } else { b })
     }
 }

@@ -221,6 +221,21 @@ impl<'a> Instances<'a> {
         one[0]
     }
 
+    /// The live fields of the instances at `indices`, in one host call (`sluice.live_of`): a
+    /// strategy that samples a few instances (two choices, or d) pays one host call and
+    /// overlapping cache misses instead of one call each. All zeros when an index is out of
+    /// range, as [`Instances::live`].
+    pub fn live_of<const K: usize>(&self, indices: [usize; K]) -> [Live; K] {
+        let mut out = [Live::default(); K];
+        if indices.iter().any(|&i| i >= self.len()) {
+            return out;
+        }
+        // Below `len()`, which the host's i32 count bounds: each fits a u32.
+        let at = indices.map(|i| i as u32);
+        crate::host::live_of(&at, &mut out);
+        out
+    }
+
     /// The requests in flight to the `i`-th instance.
     pub fn in_flight(&self, i: usize) -> u32 {
         self.live(i).in_flight

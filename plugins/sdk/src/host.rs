@@ -1,5 +1,5 @@
 //! The host functions a plugin may import from module `sluice`: `log` and `request_header`
-//! (since v1), `live` and `tried` (v2; wrapped by [`crate::Instances`]).
+//! (since v1), `live`, `live_of` and `tried` (v2; wrapped by [`crate::Instances`]).
 
 /// Log levels understood by the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,8 @@ extern "C" {
     fn host_request_header(name_ptr: i32, name_len: i32, out_ptr: i32, out_cap: i32) -> i32;
     #[link_name = "live"]
     fn host_live(first: i32, count: i32, out_ptr: i32) -> i32;
+    #[link_name = "live_of"]
+    fn host_live_of(indices_ptr: i32, count: i32, out_ptr: i32) -> i32;
     #[link_name = "tried"]
     fn host_tried(index: i32) -> i32;
 }
@@ -72,6 +74,31 @@ pub(crate) fn live(first: usize, out: &mut [crate::Live]) -> bool {
     #[cfg(not(target_arch = "wasm32"))]
     {
         let _ = (first, out);
+        false
+    }
+}
+
+/// Fills `out` with the live fields of the records at `indices` (as many as `out` holds), in
+/// one host call; `false` (and `out` untouched) when an index is outside the pool or the call
+/// is outside a pick or prepare.
+pub(crate) fn live_of(indices: &[u32], out: &mut [crate::Live]) -> bool {
+    let count = indices.len().min(out.len());
+    #[cfg(target_arch = "wasm32")]
+    {
+        // SAFETY: as in `live`; the host reads `count` u32 at `indices` and writes `count`
+        // `Live` at `out`, two distinct borrows, so they never overlap.
+        let n = unsafe {
+            host_live_of(
+                indices.as_ptr() as i32,
+                count as i32,
+                out.as_mut_ptr() as i32,
+            )
+        };
+        n >= 0
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (count, indices, out);
         false
     }
 }

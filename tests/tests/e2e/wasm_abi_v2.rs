@@ -1,6 +1,7 @@
 //! ABI v2 from the outside, with hand-written WAT modules loaded by the real host: records
 //! written once per pool, `sluice_prepare` run exactly when they changed, live fields through
-//! `sluice.live`, retries with `sluice.tried`, and the refusals that keep v1 and v2 apart.
+//! `sluice.live` and `sluice.live_of`, retries with `sluice.tried`, and the refusals that keep
+//! v1 and v2 apart.
 
 use std::path::PathBuf;
 
@@ -52,6 +53,37 @@ const PROBE_V2: &str = r#"(module
     (if (i32.ne (call $live (i32.const 0) (local.get $n) (i32.const 65536)) (local.get $n))
       (then (return (i32.const -1))))
     (call $argmax (local.get $n) (i32.const 65536) (i32.const 12))))"#;
+
+/// A v2 module that reads two instances' live fields in one `sluice.live_of` call. By the
+/// request hash: 1 → asks for indices 0 and 99 (out of range) and answers 3 when refused;
+/// 2 → asks with the output overlapping the indices and answers 3 when refused; otherwise asks
+/// for 2 and 3 and answers the one with more requests in flight (-1 when the call failed).
+const LIVE_OF_V2: &str = r#"(module
+  (import "sluice" "live_of" (func $live_of (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "sluice_abi_v2"))
+  (func (export "sluice_buffer") (param i32) (result i32) (i32.const 1024))
+  (func (export "sluice_pick") (param $n i32) (result i32)
+    (if (i32.eq (i32.load (i32.const 1040)) (i32.const 1))
+      (then
+        (i32.store (i32.const 2048) (i32.const 0))
+        (i32.store (i32.const 2052) (i32.const 99))
+        (return (select (i32.const 3) (i32.const 0)
+          (i32.eq (call $live_of (i32.const 2048) (i32.const 2) (i32.const 4096))
+            (i32.const -1))))))
+    (if (i32.eq (i32.load (i32.const 1040)) (i32.const 2))
+      (then
+        (i32.store (i32.const 2048) (i32.const 0))
+        (i32.store (i32.const 2052) (i32.const 1))
+        (return (select (i32.const 3) (i32.const 0)
+          (i32.eq (call $live_of (i32.const 2048) (i32.const 2) (i32.const 2052))
+            (i32.const -1))))))
+    (i32.store (i32.const 2048) (i32.const 2))
+    (i32.store (i32.const 2052) (i32.const 3))
+    (if (i32.ne (call $live_of (i32.const 2048) (i32.const 2) (i32.const 4096)) (i32.const 2))
+      (then (return (i32.const -1))))
+    (select (i32.const 2) (i32.const 3)
+      (i32.gt_u (i32.load (i32.const 4096)) (i32.load (i32.const 4108))))))"#;
 
 fn module(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let path = dir.path().join(format!("{name}.wat"));
@@ -137,6 +169,31 @@ fn live_fields_are_read_on_demand_and_retries_see_what_was_tried() {
 }
 
 #[test]
+fn live_of_reads_the_listed_instances_in_order_and_refuses_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = load(&module(&dir, "live_of", LIVE_OF_V2)).unwrap();
+    let pool = sample_pool(4);
+    let mut busy: Vec<_> = [2, 2, 3]
+        .iter()
+        .map(|&i| pool.eligible(i).live.start_request())
+        .collect();
+    assert_eq!(v2.pick(&pool, &hashed(0)), Some(2), "2 has more in flight");
+    busy.extend(
+        [3, 3]
+            .iter()
+            .map(|&i| pool.eligible(i).live.start_request()),
+    );
+    assert_eq!(v2.pick(&pool, &hashed(0)), Some(3), "now 3 has");
+    assert_eq!(v2.pick(&pool, &hashed(1)), Some(3), "index 99 is refused");
+    assert_eq!(
+        v2.pick(&pool, &hashed(2)),
+        Some(3),
+        "overlapping output is refused"
+    );
+    assert_eq!(fallbacks(&v2), 0, "{:?}", v2.info().fallbacks);
+}
+
+#[test]
 fn a_refused_prepare_falls_back_and_is_counted() {
     let dir = tempfile::tempdir().unwrap();
     let v2 = load(&module(&dir, "probe", PROBE_V2)).unwrap();
@@ -176,7 +233,13 @@ fn v1_and_v2_are_kept_apart() {
   (memory (export "memory") 1)
   (func (export "sluice_buffer") (param i32) (result i32) (i32.const 1024))
   (func (export "sluice_pick") (param i32) (result i32) (i32.const 0)))"#;
+    let v1_importing_live_of = LIVE_OF_V2.replace("sluice_abi_v2", "sluice_abi_v1");
     for (name, text, expected) in [
+        (
+            "v1_importing_live_of",
+            v1_importing_live_of.as_str(),
+            "import sluice.live_of is part of ABI v2",
+        ),
         (
             "v1_importing_live",
             v1_importing_live.as_str(),

@@ -129,6 +129,7 @@ const IMPORTS: &[(&str, usize, usize, Abi)] = &[
     ("log", 3, 0, Abi::V1),
     ("request_header", 4, 1, Abi::V1),
     ("live", 3, 1, Abi::V2),
+    ("live_of", 3, 1, Abi::V2),
     ("tried", 1, 1, Abi::V2),
 ];
 

@@ -5,6 +5,7 @@
 mod abi;
 mod builtin;
 mod check;
+mod clock_hint;
 mod instance;
 mod plugin;
 mod runtime;
@@ -28,7 +29,7 @@ pub enum LoadError {
     },
     #[error("not a valid WebAssembly module: {0}")]
     Compile(String),
-    #[error("import {module}.{name} is not allowed (only sluice.log, sluice.request_header and, in ABI v2, sluice.live and sluice.tried)")]
+    #[error("import {module}.{name} is not allowed (only sluice.log, sluice.request_header and, in ABI v2, sluice.live, sluice.live_of and sluice.tried)")]
     ForbiddenImport { module: String, name: String },
     #[error("import {0} is part of ABI v2: export sluice_abi_v2 instead of sluice_abi_v1")]
     ImportNeedsV2(String),

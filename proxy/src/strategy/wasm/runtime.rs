@@ -1,6 +1,6 @@
 //! The one wasmtime `Engine`, its linker of host functions (`sluice.log`,
-//! `sluice.request_header`, and v2's `sluice.live` and `sluice.tried`) and the per-call
-//! deadline policy (the epoch clock and its watchdog are in `ticker`).
+//! `sluice.request_header`, and v2's `sluice.live`, `sluice.live_of` and `sluice.tried`) and
+//! the per-call deadline policy (the epoch clock and its watchdog are in `ticker`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -162,21 +162,30 @@ fn slice(memory: &[u8], ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
     (end <= memory.len()).then_some(start..end)
 }
 
+/// The pool a v2 pick (or prepare) lent to the guest, and the guest's memory beside it.
+fn lent_pool<'a>(caller: &'a mut Caller<'_, HostState>) -> Option<(&'a mut [u8], &'a Pool)> {
+    let memory = caller.data().memory?;
+    let (mem, state) = memory.data_and_store_mut(caller);
+    let (pool, _) = state.pool.0?;
+    // SAFETY: set by the pick on this thread for the duration of this call (see PoolPtr); the
+    // pool outlives the call.
+    Some((mem, unsafe { &*pool }))
+}
+
+/// The guest range of `count` entries of `size` bytes at `ptr`, if it is inside `mem`.
+fn array(mem: &[u8], ptr: i32, count: usize, size: usize) -> Option<std::ops::Range<usize>> {
+    let len = i32::try_from(count.checked_mul(size)?).ok()?;
+    slice(mem, ptr, len)
+}
+
 /// `sluice.live(first, count, out_ptr) -> i32`: the live fields (in flight, EWMA, failures;
 /// u32 LE each) of records `first..first + count`, [`LIVE_SIZE`] bytes each at `out_ptr`.
 /// Returns `count`, or -1 for a range outside the pool, memory outside the module's, or a call
 /// outside a pick or prepare.
 fn host_live(mut caller: Caller<'_, HostState>, first: i32, count: i32, out_ptr: i32) -> i32 {
-    let Some(memory) = caller.data().memory else {
+    let Some((mem, pool)) = lent_pool(&mut caller) else {
         return -1;
     };
-    let (mem, state) = memory.data_and_store_mut(&mut caller);
-    let Some((pool, _)) = state.pool.0 else {
-        return -1;
-    };
-    // SAFETY: set by the pick on this thread for the duration of this call (see PoolPtr); the
-    // pool outlives the call.
-    let pool = unsafe { &*pool };
     let (Ok(first), Ok(count_usize)) = (usize::try_from(first), usize::try_from(count)) else {
         return -1;
     };
@@ -186,15 +195,55 @@ fn host_live(mut caller: Caller<'_, HostState>, first: i32, count: i32, out_ptr:
     else {
         return -1;
     };
-    let Some(out) = count_usize
-        .checked_mul(LIVE_SIZE)
-        .and_then(|len| i32::try_from(len).ok())
-        .and_then(|len| slice(mem, out_ptr, len))
-    else {
+    let Some(out) = array(mem, out_ptr, count_usize, LIVE_SIZE) else {
         return -1;
     };
     for (fields, i) in mem[out].chunks_exact_mut(LIVE_SIZE).zip(first..end) {
         fields.copy_from_slice(&live_fields(&pool.eligible(i).live));
+    }
+    count
+}
+
+/// `sluice.live_of(indices_ptr, count, out_ptr) -> i32`: the live fields of the `count`
+/// records whose indices (u32 LE) are at `indices_ptr`, [`LIVE_SIZE`] bytes each at `out_ptr`,
+/// in one call: what a strategy that samples a few instances (two choices, or d) needs, with
+/// one host call instead of one per instance, and the instances' cache misses overlapping.
+/// Returns `count`, or -1 (nothing written) for an index outside the pool, memory outside the
+/// module's, output overlapping the indices, or a call outside a pick or prepare.
+fn host_live_of(
+    mut caller: Caller<'_, HostState>,
+    indices_ptr: i32,
+    count: i32,
+    out_ptr: i32,
+) -> i32 {
+    let Some((mem, pool)) = lent_pool(&mut caller) else {
+        return -1;
+    };
+    let Ok(count_usize) = usize::try_from(count) else {
+        return -1;
+    };
+    let (Some(indices), Some(out)) = (
+        array(mem, indices_ptr, count_usize, 4),
+        array(mem, out_ptr, count_usize, LIVE_SIZE),
+    ) else {
+        return -1;
+    };
+    if indices.start < out.end && out.start < indices.end {
+        return -1;
+    }
+    let n = pool.eligible_len();
+    let index_at = |mem: &[u8], j: usize| {
+        let at = indices.start + 4 * j;
+        // In range: `indices` holds `count` u32s.
+        u32::from_le_bytes([mem[at], mem[at + 1], mem[at + 2], mem[at + 3]]) as usize
+    };
+    if (0..count_usize).any(|j| index_at(mem, j) >= n) {
+        return -1;
+    }
+    for j in 0..count_usize {
+        let i = index_at(mem, j);
+        let at = out.start + LIVE_SIZE * j;
+        mem[at..at + LIVE_SIZE].copy_from_slice(&live_fields(&pool.eligible(i).live));
     }
     count
 }
@@ -205,7 +254,7 @@ fn host_tried(caller: Caller<'_, HostState>, index: i32) -> i32 {
     let Some((pool, tried)) = caller.data().pool.0 else {
         return -1;
     };
-    // SAFETY: as in host_live; `tried` is the request's slice, alive for the call.
+    // SAFETY: as in lent_pool; `tried` is the request's slice, alive for the call.
     let (pool, tried) = unsafe { (&*pool, &*tried) };
     match usize::try_from(index) {
         Ok(i) if i < pool.eligible_len() => i32::from(tried.contains(&pool.eligible(i).key)),
@@ -303,6 +352,9 @@ impl WasmRuntime {
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         linker
             .func_wrap("sluice", "live", host_live)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        linker
+            .func_wrap("sluice", "live_of", host_live_of)
             .map_err(|e| LoadError::Engine(e.to_string()))?;
         linker
             .func_wrap("sluice", "tried", host_tried)
