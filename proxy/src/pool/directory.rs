@@ -476,8 +476,8 @@ impl Directory {
                 chunks.push(chunk.clone());
                 continue;
             }
-            let mut members = Vec::with_capacity(chunk.members.len() + mine.len());
-            let mut old_members = chunk.members.iter().peekable();
+            let mut members = Vec::with_capacity(chunk.members().len() + mine.len());
+            let mut old_members = chunk.members().iter().peekable();
             for id in mine {
                 while let Some(kept) = old_members.next_if(|m| m.spec.id < *id) {
                     members.push(kept.clone());
@@ -859,6 +859,9 @@ mod tests {
             let after = slot.load_full();
             // The same as a whole rebuild of the same instances.
             let incremental = shape(&after);
+            // The chunks' live pointers, shared chunks' included, are the members' own.
+            assert!((0..after.eligible_len())
+                .all(|i| std::ptr::eq(after.eligible_live(i), &*after.eligible(i).live)));
             dir.refresh("svc");
             assert_eq!(incremental, shape(&slot.load_full()));
             // Most chunks are the previous snapshot's own.
@@ -869,7 +872,7 @@ mod tests {
                     before
                         .chunks()
                         .iter()
-                        .any(|b| Arc::ptr_eq(&b.members, &c.members))
+                        .any(|b| Arc::ptr_eq(b.members(), c.members()))
                 })
                 .count();
             assert!(
@@ -915,7 +918,7 @@ mod tests {
             });
         }
         let pool = slot.load_full();
-        assert!(pool.chunks().iter().all(|c| c.members.len() <= 2 * CHUNK));
+        assert!(pool.chunks().iter().all(|c| c.members().len() <= 2 * CHUNK));
         assert_eq!(pool.members().len(), n - 1 + 4 + 200);
         // The round-robin cycle follows: i-0500 gets three times a default instance's share.
         let picks: Vec<usize> = (0..pool.eligible_len() * 10)

@@ -2,6 +2,7 @@
 //! the smooth weighted round-robin cycle over the eligible ones.
 
 use std::net::SocketAddr;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -59,7 +60,10 @@ type ChunkEligible = Arc<[(u8, u32)]>;
 /// whole rebuild, [`super::Directory::refresh`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Chunk {
-    pub(crate) members: Arc<[Member]>,
+    /// Set once, in [`Chunk::new`]: `lives` points into it.
+    members: Arc<[Member]>,
+    /// Each member's live counters, in member order: one hop fewer than through the member.
+    lives: LivePointers,
     eligible: ChunkEligible,
     /// The shape of the eligible members' weights (their gcd, whether all equal).
     shape: WeightShape,
@@ -80,17 +84,48 @@ impl Chunk {
         let all_plain_http = members
             .iter()
             .all(|m| m.spec.scheme == crate::registry::Scheme::Http);
+        let members: Arc<[Member]> = members.into();
         Self {
-            members: members.into(),
+            lives: LivePointers::of(&members),
+            members,
             eligible,
             shape,
             all_plain_http,
         }
     }
 
+    /// The chunk's members, in id order.
+    pub(crate) fn members(&self) -> &Arc<[Member]> {
+        &self.members
+    }
+
     /// The id of the chunk's first member (chunks are never empty).
     pub(crate) fn first_id(&self) -> &str {
         self.members.first().map_or("", |m| m.spec.id.as_str())
+    }
+}
+
+/// Pointers to the live counters of a chunk's members, which own them: valid as long as the
+/// chunk, which holds both (the members are immutable behind their `Arc`).
+#[derive(Debug, Clone)]
+struct LivePointers(Arc<[NonNull<InstanceLive>]>);
+
+// SAFETY: the pointers are shared references to `InstanceLive` (which is Send + Sync) that the
+// chunk's members keep alive; nothing writes through them.
+unsafe impl Send for LivePointers {}
+// SAFETY: as above.
+unsafe impl Sync for LivePointers {}
+
+impl LivePointers {
+    fn of(members: &Arc<[Member]>) -> Self {
+        Self(members.iter().map(|m| NonNull::from(&*m.live)).collect())
+    }
+
+    #[inline]
+    fn get(&self, offset: usize) -> &InstanceLive {
+        // SAFETY: the pointer came from `members[offset].live`, an `Arc` the same chunk holds
+        // (in its immutable `members`) for at least as long as `self`.
+        unsafe { self.0[offset].as_ref() }
     }
 }
 
@@ -201,6 +236,16 @@ impl Pool {
     /// The `i`-th eligible instance.
     pub fn eligible(&self, i: usize) -> &Member {
         self.at(self.eligible[i])
+    }
+
+    /// The live counters of the `i`-th eligible instance (as `eligible(i).live`, one
+    /// dependent load fewer: what a strategy reading a few random instances pays for).
+    #[inline]
+    pub fn eligible_live(&self, i: usize) -> &InstanceLive {
+        let packed = self.eligible[i];
+        self.chunks[(packed >> 8) as usize]
+            .lives
+            .get((packed & 0xff) as usize)
     }
 
     fn at(&self, packed: u32) -> &Member {

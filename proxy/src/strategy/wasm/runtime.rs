@@ -199,7 +199,7 @@ fn host_live(mut caller: Caller<'_, HostState>, first: i32, count: i32, out_ptr:
         return -1;
     };
     for (fields, i) in mem[out].chunks_exact_mut(LIVE_SIZE).zip(first..end) {
-        fields.copy_from_slice(&live_fields(&pool.eligible(i).live));
+        fields.copy_from_slice(&live_fields(pool.eligible_live(i)));
     }
     count
 }
@@ -243,7 +243,7 @@ fn host_live_of(
     for j in 0..count_usize {
         let i = index_at(mem, j);
         let at = out.start + LIVE_SIZE * j;
-        mem[at..at + LIVE_SIZE].copy_from_slice(&live_fields(&pool.eligible(i).live));
+        mem[at..at + LIVE_SIZE].copy_from_slice(&live_fields(pool.eligible_live(i)));
     }
     count
 }
