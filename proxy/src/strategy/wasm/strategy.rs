@@ -62,6 +62,9 @@ struct ThreadSlot {
     /// `WasmStrategy::generation`, instead of loading the `ArcSwap`).
     instance: Option<(Arc<LoadedPlugin>, ThreadInstance)>,
     picks: u32,
+    /// The picks' randoms: the slot is this thread's already, so no second thread-local
+    /// lookup (fastrand's) per pick.
+    rng: fastrand::Rng,
 }
 
 /// A WASM strategy, shared by every route that names it.
@@ -254,12 +257,13 @@ impl Strategy for WasmStrategy {
         }
         slot.picks = slot.picks.wrapping_add(1);
         let timed = slot.picks.is_multiple_of(TIMING_SAMPLE).then(Instant::now);
+        let random = slot.rng.u64(..);
         let Some((plugin, instance)) = slot.instance.as_mut() else {
             return self.fallback(FallbackReason::Trap, pool, request);
         };
         let pick = Pick {
             hash: request.hash,
-            random: fastrand::u64(..),
+            random,
             exclude: request.exclude,
             headers: request.headers,
         };
