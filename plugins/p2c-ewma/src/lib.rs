@@ -109,14 +109,20 @@ fn next_random(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `ewma x (in_flight + 1) / weight`, in floating point: exact enough to compare two
-/// instances, and cheaper in WebAssembly than the 128-bit products cross-multiplying needs.
-fn cost(live: Live, weight: u32) -> f64 {
+/// `ewma x (in_flight + 1)`, the load of an instance before its weight.
+fn load(live: Live) -> f64 {
     let ewma = match live.ewma_us {
         0 => DEFAULT_EWMA_US,
         us => f64::from(us),
     };
-    ewma * (f64::from(live.in_flight) + 1.0) / f64::from(weight.max(1))
+    ewma * (f64::from(live.in_flight) + 1.0)
+}
+
+/// Whether `a` costs no more than `b`, the cost being `load / weight`: compared by
+/// cross-multiplying, in floating point (exact enough to compare two instances, cheaper in
+/// WebAssembly than 128-bit integer products, and no division).
+fn costs_no_more((a, weight_a): (Live, u32), (b, weight_b): (Live, u32)) -> bool {
+    load(a) * f64::from(weight_b.max(1)) <= load(b) * f64::from(weight_a.max(1))
 }
 
 impl Strategy for P2cEwma {
@@ -156,9 +162,8 @@ impl Strategy for P2cEwma {
             b = (a + 1 + (next_random(&mut rng) % (n as u64 - 1)) as usize) % n;
         }
         let [live_a, live_b] = instances.live_of([a, b]);
-        let cost_a = cost(live_a, instances.weight(a));
-        let cost_b = cost(live_b, instances.weight(b));
-        Some(if cost_a <= cost_b { a } else { b })
+        let cheaper = costs_no_more((live_a, instances.weight(a)), (live_b, instances.weight(b)));
+        Some(if cheaper { a } else { b })
     }
 }
 
