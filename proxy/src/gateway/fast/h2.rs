@@ -392,6 +392,10 @@ impl FastPath {
                 }
             };
             let addr = picked.addr;
+            // Not held across the exchange's awaits: a guard takes one of arc-swap's few debt
+            // slots per thread, and with more requests in flight on the shard than slots every
+            // further load (of any `ArcSwap`) would take its slow path.
+            drop(pool);
             let timeouts = record.timeouts;
             let attempt_start = record.try_start.unwrap_or(record.start);
             let mut fresh = false;
