@@ -8,6 +8,7 @@
 //! has seen it, as the HTTP/1.1 fast path hands a connection over.
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -673,9 +674,17 @@ async fn read_body(
 /// dropped, the filters' edits made) as the HTTP/2 response header: without the framing
 /// fields HTTP/2 does not have (RFC 9113 8.2.2). `None` if it cannot be one.
 fn response_header(h1: &[u8]) -> Option<Box<ResponseHeader>> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    if !matches!(parsed.parse(h1), Ok(httparse::Status::Complete(_))) {
+    // Uninitialised slots, as the codec's own parse: zeroing 2 × MAX_FIELDS headers per
+    // response was 70 % of this function in `perf`.
+    let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_RESPONSE_FIELDS] =
+        [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let complete = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        h1,
+        &mut fields,
+    );
+    if !matches!(complete, Ok(httparse::Status::Complete(_))) {
         return None;
     }
     let mut header =
