@@ -20,5 +20,6 @@ pub mod response;
 pub use chunked::{BadChunk, ChunkedTracker};
 pub use request::{HandoffReason, ParsedRequest, RequestError, RequestHead, RequestLimits};
 pub use response::{
-    Framing, HeadEdit, ParsedResponse, ResponseError, ResponseHead, Unedited, UpgradeResponse,
+    read_head, Framing, HeadEdit, ParsedResponse, ResponseError, ResponseHead, Unedited,
+    UpgradeResponse,
 };

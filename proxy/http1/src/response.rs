@@ -171,6 +171,30 @@ fn with_head<T>(
     }
 }
 
+/// Fields a head this codec wrote may carry: the upstream's [`MAX_FIELDS`] and the filters'
+/// additions.
+pub const MAX_WRITTEN_FIELDS: usize = 2 * MAX_FIELDS;
+
+/// A complete response head this codec accepted or wrote, read again by someone who needs its
+/// fields as a list (an HTTP/2 response header, an auth answer's fields): `read` gets the status
+/// code and the fields, parsed into uninitialised slots as every parse here (zeroing them was
+/// most of the cost). `None` when `head` is not a complete head of at most
+/// [`MAX_WRITTEN_FIELDS`] fields.
+pub fn read_head<T>(
+    head: &[u8],
+    read: impl FnOnce(u16, &[httparse::Header<'_>]) -> T,
+) -> Option<T> {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_WRITTEN_FIELDS] =
+        [const { MaybeUninit::uninit() }; MAX_WRITTEN_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, head, &mut slots);
+    match parsed {
+        Ok(httparse::Status::Complete(_)) => Some(read(resp.code?, resp.headers)),
+        _ => None,
+    }
+}
+
 /// [`parse_response_edited`] of a complete head.
 fn edited_head(
     resp: &httparse::Response<'_, '_>,
@@ -393,6 +417,40 @@ mod tests {
         let mut out = Vec::new();
         let parsed = parse_response(raw, head, close, &mut out).expect("valid");
         (parsed, String::from_utf8(out).expect("ASCII"))
+    }
+
+    #[test]
+    fn read_head_gives_the_code_and_fields_of_a_complete_head_only() {
+        let fields = |raw: &[u8]| {
+            read_head(raw, |code, fields| {
+                let list: Vec<(String, Vec<u8>)> = fields
+                    .iter()
+                    .map(|f| (f.name.to_string(), f.value.to_vec()))
+                    .collect();
+                (code, list)
+            })
+        };
+        let (code, list) =
+            fields(b"HTTP/1.1 201 Created\r\nA: 1\r\nb: two\r\nA: 3\r\n\r\n").expect("complete");
+        assert_eq!(code, 201);
+        assert_eq!(
+            list,
+            [("A", &b"1"[..]), ("b", b"two"), ("A", b"3")]
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+        );
+        assert_eq!(fields(b"HTTP/1.1 200 OK\r\nA: 1\r\n"), None, "partial");
+        assert_eq!(fields(b"HTTP/1.1 2x0 OK\r\n\r\n"), None, "invalid");
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..MAX_WRITTEN_FIELDS {
+            many.extend_from_slice(format!("f{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(
+            fields(&many).map(|(_, l)| l.len()),
+            Some(MAX_WRITTEN_FIELDS)
+        );
+        many.splice(17..17, b"one: more\r\n".iter().copied());
+        assert_eq!(fields(&many), None, "more than MAX_WRITTEN_FIELDS");
     }
 
     fn final_head(raw: &[u8], head: bool) -> (ResponseHead, String) {

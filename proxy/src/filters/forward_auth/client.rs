@@ -232,21 +232,18 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// The fields of a response head the codec accepted.
 fn fields(head: &[u8]) -> Vec<(HeaderName, HeaderValue)> {
-    let mut slots = [httparse::EMPTY_HEADER; 128];
-    let mut response = httparse::Response::new(&mut slots);
-    if response.parse(head).is_err() {
-        return Vec::new();
-    }
-    response
-        .headers
-        .iter()
-        .filter_map(|f| {
-            Some((
-                HeaderName::from_bytes(f.name.as_bytes()).ok()?,
-                HeaderValue::from_bytes(f.value).ok()?,
-            ))
-        })
-        .collect()
+    sluice_http1::read_head(head, |_, fields| {
+        fields
+            .iter()
+            .filter_map(|f| {
+                Some((
+                    HeaderName::from_bytes(f.name.as_bytes()).ok()?,
+                    HeaderValue::from_bytes(f.value).ok()?,
+                ))
+            })
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// The data of a chunked body the codec's tracker found well-formed.

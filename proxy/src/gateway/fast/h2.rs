@@ -8,7 +8,6 @@
 //! has seen it, as the HTTP/1.1 fast path hands a connection over.
 
 use std::future::Future;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,8 +36,6 @@ use crate::gateway::{forward, Route};
 
 /// A connection's budget of refused streams (pingora's own accept loop allows as many).
 const MAX_REFUSED_STREAMS: usize = 32;
-/// Most fields in the HTTP/1.1 head the codec wrote for the client, read back here.
-const MAX_RESPONSE_FIELDS: usize = 2 * sluice_http1::request::MAX_FIELDS;
 
 /// What serves the streams the fast path leaves: pingora's proxy.
 pub trait StreamApp: Send + Sync + 'static {
@@ -674,30 +671,18 @@ async fn read_body(
 /// dropped, the filters' edits made) as the HTTP/2 response header: without the framing
 /// fields HTTP/2 does not have (RFC 9113 8.2.2). `None` if it cannot be one.
 fn response_header(h1: &[u8]) -> Option<Box<ResponseHeader>> {
-    // Uninitialised slots, as the codec's own parse: zeroing 2 × MAX_FIELDS headers per
-    // response was 70 % of this function in `perf`.
-    let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_RESPONSE_FIELDS] =
-        [const { MaybeUninit::uninit() }; MAX_RESPONSE_FIELDS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let complete = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut parsed,
-        h1,
-        &mut fields,
-    );
-    if !matches!(complete, Ok(httparse::Status::Complete(_))) {
-        return None;
-    }
-    let mut header =
-        ResponseHeader::build_no_case(parsed.code?, Some(parsed.headers.len())).ok()?;
-    for field in parsed.headers.iter() {
-        if is_hop_by_hop(field.name) || field.name.eq_ignore_ascii_case("transfer-encoding") {
-            continue;
+    sluice_http1::read_head(h1, |code, fields| {
+        let mut header = ResponseHeader::build_no_case(code, Some(fields.len())).ok()?;
+        for field in fields {
+            if is_hop_by_hop(field.name) || field.name.eq_ignore_ascii_case("transfer-encoding") {
+                continue;
+            }
+            let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+            let value = HeaderValue::from_bytes(field.value).ok()?;
+            header.append_header(name, value).ok()?;
         }
-        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(field.value).ok()?;
-        header.append_header(name, value).ok()?;
-    }
-    Some(Box::new(header))
+        Some(Box::new(header))
+    })?
 }
 
 #[cfg(test)]
