@@ -72,12 +72,15 @@ pub struct H2Service {
     pingora: Arc<dyn StreamApp>,
 }
 
+/// A stream's pingora session, boxed from its accept on: it is large, and moves from the
+/// accept loop into the stream's task and on into the futures that serve it.
+type Session = Box<HttpSession>;
+
 /// What became of a stream the fast path took.
 enum StreamEnd {
     Done,
     /// Not the fast path's after all (its pool changed before the first try): pingora's.
-    /// Boxed: rare, and the session is large.
-    Handoff(Handoff, Box<HttpSession>),
+    Handoff(Handoff, Session),
 }
 
 /// Who a connection's client is, read once per connection.
@@ -160,44 +163,50 @@ impl H2Service {
                     }
                 }
                 Ok(Some(H2Accept::Session(session))) => {
-                    let service = self.clone();
-                    let (client, shutdown) = (client.clone(), shutdown.clone());
-                    tokio::spawn(async move { service.stream(session, client, shutdown).await });
+                    // Boxed once here: the stream's task, and every future the session moves
+                    // into after, then carry a pointer, not the session (~0.6 KiB each move).
+                    let session = Box::new(session);
+                    tokio::spawn(
+                        self.clone()
+                            .stream(session, client.clone(), shutdown.clone()),
+                    );
                 }
             }
         }
     }
 
-    /// One stream: the fast path's, or pingora's.
-    async fn stream(
+    /// One stream: the fast path's, or pingora's. (A function returning its future, not an
+    /// `async fn`, so each argument is kept once in the task, not twice.)
+    fn stream(
         self: Arc<Self>,
-        session: HttpSession,
+        session: Session,
         client: Arc<Client>,
         shutdown: ShutdownWatch,
-    ) {
-        let taken = self.fast.take_stream(&session);
-        let handoff = match taken {
-            Err(reason) => Some((reason, session)),
-            Ok((route, body_len)) => {
-                let request = StreamRequest { client, body_len };
-                // Boxed: the stream's task (moved whole into its cell at the spawn) holds the
-                // session, not every state of the request's engine, tries and relay.
-                match Box::pin(self.fast.serve_stream(session, route, request)).await {
-                    StreamEnd::Done => None,
-                    StreamEnd::Handoff(reason, session) => Some((reason, *session)),
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let handoff = match self.fast.take_stream(&session) {
+                Err(reason) => Some((reason, session)),
+                Ok((route, body_len)) => {
+                    let request = StreamRequest { client, body_len };
+                    // Boxed: the stream's task (moved whole into its cell at the spawn) holds
+                    // a pointer, not every state of the request's engine, tries and relay.
+                    match Box::pin(self.fast.serve_stream(session, route, request)).await {
+                        StreamEnd::Done => None,
+                        StreamEnd::Handoff(reason, session) => Some((reason, session)),
+                    }
                 }
+            };
+            if let Some((reason, session)) = handoff {
+                self.fast.handoffs.count(reason);
+                tracing::debug!(
+                    reason = reason.as_str(),
+                    "fast path hands the HTTP/2 stream to pingora"
+                );
+                self.pingora
+                    .clone()
+                    .serve_stream(ServerSession::new_http2(*session), shutdown)
+                    .await;
             }
-        };
-        if let Some((reason, session)) = handoff {
-            self.fast.handoffs.count(reason);
-            tracing::debug!(
-                reason = reason.as_str(),
-                "fast path hands the HTTP/2 stream to pingora"
-            );
-            self.pingora
-                .clone()
-                .serve_stream(ServerSession::new_http2(session), shutdown)
-                .await;
         }
     }
 }
@@ -271,7 +280,7 @@ impl FastPath {
     /// the tries and the relay, then the record.
     async fn serve_stream(
         &self,
-        mut session: HttpSession,
+        mut session: Session,
         route: Option<Arc<Route>>,
         request: StreamRequest,
     ) -> StreamEnd {
@@ -323,7 +332,7 @@ impl FastPath {
     /// its record unless it is handed over.
     async fn forward_stream(
         &self,
-        mut session: HttpSession,
+        mut session: Session,
         request: &StreamRequest,
         body: &[u8],
         bufs: &mut RequestBuffers,
@@ -369,7 +378,7 @@ impl FastPath {
                 // body was read; a retry ends with the error that asked for it.
                 match last_error {
                     None if record.filters.is_none() && body.is_empty() => {
-                        return StreamEnd::Handoff(Handoff::PoolChanged, Box::new(session))
+                        return StreamEnd::Handoff(Handoff::PoolChanged, session)
                     }
                     None => {
                         self.fail_stream(&mut session, record, Failure::PoolChanged)
