@@ -177,6 +177,10 @@ impl H2Service {
 
     /// One stream: the fast path's, or pingora's. (A function returning its future, not an
     /// `async fn`, so each argument is kept once in the task, not twice.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps each argument twice in its future: once captured, once bound"
+    )]
     fn stream(
         self: Arc<Self>,
         session: Session,
