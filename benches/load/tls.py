@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""TLS and HTTP/2: Sluice against nginx and HAProxy, same run, same upstream, same workers.
+"""TLS, HTTP/2 and plain HTTP/1.1: Sluice against nginx and HAProxy, same run, same upstream,
+same workers.
 
     python3 benches/load/tls.py                      # 3 rounds of 5 s per row; ~4 min
     python3 benches/load/tls.py --key rsa            # RSA-2048 certificate (default ECDSA P-256)
     python3 benches/load/tls.py --sluice /tmp/old/sluice --proxies sluice   # another build
 
 Starts one upstream (nginx, one worker, `return 200`), then each proxy with `--workers`
-workers, TLS 1.3 on all three with the same certificate, ALPN h2 and http/1.1, and a
-cleartext port that takes h2 with prior knowledge (h2c). Every round drives every proxy,
-in an order rotated each round, with:
+workers, TLS 1.3 on all three with the same certificate, ALPN h2 and http/1.1, a
+cleartext port that takes h2 with prior knowledge (h2c) and one for plain HTTP/1.1 (Sluice
+takes both on one port). Every round drives every proxy, in an order rotated each round,
+with:
+
+  http-ka     wrk -t1 -c32, plain HTTP/1.1 keep-alive
+  new-http    wrk -t1 -c16 with `Connection: close`: a plain connection per request
 
   https-ka    wrk -t1 -c32, HTTPS/1.1 keep-alive
   h2-tls      h2load -c16 -m10, HTTP/2 over TLS
@@ -40,7 +45,7 @@ from harness import ROOT, Procs, build_release, children, cpu_ticks, free_port, 
 
 LUA = os.path.join(ROOT, "benches", "load", "percentiles.lua")
 HANDSHAKES = os.path.join(ROOT, "target", "release", "tls-handshakes")
-ROWS = ["https-ka", "h2-tls", "h2c", "new-tls", "full-hs", "resumed-hs"]
+ROWS = ["http-ka", "new-http", "https-ka", "h2-tls", "h2c", "new-tls", "full-hs", "resumed-hs"]
 PROXIES = ["sluice", "nginx", "haproxy"]
 
 
@@ -62,8 +67,8 @@ def certificate(work, key):
 class Proxy:
     """One proxy under test: its TLS and cleartext ports and the pids whose CPU is its own."""
 
-    def __init__(self, name, tls_port, plain_port, pids, process):
-        self.name, self.tls_port, self.plain_port = name, tls_port, plain_port
+    def __init__(self, name, tls_port, plain_port, h1_port, pids, process):
+        self.name, self.tls_port, self.plain_port, self.h1_port = name, tls_port, plain_port, h1_port
         self.pids, self.process = pids, process
 
     def ticks(self):
@@ -86,11 +91,12 @@ def start_sluice_tls(procs, work, workers, up, cert, key, binary):
         '[[routes]]\npath_prefix = "/"\nservice = "bench"\nstrategy = "native-round-robin"\n'
     )
     p, port, _ = start_sluice(procs, work, body, workers, binary=binary)
-    return Proxy("sluice", tls_port, port, lambda: [p.pid], p)
+    # One cleartext port: HTTP/1.1, or h2 by its preface.
+    return Proxy("sluice", tls_port, port, port, lambda: [p.pid], p)
 
 
 def start_nginx_tls(procs, work, workers, up, cert, key):
-    tls_port, plain_port = free_port(), free_port()
+    tls_port, plain_port, h1_port = free_port(), free_port(), free_port()
     d = os.path.join(work, "proxy-nginx")
     os.makedirs(d, exist_ok=True)
     location = """location / {
@@ -116,15 +122,16 @@ http {{
     {location}
   }}
   server {{ listen 127.0.0.1:{plain_port} http2; {location} }}
+  server {{ listen 127.0.0.1:{h1_port}; {location} }}
 }}
 """)
     p = procs.spawn(["nginx", "-c", f"{d}/nginx.conf", "-p", d], os.path.join(d, "stderr.log"))
     wait_port(tls_port)
-    return Proxy("nginx", tls_port, plain_port, lambda: [p.pid, *children(p.pid)], p)
+    return Proxy("nginx", tls_port, plain_port, h1_port, lambda: [p.pid, *children(p.pid)], p)
 
 
 def start_haproxy_tls(procs, work, workers, up, both):
-    tls_port, plain_port = free_port(), free_port()
+    tls_port, plain_port, h1_port = free_port(), free_port(), free_port()
     conf = os.path.join(work, "haproxy.cfg")
     with open(conf, "w") as f:
         f.write(f"""global
@@ -139,16 +146,18 @@ defaults
 frontend fe
   bind 127.0.0.1:{tls_port} ssl crt {both} alpn h2,http/1.1
   bind 127.0.0.1:{plain_port} proto h2
+  bind 127.0.0.1:{h1_port}
   default_backend be
 backend be
   option forwardfor
-  http-request set-header X-Forwarded-Proto https
+  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+  http-request set-header X-Forwarded-Proto http unless {{ ssl_fc }}
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
   server a 127.0.0.1:{up}
 """)
     p = procs.spawn(["haproxy", "-f", conf], os.path.join(work, "haproxy.log"))
     wait_port(tls_port)
-    return Proxy("haproxy", tls_port, plain_port, lambda: [p.pid], p)
+    return Proxy("haproxy", tls_port, plain_port, h1_port, lambda: [p.pid], p)
 
 
 def wait_port(port, timeout=10.0):
@@ -208,7 +217,10 @@ def handshakes(port, duration, mode):
 
 def drive(proxy, row, duration):
     tls, plain = f"https://127.0.0.1:{proxy.tls_port}/", f"http://127.0.0.1:{proxy.plain_port}/"
+    h1 = f"http://127.0.0.1:{proxy.h1_port}/"
     runs = {
+        "http-ka": lambda: wrk(h1, 32, duration, close=False),
+        "new-http": lambda: wrk(h1, 16, duration, close=True),
         "https-ka": lambda: wrk(tls, 32, duration, close=False),
         "h2-tls": lambda: h2load(tls, duration),
         "h2c": lambda: h2load(plain, duration),
