@@ -16,8 +16,8 @@ mod retry;
 mod route_metrics;
 mod router;
 
-pub(crate) use fast::read_client;
 pub use fast::{answer as local_answer, ClientIo, FastPath, H2Service, Peer, Served, StreamApp};
+pub(crate) use fast::{read_client, release_client};
 pub use peer::{CaError, UpstreamTls};
 pub use proxy::{Gateway, HeaderLimits};
 pub use router::{Backend, Route, Router, RouterError, DEFAULT_CONNECT_TIMEOUT};

@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 use super::rewind::{OpenConnection, Rewind};
 use super::shard::{pingora_stream, PlainConnection, ShardApp};
 use crate::gateway::{
-    local_answer, read_client, ClientIo, FastPath, H2Service, Peer, Served, StreamApp,
+    local_answer, read_client, release_client, ClientIo, FastPath, H2Service, Peer, Served,
+    StreamApp,
 };
 
 /// The HTTP/2 connection preface: a cleartext HTTP/2 client is handed on as soon as it is
@@ -205,6 +206,9 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
             if let Some(fast) = &self.fast {
                 if let Served::Closed = fast.serve(&mut stream, peer, &mut prefix, &shutdown).await
                 {
+                    // The read buffer goes back to the shard's free list: the next connection
+                    // reads into it (a connection per request allocated one each).
+                    release_client(prefix);
                     return None;
                 }
             }

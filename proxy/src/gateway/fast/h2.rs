@@ -86,8 +86,6 @@ enum StreamEnd {
 /// Who a connection's client is, read once per connection.
 struct Client {
     peer: Peer,
-    /// The address as `X-Forwarded-For` adds it (formatted once, not per stream).
-    ip_text: Option<String>,
     proto: &'static str,
 }
 
@@ -115,7 +113,6 @@ impl H2Service {
         };
         let client = Arc::new(Client {
             peer,
-            ip_text: peer.ip.map(|ip| ip.to_string()),
             proto: if peer.tls { "https" } else { "http" },
         });
         let digest = Arc::new(Digest {
@@ -368,7 +365,7 @@ impl FastPath {
                 &mut bufs.request,
                 &view,
                 target,
-                request.client.ip_text.as_deref(),
+                request.client.peer.ip,
                 request.client.proto,
                 record.filters.as_ref().map(|s| &s.upstream),
             );

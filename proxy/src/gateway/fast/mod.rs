@@ -35,8 +35,7 @@ use sluice_http1::{
     UpgradeResponse,
 };
 
-pub(crate) use self::buffers::read_client;
-use self::buffers::release_client;
+pub(crate) use self::buffers::{read_client, release_client};
 use self::buffers::{RequestBuffers, READ_ROOM};
 pub use self::h2::{H2Service, StreamApp};
 use self::handoff::{Handoff, HandoffCounters};
@@ -190,8 +189,6 @@ impl FastPath {
     ) -> impl Future<Output = Served> + Send + 'a {
         let mut client = Client {
             ip: peer.ip,
-            // Formatted once per connection, not per request.
-            ip_text: peer.ip.map(|ip| ip.to_string()),
             proto: if peer.tls { "https" } else { "http" },
             stream,
             deadline: LazyDeadline::default(),
@@ -242,6 +239,11 @@ impl FastPath {
                         return Served::Closed;
                     }
                     Step::Close => {
+                        if let Some(mut set) = lent.take() {
+                            // Closing: what the client sent after this request is not served.
+                            set.early.clear();
+                            set.give_back();
+                        }
                         // Closing anyway: a failed shutdown changes nothing.
                         let _ = client.stream.shutdown().await;
                         return Served::Closed;
@@ -477,7 +479,7 @@ impl FastPath {
             &mut bufs.request,
             req,
             stripped.as_deref().unwrap_or(req.target),
-            client.ip_text.as_deref(),
+            client.ip,
             client.proto,
             record.filters.as_ref().map(|s| &s.upstream),
         );
@@ -806,7 +808,6 @@ struct Client<'s> {
     stream: &'s mut dyn ClientIo,
     deadline: LazyDeadline,
     ip: Option<IpAddr>,
-    ip_text: Option<String>,
     proto: &'static str,
 }
 
