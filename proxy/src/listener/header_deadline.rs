@@ -198,9 +198,11 @@ impl<A: ServerApp + Send + Sync + 'static> HeaderDeadline<A> {
                 }
             };
             if let (Some(h2), true) = (&self.h2, prefix.starts_with(H2_PREFACE)) {
-                // h2c by prior knowledge: the whole connection is served here.
+                // h2c by prior knowledge: the whole connection is served here. Boxed: the
+                // HTTP/2 connection's state is allocated for it, not in the state of every
+                // HTTP/1.1 connection (an idle one held it: 4.1 KiB per idle connection).
                 let stream = Rewind::around(into_pingora(stream, peer), prefix, open)?;
-                h2.serve(stream, &shutdown).await;
+                Box::pin(h2.serve(stream, &shutdown)).await;
                 return None;
             }
             if let Some(fast) = &self.fast {
