@@ -288,7 +288,45 @@ impl<A: ServerApp + Send + Sync + 'static> ShardApp for HeaderDeadline<A> {
 
 #[cfg(test)]
 mod tests {
-    use super::header_complete;
+    use super::*;
+
+    /// Never serves: the size of the state around it is what is measured.
+    struct Nothing;
+
+    #[async_trait]
+    impl ServerApp for Nothing {
+        async fn process_new(
+            self: &Arc<Self>,
+            _stream: Stream,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<Stream> {
+            None
+        }
+    }
+
+    /// What an idle plain connection holds is this future's box, whatever its state: the
+    /// fast path's, pingora's hand-off and h2c's included. Within jemalloc's 640-byte class
+    /// it measured 1.9 KiB per idle connection; with h2c's state inline (sessions 19 to 22)
+    /// the box was 2,992 bytes (this debug build) and an idle connection 4.1 KiB.
+    #[tokio::test]
+    async fn an_idle_plain_connection_keeps_a_small_state() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let tcp = TcpStream::from_std(accepted).unwrap();
+        let counter = IntCounter::new("t", "t").unwrap();
+        let app = Arc::new(HeaderDeadline::new(
+            Nothing,
+            Duration::from_secs(1),
+            1024,
+            counter,
+        ));
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let connection = app.process_plain(tcp, peer, shutdown);
+        let size = std::mem::size_of_val(&*connection);
+        assert!(size <= 640, "the connection's state is {size} bytes");
+    }
 
     #[test]
     fn finds_the_end_of_a_header_split_across_reads() {
