@@ -198,6 +198,8 @@ pub(super) struct H2Request<'a> {
 mod tests {
     use super::*;
 
+    const LOOPBACK: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+
     const LIMITS: HeaderLimits = HeaderLimits {
         max_headers: 100,
         max_header_bytes: 32 * 1024,
@@ -211,14 +213,7 @@ mod tests {
             panic!("plain");
         };
         let mut out = Vec::new();
-        write_upstream_request(
-            &mut out,
-            &req,
-            "/x?q",
-            Some([127, 0, 0, 1].into()),
-            "http",
-            None,
-        );
+        write_upstream_request(&mut out, &req, "/x?q", LOOPBACK, "http", None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /x?q HTTP/1.1\r\nHost: ex.test\r\nAccept: */*\r\n\
@@ -247,14 +242,7 @@ mod tests {
             body_len: Some(5),
         };
         let mut out = Vec::new();
-        write_upstream_request_h2(
-            &mut out,
-            &req,
-            "/x?q",
-            Some([127, 0, 0, 1].into()),
-            "http",
-            None,
-        );
+        write_upstream_request_h2(&mut out, &req, "/x?q", LOOPBACK, "http", None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /x?q HTTP/1.1\r\nhost: ex.test:8443\r\ncontent-length: 5\r\n\
