@@ -2,10 +2,17 @@
 //! shards' sockets by a hash of their addresses (`SO_REUSEPORT`), not by load; on one shared
 //! socket it woke whichever shard waited first, and one shard could end up with most
 //! connections (CPU 334/26 in one measured run). A shard that accepts a connection while
-//! another holds fewer open ones (by more than `SLACK`) hands it over: the socket leaves the
+//! another holds clearly fewer open ones (`overloaded`) hands it over: the socket leaves the
 //! accepting shard's reactor and joins the other's, which serves it from then on. One atomic
 //! read per shard and accept, and a channel send only when the split is uneven; nothing per
 //! request. The counts are also what a graceful stop waits on (`drain::Drain`).
+//!
+//! How uneven is uneven: a hand-off costs a cross-thread wake and the socket's move between
+//! reactors, worth it for a connection that lives but not for one that closes after one
+//! request, and a shard that drains a burst of its accept queue runs ahead of the other for a
+//! moment without being loaded. With one connection of slack, 22 % of the connections of a
+//! `Connection: close` load were handed over; with a quarter plus two, 14 %, while 64
+//! kept-alive connections still split at worst 36/28 (56/44).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,9 +22,15 @@ use tokio::sync::mpsc;
 
 use super::tls_server::TlsListener;
 
-/// How many more open connections a shard may hold than the least loaded one before it
-/// hands new ones over.
-const SLACK: usize = 1;
+/// How many more open connections than the least loaded shard's a shard may hold before it
+/// hands new ones over, besides a quarter of that shard's count.
+const SLACK: usize = 2;
+
+/// Whether a shard holding `own` open connections, while the least loaded holds `fewest`,
+/// hands a new one over: when it holds more than a quarter more than `fewest`, plus `SLACK`.
+fn overloaded(own: usize, fewest: usize) -> bool {
+    own > fewest + fewest / 4 + SLACK
+}
 
 /// A connection on its way to another shard.
 pub(super) struct Handed {
@@ -65,15 +78,15 @@ impl ShardBalance {
         self.receivers.lock().get_mut(index).and_then(Option::take)
     }
 
-    /// The shard that serves a connection `accepting` just accepted: itself, unless another
-    /// holds fewer open connections by more than SLACK. The connection is counted there.
+    /// The shard that serves a connection `accepting` just accepted: itself, unless it is
+    /// `overloaded` next to the least loaded one. The connection is counted there.
     pub(super) fn choose(self: &Arc<Self>, accepting: usize) -> (usize, OpenOnShard) {
         let own = self.count(accepting);
         let (least, fewest) = (0..self.open.len())
             .map(|i| (i, self.count(i)))
             .min_by_key(|&(_, n)| n)
             .unwrap_or((accepting, own));
-        let target = if own > fewest + SLACK {
+        let target = if overloaded(own, fewest) {
             least
         } else {
             accepting
@@ -141,22 +154,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_shard_keeps_connections_until_it_holds_more_than_the_slack_over_another() {
+    fn a_shard_keeps_connections_until_it_is_clearly_ahead_of_another() {
         let balance = ShardBalance::new(2);
         let mut held = Vec::new();
-        // Shard 0 accepts everything: it keeps up to SLACK more than shard 1, then hands on.
+        // Shard 0 accepts everything: it keeps up to SLACK more than shard 1 (and a quarter
+        // of shard 1's count), then hands on.
         let mut targets = Vec::new();
         for _ in 0..8 {
             let (target, open) = balance.choose(0);
             targets.push(target);
             held.push(open);
         }
-        assert_eq!(targets, [0, 0, 1, 0, 1, 0, 1, 0]);
+        assert_eq!(targets, [0, 0, 0, 1, 0, 1, 0, 1]);
         assert_eq!((balance.count(0), balance.count(1)), (5, 3));
         assert_eq!(balance.open_connections(), 8);
         // Closing connections uncounts them.
         held.clear();
         assert_eq!((balance.count(0), balance.count(1)), (0, 0));
+    }
+
+    #[test]
+    fn kept_alive_connections_split_within_60_40_whoever_accepts_them() {
+        // 64 connections, the `shards.py` load, all arriving on one shard's socket: the
+        // worst case the kernel's hash could deal.
+        for shards in [2, 3, 4] {
+            let balance = ShardBalance::new(shards);
+            let held: Vec<_> = (0..64).map(|_| balance.choose(0).1).collect();
+            let counts: Vec<usize> = (0..shards).map(|i| balance.count(i)).collect();
+            let (most, least) = (*counts.iter().max().unwrap(), *counts.iter().min().unwrap());
+            // The last connection kept made the busiest one more than the rule allows.
+            assert!(!overloaded(most - 1, least), "{counts:?}");
+            if shards == 2 {
+                assert!(most * 10 <= 64 * 6, "{counts:?}");
+            }
+            drop(held);
+        }
     }
 
     #[test]
