@@ -5,6 +5,7 @@ same workers.
     python3 benches/load/tls.py                      # 3 rounds of 5 s per row; ~4 min
     python3 benches/load/tls.py --key rsa            # RSA-2048 certificate (default ECDSA P-256)
     python3 benches/load/tls.py --sluice /tmp/old/sluice --proxies sluice   # another build
+    python3 benches/load/tls.py --rows new-http --syscalls   # + system calls per request (perf)
 
 Starts one upstream (nginx, one worker, `return 200`), then each proxy with `--workers`
 workers, TLS 1.3 on all three with the same certificate, ALPN h2 and http/1.1, a
@@ -38,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -215,7 +217,45 @@ def handshakes(port, duration, mode):
             "errors": int(fields["errors"]), "resumed": int(fields["resumed"])}
 
 
-def drive(proxy, row, duration):
+SYSCALLS = ["accept4", "epoll_wait", "epoll_ctl", "recvfrom", "read", "readv", "sendto", "write", "writev",
+            "setsockopt", "getsockopt", "shutdown", "close"]
+
+
+def context_switches(pids):
+    """Voluntary plus involuntary context switches of every thread of `pids`."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                status = open(f"/proc/{pid}/task/{task}/status").read()
+            except FileNotFoundError:
+                continue
+            total += sum(int(n) for n in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)", status, re.M))
+    return total
+
+
+def count_syscalls(pids, seconds):
+    """`perf stat` of the syscall tracepoints in SYSCALLS on `pids` for `seconds`: a Popen."""
+    events = ",".join(f"syscalls:sys_enter_{name}" for name in SYSCALLS)
+    return subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids)),
+                             "--", "sleep", str(seconds)], stderr=subprocess.PIPE, text=True)
+
+
+def syscall_counts(perf):
+    """What `count_syscalls` counted, by syscall."""
+    counts = {}
+    for line in perf.communicate()[1].splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].isdigit() and "sys_enter_" in fields[2]:
+            counts[fields[2].split("sys_enter_")[1]] = int(fields[0])
+    return counts
+
+
+def drive(proxy, row, duration, syscalls=False):
     tls, plain = f"https://127.0.0.1:{proxy.tls_port}/", f"http://127.0.0.1:{proxy.plain_port}/"
     h1 = f"http://127.0.0.1:{proxy.h1_port}/"
     runs = {
@@ -229,10 +269,24 @@ def drive(proxy, row, duration):
         "resumed-hs": lambda: handshakes(proxy.tls_port, duration, "resumed"),
     }
     hz = os.sysconf("SC_CLK_TCK")
+    # Counted over the run's middle (its first and last half second left out).
+    window = max(duration - 1, 1)
+    switches = context_switches(proxy.pids()) if syscalls else 0
     before = proxy.ticks()
+    perf_started = []
+    if syscalls:
+        start = threading.Timer(0.5, lambda: perf_started.append(count_syscalls(proxy.pids(), window)))
+        start.start()
     result = runs[row]()
     used = (proxy.ticks() - before) / hz
     result["cpu_us"] = used / max(result["count"], 1) * 1e6
+    if syscalls:
+        start.join()
+        perf = perf_started[0]
+        counts = syscall_counts(perf)
+        in_window = max(result["rate"] * window, 1)
+        result["syscalls"] = {name: n / in_window for name, n in counts.items() if n}
+        result["switches"] = (context_switches(proxy.pids()) - switches) / max(result["count"], 1)
     return result
 
 
@@ -245,8 +299,11 @@ def main():
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--proxies", default=",".join(PROXIES))
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
+    ap.add_argument("--syscalls", action="store_true",
+                    help="also count each proxy's system calls (perf stat, needs root or "
+                         "perf_event_paranoid <= -1) and context switches per request")
     args = ap.parse_args()
-    need("nginx", "haproxy", "wrk", "h2load", "openssl")
+    need("nginx", "haproxy", "wrk", "h2load", "openssl", *(["perf"] if args.syscalls else []))
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "sluice-benches", "--bin", "tls-handshakes"], cwd=ROOT, check=True)
     if args.sluice.startswith(ROOT):
         build_release("sluice")
@@ -268,13 +325,17 @@ def main():
                     proxy = start[name]()
                     time.sleep(0.5)
                     for row in rows:
-                        r = drive(proxy, row, args.duration)
+                        r = drive(proxy, row, args.duration, args.syscalls)
                         results.setdefault((name, row), []).append(r)
                         p99 = f", p99 {r['p99']:.2f} ms" if r["p99"] is not None else ""
                         if "resumed" in r:
                             p99 += f", {r['resumed']} of {r['count']} resumed"
                         print(f"round {round_ + 1} {name:8} {row:10} {r['rate']:9,.0f}/s  "
                               f"{r['cpu_us']:6.1f} us CPU each{p99}, errors {r['errors']}", flush=True)
+                        if "syscalls" in r:
+                            calls = " ".join(f"{k} {v:.2f}" for k, v in sorted(r["syscalls"].items()))
+                            print(f"    per request: {sum(r['syscalls'].values()):.1f} system calls ({calls}); "
+                                  f"{r['switches']:.2f} context switches", flush=True)
                     proxy.stop()
         finally:
             procs.stop()
@@ -289,6 +350,14 @@ def main():
             cells.append(f"{statistics.median(r['rate'] for r in rs):,.0f}" if rs else "-")
             cells.append(f"{statistics.median(r['cpu_us'] for r in rs):.1f}" if rs else "-")
         print(f"| {row} | " + " | ".join(cells) + " |")
+    if args.syscalls:
+        print("\nSystem calls per request (median of rounds):\n")
+        print("| traffic | " + " | ".join(proxies) + " |")
+        print("| --- |" + " ---: |" * len(proxies))
+        for row in rows:
+            cells = [f"{statistics.median(sum(r['syscalls'].values()) for r in results[(p, row)]):.1f}"
+                     if results.get((p, row)) else "-" for p in proxies]
+            print(f"| {row} | " + " | ".join(cells) + " |")
     p99s = [(p, row, statistics.median(r["p99"] for r in results[(p, row)]))
             for row in rows for p in proxies if results.get((p, row)) and results[(p, row)][0]["p99"] is not None]
     if p99s:
