@@ -27,7 +27,9 @@ use tokio::io::AsyncReadExt;
 use super::buffers::{RequestBuffers, READ_ROOM};
 use super::handoff::Handoff;
 use super::head::{self, H2Request, MAX_BUFFERED_BODY};
-use super::{exchange, Answered, Asked, AttemptError, BodyState, FastPath, Peer, BODY_TIMEOUT};
+use super::{
+    Answered, Asked, AttemptError, BodyState, FastPath, Peer, Tried, WatchTry, BODY_TIMEOUT,
+};
 use crate::gateway::access_log::Via;
 use crate::gateway::engine::{Admission, RequestLine, RequestRecord};
 use crate::gateway::failure::{self, Answer, Failure};
@@ -207,6 +209,30 @@ impl H2Service {
                     .clone()
                     .serve_stream(ServerSession::new_http2(*session), shutdown)
                     .await;
+            }
+        }
+    }
+}
+
+/// An HTTP/2 stream's client: its reset of the stream is its giving up.
+struct WatchStream<'s>(&'s mut Session);
+
+impl WatchTry for WatchStream<'_> {
+    fn watch<'a>(
+        &'a mut self,
+        exchange: Pin<&'a mut (dyn Future<Output = Tried> + Send + 'a)>,
+        due: tokio::time::Instant,
+        _early: &'a mut Vec<u8>,
+    ) -> impl Future<Output = Tried> + Send + 'a {
+        let session = &mut *self.0;
+        async move {
+            tokio::select! {
+                biased;
+                exchanged = tokio::time::timeout_at(due, exchange) => {
+                    exchanged.unwrap_or(Err(AttemptError::TimedOut))
+                }
+                // The client reset the stream: it gave up.
+                _ = session.idle() => Err(AttemptError::ClientGone),
             }
         }
     }
@@ -404,50 +430,21 @@ impl FastPath {
             // slots per thread, and with more requests in flight on the shard than slots every
             // further load (of any `ArcSwap`) would take its slow path.
             drop(pool);
-            let timeouts = record.timeouts;
-            let attempt_start = record.try_start.unwrap_or(record.start);
-            let mut fresh = false;
-            let exchanged = loop {
-                let result = match self
-                    .connection(addr, fresh, attempt_start, timeouts.connect)
-                    .await
-                {
-                    Err(e) => Err(e),
-                    Ok(up) => {
-                        let sending = if up.reused {
-                            attempt_start
-                        } else {
-                            Instant::now()
-                        };
-                        let RequestBuffers {
-                            request: sent,
-                            response,
-                            client: head,
-                            ..
-                        } = &mut *bufs;
-                        let edits = record.filters.as_deref().map(|state| &state.response);
-                        let asked = Asked {
-                            head_request,
-                            websocket: false,
-                            client_close: false,
-                        };
-                        let exchange = exchange(up, asked, sent, response, head, edits);
-                        let due = tokio::time::Instant::from_std(sending) + timeouts.io;
-                        tokio::select! {
-                            biased;
-                            exchanged = tokio::time::timeout_at(due, exchange) => {
-                                exchanged.unwrap_or(Err(AttemptError::TimedOut))
-                            }
-                            // The client reset the stream: it gave up.
-                            _ = session.idle() => Err(AttemptError::ClientGone),
-                        }
-                    }
-                };
-                match result {
-                    Err(e) if e.stale() && idempotent && !fresh => fresh = true,
-                    result => break result,
-                }
+            let asked = Asked {
+                head_request,
+                websocket: false,
+                client_close: false,
             };
+            let exchanged = self
+                .try_instance(
+                    addr,
+                    idempotent,
+                    asked,
+                    record,
+                    bufs,
+                    &mut WatchStream(&mut session),
+                )
+                .await;
             match exchanged {
                 Ok((up, Answered::Response(response))) => {
                     self.engine.response_head(record, response.status);

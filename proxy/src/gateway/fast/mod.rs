@@ -503,54 +503,21 @@ impl FastPath {
             // slots per thread, and with more requests in flight on the shard than slots every
             // further load (of any `ArcSwap`) would take its slow path.
             drop(pool);
-            let timeouts = record.timeouts;
-            let attempt_start = record.try_start.unwrap_or(record.start);
-            // A kept connection the upstream closed while it idled is no fault of the
-            // instance: an idempotent request goes again, once, on a new connection to it.
-            let mut fresh = false;
-            let exchanged = loop {
-                let result = match self
-                    .connection(addr, fresh, attempt_start, timeouts.connect)
-                    .await
-                {
-                    Err(e) => Err(e),
-                    Ok(up) => {
-                        // The route's timeout runs from the request's sending: a new
-                        // connection's connect time is not part of it (its own limit is
-                        // `connect_timeout`), as on the pingora path.
-                        let sending = if up.reused {
-                            attempt_start
-                        } else {
-                            Instant::now()
-                        };
-                        let RequestBuffers {
-                            request,
-                            response,
-                            client: head,
-                            early,
-                        } = &mut *bufs;
-                        let edits = record.filters.as_deref().map(|state| &state.response);
-                        let exchange = exchange(
-                            up,
-                            Asked {
-                                head_request: req.is_head(),
-                                websocket: req.websocket,
-                                client_close,
-                            },
-                            request,
-                            response,
-                            head,
-                            edits,
-                        );
-                        let due = tokio::time::Instant::from_std(sending) + timeouts.io;
-                        watched(exchange, due, &mut client.deadline, client.stream, early).await
-                    }
-                };
-                match result {
-                    Err(e) if e.stale() && req.idempotent() && !fresh => fresh = true,
-                    result => break result,
-                }
+            let asked = Asked {
+                head_request: req.is_head(),
+                websocket: req.websocket,
+                client_close,
             };
+            let exchanged = self
+                .try_instance(
+                    addr,
+                    req.idempotent(),
+                    asked,
+                    record,
+                    bufs,
+                    &mut WatchClient(client),
+                )
+                .await;
             match exchanged {
                 Ok((upstream, Answered::Response(response))) => {
                     self.engine.response_head(record, response.status);
@@ -580,6 +547,56 @@ impl FastPath {
                     }
                     last_error = Some(e);
                 }
+            }
+        }
+    }
+
+    /// One try of the request in `bufs` at `addr`, on both protocols: a kept connection (or
+    /// a new one), the exchange `watch` runs until `due` (the route's timeout from the
+    /// request's sending: a new connection's connect time is not part of it, its own limit is
+    /// `connect_timeout`, as on the pingora path) while it watches the client. A kept
+    /// connection the upstream closed while it idled is no fault of the instance: an
+    /// idempotent request goes again, once, on a new connection to it.
+    async fn try_instance(
+        &self,
+        addr: SocketAddr,
+        idempotent: bool,
+        asked: Asked,
+        record: &RequestRecord,
+        bufs: &mut RequestBuffers,
+        watch: &mut impl WatchTry,
+    ) -> Tried {
+        let timeouts = record.timeouts;
+        let attempt_start = record.try_start.unwrap_or(record.start);
+        let edits = record.filters.as_deref().map(|state| &state.response);
+        let mut fresh = false;
+        loop {
+            let result = match self
+                .connection(addr, fresh, attempt_start, timeouts.connect)
+                .await
+            {
+                Err(e) => Err(e),
+                Ok(up) => {
+                    let sending = if up.reused {
+                        attempt_start
+                    } else {
+                        Instant::now()
+                    };
+                    let RequestBuffers {
+                        request,
+                        response,
+                        client: head,
+                        early,
+                    } = &mut *bufs;
+                    let exchange =
+                        std::pin::pin!(exchange(up, asked, request, response, head, edits));
+                    let due = tokio::time::Instant::from_std(sending) + timeouts.io;
+                    watch.watch(exchange, due, early).await
+                }
+            };
+            match result {
+                Err(e) if e.stale() && idempotent && !fresh => fresh = true,
+                result => return result,
             }
         }
     }
@@ -1052,6 +1069,36 @@ struct Asked {
     /// A WebSocket handshake: a `101` may answer it.
     websocket: bool,
     client_close: bool,
+}
+
+/// What a try came to: the connection and the upstream's answer, or why there is none.
+type Tried = Result<(Upstream, Answered), AttemptError>;
+
+/// A try's exchange, `exchange`, run until `due` while the client is watched: how each
+/// protocol notices a client that gave up (`FastPath::try_instance`).
+trait WatchTry: Send {
+    /// `early` keeps what an HTTP/1.1 client sends meanwhile (a pipelined request).
+    fn watch<'a>(
+        &'a mut self,
+        exchange: Pin<&'a mut (dyn Future<Output = Tried> + Send + 'a)>,
+        due: tokio::time::Instant,
+        early: &'a mut Vec<u8>,
+    ) -> impl Future<Output = Tried> + Send + 'a;
+}
+
+/// An HTTP/1.1 client: its connection's one timer, and a read that sees it close.
+struct WatchClient<'c, 's>(&'c mut Client<'s>);
+
+impl WatchTry for WatchClient<'_, '_> {
+    fn watch<'a>(
+        &'a mut self,
+        exchange: Pin<&'a mut (dyn Future<Output = Tried> + Send + 'a)>,
+        due: tokio::time::Instant,
+        early: &'a mut Vec<u8>,
+    ) -> impl Future<Output = Tried> + Send + 'a {
+        let client = &mut *self.0;
+        watched(exchange, due, &mut client.deadline, client.stream, early)
+    }
 }
 
 /// The upstream's answer to a try.
