@@ -300,7 +300,7 @@ fn leftovers(table: &ListenFds, addr: &str, shards: usize) -> Vec<TcpListener> {
             // next upgrade, as for every inherited socket).
             let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
             std.set_nonblocking(true).ok()?;
-            without_delay(&std).ok()?;
+            without_delay(&std);
             TcpListener::from_std(std).ok()
         })
         .collect()
@@ -359,7 +359,7 @@ fn listen(
             socket
         }
     };
-    without_delay(&socket)?;
+    without_delay(&socket);
     socket.listen(BACKLOG)
 }
 
@@ -368,7 +368,9 @@ fn listen(
 /// its own — one system call fewer per connection, 1 of ~14 for a request on a new
 /// connection. Responses are written whole: there is no reason to wait for more; and a body
 /// written in pieces would wait on the client's delayed acknowledgement without it.
-fn without_delay(listener: &impl AsRawFd) -> std::io::Result<()> {
+/// A socket that refuses it is still listened on (its connections then wait on Nagle's
+/// algorithm): losing a listener, or an inherited one's queue, is worse.
+fn without_delay(listener: &impl AsRawFd) {
     let on: libc::c_int = 1;
     // SAFETY: a valid descriptor for the borrow's length; the option's value is the `c_int`
     // on this stack frame, and its length is that of a `c_int`.
@@ -381,10 +383,9 @@ fn without_delay(listener: &impl AsRawFd) -> std::io::Result<()> {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if set == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+    if set != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!("cannot set TCP_NODELAY on a listening socket: {e}");
     }
 }
 
@@ -755,8 +756,7 @@ mod tests {
         let table: ListenFds = Arc::new(Mutex::new(Fds::new()));
         table.lock().add(addr.clone(), bound.into_raw_fd());
         let inherited = listen_shard(&table, &addr, 0).await.unwrap();
-        let fresh = listen_shard(&table, "127.0.0.1:0", 0);
-        let fresh = fresh.await.unwrap();
+        let fresh = listen_shard(&table, "127.0.0.1:0", 0).await.unwrap();
         let leftover = TcpListener::bind("127.0.0.1:0").unwrap();
         let leftover_addr = leftover.local_addr().unwrap().to_string();
         table
