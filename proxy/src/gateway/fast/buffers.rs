@@ -29,6 +29,9 @@ pub(super) struct RequestBuffers {
     pub(super) client: Vec<u8>,
     /// Bytes the client sent while its request was served (a pipelined request).
     pub(super) early: Vec<u8>,
+    /// An HTTP/2 stream's response body as it goes out: each DATA write is split off it, and
+    /// its allocation is reclaimed once h2 has sent (and dropped) what was split off.
+    pub(super) stream_body: bytes::BytesMut,
 }
 
 thread_local! {
@@ -55,6 +58,11 @@ impl RequestBuffers {
         keep_within(&mut self.response, MAX_KEPT_RESPONSE);
         for buffer in [&mut self.request, &mut self.client, &mut self.early] {
             keep_within(buffer, MAX_KEPT_OTHER);
+        }
+        if self.stream_body.capacity() > MAX_KEPT_RESPONSE {
+            self.stream_body = bytes::BytesMut::new();
+        } else {
+            self.stream_body.clear();
         }
         SETS.with_borrow_mut(|sets| {
             if sets.len() < KEPT {

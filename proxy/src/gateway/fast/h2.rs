@@ -499,9 +499,11 @@ impl FastPath {
         };
         let mut body = BodyState::new(response.framing);
         let mut reusable = response.upstream_keepalive;
-        let mut data = BytesMut::new();
+        // The set's body buffer: what h2 sent of the last response lent it is reclaimed, not
+        // allocated again with a shared state of its own per response.
+        let data = &mut bufs.stream_body;
         let first = &bufs.response[response.head_len..];
-        let taken = match body.take_decoded(first, &mut data) {
+        let taken = match body.take_decoded(first, data) {
             Ok(n) => n,
             Err(_) => {
                 // Nothing reached the client yet: it gets a 502, not a truncated response.
@@ -517,7 +519,7 @@ impl FastPath {
             record.error = "WriteError";
             return;
         }
-        if !data.is_empty() && !send_data(session, record, &mut data, body.is_done()).await {
+        if !data.is_empty() && !send_data(session, record, data, body.is_done()).await {
             return;
         }
         while !body.is_done() {
@@ -535,7 +537,7 @@ impl FastPath {
                 }
                 return broken(session, record, "ConnectionClosed");
             }
-            let taken = match body.take_decoded(&bufs.response, &mut data) {
+            let taken = match body.take_decoded(&bufs.response, data) {
                 Ok(n) => n,
                 Err(_) => return broken(session, record, "InvalidHTTPHeader"),
             };
@@ -544,7 +546,7 @@ impl FastPath {
                 // Chunk framing alone: nothing to send yet.
                 continue;
             }
-            if !send_data(session, record, &mut data, body.is_done()).await {
+            if !send_data(session, record, data, body.is_done()).await {
                 return;
             }
         }
@@ -678,14 +680,18 @@ async fn read_body(
 /// dropped, the filters' edits made) as the HTTP/2 response header: without the framing
 /// fields HTTP/2 does not have (RFC 9113 8.2.2). `None` if it cannot be one.
 fn response_header(h1: &[u8]) -> Option<Box<ResponseHeader>> {
-    sluice_http1::read_head(h1, |code, fields| {
+    // One copy of the head, every value a slice of it: a value of its own was an allocation,
+    // and another when pingora clones the header to send it (a copied `Bytes` allocates its
+    // shared state at its first clone; slices of one share it).
+    let head = Bytes::copy_from_slice(h1);
+    sluice_http1::read_head(&head, |code, fields| {
         let mut header = ResponseHeader::build_no_case(code, Some(fields.len())).ok()?;
         for field in fields {
             if is_hop_by_hop(field.name) || field.name.eq_ignore_ascii_case("transfer-encoding") {
                 continue;
             }
             let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
-            let value = HeaderValue::from_bytes(field.value).ok()?;
+            let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value)).ok()?;
             header.append_header(name, value).ok()?;
         }
         Some(Box::new(header))
@@ -698,13 +704,15 @@ mod tests {
 
     #[test]
     fn the_codec_head_becomes_an_h2_header_without_framing_fields() {
-        let h1 = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nconnection: close\r\n\r\n";
+        let h1 = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nconnection: close\r\nX-Empty:\r\nX-Text: caf\xc3\xa9\r\n\r\n";
         let header = response_header(h1).expect("valid");
         assert_eq!(header.status, 200);
         assert_eq!(header.headers["content-type"], "text/plain");
         assert_eq!(header.headers.get_all("set-cookie").iter().count(), 2);
         assert!(!header.headers.contains_key("transfer-encoding"));
         assert!(!header.headers.contains_key("connection"));
+        assert_eq!(header.headers["x-empty"], "");
+        assert_eq!(header.headers["x-text"].as_bytes(), "café".as_bytes());
         assert!(response_header(b"HTTP/1.1 200 OK\r\n").is_none());
     }
 }

@@ -587,6 +587,7 @@ impl FastPath {
                         response,
                         client: head,
                         early,
+                        ..
                     } = &mut *bufs;
                     let exchange =
                         std::pin::pin!(exchange(up, asked, request, response, head, edits));
