@@ -685,16 +685,22 @@ fn response_header(h1: &[u8]) -> Option<Box<ResponseHeader>> {
     // shared state at its first clone; slices of one share it).
     let head = Bytes::copy_from_slice(h1);
     sluice_http1::read_head(&head, |code, fields| {
-        let mut header = ResponseHeader::build_no_case(code, Some(fields.len())).ok()?;
+        // The `http` parts are filled directly: pingora's `append_header` turns each name into
+        // its titled spelling and parses that back into a name again, for a case map a header
+        // built without one never keeps.
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = http::StatusCode::from_u16(code).ok()?;
+        // Room for the `Date` pingora adds when the upstream sent none.
+        parts.headers = http::HeaderMap::try_with_capacity(fields.len() + 1).ok()?;
         for field in fields {
             if is_hop_by_hop(field.name) || field.name.eq_ignore_ascii_case("transfer-encoding") {
                 continue;
             }
             let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
             let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value)).ok()?;
-            header.append_header(name, value).ok()?;
+            parts.headers.try_append(name, value).ok()?;
         }
-        Some(Box::new(header))
+        Some(Box::new(ResponseHeader::from(parts)))
     })?
 }
 
