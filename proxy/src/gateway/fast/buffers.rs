@@ -59,11 +59,7 @@ impl RequestBuffers {
         for buffer in [&mut self.request, &mut self.client, &mut self.early] {
             keep_within(buffer, MAX_KEPT_OTHER);
         }
-        if self.stream_body.capacity() > MAX_KEPT_RESPONSE {
-            self.stream_body = bytes::BytesMut::new();
-        } else {
-            self.stream_body.clear();
-        }
+        keep_within(&mut self.stream_body, MAX_KEPT_RESPONSE);
         SETS.with_borrow_mut(|sets| {
             if sets.len() < KEPT {
                 sets.push(self);
@@ -72,10 +68,34 @@ impl RequestBuffers {
     }
 }
 
+/// A byte buffer a set keeps between requests.
+trait KeptBuffer: Default {
+    fn capacity(&self) -> usize;
+    fn clear(&mut self);
+}
+
+impl KeptBuffer for Vec<u8> {
+    fn capacity(&self) -> usize {
+        Vec::capacity(self)
+    }
+    fn clear(&mut self) {
+        Vec::clear(self)
+    }
+}
+
+impl KeptBuffer for bytes::BytesMut {
+    fn capacity(&self) -> usize {
+        bytes::BytesMut::capacity(self)
+    }
+    fn clear(&mut self) {
+        bytes::BytesMut::clear(self)
+    }
+}
+
 /// Empties `buffer`, and frees it if it grew past `limit`.
-fn keep_within(buffer: &mut Vec<u8>, limit: usize) {
+fn keep_within<B: KeptBuffer>(buffer: &mut B, limit: usize) {
     if buffer.capacity() > limit {
-        *buffer = Vec::new();
+        *buffer = B::default();
     } else {
         buffer.clear();
     }
