@@ -20,6 +20,8 @@ pub struct P2cEwma {
     keep: [u32; MAX],
     alias: [u16; MAX],
     len: usize,
+    /// All the pool's weights are equal: a pick compares loads alone, and reads no record.
+    equal: bool,
     /// Work lists of the build: columns under and over the mean.
     small: [u16; MAX],
     large: [u16; MAX],
@@ -32,6 +34,7 @@ impl P2cEwma {
             keep: [0; MAX],
             alias: [0; MAX],
             len: 0,
+            equal: true,
             small: [0; MAX],
             large: [0; MAX],
             scaled: [0.0; MAX],
@@ -129,6 +132,8 @@ impl Strategy for P2cEwma {
     fn prepare(&mut self, instances: &Instances<'_>) -> bool {
         let n = instances.len();
         self.len = 0;
+        // Until the weights are known to be equal, compare with them.
+        self.equal = false;
         if !(2..=MAX).contains(&n) {
             return true;
         }
@@ -141,6 +146,7 @@ impl Strategy for P2cEwma {
             self.scaled[i] = f64::from(w);
             total += f64::from(w);
         }
+        self.equal = equal;
         if !equal && total > 0.0 {
             self.build(n, total);
         }
@@ -162,7 +168,11 @@ impl Strategy for P2cEwma {
             b = (a + 1 + (next_random(&mut rng) % (n as u64 - 1)) as usize) % n;
         }
         let [live_a, live_b] = instances.live_of([a, b]);
-        let cheaper = costs_no_more((live_a, instances.weight(a)), (live_b, instances.weight(b)));
+        let cheaper = if self.equal {
+            load(live_a) <= load(live_b)
+        } else {
+            costs_no_more((live_a, instances.weight(a)), (live_b, instances.weight(b)))
+        };
         Some(if cheaper { a } else { b })
     }
 }

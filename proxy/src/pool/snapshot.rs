@@ -60,10 +60,12 @@ type ChunkEligible = Arc<[(u8, u32)]>;
 /// whole rebuild, [`super::Directory::refresh`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Chunk {
-    /// Set once, in [`Chunk::new`]: `lives` points into it.
+    /// Set once, in [`Chunk::new`]: `eligible_lives` (and a pool's [`LivePointers`]) point
+    /// into it.
     members: Arc<[Member]>,
-    /// Each member's live counters, in member order: one hop fewer than through the member.
-    lives: LivePointers,
+    /// The live counters of the eligible members, in eligible order: what a pool copies into
+    /// its [`LivePointers`] without visiting the members.
+    eligible_lives: Arc<[LivePtr]>,
     eligible: ChunkEligible,
     /// The shape of the eligible members' weights (their gcd, whether all equal).
     shape: WeightShape,
@@ -85,8 +87,12 @@ impl Chunk {
             .iter()
             .all(|m| m.spec.scheme == crate::registry::Scheme::Http);
         let members: Arc<[Member]> = members.into();
+        let eligible_lives = eligible
+            .iter()
+            .map(|&(offset, _)| LivePtr::of(&members[usize::from(offset)]))
+            .collect();
         Self {
-            lives: LivePointers::of(&members),
+            eligible_lives,
             members,
             eligible,
             shape,
@@ -105,27 +111,37 @@ impl Chunk {
     }
 }
 
-/// Pointers to the live counters of a chunk's members, which own them: valid as long as the
-/// chunk, which holds both (the members are immutable behind their `Arc`).
-#[derive(Debug, Clone)]
-struct LivePointers(Arc<[NonNull<InstanceLive>]>);
+/// A member's live counters, borrowed from the `Arc` the member holds: valid for as long as
+/// whoever holds the pointer also holds (directly or through a chunk) that member, which is
+/// immutable behind its `Arc`.
+#[derive(Debug, Clone, Copy)]
+struct LivePtr(NonNull<InstanceLive>);
 
-// SAFETY: the pointers are shared references to `InstanceLive` (which is Send + Sync) that the
-// chunk's members keep alive; nothing writes through them.
-unsafe impl Send for LivePointers {}
+// SAFETY: a shared reference to `InstanceLive` (which is Send + Sync) that its member keeps
+// alive; nothing writes through it.
+unsafe impl Send for LivePtr {}
 // SAFETY: as above.
-unsafe impl Sync for LivePointers {}
+unsafe impl Sync for LivePtr {}
+
+impl LivePtr {
+    fn of(member: &Member) -> Self {
+        Self(NonNull::from(&*member.live))
+    }
+}
+
+/// The live counters of a pool's eligible members, in eligible order: what a strategy reading
+/// a few random instances loads directly, one dependent load instead of four (index, chunk,
+/// member, its `Arc`). The pool holds both this and the chunks that hold the members, so every
+/// pointer stays valid for as long as this does.
+#[derive(Debug)]
+struct LivePointers(Box<[LivePtr]>);
 
 impl LivePointers {
-    fn of(members: &Arc<[Member]>) -> Self {
-        Self(members.iter().map(|m| NonNull::from(&*m.live)).collect())
-    }
-
     #[inline]
-    fn get(&self, offset: usize) -> &InstanceLive {
-        // SAFETY: the pointer came from `members[offset].live`, an `Arc` the same chunk holds
-        // (in its immutable `members`) for at least as long as `self`.
-        unsafe { self.0[offset].as_ref() }
+    fn get(&self, i: usize) -> &InstanceLive {
+        // SAFETY: the pointer came from a member's `live`, an `Arc` that a chunk of the same
+        // pool holds (in its immutable `members`) for at least as long as `self`.
+        unsafe { self.0[i].0.as_ref() }
     }
 }
 
@@ -139,6 +155,8 @@ pub struct Pool {
     member_count: usize,
     /// The eligible members, as `chunk << 8 | offset`.
     eligible: Box<[u32]>,
+    /// Their live counters, in the same order.
+    eligible_lives: LivePointers,
     cycle: WeightedCycle,
     cursor: AtomicU64,
     /// Every member is a plain `http` instance (what the fast path serves).
@@ -167,6 +185,7 @@ impl Pool {
     pub(crate) fn from_chunks(service: Arc<str>, generation: u64, chunks: Vec<Chunk>) -> Self {
         let eligible_count = chunks.iter().map(|c| c.eligible.len()).sum();
         let mut eligible = Vec::with_capacity(eligible_count);
+        let mut lives = Vec::with_capacity(eligible_count);
         for (c, chunk) in chunks.iter().enumerate() {
             let c = (c as u32) << 8;
             eligible.extend(
@@ -175,6 +194,7 @@ impl Pool {
                     .iter()
                     .map(|&(offset, _)| c | u32::from(offset)),
             );
+            lives.extend_from_slice(&chunk.eligible_lives);
         }
         let shape = chunks
             .iter()
@@ -192,6 +212,7 @@ impl Pool {
             generation,
             chunks: chunks.into_boxed_slice(),
             eligible: eligible.into_boxed_slice(),
+            eligible_lives: LivePointers(lives.into_boxed_slice()),
             cycle,
             cursor: AtomicU64::new(start),
         }
@@ -238,14 +259,11 @@ impl Pool {
         self.at(self.eligible[i])
     }
 
-    /// The live counters of the `i`-th eligible instance (as `eligible(i).live`, one
-    /// dependent load fewer: what a strategy reading a few random instances pays for).
+    /// The live counters of the `i`-th eligible instance (as `eligible(i).live`, three
+    /// dependent loads fewer: what a strategy reading a few random instances pays for).
     #[inline]
     pub fn eligible_live(&self, i: usize) -> &InstanceLive {
-        let packed = self.eligible[i];
-        self.chunks[(packed >> 8) as usize]
-            .lives
-            .get((packed & 0xff) as usize)
+        self.eligible_lives.get(i)
     }
 
     fn at(&self, packed: u32) -> &Member {

@@ -232,18 +232,19 @@ fn host_live_of(
         return -1;
     }
     let n = pool.eligible_len();
+    // Four bytes each (`array` checked the range): one load per index.
     let index_at = |mem: &[u8], j: usize| {
         let at = indices.start + 4 * j;
-        // In range: `indices` holds `count` u32s.
-        u32::from_le_bytes([mem[at], mem[at + 1], mem[at + 2], mem[at + 3]]) as usize
+        let bytes: [u8; 4] = mem[at..at + 4].try_into().unwrap_or([0xff; 4]);
+        u32::from_le_bytes(bytes) as usize
     };
     if (0..count_usize).any(|j| index_at(mem, j) >= n) {
         return -1;
     }
     for j in 0..count_usize {
-        let i = index_at(mem, j);
+        let fields = live_fields(pool.eligible_live(index_at(mem, j)));
         let at = out.start + LIVE_SIZE * j;
-        mem[at..at + LIVE_SIZE].copy_from_slice(&live_fields(pool.eligible_live(i)));
+        mem[at..at + LIVE_SIZE].copy_from_slice(&fields);
     }
     count
 }
