@@ -34,7 +34,7 @@ impl P2cEwma {
             keep: [0; MAX],
             alias: [0; MAX],
             len: 0,
-            equal: true,
+            equal: false,
             small: [0; MAX],
             large: [0; MAX],
             scaled: [0.0; MAX],
@@ -168,11 +168,9 @@ impl Strategy for P2cEwma {
             b = (a + 1 + (next_random(&mut rng) % (n as u64 - 1)) as usize) % n;
         }
         let [live_a, live_b] = instances.live_of([a, b]);
-        let cheaper = if self.equal {
-            load(live_a) <= load(live_b)
-        } else {
-            costs_no_more((live_a, instances.weight(a)), (live_b, instances.weight(b)))
-        };
+        // Equal weights cancel out of the cost: no record to read.
+        let weight = |i| if self.equal { 1 } else { instances.weight(i) };
+        let cheaper = costs_no_more((live_a, weight(a)), (live_b, weight(b)));
         Some(if cheaper { a } else { b })
     }
 }
