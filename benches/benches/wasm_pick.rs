@@ -10,6 +10,12 @@ use sluice::strategy::wasm::{WasmRuntime, WasmStrategy, BUILTIN_PLUGINS};
 use sluice::strategy::{PickRequest, RoundRobin, Strategy};
 use sluice_benches::directory_with;
 
+/// The gateway's allocator (`proxy/src/main.rs`): where the pool's members and their live
+/// counters land decides how many pages a pick of a large pool touches (glibc's malloc spreads
+/// them; jemalloc keeps same-sized objects together), so the bench measures what runs.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn builtin(metrics: &Metrics, name: &str) -> WasmStrategy {
     let (_, bytes) = BUILTIN_PLUGINS
         .iter()

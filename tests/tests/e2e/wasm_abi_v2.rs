@@ -85,6 +85,28 @@ const LIVE_OF_V2: &str = r#"(module
     (select (i32.const 2) (i32.const 3)
       (i32.gt_u (i32.load (i32.const 4096)) (i32.load (i32.const 4108))))))"#;
 
+/// A v2 module whose memory keeps growing under the host: its buffer is in a page grown for
+/// it, and every pick grows one more page, puts the indices 2 and 3 there, reads their live
+/// fields into it with `sluice.live_of` and answers the busier one (-1 when the call failed).
+const GROWING_V2: &str = r#"(module
+  (import "sluice" "live_of" (func $live_of (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "sluice_abi_v2"))
+  (func (export "sluice_buffer") (param i32) (result i32)
+    (i32.mul (memory.grow (i32.const 1)) (i32.const 65536)))
+  (func (export "sluice_pick") (param $n i32) (result i32)
+    (local $page i32)
+    (local.set $page (i32.mul (memory.grow (i32.const 1)) (i32.const 65536)))
+    (i32.store (local.get $page) (i32.const 2))
+    (i32.store (i32.add (local.get $page) (i32.const 4)) (i32.const 3))
+    (if (i32.ne (call $live_of (local.get $page) (i32.const 2)
+          (i32.add (local.get $page) (i32.const 64)))
+        (i32.const 2))
+      (then (return (i32.const -1))))
+    (select (i32.const 2) (i32.const 3)
+      (i32.gt_u (i32.load (i32.add (local.get $page) (i32.const 64)))
+        (i32.load (i32.add (local.get $page) (i32.const 76)))))))"#;
+
 fn module(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let path = dir.path().join(format!("{name}.wat"));
     std::fs::write(&path, text).unwrap();
@@ -190,6 +212,22 @@ fn live_of_reads_the_listed_instances_in_order_and_refuses_bad_arguments() {
         Some(3),
         "overlapping output is refused"
     );
+    assert_eq!(fallbacks(&v2), 0, "{:?}", v2.info().fallbacks);
+}
+
+#[test]
+fn memory_grown_during_a_pick_is_read_and_written_by_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = load(&module(&dir, "growing", GROWING_V2)).unwrap();
+    let pool = sample_pool(4);
+    let _busy: Vec<_> = [3, 3]
+        .iter()
+        .map(|&i| pool.eligible(i).live.start_request())
+        .collect();
+    // Each pick's indices and output are in a page that did not exist when it started.
+    for pick in 0..20 {
+        assert_eq!(v2.pick(&pool, &hashed(0)), Some(3), "pick {pick}");
+    }
     assert_eq!(fallbacks(&v2), 0, "{:?}", v2.info().fallbacks);
 }
 

@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use wasmtime::{Memory, Store, TypedFunc};
+use wasmtime::{Store, TypedFunc};
 
 use super::abi::{header, live_fields, record, Abi, HEADER_SIZE, LIVE_SIZE, RECORD_SIZE};
+use super::guest_memory::{self, GuestMemory};
 use super::plugin::LoadedPlugin;
 use super::runtime::{
     on_deadline, DeadlineState, HeadersPtr, HostState, PoolPtr, WasmRuntime, PREPARE_DEADLINE_TICKS,
@@ -56,7 +57,6 @@ impl From<wasmtime::Error> for CallError {
 
 pub(crate) struct ThreadInstance {
     store: Store<HostState>,
-    memory: Memory,
     abi: Abi,
     pick: TypedFunc<i32, i32>,
     buffer: TypedFunc<i32, i32>,
@@ -90,7 +90,6 @@ fn tag_bits(spec_tags: &[String], strategy_tags: &[String]) -> u32 {
 /// receiving export called with `(ptr, len)`; a non-zero answer refuses the plugin.
 struct Handover<'s> {
     store: &'s mut Store<HostState>,
-    memory: Memory,
     alloc: TypedFunc<i32, i32>,
     runtime: &'s WasmRuntime,
 }
@@ -113,7 +112,7 @@ impl Handover<'_> {
             .alloc
             .call(&mut *self.store, len)
             .map_err(|e| LoadError::Instantiate(format!("sluice_alloc: {e:#}")))?;
-        let mem = self.memory.data_mut(&mut *self.store);
+        let mem = guest_memory::in_store(self.store).unwrap_or_default();
         let range = usize::try_from(ptr)
             .ok()
             .and_then(|start| Some(start..start.checked_add(bytes.len())?))
@@ -182,14 +181,14 @@ impl ThreadInstance {
         } else {
             None
         };
-        store.data_mut().memory = Some(memory);
+        let guest = GuestMemory::new(memory, &mut store);
+        store.data_mut().guest = Some(guest);
         if plugin.exports.tags || plugin.exports.configure {
             let alloc = instance
                 .get_typed_func::<i32, i32>(&mut store, "sluice_alloc")
                 .map_err(|_| export("sluice_alloc"))?;
             let mut hand = Handover {
                 store: &mut store,
-                memory,
                 alloc,
                 runtime,
             };
@@ -213,7 +212,6 @@ impl ThreadInstance {
         }
         let mut this = Self {
             store,
-            memory,
             abi: plugin.abi,
             pick,
             buffer,
@@ -245,7 +243,8 @@ impl ThreadInstance {
         let end = start
             .checked_add(HEADER_SIZE + RECORD_SIZE * n)
             .ok_or(CallError::Buffer)?;
-        if start == 0 || end > self.memory.data_size(&self.store) {
+        let size = guest_memory::in_store(&mut self.store).map_or(0, |m| m.len());
+        if start == 0 || end > size {
             return Err(CallError::Buffer);
         }
         self.buffer_ptr = start;
@@ -283,7 +282,7 @@ impl ThreadInstance {
         }
         let fresh = self.written != Some((pool.generation(), n));
         let base = self.buffer_ptr;
-        let mem = self.memory.data_mut(&mut self.store);
+        let mem = guest_memory::in_store(&mut self.store).ok_or(CallError::Buffer)?;
         let end = base + HEADER_SIZE + if fresh { RECORD_SIZE * n } else { 0 };
         if end > mem.len() {
             return Err(CallError::Buffer);
@@ -339,7 +338,7 @@ impl ThreadInstance {
             self.grow(count)?;
         }
         let base = self.buffer_ptr;
-        let mem = self.memory.data_mut(&mut self.store);
+        let mem = guest_memory::in_store(&mut self.store).ok_or(CallError::Buffer)?;
         // The guest may have moved or shrunk nothing, but check: a hostile module can write
         // anywhere in its own memory, never outside it.
         let end = base + HEADER_SIZE + RECORD_SIZE * count;

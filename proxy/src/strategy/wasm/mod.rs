@@ -6,6 +6,7 @@ mod abi;
 mod builtin;
 mod check;
 mod clock_hint;
+mod guest_memory;
 mod instance;
 mod plugin;
 mod runtime;

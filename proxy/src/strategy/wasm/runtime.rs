@@ -5,9 +5,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasmtime::{Caller, Config, Engine, Extern, Linker, Memory, OptLevel, StoreLimits};
+use wasmtime::{Caller, Config, Engine, Linker, OptLevel};
 
 use super::abi::{live_fields, LIVE_SIZE};
+use super::guest_memory::{self, GuestLimits, GuestMemory};
 use super::ticker::EpochTicker;
 use super::LoadError;
 use crate::pool::Pool;
@@ -108,12 +109,13 @@ pub(crate) fn on_deadline(state: &mut DeadlineState, step: u64) -> wasmtime::Upd
 
 /// What host functions can reach of the store.
 pub(crate) struct HostState {
-    pub(crate) limits: StoreLimits,
+    /// The store's limits; they also see the memory grow (for `guest`).
+    pub(crate) limits: GuestLimits,
     pub(crate) headers: HeadersPtr,
     pub(crate) pool: PoolPtr,
-    /// The instance's exported memory, once instantiated (for v2's host functions, which
-    /// run on every pick: no lookup by name).
-    pub(crate) memory: Option<Memory>,
+    /// The instance's exported memory, once instantiated: read on every pick and by every
+    /// host function, so kept where one load reaches it.
+    pub(crate) guest: Option<GuestMemory>,
     pub(crate) strategy: Arc<str>,
     pub(crate) deadline: DeadlineState,
     log_window: Instant,
@@ -123,15 +125,17 @@ pub(crate) struct HostState {
 impl HostState {
     pub(crate) fn new(strategy: Arc<str>, memory_limit: usize) -> Self {
         Self {
-            limits: wasmtime::StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .instances(1)
-                .tables(4)
-                .memories(1)
-                .build(),
+            limits: GuestLimits::new(
+                wasmtime::StoreLimitsBuilder::new()
+                    .memory_size(memory_limit)
+                    .instances(1)
+                    .tables(4)
+                    .memories(1)
+                    .build(),
+            ),
             headers: HeadersPtr(None),
             pool: PoolPtr(None),
-            memory: None,
+            guest: None,
             strategy,
             deadline: DeadlineState::default(),
             log_window: Instant::now(),
@@ -147,15 +151,6 @@ pub struct WasmRuntime {
     ticker: Arc<EpochTicker>,
 }
 
-fn guest_memory<'a>(
-    caller: &'a mut Caller<'_, HostState>,
-) -> Option<(&'a mut [u8], &'a mut HostState)> {
-    match caller.get_export("memory") {
-        Some(Extern::Memory(memory)) => Some(memory.data_and_store_mut(caller)),
-        _ => None,
-    }
-}
-
 fn slice(memory: &[u8], ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
     let start = usize::try_from(ptr).ok()?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
@@ -164,12 +159,11 @@ fn slice(memory: &[u8], ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
 
 /// The pool a v2 pick (or prepare) lent to the guest, and the guest's memory beside it.
 fn lent_pool<'a>(caller: &'a mut Caller<'_, HostState>) -> Option<(&'a mut [u8], &'a Pool)> {
-    let memory = caller.data().memory?;
-    let (mem, state) = memory.data_and_store_mut(caller);
-    let (pool, _) = state.pool.0?;
+    let (pool, _) = caller.data().pool.0?;
     // SAFETY: set by the pick on this thread for the duration of this call (see PoolPtr); the
     // pool outlives the call.
-    Some((mem, unsafe { &*pool }))
+    let pool = unsafe { &*pool };
+    Some((guest_memory::in_call(caller)?, pool))
 }
 
 /// The guest range of `count` entries of `size` bytes at `ptr`, if it is inside `mem`.
@@ -289,9 +283,7 @@ impl WasmRuntime {
                 "sluice",
                 "log",
                 |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
-                    let Some((memory, state)) = guest_memory(&mut caller) else {
-                        return;
-                    };
+                    let state = caller.data_mut();
                     if state.log_window.elapsed() >= Duration::from_secs(1) {
                         state.log_window = Instant::now();
                         state.log_lines = 0;
@@ -300,11 +292,15 @@ impl WasmRuntime {
                     if state.log_lines > LOG_LINES_PER_SECOND {
                         return;
                     }
+                    let strategy = state.strategy.clone();
+                    let Some(memory) = guest_memory::in_call(&mut caller) else {
+                        return;
+                    };
                     let Some(range) = slice(memory, ptr, len.min(4096)) else {
                         return;
                     };
                     let text = String::from_utf8_lossy(&memory[range]);
-                    let strategy = &*state.strategy;
+                    let strategy = &*strategy;
                     match level {
                         1 => tracing::error!(target: "sluice::plugin", strategy, "{text}"),
                         2 => tracing::warn!(target: "sluice::plugin", strategy, "{text}"),
@@ -324,10 +320,10 @@ impl WasmRuntime {
                  out_ptr: i32,
                  out_cap: i32|
                  -> i32 {
-                    let Some((memory, state)) = guest_memory(&mut caller) else {
+                    let Some(headers) = caller.data().headers.0 else {
                         return -1;
                     };
-                    let Some(headers) = state.headers.0 else {
+                    let Some(memory) = guest_memory::in_call(&mut caller) else {
                         return -1;
                     };
                     let Some(name_range) = slice(memory, name_ptr, name_len) else {
