@@ -356,6 +356,24 @@ fn a_looping_pick_is_interrupted_while_other_threads_keep_calling() {
 }
 
 #[test]
+fn a_looping_pick_after_quick_ones_on_the_same_thread_is_interrupted() {
+    // Quick picks within one tick leave the store's deadline as set (it is the same one): the
+    // looping pick that follows on the same instance must still have a live deadline.
+    let chaos = load(&plugin("chaos"), json!({"mode": "loop", "when_n": 4})).unwrap();
+    let (three, four) = (sample_pool(3), sample_pool(4));
+    for _ in 0..10_000 {
+        assert_eq!(chaos.pick(&three, &PickRequest::default()), Some(0));
+    }
+    assert!(chaos.pick(&four, &PickRequest::default()).is_some());
+    assert_eq!(fallbacks(&chaos)["deadline"], 1);
+    // And the re-created instance serves quick picks again without a false deadline.
+    for _ in 0..10_000 {
+        assert_eq!(chaos.pick(&three, &PickRequest::default()), Some(0));
+    }
+    assert_eq!(fallbacks(&chaos)["deadline"], 1);
+}
+
+#[test]
 fn a_plugin_failing_repeatedly_is_disabled_until_reloaded() {
     let chaos_path = plugin("chaos");
     let chaos = load(&chaos_path, json!({"mode": "trap", "when_n": 4})).unwrap();

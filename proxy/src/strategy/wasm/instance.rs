@@ -11,7 +11,7 @@ use super::abi::{header, live_fields, record, Abi, HEADER_SIZE, LIVE_SIZE, RECOR
 use super::guest_memory::{self, GuestMemory};
 use super::plugin::LoadedPlugin;
 use super::runtime::{
-    on_deadline, DeadlineState, HeadersPtr, HostState, PoolPtr, WasmRuntime, PREPARE_DEADLINE_TICKS,
+    on_deadline, HeadersPtr, HostState, PoolPtr, WasmRuntime, PREPARE_DEADLINE_TICKS,
 };
 use super::ticker::EpochTicker;
 use super::LoadError;
@@ -152,12 +152,11 @@ impl ThreadInstance {
             HostState::new(plugin.name.clone(), plugin.memory_limit),
         );
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(runtime.deadline_ticks());
         let step = runtime.deadline_ticks() - 1;
         store.epoch_deadline_callback(move |mut ctx| {
             Ok(on_deadline(&mut ctx.data_mut().deadline, step))
         });
-        ticker.call_starting();
+        arm_deadline(&mut store, &ticker, runtime.deadline_ticks());
         let instance = plugin
             .pre
             .instantiate(&mut store)
@@ -407,11 +406,14 @@ fn write_record_fields(r: &mut [u8], member: &Member, tags: &[String]) {
 
 /// Gives the next call a fresh deadline of `ticks` epoch ticks. A CPU mark left by an earlier
 /// call that was descheduled across a tick would make the next firing interrupt a healthy
-/// call, so each call starts from a clean deadline state.
+/// call, so each call starts from a clean deadline state. The deadline is the epoch plus
+/// `ticks`: while the epoch has not moved since the last call's and that one did not fire,
+/// the store already holds this very deadline, and setting it again is skipped.
 fn arm_deadline(store: &mut Store<HostState>, ticker: &EpochTicker, ticks: u64) {
-    store.data_mut().deadline = DeadlineState::default();
-    ticker.call_starting();
-    store.set_epoch_deadline(ticks);
+    let epoch = ticker.call_starting();
+    if store.data_mut().deadline.start(epoch, ticks) {
+        store.set_epoch_deadline(ticks);
+    }
 }
 
 /// The 32-byte header: version, count, record size, flags, request hash, random.

@@ -61,6 +61,24 @@ pub(crate) struct DeadlineState {
     /// The thread's CPU time when the deadline first fired.
     cpu_at_first: Option<Duration>,
     extensions: u32,
+    /// The epoch (ticks counted) when the deadline was set, and its length in ticks.
+    set_at: Option<(u64, u64)>,
+}
+
+impl DeadlineState {
+    /// Starts a call whose deadline is `ticks` past `epoch`. Returns whether the store's
+    /// deadline must be set: not when the last call's was set at the same epoch for as many
+    /// ticks and never fired (a firing moves it on), for then the store holds this very one.
+    pub(crate) fn start(&mut self, epoch: u64, ticks: u64) -> bool {
+        if self.extensions == 0 && self.set_at == Some((epoch, ticks)) {
+            return false;
+        }
+        *self = DeadlineState {
+            set_at: Some((epoch, ticks)),
+            ..DeadlineState::default()
+        };
+        true
+    }
 }
 
 /// This thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`); only read when a deadline fires.
@@ -380,5 +398,28 @@ impl WasmRuntime {
     /// The clock that advances the epoch; its watchdog is started by the first instance.
     pub(crate) fn ticker(&self) -> &Arc<EpochTicker> {
         &self.ticker
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_is_set_again_only_when_the_epoch_moved_or_it_fired() {
+        let mut deadline = DeadlineState::default();
+        assert!(deadline.start(7, 2), "the first call sets it");
+        assert!(!deadline.start(7, 2), "same epoch, same length: the store holds it");
+        assert!(deadline.start(7, PREPARE_DEADLINE_TICKS), "another length");
+        assert!(deadline.start(7, 2), "and back");
+        assert!(deadline.start(8, 2), "the epoch moved");
+        // A firing moves the store's deadline on (and marks the CPU time): set afresh.
+        assert!(matches!(
+            on_deadline(&mut deadline, 1),
+            wasmtime::UpdateDeadline::Continue(1)
+        ));
+        assert!(deadline.start(8, 2), "it fired");
+        assert!(deadline.cpu_at_first.is_none() && deadline.extensions == 0);
+        assert!(!deadline.start(8, 2));
     }
 }

@@ -58,7 +58,8 @@ pub(crate) struct EpochTicker {
     tick_ns: u64,
     /// `CLOCK_MONOTONIC` time of the last tick boundary the epoch has counted, in ns.
     last_tick: AtomicU64,
-    /// Ticks so far (the engine's epoch is not readable, so we count beside it).
+    /// Ticks so far (the engine's epoch is not readable, so we count beside it; this count is
+    /// raised first, so it is never behind the epoch).
     ticks: AtomicU64,
     /// The value of `ticks` when a call last started.
     last_call: AtomicU64,
@@ -115,9 +116,10 @@ impl EpochTicker {
     }
 
     /// Called before every call into a plugin: counts the ticks elapsed, and makes sure the
-    /// watchdog will tick if this call does not return.
+    /// watchdog will tick if this call does not return. Returns the ticks counted so far: the
+    /// engine's epoch, unless a tick is being counted this instant (then one less than this).
     #[inline]
-    pub(crate) fn call_starting(&self) {
+    pub(crate) fn call_starting(&self) -> u64 {
         if self.hint.clock_due() {
             let now = monotonic_ns();
             let last = self.last_tick.load(Ordering::Acquire);
@@ -125,13 +127,14 @@ impl EpochTicker {
                 self.tick_for_caller(last, now);
             }
         }
-        let ticks = self.ticks.load(Ordering::Relaxed);
+        let ticks = self.ticks.load(Ordering::Acquire);
         if self.last_call.load(Ordering::Relaxed) != ticks {
             self.last_call.store(ticks, Ordering::SeqCst);
         }
         if !self.armed.load(Ordering::SeqCst) {
             self.arm();
         }
+        ticks
     }
 
     #[cold]
@@ -156,10 +159,12 @@ impl EpochTicker {
         self.last_tick
             .compare_exchange(last, boundary, Ordering::AcqRel, Ordering::Relaxed)
             .ok()?;
+        // Counted before the engine's epoch moves (and not reordered after it): whoever reads
+        // an unchanged count knows the epoch has not moved either (`call_starting`).
+        self.ticks.fetch_add(count, Ordering::AcqRel);
         for _ in 0..count {
             self.engine.increment_epoch();
         }
-        self.ticks.fetch_add(count, Ordering::Relaxed);
         Some(boundary)
     }
 
