@@ -861,7 +861,7 @@ mod tests {
             let incremental = shape(&after);
             // The chunks' live pointers, shared chunks' included, are the members' own.
             assert!((0..after.eligible_len())
-                .all(|i| std::ptr::eq(after.eligible_live(i), &*after.eligible(i).live)));
+                .all(|i| std::ptr::eq(after.eligible_live(i), after.eligible(i).live.cell())));
             dir.refresh("svc");
             assert_eq!(incremental, shape(&slot.load_full()));
             // Most chunks are the previous snapshot's own.

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::live_cells::{self, LiveCell};
+
 /// What active health checks know of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -44,16 +46,14 @@ impl Health {
 
 /// Live counters of one instance, keyed by (service, instance id) in the [`super::Directory`].
 ///
-/// Laid out for the picks that read a few random instances of a large pool (p2c, the WASM
-/// `sluice.live_of`): the three fields a strategy reads (in flight, EWMA, failures) come first,
-/// in one cache line, and each instance has lines of its own, so reading a candidate costs
-/// one miss and two shards updating two instances never write the same line.
+/// The three a strategy reads (in flight, EWMA, failures) are in a [`LiveCell`] of the dense
+/// process-wide table (`live_cells`), so a pick of a large pool touches few pages; the rest
+/// are here, on lines of this instance's own (`align(64)`), so two shards updating two
+/// instances never write the same line.
 #[derive(Debug)]
 #[repr(C, align(64))]
 pub struct InstanceLive {
-    in_flight: AtomicU32,
-    ewma_us: AtomicU32,
-    failures: AtomicU32,
+    cell: &'static LiveCell,
     /// A latency was observed since the last decay tick ([`Self::decay_idle_latency`]).
     sampled: AtomicBool,
     service: Arc<str>,
@@ -68,6 +68,12 @@ pub struct InstanceLive {
     ejected_until_ms: AtomicU64,
     /// Ejections so far (each one lasts twice as long as the previous, up to 16×).
     ejections: AtomicU32,
+}
+
+impl Drop for InstanceLive {
+    fn drop(&mut self) {
+        live_cells::give_back(self.cell);
+    }
 }
 
 /// How often idle instances' latency EWMAs decay ([`InstanceLive::decay_idle_latency`]).
@@ -96,10 +102,8 @@ impl InstanceLive {
             ejections: AtomicU32::new(0),
             service,
             id,
-            in_flight: AtomicU32::new(0),
-            ewma_us: AtomicU32::new(0),
+            cell: live_cells::take(),
             sampled: AtomicBool::new(false),
-            failures: AtomicU32::new(0),
             picks: AtomicU64::new(0),
             exported_picks: AtomicU64::new(0),
         }
@@ -113,19 +117,25 @@ impl InstanceLive {
         &self.id
     }
 
+    /// The counters a pick reads, where pools point to them.
+    #[inline]
+    pub fn cell(&self) -> &'static LiveCell {
+        self.cell
+    }
+
     /// Requests in flight to this instance, process-wide.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.cell.in_flight()
     }
 
     /// Latency EWMA in microseconds; 0 when unknown.
     pub fn ewma_us(&self) -> u32 {
-        self.ewma_us.load(Ordering::Relaxed)
+        self.cell.ewma_us()
     }
 
     /// Consecutive failed attempts.
     pub fn failures(&self) -> u32 {
-        self.failures.load(Ordering::Relaxed)
+        self.cell.failures()
     }
 
     /// Times the strategy picked this instance.
@@ -161,7 +171,7 @@ impl InstanceLive {
     /// Ends an ejection: back in rotation with a clean failure count.
     pub fn readmit(&self) {
         self.ejected_until_ms.store(0, Ordering::Relaxed);
-        self.failures.store(0, Ordering::Relaxed);
+        self.cell.failures.store(0, Ordering::Relaxed);
     }
 
     /// What active health checks say.
@@ -212,7 +222,7 @@ impl InstanceLive {
     /// Records a pick and starts a request: the returned guard ends it exactly once, on drop.
     pub fn start_request(self: &Arc<Self>) -> InFlightGuard {
         self.picks.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.cell.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightGuard {
             live: Arc::clone(self),
         }
@@ -223,13 +233,13 @@ impl InstanceLive {
         let sample = u32::try_from(latency.as_micros())
             .unwrap_or(u32::MAX)
             .max(1);
-        let old = self.ewma_us.load(Ordering::Relaxed);
+        let old = self.cell.ewma_us.load(Ordering::Relaxed);
         let new = if old == 0 {
             sample
         } else {
             ((u64::from(old) * 7 + u64::from(sample)) / 8) as u32
         };
-        self.ewma_us.store(new, Ordering::Relaxed);
+        self.cell.ewma_us.store(new, Ordering::Relaxed);
         if !self.sampled.load(Ordering::Relaxed) {
             self.sampled.store(true, Ordering::Relaxed);
         }
@@ -247,6 +257,7 @@ impl InstanceLive {
         }
         // A sample racing this update wins: it is fresher than any decay.
         let _ = self
+            .cell
             .ewma_us
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |us| {
                 (us != 0).then(|| (u64::from(us) * 7 / 8) as u32)
@@ -255,14 +266,14 @@ impl InstanceLive {
 
     /// Records a successful attempt.
     pub fn record_success(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
+        if self.cell.failures.load(Ordering::Relaxed) != 0 {
+            self.cell.failures.store(0, Ordering::Relaxed);
         }
     }
 
     /// Records a failed attempt.
     pub fn record_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.cell.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Picks not yet exported, marking them exported.
@@ -289,7 +300,7 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.live.cell.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -298,14 +309,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn what_a_pick_reads_is_one_cache_line_of_its_own() {
+    fn an_instance_has_lines_of_its_own_and_a_cell_that_outlives_no_one() {
         assert_eq!(std::mem::align_of::<InstanceLive>(), 64);
-        let read = [
-            std::mem::offset_of!(InstanceLive, in_flight),
-            std::mem::offset_of!(InstanceLive, ewma_us),
-            std::mem::offset_of!(InstanceLive, failures),
-        ];
-        assert!(read.iter().all(|&at| at + 4 <= 64), "{read:?}");
+        let live = InstanceLive::new("s".into(), "a".into());
+        let guard = Arc::new(live).start_request();
+        assert_eq!(guard.live().cell().in_flight(), 1);
+        let cell = guard.live().cell();
+        drop(guard);
+        // The instance is gone and its cell back in the table; it starts clean when reused.
+        assert_eq!(cell.in_flight(), 0);
     }
 
     #[test]

@@ -6,9 +6,11 @@ mod cycle;
 mod decay;
 mod directory;
 mod live;
+mod live_cells;
 mod snapshot;
 
 pub use decay::LatencyDecay;
 pub use directory::{Directory, ServiceSlot};
 pub use live::{clock_ms, Health, InFlightGuard, InstanceLive, LATENCY_DECAY_PERIOD};
+pub use live_cells::LiveCell;
 pub use snapshot::{instance_key, Member, Pool};

@@ -2,12 +2,11 @@
 //! the smooth weighted round-robin cycle over the eligible ones.
 
 use std::net::SocketAddr;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::cycle::{WeightShape, WeightedCycle};
-use super::InstanceLive;
+use super::{InstanceLive, LiveCell};
 use crate::registry::{InstanceSpec, Status};
 
 /// Stable 64-bit key of an instance id (FNV-1a), as the WASM ABI's `instance key`.
@@ -60,12 +59,11 @@ type ChunkEligible = Arc<[(u8, u32)]>;
 /// whole rebuild, [`super::Directory::refresh`]).
 #[derive(Debug, Clone)]
 pub(crate) struct Chunk {
-    /// Set once, in [`Chunk::new`]: `eligible_lives` (and a pool's [`LivePointers`]) point
-    /// into it.
+    /// Set once, in [`Chunk::new`].
     members: Arc<[Member]>,
     /// The live counters of the eligible members, in eligible order: what a pool copies into
     /// its [`LivePointers`] without visiting the members.
-    eligible_lives: Arc<[LivePtr]>,
+    eligible_lives: Arc<[&'static LiveCell]>,
     eligible: ChunkEligible,
     /// The shape of the eligible members' weights (their gcd, whether all equal).
     shape: WeightShape,
@@ -89,7 +87,7 @@ impl Chunk {
         let members: Arc<[Member]> = members.into();
         let eligible_lives = eligible
             .iter()
-            .map(|&(offset, _)| LivePtr::of(&members[usize::from(offset)]))
+            .map(|&(offset, _)| members[usize::from(offset)].live.cell())
             .collect();
         Self {
             eligible_lives,
@@ -111,39 +109,11 @@ impl Chunk {
     }
 }
 
-/// A member's live counters, borrowed from the `Arc` the member holds: valid for as long as
-/// whoever holds the pointer also holds (directly or through a chunk) that member, which is
-/// immutable behind its `Arc`.
-#[derive(Debug, Clone, Copy)]
-struct LivePtr(NonNull<InstanceLive>);
-
-// SAFETY: a shared reference to `InstanceLive` (which is Send + Sync) that its member keeps
-// alive; nothing writes through it.
-unsafe impl Send for LivePtr {}
-// SAFETY: as above.
-unsafe impl Sync for LivePtr {}
-
-impl LivePtr {
-    fn of(member: &Member) -> Self {
-        Self(NonNull::from(&*member.live))
-    }
-}
-
 /// The live counters of a pool's eligible members, in eligible order: what a strategy reading
-/// a few random instances loads directly, one dependent load instead of four (index, chunk,
-/// member, its `Arc`). The pool holds both this and the chunks that hold the members, so every
-/// pointer stays valid for as long as this does.
+/// a few random instances loads directly, one load into the dense cell table instead of four
+/// (index, chunk, member, its `Arc`).
 #[derive(Debug)]
-struct LivePointers(Box<[LivePtr]>);
-
-impl LivePointers {
-    #[inline]
-    fn get(&self, i: usize) -> &InstanceLive {
-        // SAFETY: the pointer came from a member's `live`, an `Arc` that a chunk of the same
-        // pool holds (in its immutable `members`) for at least as long as `self`.
-        unsafe { self.0[i].0.as_ref() }
-    }
-}
+struct LivePointers(Box<[&'static LiveCell]>);
 
 /// One service's pool at one moment. Immutable but for the round-robin cursor.
 #[derive(Debug)]
@@ -259,11 +229,11 @@ impl Pool {
         self.at(self.eligible[i])
     }
 
-    /// The live counters of the `i`-th eligible instance (as `eligible(i).live`, three
-    /// dependent loads fewer: what a strategy reading a few random instances pays for).
+    /// The pick-time counters of the `i`-th eligible instance (as `eligible(i).live.cell()`,
+    /// three dependent loads fewer: what a strategy reading a few random instances pays for).
     #[inline]
-    pub fn eligible_live(&self, i: usize) -> &InstanceLive {
-        self.eligible_lives.get(i)
+    pub fn eligible_live(&self, i: usize) -> &LiveCell {
+        self.eligible_lives.0[i]
     }
 
     fn at(&self, packed: u32) -> &Member {

@@ -4,7 +4,7 @@
 use wasmtime::{ExternType, FuncType, Module, ValType};
 
 use super::LoadError;
-use crate::pool::InstanceLive;
+use crate::pool::LiveCell;
 
 /// The ABI a module speaks, from its marker export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub(crate) mod record {
 /// The live fields of one instance as the ABI lays them out: in flight, latency EWMA (µs),
 /// consecutive failures, u32 LE each. v1 copies them into each record (from
 /// [`record::IN_FLIGHT`]), v2's `sluice.live` into the module's memory.
-pub(crate) fn live_fields(live: &InstanceLive) -> [u8; LIVE_SIZE] {
+pub(crate) fn live_fields(live: &LiveCell) -> [u8; LIVE_SIZE] {
     const _: () = assert!(record::EWMA_US == record::IN_FLIGHT + 4);
     const _: () = assert!(record::FAILURES == record::EWMA_US + 4);
     let mut fields = [0u8; LIVE_SIZE];

@@ -354,7 +354,7 @@ impl ThreadInstance {
             }
             // The three live fields are contiguous (in flight, EWMA, failures): one copy.
             r[record::IN_FLIGHT..record::IN_FLIGHT + LIVE_SIZE]
-                .copy_from_slice(&live_fields(&member.live));
+                .copy_from_slice(&live_fields(member.live.cell()));
         };
         let records = buf[HEADER_SIZE..].chunks_exact_mut(RECORD_SIZE);
         // A first try walks the eligible members as they are: no filter per record.

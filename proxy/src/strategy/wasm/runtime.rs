@@ -409,7 +409,10 @@ mod tests {
     fn a_deadline_is_set_again_only_when_the_epoch_moved_or_it_fired() {
         let mut deadline = DeadlineState::default();
         assert!(deadline.start(7, 2), "the first call sets it");
-        assert!(!deadline.start(7, 2), "same epoch, same length: the store holds it");
+        assert!(
+            !deadline.start(7, 2),
+            "same epoch, same length: the store holds it"
+        );
         assert!(deadline.start(7, PREPARE_DEADLINE_TICKS), "another length");
         assert!(deadline.start(7, 2), "and back");
         assert!(deadline.start(8, 2), "the epoch moved");
