@@ -117,9 +117,16 @@ impl InstanceLive {
         &self.id
     }
 
-    /// The counters a pick reads, where pools point to them.
+    /// The counters a pick reads.
     #[inline]
-    pub fn cell(&self) -> &'static LiveCell {
+    pub fn cell(&self) -> &LiveCell {
+        self.cell
+    }
+
+    /// The same, for a pool's flat list of them: valid for as long as this instance is (its
+    /// cell is reused once it is dropped), which the pool holding the instance guarantees.
+    #[inline]
+    pub(super) fn table_cell(&self) -> &'static LiveCell {
         self.cell
     }
 
@@ -314,7 +321,7 @@ mod tests {
         let live = InstanceLive::new("s".into(), "a".into());
         let guard = Arc::new(live).start_request();
         assert_eq!(guard.live().cell().in_flight(), 1);
-        let cell = guard.live().cell();
+        let cell = guard.live().table_cell();
         drop(guard);
         // The instance is gone and its cell back in the table; it starts clean when reused.
         assert_eq!(cell.in_flight(), 0);

@@ -87,7 +87,7 @@ impl Chunk {
         let members: Arc<[Member]> = members.into();
         let eligible_lives = eligible
             .iter()
-            .map(|&(offset, _)| members[usize::from(offset)].live.cell())
+            .map(|&(offset, _)| members[usize::from(offset)].live.table_cell())
             .collect();
         Self {
             eligible_lives,
