@@ -88,6 +88,8 @@ const LIVE_OF_V2: &str = r#"(module
 /// A v2 module whose memory keeps growing under the host: its buffer is in a page grown for
 /// it, and every pick grows one more page, puts the indices 2 and 3 there, reads their live
 /// fields into it with `sluice.live_of` and answers the busier one (-1 when the call failed).
+/// With request hash 1 it asks for 300 pages more (past the 16 MiB cap) and answers 1 when
+/// refused, 0 when not.
 const GROWING_V2: &str = r#"(module
   (import "sluice" "live_of" (func $live_of (param i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
@@ -96,6 +98,8 @@ const GROWING_V2: &str = r#"(module
     (i32.mul (memory.grow (i32.const 1)) (i32.const 65536)))
   (func (export "sluice_pick") (param $n i32) (result i32)
     (local $page i32)
+    (if (i32.eq (i32.load (i32.const 65552)) (i32.const 1))
+      (then (return (i32.eq (memory.grow (i32.const 300)) (i32.const -1)))))
     (local.set $page (i32.mul (memory.grow (i32.const 1)) (i32.const 65536)))
     (i32.store (local.get $page) (i32.const 2))
     (i32.store (i32.add (local.get $page) (i32.const 4)) (i32.const 3))
@@ -228,6 +232,13 @@ fn memory_grown_during_a_pick_is_read_and_written_by_the_host() {
     for pick in 0..20 {
         assert_eq!(v2.pick(&pool, &hashed(0)), Some(3), "pick {pick}");
     }
+    // The store's limits still hold: growing past the cap is refused (memory.grow is -1).
+    assert_eq!(v2.pick(&pool, &hashed(1)), Some(1));
+    assert_eq!(
+        v2.pick(&pool, &hashed(0)),
+        Some(3),
+        "and the next pick is served"
+    );
     assert_eq!(fallbacks(&v2), 0, "{:?}", v2.info().fallbacks);
 }
 
