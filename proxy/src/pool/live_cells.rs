@@ -4,6 +4,9 @@
 //! instead of one line each of 2 MB of instances. A chunk is handed out a line at a time, one
 //! cell per line until every line has one, so the instances of a small pool (created together)
 //! sit on lines of their own and two shards updating two of them never write the same line.
+//! The free list's lock is taken when an instance is created (by the directory) and when it is
+//! dropped (by its last holder: a replaced pool snapshot off the request path, or, for an
+//! instance removed while a request to it was in flight, that request as it ends).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
