@@ -62,7 +62,7 @@ pub(crate) struct Chunk {
     /// Set once, in [`Chunk::new`].
     members: Arc<[Member]>,
     /// The live counters of the eligible members, in eligible order: what a pool copies into
-    /// its [`LivePointers`] without visiting the members.
+    /// its `eligible_lives` without visiting the members.
     eligible_lives: Arc<[&'static LiveCell]>,
     eligible: ChunkEligible,
     /// The shape of the eligible members' weights (their gcd, whether all equal).
@@ -109,12 +109,6 @@ impl Chunk {
     }
 }
 
-/// The live counters of a pool's eligible members, in eligible order: what a strategy reading
-/// a few random instances loads directly, one load into the dense cell table instead of four
-/// (index, chunk, member, its `Arc`).
-#[derive(Debug)]
-struct LivePointers(Box<[&'static LiveCell]>);
-
 /// One service's pool at one moment. Immutable but for the round-robin cursor.
 #[derive(Debug)]
 pub struct Pool {
@@ -125,8 +119,10 @@ pub struct Pool {
     member_count: usize,
     /// The eligible members, as `chunk << 8 | offset`.
     eligible: Box<[u32]>,
-    /// Their live counters, in the same order.
-    eligible_lives: LivePointers,
+    /// Their pick-time counters, in the same order: what a strategy reading a few random
+    /// instances loads directly, one load into the dense cell table instead of four (index,
+    /// chunk, member, its `Arc`).
+    eligible_lives: Box<[&'static LiveCell]>,
     cycle: WeightedCycle,
     cursor: AtomicU64,
     /// Every member is a plain `http` instance (what the fast path serves).
@@ -182,7 +178,7 @@ impl Pool {
             generation,
             chunks: chunks.into_boxed_slice(),
             eligible: eligible.into_boxed_slice(),
-            eligible_lives: LivePointers(lives.into_boxed_slice()),
+            eligible_lives: lives.into_boxed_slice(),
             cycle,
             cursor: AtomicU64::new(start),
         }
@@ -233,7 +229,7 @@ impl Pool {
     /// three dependent loads fewer: what a strategy reading a few random instances pays for).
     #[inline]
     pub fn eligible_live(&self, i: usize) -> &LiveCell {
-        self.eligible_lives.0[i]
+        self.eligible_lives[i]
     }
 
     fn at(&self, packed: u32) -> &Member {

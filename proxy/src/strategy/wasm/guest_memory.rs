@@ -18,7 +18,7 @@ use super::runtime::HostState;
 /// was last read.
 pub(crate) struct GuestLimits {
     limits: StoreLimits,
-    pub(super) grew: bool,
+    grew: bool,
 }
 
 impl GuestLimits {
@@ -88,20 +88,13 @@ unsafe impl Send for GuestMemory {}
 impl GuestMemory {
     /// The view of `memory`, an instance's memory in the store `ctx`, whose limiter must be
     /// that store's [`GuestLimits`] (so that a growth is seen).
-    pub(crate) fn new(memory: Memory, ctx: impl AsContextMut) -> Self {
-        let mut this = Self {
+    pub(crate) fn new(memory: Memory, mut ctx: impl AsContextMut) -> Self {
+        let bytes = memory.data_mut(&mut ctx);
+        Self {
+            len: bytes.len(),
+            base: NonNull::new(bytes.as_mut_ptr()).unwrap_or(NonNull::dangling()),
             memory,
-            base: NonNull::dangling(),
-            len: 0,
-        };
-        this.read(ctx);
-        this
-    }
-
-    fn read(&mut self, mut ctx: impl AsContextMut) {
-        let bytes = self.memory.data_mut(&mut ctx);
-        self.len = bytes.len();
-        self.base = NonNull::new(bytes.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        }
     }
 }
 
@@ -139,7 +132,7 @@ fn refresh(mut ctx: impl AsContextMut<Data = HostState>) {
 #[inline]
 fn bytes(state: &mut HostState) -> Option<&mut [u8]> {
     let guest = state.guest.as_ref()?;
-    // SAFETY: `base..base + len` is the memory as wasmtime last gave it out (`read`), and its
+    // SAFETY: `base..base + len` is the memory as wasmtime last gave it out (`GuestMemory::new`), and its
     // mapping has not changed since: memories never shrink, and a growth (the only time a
     // memory can move) sets `grew`, after which `refresh` re-reads the view before this is
     // called. The slice borrows the store's data mutably, so nothing else in the host touches

@@ -117,7 +117,8 @@ impl EpochTicker {
 
     /// Called before every call into a plugin: counts the ticks elapsed, and makes sure the
     /// watchdog will tick if this call does not return. Returns the ticks counted so far: the
-    /// engine's epoch, unless a tick is being counted this instant (then one less than this).
+    /// engine's epoch, unless ticks are being counted this instant (then the epoch is still
+    /// catching up with it).
     #[inline]
     pub(crate) fn call_starting(&self) -> u64 {
         if self.hint.clock_due() {
