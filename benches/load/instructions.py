@@ -8,12 +8,17 @@ worker; for each route the counters are zeroed after a warm-up, then keep-alive 
     python3 benches/load/instructions.py                      # both paths, plain/filtered/edge
     python3 benches/load/instructions.py --paths pingora --requests 4000 --keep /tmp/cg
     python3 benches/load/instructions.py --paths fast --misses   # + cache and branch misses
+    python3 benches/load/instructions.py --paths fast --routes plain --protocol h2c
+
+`--protocol h2c` sends the requests as HTTP/2 streams with prior knowledge instead (h2load,
+`-c4 -m10`: four connections, ten streams in flight on each), so an HTTP/2 stream's cost is
+counted as repeatably as an HTTP/1.1 request's.
 
 `--misses` adds callgrind's cache and branch simulation (several times slower): per request,
 the first-level instruction-cache misses and the mispredicted conditional and indirect
 branches, which the instruction count does not show and a short request pays for in cycles.
 
-Needs valgrind (callgrind_control), nginx (the upstreams). Loopback only; bounded by
+Needs valgrind (callgrind_control), nginx (the upstreams); h2load (nghttp2-client) for h2c. Loopback only; bounded by
 paths x routes x requests. `--keep DIR` leaves the dumps for `callgrind_annotate`.
 """
 
@@ -74,6 +79,22 @@ def drive(port, route, requests, clients=4):
     return requests // clients * clients
 
 
+def drive_h2c(port, route, requests, clients=4):
+    """`requests` GETs of /route/ as HTTP/2 streams (prior knowledge) over `clients`
+    connections, ten in flight on each; every answer a 200."""
+    requests = requests // clients * clients
+    out = subprocess.run(
+        ["h2load", f"-n{requests}", f"-c{clients}", "-m10", "-t1",
+         "-H", f"x-api-key: {filters_ab.KEY}", "-H", f"origin: {filters_ab.ORIGIN}",
+         "-H", "user-agent: instructions.py", f"http://127.0.0.1:{port}/{route}/"],
+        capture_output=True, text=True, timeout=600,
+    ).stdout
+    m = re.search(r"status codes: (\d+) 2xx", out)
+    if not m or int(m.group(1)) != requests:
+        sys.exit(f"/{route}/ over h2c: not every stream answered 2xx:\n{out}")
+    return requests
+
+
 # The events of a dump reported per request, by callgrind's names.
 EVENTS = {"Ir": "instructions", "I1mr": "L1i misses", "Bcm": "mispredicted branches", "Bim": "mispredicted indirect calls"}
 
@@ -91,7 +112,7 @@ def dump_events(dump):
     sys.exit(f"no totals in {dump}")
 
 
-def measure(stack, work, path, routes, requests, keep, misses=False):
+def measure(stack, work, path, routes, requests, keep, misses=False, drive=drive):
     port, admin = free_port(), free_port()
     conf = os.path.join(work, f"{path}.toml")
     with open(conf, "w") as f:
@@ -160,11 +181,13 @@ def main():
     ap.add_argument("--keep", help="a directory to copy the callgrind dumps to")
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
     ap.add_argument("--misses", action="store_true", help="also simulate the caches and branch predictor")
+    ap.add_argument("--protocol", choices=["http1", "h2c"], default="http1",
+                    help="HTTP/1.1 keep-alive requests, or HTTP/2 streams with prior knowledge")
     args = ap.parse_args()
     routes = [r for r in args.routes.split(",") if r]
     if "plain" not in routes or any(r not in ROUTES for r in routes):
         sys.exit(f"--routes: plain and any of {ROUTES}")
-    for tool in ("valgrind", "callgrind_control", "nginx"):
+    for tool in ("valgrind", "callgrind_control", "nginx") + (("h2load",) if args.protocol == "h2c" else ()):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found (Debian: valgrind nginx-light)")
     with tempfile.TemporaryDirectory() as work:
@@ -173,11 +196,12 @@ def main():
             stack._upstreams()
             filters_ab.write_services(work, stack.up)
             events = list(EVENTS) if args.misses else ["Ir"]
-            print(f"# user-space events per request (callgrind), {args.requests} requests per route")
+            print(f"# user-space events per request (callgrind, {args.protocol}), {args.requests} requests per route")
             print("| path | route | " + " | ".join(f"{EVENTS[e]} per request" for e in events) + " | instructions: route / plain |")
             print("| --- | --- | " + " | ".join("---:" for _ in events) + " | ---: |")
             for path in [p for p in args.paths.split(",") if p]:
-                figures = measure(stack, work, path, routes, args.requests, args.keep, args.misses)
+                figures = measure(stack, work, path, routes, args.requests, args.keep, args.misses,
+                                  drive_h2c if args.protocol == "h2c" else drive)
                 for route in routes:
                     row = figures[route]
                     cells = " | ".join(f"{row.get(e, 0):,.0f}" for e in events)

@@ -178,7 +178,7 @@ pub(crate) fn join_cookies(request: &mut RequestHeader) -> Result<()> {
 /// How many fields [`forwarded_headers`] sets at most.
 pub(crate) const FORWARDED_FIELDS: usize = 3;
 
-const X_FORWARDED_FOR: KnownName = KnownName::new("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: KnownName = KnownName::new("x-forwarded-for");
 const X_FORWARDED_PROTO: KnownName = KnownName::new("x-forwarded-proto");
 const X_FORWARDED_HOST: KnownName = KnownName::new("x-forwarded-host");
 

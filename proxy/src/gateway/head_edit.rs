@@ -31,6 +31,11 @@ impl KnownName {
             name: HeaderName::from_static(text),
         }
     }
+
+    /// The name as a key of an `http` map: looked up by hash, not parsed from text first.
+    pub(crate) fn header(&self) -> &HeaderName {
+        &self.name
+    }
 }
 
 /// A request block the `X-Forwarded-*` fields are read from and set in: pingora's (its case

@@ -178,7 +178,10 @@ pub(super) fn write_upstream_request_h2(
         put_field(out, name.as_bytes(), value.as_bytes());
     }
     let forwarded = Forwarded {
-        existing_for: head.headers.get("x-forwarded-for").map(|v| v.as_bytes()),
+        existing_for: head
+            .headers
+            .get(crate::gateway::forward::X_FORWARDED_FOR.header())
+            .map(|v| v.as_bytes()),
         client_ip,
         proto,
         host: sluice_http1::fields::host_without_port(req.authority),
