@@ -18,8 +18,8 @@ counted as repeatably as an HTTP/1.1 request's.
 the first-level instruction-cache misses and the mispredicted conditional and indirect
 branches, which the instruction count does not show and a short request pays for in cycles.
 
-Needs valgrind (callgrind_control), nginx (the upstreams); h2load (nghttp2-client) for h2c. Loopback only; bounded by
-paths x routes x requests. `--keep DIR` leaves the dumps for `callgrind_annotate`.
+Needs valgrind (callgrind_control), nginx (the upstreams); h2load (nghttp2-client) for h2c.
+Loopback only; bounded by paths x routes x requests. `--keep DIR` leaves the dumps for `callgrind_annotate`.
 """
 
 import argparse

@@ -9,6 +9,7 @@ pub(super) use sluice_http1::request::{field_slots, ParsedRequest, RequestHead};
 use sluice_http1::request::{parse_request, RequestLimits};
 
 use super::super::engine::filters::HeaderEdits;
+use super::super::forward::X_FORWARDED_FOR;
 use super::super::proxy::HeaderLimits;
 
 /// Largest request body the fast path takes: it reads the whole body before the first try,
@@ -180,7 +181,7 @@ pub(super) fn write_upstream_request_h2(
     let forwarded = Forwarded {
         existing_for: head
             .headers
-            .get(crate::gateway::forward::X_FORWARDED_FOR.header())
+            .get(X_FORWARDED_FOR.header())
             .map(|v| v.as_bytes()),
         client_ip,
         proto,
