@@ -690,9 +690,10 @@ mod tests {
             }
             clients.push(client);
         }
-        // Within the balance's rule: a quarter more than the other's count, plus two.
+        // Within the balance's rule: an eighth more than the other's count, plus one, plus
+        // the connection that made it so.
         assert!(
-            served[0].abs_diff(served[1]) <= 4,
+            served[0].abs_diff(served[1]) <= 3,
             "split {served:?} across the shards"
         );
         assert!(served[1] >= 8, "shard 1 got its share: {served:?}");
