@@ -12,10 +12,10 @@
 //! request, and a shard that drains a burst of its accept queue runs ahead of the other for a
 //! moment without being loaded. But each shard's connections share that shard's CPU, so an
 //! uneven split of kept-alive connections serves some clients slower than others and shows in
-//! the tail: with a quarter plus two of slack, 32 connections sat 18/14 or 19/13 and the
-//! per-client request rates under `h2load --h1 -c32` spread 4× wider than nginx's. One
-//! connection of slack plus an eighth of the least loaded shard's count splits 32 connections
-//! at worst 17/15 and 64 at 34/30, and costs a `Connection: close` load ~0.2 more
+//! the tail: with a quarter plus two of slack, 32 connections could sit 19/13. One connection
+//! of slack plus an eighth of the least loaded shard's count splits 32 connections at worst
+//! 17/15 and 64 at 34/30 (per-client request rates under `h2load --h1 -c32` spread ~4× less
+//! than with the quarter plus two), and costs a `Connection: close` load ~0.2 more
 //! `epoll_ctl` per connection than the quarter-plus-two rule did, with no CPU per connection
 //! that shows (docs/benchmarks.md "Session 30").
 
