@@ -9,6 +9,10 @@ worker; for each route the counters are zeroed after a warm-up, then keep-alive 
     python3 benches/load/instructions.py --paths pingora --requests 4000 --keep /tmp/cg
     python3 benches/load/instructions.py --paths fast --misses   # + cache and branch misses
     python3 benches/load/instructions.py --paths fast --routes plain --protocol h2c
+    python3 benches/load/instructions.py --paths fast,haproxy --routes plain --protocol h2c
+
+`--paths haproxy` counts HAProxy (one thread, the same upstreams and forwarding headers, the
+plain route only) the same way: the reference the issue's goals are set against.
 
 `--protocol h2c` sends the requests as HTTP/2 streams with prior knowledge instead (h2load,
 `-c4 -m10`: four connections, ten streams in flight on each), so an HTTP/2 stream's cost is
@@ -18,7 +22,8 @@ counted as repeatably as an HTTP/1.1 request's.
 the first-level instruction-cache misses and the mispredicted conditional and indirect
 branches, which the instruction count does not show and a short request pays for in cycles.
 
-Needs valgrind (callgrind_control), nginx (the upstreams); h2load (nghttp2-client) for h2c.
+Needs valgrind (callgrind_control), nginx (the upstreams); h2load (nghttp2-client) for h2c;
+haproxy for `--paths haproxy`.
 Loopback only; bounded by paths x routes x requests. `--keep DIR` leaves the dumps for `callgrind_annotate`.
 """
 
@@ -38,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import filters_ab  # noqa: E402
 from compare import Stack  # noqa: E402
 from harness import ROOT, free_port, wait_http  # noqa: E402
+from tls import wait_port  # noqa: E402
 
 ROUTES = ("plain", "filtered", "edge")
 
@@ -112,10 +118,44 @@ def dump_events(dump):
     sys.exit(f"no totals in {dump}")
 
 
-def measure(stack, work, path, routes, requests, keep, misses=False, drive=drive):
-    port, admin = free_port(), free_port()
-    conf = os.path.join(work, f"{path}.toml")
+def haproxy_config(work, port, up, protocol):
+    """HAProxy 2.6, one thread, in front of the same upstreams as the gateway's `plain` route,
+    adding the forwarding headers Sluice adds (as in compare.py)."""
+    conf = os.path.join(work, "haproxy.cfg")
     with open(conf, "w") as f:
+        f.write(
+            f"""global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}{" proto h2" if protocol == "h2c" else ""}
+  default_backend be
+backend be
+  balance roundrobin
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+"""
+            + "".join(f"  server {name} 127.0.0.1:{p}\n" for name, p in zip("ab", up))
+        )
+    return conf
+
+
+def measure(stack, work, path, routes, requests, keep, misses=False, drive=drive, protocol="http1"):
+    port, admin = free_port(), free_port()
+    if path == "haproxy":
+        command = ["haproxy", "-db", "-f", haproxy_config(work, port, stack.up, protocol)]
+        ready = lambda: wait_port(port, 60)  # noqa: E731
+    else:
+        command = [stack.sluice_bin, "serve", "--config", os.path.join(work, f"{path}.toml")]
+        ready = lambda: wait_http(f"http://127.0.0.1:{admin}/readyz", f"{path} gateway under valgrind", timeout=120)  # noqa: E731
+    with open(os.path.join(work, f"{path}.toml"), "w") as f:
         f.write(
             f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nthreads = 1\nfast_path = {str(path == "fast").lower()}\n\n'
             f'[admin]\nlisten = "127.0.0.1:{admin}"\n\n'
@@ -136,10 +176,10 @@ def measure(stack, work, path, routes, requests, keep, misses=False, drive=drive
     proc = stack.procs.spawn(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no"]
         + (["--cache-sim=yes", "--branch-sim=yes"] if misses else [])
-        + [stack.sluice_bin, "serve", "--config", conf],
+        + command,
         os.path.join(work, f"{path}.log"),
     )
-    wait_http(f"http://127.0.0.1:{admin}/readyz", f"{path} gateway under valgrind", timeout=120)
+    ready()
     figures = {}
     for route in routes:
         drive(port, route, 2000)
@@ -176,7 +216,8 @@ def measure(stack, work, path, routes, requests, keep, misses=False, drive=drive
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=20000)
-    ap.add_argument("--paths", default="fast,pingora")
+    ap.add_argument("--paths", default="fast,pingora",
+                    help="fast, pingora (Sluice's two request paths) and haproxy (HAProxy, plain route only)")
     ap.add_argument("--routes", default=",".join(ROUTES), help="which of " + ", ".join(ROUTES))
     ap.add_argument("--keep", help="a directory to copy the callgrind dumps to")
     ap.add_argument("--sluice", default=os.path.join(ROOT, "target", "release", "sluice"))
@@ -187,7 +228,11 @@ def main():
     routes = [r for r in args.routes.split(",") if r]
     if "plain" not in routes or any(r not in ROUTES for r in routes):
         sys.exit(f"--routes: plain and any of {ROUTES}")
-    for tool in ("valgrind", "callgrind_control", "nginx") + (("h2load",) if args.protocol == "h2c" else ()):
+    paths = [p for p in args.paths.split(",") if p]
+    if any(p not in ("fast", "pingora", "haproxy") for p in paths):
+        sys.exit("--paths: any of fast, pingora, haproxy")
+    needs = ("valgrind", "callgrind_control", "nginx") + (("h2load",) if args.protocol == "h2c" else ())
+    for tool in needs + (("haproxy",) if "haproxy" in paths else ()):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found (Debian: valgrind nginx-light)")
     with tempfile.TemporaryDirectory() as work:
@@ -199,10 +244,12 @@ def main():
             print(f"# user-space events per request (callgrind, {args.protocol}), {args.requests} requests per route")
             print("| path | route | " + " | ".join(f"{EVENTS[e]} per request" for e in events) + " | instructions: route / plain |")
             print("| --- | --- | " + " | ".join("---:" for _ in events) + " | ---: |")
-            for path in [p for p in args.paths.split(",") if p]:
-                figures = measure(stack, work, path, routes, args.requests, args.keep, args.misses,
-                                  drive_h2c if args.protocol == "h2c" else drive)
-                for route in routes:
+            for path in paths:
+                # HAProxy has one route: the plain one's upstreams, no filters.
+                served = ["plain"] if path == "haproxy" else routes
+                figures = measure(stack, work, path, served, args.requests, args.keep, args.misses,
+                                  drive_h2c if args.protocol == "h2c" else drive, args.protocol)
+                for route in served:
                     row = figures[route]
                     cells = " | ".join(f"{row.get(e, 0):,.0f}" for e in events)
                     ratio = row["Ir"] / figures["plain"]["Ir"]
