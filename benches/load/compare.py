@@ -36,7 +36,7 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, Procs, free_port, gnuplot, oha, version, wait_http  # noqa: E402
+from harness import ROOT, Procs, free_port, gnuplot, haproxy_config, oha, version, wait_http  # noqa: E402
 
 LUA = os.path.join(ROOT, "benches", "load", "percentiles.lua")
 
@@ -169,31 +169,9 @@ http {{
 
     def _haproxy(self, workers):
         port = free_port()
-        conf = os.path.join(self.work, "haproxy.cfg")
-        with open(conf, "w") as f:
-            f.write(
-                f"""global
-  nbthread {workers}
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend be
-backend be
-  balance leastconn
-  # The same forwarding headers Sluice adds, so every proxy does the same work.
-  option forwardfor
-  http-request set-header X-Forwarded-Proto http
-  http-request set-header X-Forwarded-Host %[req.hdr(host)]
-  server a 127.0.0.1:{self.up[0]}
-  server b 127.0.0.1:{self.up[1]}
-"""
-            )
+        conf = haproxy_config(
+            os.path.join(self.work, "haproxy.cfg"), workers, [f"127.0.0.1:{port}"], self.up[:2], balance="leastconn"
+        )
         self._spawn(["haproxy", "-f", conf], os.path.join(self.work, "haproxy.log"))
         wait_http(f"http://127.0.0.1:{port}/", "haproxy")
         self.ports["haproxy"] = port

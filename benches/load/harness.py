@@ -1,5 +1,6 @@
-"""Shared pieces of the load benchmarks: free ports, waiting for HTTP, tool versions, the
-release `sluice` and the test upstream binary, and gnuplot charts."""
+"""Shared pieces of the load benchmarks: free ports, waiting for HTTP or a listener, the
+HAProxy configuration every comparison uses, tool versions, the release `sluice` and the test
+upstream binary, and gnuplot charts."""
 
 import os
 import shutil
@@ -31,6 +32,48 @@ def wait_http(url, what, timeout=10.0):
             pass
         time.sleep(0.1)
     sys.exit(f"{what} did not answer at {url}")
+
+
+def wait_port(port, timeout=10.0):
+    """Waits until something accepts TCP connections on 127.0.0.1:`port`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"nothing listens on {port}")
+
+
+def haproxy_config(path, threads, binds, servers, balance=None, proto_rules=None):
+    """Writes HAProxy's configuration to `path`: `threads` threads, a frontend on each of
+    `binds` (the text after `bind `), a backend of `servers` (ports on 127.0.0.1, named a, b,
+    ...) that adds the forwarding headers Sluice adds, so every proxy does the same work.
+    `proto_rules`: the `X-Forwarded-Proto` rules (default: always `http`)."""
+    proto_rules = proto_rules or ["http-request set-header X-Forwarded-Proto http"]
+    with open(path, "w") as f:
+        f.write(
+            f"""global
+  nbthread {threads}
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+frontend fe
+"""
+            + "".join(f"  bind {b}\n" for b in binds)
+            + "  default_backend be\nbackend be\n"
+            + (f"  balance {balance}\n" if balance else "")
+            + "  option forwardfor\n"
+            + "".join(f"  {r}\n" for r in proto_rules)
+            + "  http-request set-header X-Forwarded-Host %[req.hdr(host)]\n"
+            + "".join(f"  server {chr(ord('a') + i)} 127.0.0.1:{p}\n" for i, p in enumerate(servers))
+        )
+    return path
 
 
 def version(cmd):

@@ -42,8 +42,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import filters_ab  # noqa: E402
 from compare import Stack  # noqa: E402
-from harness import ROOT, free_port, wait_http  # noqa: E402
-from tls import wait_port  # noqa: E402
+from harness import ROOT, free_port, haproxy_config, wait_http, wait_port  # noqa: E402
 
 ROUTES = ("plain", "filtered", "edge")
 
@@ -118,43 +117,9 @@ def dump_events(dump):
     sys.exit(f"no totals in {dump}")
 
 
-def haproxy_config(work, port, up, protocol):
-    """HAProxy 2.6, one thread, in front of the same upstreams as the gateway's `plain` route,
-    adding the forwarding headers Sluice adds (as in compare.py)."""
-    conf = os.path.join(work, "haproxy.cfg")
-    with open(conf, "w") as f:
-        f.write(
-            f"""global
-  nbthread 1
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{port}{" proto h2" if protocol == "h2c" else ""}
-  default_backend be
-backend be
-  balance roundrobin
-  option forwardfor
-  http-request set-header X-Forwarded-Proto http
-  http-request set-header X-Forwarded-Host %[req.hdr(host)]
-"""
-            + "".join(f"  server {name} 127.0.0.1:{p}\n" for name, p in zip("ab", up))
-        )
-    return conf
-
-
-def measure(stack, work, path, routes, requests, keep, misses=False, drive=drive, protocol="http1"):
-    port, admin = free_port(), free_port()
-    if path == "haproxy":
-        command = ["haproxy", "-db", "-f", haproxy_config(work, port, stack.up, protocol)]
-        ready = lambda: wait_port(port, 60)  # noqa: E731
-    else:
-        command = [stack.sluice_bin, "serve", "--config", os.path.join(work, f"{path}.toml")]
-        ready = lambda: wait_http(f"http://127.0.0.1:{admin}/readyz", f"{path} gateway under valgrind", timeout=120)  # noqa: E731
+def write_gateway_config(work, path, port, admin):
+    """`path`.toml in `work`: one worker, the plain, filtered and edge routes of filters_ab.py,
+    the fast path on for `fast`, off for `pingora`."""
     with open(os.path.join(work, f"{path}.toml"), "w") as f:
         f.write(
             f'[proxy]\nlisten = ["127.0.0.1:{port}"]\nthreads = 1\nfast_path = {str(path == "fast").lower()}\n\n'
@@ -172,6 +137,18 @@ def measure(stack, work, path, routes, requests, keep, misses=False, drive=drive
             )
             + filters_ab.FILTERS.split("[filters.shared]")[0]
         )
+
+
+def measure(stack, work, path, routes, requests, keep, misses=False, drive=drive, protocol="http1"):
+    port, admin = free_port(), free_port()
+    if path == "haproxy":
+        # One thread in front of the `plain` route's upstreams, no filters.
+        bind = f"127.0.0.1:{port}" + (" proto h2" if protocol == "h2c" else "")
+        conf = haproxy_config(os.path.join(work, "haproxy.cfg"), 1, [bind], stack.up, balance="roundrobin")
+        command = ["haproxy", "-db", "-f", conf]
+    else:
+        write_gateway_config(work, path, port, admin)
+        command = [stack.sluice_bin, "serve", "--config", os.path.join(work, f"{path}.toml")]
     out = os.path.join(work, f"callgrind.{path}")
     proc = stack.procs.spawn(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no"]
@@ -179,7 +156,10 @@ def measure(stack, work, path, routes, requests, keep, misses=False, drive=drive
         + command,
         os.path.join(work, f"{path}.log"),
     )
-    ready()
+    if path == "haproxy":
+        wait_port(port, 60)
+    else:
+        wait_http(f"http://127.0.0.1:{admin}/readyz", f"{path} gateway under valgrind", timeout=120)
     figures = {}
     for route in routes:
         drive(port, route, 2000)

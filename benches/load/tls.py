@@ -43,7 +43,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import ROOT, Procs, build_release, children, cpu_ticks, free_port, need, nginx_upstream, start_sluice, version  # noqa: E402
+from harness import ROOT, Procs, build_release, children, cpu_ticks, free_port, haproxy_config, need, nginx_upstream, start_sluice, version, wait_port  # noqa: E402
 
 LUA = os.path.join(ROOT, "benches", "load", "percentiles.lua")
 HANDSHAKES = os.path.join(ROOT, "target", "release", "tls-handshakes")
@@ -134,45 +134,21 @@ http {{
 
 def start_haproxy_tls(procs, work, workers, up, both):
     tls_port, plain_port, h1_port = free_port(), free_port(), free_port()
-    conf = os.path.join(work, "haproxy.cfg")
-    with open(conf, "w") as f:
-        f.write(f"""global
-  nbthread {workers}
-  maxconn 8000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:{tls_port} ssl crt {both} alpn h2,http/1.1
-  bind 127.0.0.1:{plain_port} proto h2
-  bind 127.0.0.1:{h1_port}
-  default_backend be
-backend be
-  option forwardfor
-  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
-  http-request set-header X-Forwarded-Proto http unless {{ ssl_fc }}
-  http-request set-header X-Forwarded-Host %[req.hdr(host)]
-  server a 127.0.0.1:{up}
-""")
+    conf = haproxy_config(
+        os.path.join(work, "haproxy.cfg"),
+        workers,
+        [f"127.0.0.1:{tls_port} ssl crt {both} alpn h2,http/1.1", f"127.0.0.1:{plain_port} proto h2", f"127.0.0.1:{h1_port}"],
+        [up],
+        proto_rules=[
+            "http-request set-header X-Forwarded-Proto https if { ssl_fc }",
+            "http-request set-header X-Forwarded-Proto http unless { ssl_fc }",
+        ],
+    )
     p = procs.spawn(["haproxy", "-f", conf], os.path.join(work, "haproxy.log"))
     wait_port(tls_port)
     return Proxy("haproxy", tls_port, plain_port, h1_port, lambda: [p.pid], p)
 
 
-def wait_port(port, timeout=10.0):
-    import socket
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"nothing listens on {port}")
 
 
 def wrk(url, conns, duration, close):
