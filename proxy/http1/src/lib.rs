@@ -20,6 +20,6 @@ pub mod response;
 pub use chunked::{BadChunk, ChunkedTracker};
 pub use request::{HandoffReason, ParsedRequest, RequestError, RequestHead, RequestLimits};
 pub use response::{
-    read_head, Framing, HeadEdit, ParsedResponse, ResponseError, ResponseHead, Unedited,
+    read_head, Framing, HeadEdit, HeadOut, ParsedResponse, ResponseError, ResponseHead, Unedited,
     UpgradeResponse,
 };

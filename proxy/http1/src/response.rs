@@ -112,9 +112,50 @@ pub fn parse_response(
     buf: &[u8],
     head_request: bool,
     client_close: bool,
-    out: &mut Vec<u8>,
+    out: &mut impl HeadOut,
 ) -> Result<ParsedResponse, ResponseError> {
     parse_response_edited(buf, head_request, client_close, out, &Unedited)
+}
+
+/// Where the codec writes the head it forwards to the client, in the one pass that reads the
+/// upstream's: as HTTP/1.1 bytes (`Vec<u8>`), or as the fields of another framing (an HTTP/2
+/// response header). Which fields go out is the codec's rule, whatever the framing.
+pub trait HeadOut {
+    /// The status, before any field. `head` is the upstream's whole head: the value of each
+    /// upstream field given after is a slice of it; `fields` is how many fields it has.
+    fn status(&mut self, status: u16, reason: &str, head: &[u8], fields: usize);
+    /// A field to forward: the upstream's (as it spelt the name), or the gateway's own.
+    fn field(&mut self, name: &str, value: &[u8]);
+    /// The head is complete; the client connection ends after this response when
+    /// `client_close` (HTTP/1.1 says `connection: close`).
+    fn end(&mut self, client_close: bool);
+}
+
+/// The head as HTTP/1.1 bytes, appended.
+impl HeadOut for Vec<u8> {
+    fn status(&mut self, status: u16, reason: &str, _head: &[u8], _fields: usize) {
+        self.extend_from_slice(b"HTTP/1.1 ");
+        // httparse takes exactly three digits, so 100..=999 (a byte each, no formatter).
+        self.extend_from_slice(&[
+            b'0' + (status / 100) as u8,
+            b'0' + (status / 10 % 10) as u8,
+            b'0' + (status % 10) as u8,
+            b' ',
+        ]);
+        self.extend_from_slice(reason.as_bytes());
+        self.extend_from_slice(b"\r\n");
+    }
+
+    fn field(&mut self, name: &str, value: &[u8]) {
+        put_field(self, name.as_bytes(), value);
+    }
+
+    fn end(&mut self, client_close: bool) {
+        if client_close {
+            self.extend_from_slice(b"connection: close\r\n");
+        }
+        self.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Changes a gateway makes to a response head on its way to the client, made in the pass
@@ -122,8 +163,8 @@ pub fn parse_response(
 pub trait HeadEdit {
     /// Whether the upstream's field `name` is left out.
     fn drops(&self, name: &str) -> bool;
-    /// Appends the gateway's own field lines (`name: value\r\n` each).
-    fn append_fields(&self, out: &mut Vec<u8>);
+    /// Gives `out` the gateway's own fields.
+    fn append_fields(&self, out: &mut impl HeadOut);
 }
 
 /// No change to the head.
@@ -134,7 +175,7 @@ impl HeadEdit for Unedited {
         false
     }
 
-    fn append_fields(&self, _out: &mut Vec<u8>) {}
+    fn append_fields(&self, _out: &mut impl HeadOut) {}
 }
 
 /// [`parse_response`], with `edit`'s changes made to the head written to `out`: the
@@ -144,11 +185,18 @@ pub fn parse_response_edited(
     buf: &[u8],
     head_request: bool,
     client_close: bool,
-    out: &mut Vec<u8>,
+    out: &mut impl HeadOut,
     edit: &impl HeadEdit,
 ) -> Result<ParsedResponse, ResponseError> {
     with_head(buf, ParsedResponse::Partial, |resp, head_len| {
-        edited_head(resp, head_len, head_request, client_close, out, edit)
+        edited_head(
+            resp,
+            &buf[..head_len],
+            head_request,
+            client_close,
+            out,
+            edit,
+        )
     })
 }
 
@@ -198,12 +246,13 @@ pub fn read_head<T>(
 /// [`parse_response_edited`] of a complete head.
 fn edited_head(
     resp: &httparse::Response<'_, '_>,
-    head_len: usize,
+    head: &[u8],
     head_request: bool,
     client_close: bool,
-    out: &mut Vec<u8>,
+    out: &mut impl HeadOut,
     edit: &impl HeadEdit,
 ) -> Result<ParsedResponse, ResponseError> {
+    let head_len = head.len();
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Err(ResponseError::Syntax(httparse::Error::Status));
     };
@@ -265,6 +314,7 @@ fn edited_head(
         out,
         status,
         resp.reason.unwrap_or(""),
+        head,
         resp.headers,
         |name| {
             // RFC 9110 8.6: no Content-Length on a 204; RFC 9112 6.1: nor Transfer-Encoding.
@@ -281,13 +331,10 @@ fn edited_head(
     if collapse_length && status != 204 && !length_overridden {
         if let Some(n) = length {
             let mut digits = [0u8; 20];
-            put_field(out, b"content-length", decimal(n, &mut digits));
+            out.field("content-length", decimal(n, &mut digits));
         }
     }
-    if client_close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    out.end(client_close);
     Ok(ParsedResponse::Final(ResponseHead {
         status,
         head_len,
@@ -316,18 +363,18 @@ pub enum UpgradeResponse {
 pub fn parse_upgrade_response(
     buf: &[u8],
     client_close: bool,
-    out: &mut Vec<u8>,
+    out: &mut impl HeadOut,
     edit: &impl HeadEdit,
 ) -> Result<UpgradeResponse, ResponseError> {
     with_head(
         buf,
         UpgradeResponse::Other(ParsedResponse::Partial),
         |resp, head_len| {
+            let head = &buf[..head_len];
             if resp.code == Some(101) {
-                switched_head(resp, head_len, out, edit)
+                switched_head(resp, head, out, edit)
             } else {
-                edited_head(resp, head_len, false, client_close, out, edit)
-                    .map(UpgradeResponse::Other)
+                edited_head(resp, head, false, client_close, out, edit).map(UpgradeResponse::Other)
             }
         },
     )
@@ -336,8 +383,8 @@ pub fn parse_upgrade_response(
 /// [`parse_upgrade_response`] of a complete `101` head.
 fn switched_head(
     resp: &httparse::Response<'_, '_>,
-    head_len: usize,
-    out: &mut Vec<u8>,
+    head: &[u8],
+    out: &mut impl HeadOut,
     edit: &impl HeadEdit,
 ) -> Result<UpgradeResponse, ResponseError> {
     let mut upgrades = resp
@@ -362,9 +409,7 @@ fn switched_head(
                 .map_err(ResponseError::Connection)?;
         }
     }
-    out.extend_from_slice(b"HTTP/1.1 101 ");
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.status(101, resp.reason.unwrap_or(""), head, resp.headers.len());
     for field in resp.headers.iter() {
         let name = field.name;
         let upgrade = name.eq_ignore_ascii_case("upgrade");
@@ -376,36 +421,31 @@ fn switched_head(
         if framing || hop || edit.drops(name) {
             continue;
         }
-        put_field(out, name.as_bytes(), field.value);
+        out.field(name, field.value);
     }
     edit.append_fields(out);
-    out.extend_from_slice(b"connection: upgrade\r\n\r\n");
-    Ok(UpgradeResponse::Switched { head_len })
+    out.field("connection", b"upgrade");
+    out.end(false);
+    Ok(UpgradeResponse::Switched {
+        head_len: head.len(),
+    })
 }
 
-/// The status line and the fields to forward, without the blank line.
+/// The status and the fields to forward; not yet the end of the head.
 fn write_client_head(
-    out: &mut Vec<u8>,
+    out: &mut impl HeadOut,
     status: u16,
     reason: &str,
+    head: &[u8],
     all: &[httparse::Header<'_>],
     skip: impl Fn(&str) -> bool,
 ) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    // httparse takes exactly three digits, so 100..=999 (a byte each, no formatter).
-    out.extend_from_slice(&[
-        b'0' + (status / 100) as u8,
-        b'0' + (status / 10 % 10) as u8,
-        b'0' + (status % 10) as u8,
-        b' ',
-    ]);
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.status(status, reason, head, all.len());
     for field in all {
         if hop::is_hop_by_hop(field.name) || skip(field.name) {
             continue;
         }
-        put_field(out, field.name.as_bytes(), field.value);
+        out.field(field.name, field.value);
     }
 }
 
@@ -473,8 +513,83 @@ mod tests {
             name.eq_ignore_ascii_case("x-drop")
         }
 
-        fn append_fields(&self, out: &mut Vec<u8>) {
-            out.extend_from_slice(b"x-added: 1\r\n");
+        fn append_fields(&self, out: &mut impl HeadOut) {
+            out.field("x-added", b"1");
+        }
+    }
+
+    /// A head as the calls a framing other than HTTP/1.1 gets: the status, each field, and
+    /// whether each upstream value was a slice of the upstream's head.
+    #[derive(Default)]
+    struct Recorded {
+        status: u16,
+        head: (usize, usize),
+        fields: Vec<(String, Vec<u8>, bool)>,
+        end: Option<bool>,
+    }
+
+    impl HeadOut for Recorded {
+        fn status(&mut self, status: u16, _reason: &str, head: &[u8], fields: usize) {
+            assert!(
+                self.end.is_none() && self.fields.is_empty(),
+                "one status, first"
+            );
+            assert!(fields >= 1, "the upstream's fields are counted");
+            self.status = status;
+            self.head = (head.as_ptr() as usize, head.len());
+        }
+
+        fn field(&mut self, name: &str, value: &[u8]) {
+            assert!(self.end.is_none(), "no field after the end");
+            let at = value.as_ptr() as usize;
+            let within = at >= self.head.0 && at + value.len() <= self.head.0 + self.head.1;
+            self.fields.push((name.to_string(), value.to_vec(), within));
+        }
+
+        fn end(&mut self, client_close: bool) {
+            self.end = Some(client_close);
+        }
+    }
+
+    #[test]
+    fn a_head_given_as_fields_has_the_fields_of_the_head_written_as_bytes() {
+        let heads: [&[u8]; 5] = [
+            b"HTTP/1.1 200 OK\r\nX-Drop: a\r\nKeep: b\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nTE: x\r\nServer: s\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Empty:\r\n\r\n",
+        ];
+        for raw in heads {
+            for close in [false, true] {
+                let mut bytes = Vec::new();
+                let as_bytes = parse_response_edited(raw, false, close, &mut bytes, &DropAndAdd);
+                let mut recorded = Recorded::default();
+                let as_fields =
+                    parse_response_edited(raw, false, close, &mut recorded, &DropAndAdd);
+                assert_eq!(as_bytes, as_fields);
+                let Ok(ParsedResponse::Final(parsed)) = as_fields else {
+                    panic!("final: {}", String::from_utf8_lossy(raw));
+                };
+                assert_eq!(recorded.status, parsed.status);
+                assert_eq!(recorded.end, Some(parsed.client_close));
+                // The bytes again from the fields: the same head, line for line.
+                let mut rebuilt = Vec::new();
+                let text = String::from_utf8(bytes).unwrap();
+                let reason = text.lines().next().unwrap()[13..].to_string();
+                rebuilt.status(recorded.status, &reason, raw, 1);
+                for (name, value, _) in &recorded.fields {
+                    rebuilt.field(name, value);
+                }
+                rebuilt.end(parsed.client_close);
+                assert_eq!(String::from_utf8(rebuilt).unwrap(), text);
+                // Upstream values are slices of its head (no copy needed); only the edit's
+                // and the codec's own fields are not.
+                for (name, _, within) in &recorded.fields {
+                    let own = name == "x-added" || name == "content-length" && !*within;
+                    assert!(*within || own, "{name} of {}", String::from_utf8_lossy(raw));
+                }
+            }
         }
     }
 

@@ -25,8 +25,10 @@ pub(super) struct RequestBuffers {
     pub(super) request: Vec<u8>,
     /// Bytes read from the upstream (room for READ_ROOM when lent).
     pub(super) response: Vec<u8>,
-    /// The response head (and first body bytes) as sent to the client.
+    /// The response head (and first body bytes) as sent to an HTTP/1.1 client.
     pub(super) client: Vec<u8>,
+    /// The response head for an HTTP/2 client (given to its stream: nothing kept).
+    pub(super) stream_head: super::stream_head::StreamHead,
     /// Bytes the client sent while its request was served (a pipelined request).
     pub(super) early: Vec<u8>,
     /// An HTTP/2 stream's response body as it goes out: each DATA write is split off it, and

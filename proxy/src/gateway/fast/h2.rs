@@ -13,14 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
 use pingora::apps::HttpServerApp;
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::{self as h2server, H2Accept, H2Options, HttpSession};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, Stream};
 use pingora::server::ShutdownWatch;
-use sluice_http1::hop::is_hop_by_hop;
 use sluice_http1::HandoffReason;
 use tokio::io::AsyncReadExt;
 
@@ -218,6 +215,8 @@ impl H2Service {
 struct WatchStream<'s>(&'s mut Session);
 
 impl WatchTry for WatchStream<'_> {
+    type Head = super::stream_head::StreamHead;
+
     fn watch<'a>(
         &'a mut self,
         exchange: Pin<&'a mut (dyn Future<Output = Tried> + Send + 'a)>,
@@ -474,7 +473,7 @@ impl FastPath {
         }
     }
 
-    /// Sends the response whose head the codec wrote (in `bufs.client`) and its body as DATA
+    /// Sends the response whose head the codec gave (in `bufs.stream_head`) and its body as DATA
     /// (a chunked body decoded); keeps the upstream connection when the response ended
     /// cleanly. A failure after the head resets the stream: the client sees it incomplete.
     #[allow(clippy::too_many_arguments)]
@@ -489,7 +488,7 @@ impl FastPath {
         record: &mut RequestRecord,
     ) {
         let timeout = record.timeouts.io;
-        let header = match response_header(&bufs.client) {
+        let header = match bufs.stream_head.take_header() {
             Some(header) => header,
             None => {
                 self.fail_stream_upstream(session, record, AttemptError::BadResponse)
@@ -673,52 +672,5 @@ async fn read_body(
         Ok(Ok(())) => Ok(body.freeze()),
         Ok(Err(error)) => Err(error),
         Err(_) => Err("ReadTimedout"),
-    }
-}
-
-/// The response head the codec wrote for an HTTP/1.1 client (hop-by-hop fields already
-/// dropped, the filters' edits made) as the HTTP/2 response header: without the framing
-/// fields HTTP/2 does not have (RFC 9113 8.2.2). `None` if it cannot be one.
-fn response_header(h1: &[u8]) -> Option<Box<ResponseHeader>> {
-    // One copy of the head, every value a slice of it: a value of its own was an allocation,
-    // and another when pingora clones the header to send it (a copied `Bytes` allocates its
-    // shared state at its first clone; slices of one share it).
-    let head = Bytes::copy_from_slice(h1);
-    sluice_http1::read_head(&head, |code, fields| {
-        // The `http` parts are filled directly: pingora's `append_header` turns each name into
-        // its titled spelling and parses that back into a name again, for a case map a header
-        // built without one never keeps.
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = http::StatusCode::from_u16(code).ok()?;
-        // Room for the `Date` pingora adds when the upstream sent none.
-        parts.headers = http::HeaderMap::try_with_capacity(fields.len() + 1).ok()?;
-        for field in fields {
-            if is_hop_by_hop(field.name) || field.name.eq_ignore_ascii_case("transfer-encoding") {
-                continue;
-            }
-            let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
-            let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value)).ok()?;
-            parts.headers.try_append(name, value).ok()?;
-        }
-        Some(Box::new(ResponseHeader::from(parts)))
-    })?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_codec_head_becomes_an_h2_header_without_framing_fields() {
-        let h1 = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nconnection: close\r\nX-Empty:\r\nX-Text: caf\xc3\xa9\r\n\r\n";
-        let header = response_header(h1).expect("valid");
-        assert_eq!(header.status, 200);
-        assert_eq!(header.headers["content-type"], "text/plain");
-        assert_eq!(header.headers.get_all("set-cookie").iter().count(), 2);
-        assert!(!header.headers.contains_key("transfer-encoding"));
-        assert!(!header.headers.contains_key("connection"));
-        assert_eq!(header.headers["x-empty"], "");
-        assert_eq!(header.headers["x-text"].as_bytes(), "café".as_bytes());
-        assert!(response_header(b"HTTP/1.1 200 OK\r\n").is_none());
     }
 }

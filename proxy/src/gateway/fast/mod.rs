@@ -14,6 +14,7 @@ mod buffers;
 mod h2;
 mod handoff;
 mod head;
+mod stream_head;
 mod upstream;
 
 use std::future::Future;
@@ -28,11 +29,10 @@ use pingora::ErrorType;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use sluice_http1::fields::put_field;
 use sluice_http1::response::{parse_response, parse_response_edited, parse_upgrade_response};
 use sluice_http1::{
-    ChunkedTracker, Framing, HeadEdit, ParsedResponse, RequestError, ResponseHead, Unedited,
-    UpgradeResponse,
+    ChunkedTracker, Framing, HeadEdit, HeadOut, ParsedResponse, RequestError, ResponseHead,
+    Unedited, UpgradeResponse,
 };
 
 pub(crate) use self::buffers::{read_client, release_client};
@@ -40,6 +40,7 @@ use self::buffers::{RequestBuffers, READ_ROOM};
 pub use self::h2::{H2Service, StreamApp};
 use self::handoff::{Handoff, HandoffCounters};
 use self::head::{ParsedRequest, RequestHead};
+use self::stream_head::StreamHead;
 use self::upstream::{ConnectError, Upstream};
 use super::access_log::Via;
 use super::engine::filters::HeaderEdits;
@@ -557,14 +558,14 @@ impl FastPath {
     /// `connect_timeout`, as on the pingora path) while it watches the client. A kept
     /// connection the upstream closed while it idled is no fault of the instance: an
     /// idempotent request goes again, once, on a new connection to it.
-    async fn try_instance(
+    async fn try_instance<W: WatchTry>(
         &self,
         addr: SocketAddr,
         idempotent: bool,
         asked: Asked,
         record: &RequestRecord,
         bufs: &mut RequestBuffers,
-        watch: &mut impl WatchTry,
+        watch: &mut W,
     ) -> Tried {
         let timeouts = record.timeouts;
         let attempt_start = record.try_start.unwrap_or(record.start);
@@ -585,10 +586,12 @@ impl FastPath {
                     let RequestBuffers {
                         request,
                         response,
-                        client: head,
+                        client,
+                        stream_head,
                         early,
                         ..
                     } = &mut *bufs;
+                    let head = W::Head::of(client, stream_head);
                     let exchange =
                         std::pin::pin!(exchange(up, asked, request, response, head, edits));
                     let due = tokio::time::Instant::from_std(sending) + timeouts.io;
@@ -807,9 +810,9 @@ impl HeadEdit for ResponseEdits<'_> {
         self.0.replaces(name)
     }
 
-    fn append_fields(&self, out: &mut Vec<u8>) {
+    fn append_fields(&self, out: &mut impl HeadOut) {
         for (name, value) in self.0.added() {
-            put_field(out, name.as_str().as_bytes(), value);
+            out.field(name.as_str(), value);
         }
     }
 }
@@ -1075,9 +1078,40 @@ struct Asked {
 /// What a try came to: the connection and the upstream's answer, or why there is none.
 type Tried = Result<(Upstream, Answered), AttemptError>;
 
+/// The form a response head takes for a client: HTTP/1.1 bytes, or HTTP/2 fields.
+trait ClientHead: HeadOut + Send {
+    /// Starts again for another head (after an interim response, or on a retry).
+    fn start_over(&mut self);
+    /// A request's buffer for heads of this form: its set's `client` or its `stream_head`.
+    fn of<'a>(client: &'a mut Vec<u8>, stream: &'a mut StreamHead) -> &'a mut Self;
+}
+
+impl ClientHead for Vec<u8> {
+    fn start_over(&mut self) {
+        self.clear();
+    }
+
+    fn of<'a>(client: &'a mut Vec<u8>, _stream: &'a mut StreamHead) -> &'a mut Self {
+        client
+    }
+}
+
+impl ClientHead for StreamHead {
+    fn start_over(&mut self) {
+        self.clear();
+    }
+
+    fn of<'a>(_client: &'a mut Vec<u8>, stream: &'a mut StreamHead) -> &'a mut Self {
+        stream
+    }
+}
+
 /// A try's exchange, `exchange`, run until `due` while the client is watched: how each
-/// protocol notices a client that gave up (`FastPath::try_instance`).
+/// protocol notices a client that gave up (`FastPath::try_instance`), and the form it takes
+/// the response head in.
 trait WatchTry: Send {
+    type Head: ClientHead;
+
     /// `early` keeps what an HTTP/1.1 client sends meanwhile (a pipelined request).
     fn watch<'a>(
         &'a mut self,
@@ -1091,6 +1125,8 @@ trait WatchTry: Send {
 struct WatchClient<'c, 's>(&'c mut Client<'s>);
 
 impl WatchTry for WatchClient<'_, '_> {
+    type Head = Vec<u8>;
+
     fn watch<'a>(
         &'a mut self,
         exchange: Pin<&'a mut (dyn Future<Output = Tried> + Send + 'a)>,
@@ -1118,7 +1154,7 @@ async fn exchange(
     asked: Asked,
     request: &[u8],
     response: &mut Vec<u8>,
-    head: &mut Vec<u8>,
+    head: &mut impl ClientHead,
     edits: Option<&HeaderEdits>,
 ) -> Result<(Upstream, Answered), AttemptError> {
     let Asked {
@@ -1140,7 +1176,7 @@ async fn exchange(
             Ok(_) => {}
         }
         loop {
-            head.clear();
+            head.start_over();
             if websocket {
                 let parsed = match edits {
                     Some(edits) if !edits.is_empty() => {
@@ -1409,7 +1445,7 @@ async fn write_answer(
         out.extend_from_slice(b"x-sluice-error: 1\r\n");
     }
     for (name, value) in &reply.headers {
-        put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        sluice_http1::fields::put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
