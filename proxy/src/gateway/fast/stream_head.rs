@@ -13,8 +13,12 @@ use sluice_http1::HeadOut;
 /// A response head for HTTP/2 as the codec gives it.
 #[derive(Default)]
 pub(super) struct StreamHead {
-    /// The upstream's head: upstream values are slices of it (one allocation for all).
+    /// A copy of the upstream's head: upstream values are slices of it (one allocation for
+    /// all).
     source: Bytes,
+    /// Where the upstream's head the codec reads lies (only compared, never read through):
+    /// a value within it is at the same offset in `source`.
+    origin: usize,
     status: Option<StatusCode>,
     headers: HeaderMap,
     /// A field HTTP/2 cannot carry as given (a name or value `http` refuses).
@@ -50,9 +54,8 @@ impl StreamHead {
     /// `value` as a slice of the upstream's head when it is one, else a copy (the gateway's
     /// own values).
     fn shared(&self, value: &[u8]) -> Bytes {
-        let base = self.source.as_ptr() as usize;
         let at = value.as_ptr() as usize;
-        match at.checked_sub(base) {
+        match at.checked_sub(self.origin) {
             Some(offset) if offset + value.len() <= self.source.len() => {
                 self.source.slice(offset..offset + value.len())
             }
@@ -64,6 +67,7 @@ impl StreamHead {
 impl HeadOut for StreamHead {
     fn status(&mut self, status: u16, _reason: &str, head: &[u8], fields: usize) {
         self.source = Bytes::copy_from_slice(head);
+        self.origin = head.as_ptr() as usize;
         self.status = StatusCode::from_u16(status).ok();
         self.invalid |= self.status.is_none();
         // Room for the `Date` pingora adds when the upstream sent none.
@@ -119,6 +123,14 @@ mod tests {
         assert_eq!(header.headers["x-empty"], "");
         assert_eq!(header.headers["x-text"].as_bytes(), "café".as_bytes());
         assert_eq!(header.headers.len(), 5);
+        // Every value a slice of one copy of the head: one allocation, not one per field.
+        let offset = raw.windows(10).position(|w| w == b"text/plain");
+        let copy = header.headers["content-type"].as_bytes().as_ptr() as usize
+            - offset.expect("in the head");
+        for value in header.headers.values() {
+            let at = value.as_bytes().as_ptr() as usize;
+            assert!(at >= copy && at + value.len() <= copy + raw.len(), "{value:?}");
+        }
     }
 
     #[test]
