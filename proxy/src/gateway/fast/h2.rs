@@ -30,7 +30,7 @@ use super::{
 use crate::gateway::access_log::Via;
 use crate::gateway::engine::{Admission, RequestLine, RequestRecord};
 use crate::gateway::failure::{self, Answer, Failure};
-use crate::gateway::proxy::{answer_parts, fields_over_limits, request_host, SessionView};
+use crate::gateway::proxy::{answer_parts, fields_over_limits, SessionView};
 use crate::gateway::{forward, Route};
 
 /// A connection's budget of refused streams (pingora's own accept loop allows as many).
@@ -264,6 +264,14 @@ fn authority(req: &pingora::http::RequestHeader) -> &str {
         .unwrap_or("")
 }
 
+/// The stream's host without port, as `request_host` reads it for both protocols: pingora
+/// refused a stream whose `Host` and `:authority` disagree or carry userinfo, so the
+/// authority (where HTTP/2 clients put it) is read first, without a lookup of a `Host` field
+/// most streams do not have.
+fn stream_host(req: &pingora::http::RequestHeader) -> &str {
+    sluice_http1::fields::host_without_port(authority(req))
+}
+
 impl FastPath {
     /// Whether the fast path serves this stream (its route, `None` for none, and its body
     /// length), or why pingora does: decided before the engine sees it, so its filters run
@@ -294,7 +302,7 @@ impl FastPath {
             None => return Err(Handoff::Request(HandoffReason::ChunkedBody)),
         };
         let route = self.route_of(
-            request_host(req),
+            stream_host(req),
             req.uri.path(),
             req.method.as_str(),
             &req.headers,
@@ -620,7 +628,7 @@ fn line_of(session: &HttpSession) -> RequestLine<'_> {
     let req = session.req_header();
     RequestLine {
         method: req.method.as_str(),
-        host: request_host(req),
+        host: stream_host(req),
         path: req.uri.path(),
     }
 }
@@ -672,5 +680,37 @@ async fn read_body(
         Ok(Ok(())) => Ok(body.freeze()),
         Ok(Err(error)) => Err(error),
         Err(_) => Err("ReadTimedout"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::RequestHeader;
+
+    fn stream(uri: &str, host: Option<&str>) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("valid");
+        req.set_uri(uri.parse().expect("valid"));
+        if let Some(host) = host {
+            req.insert_header("host", host).expect("valid");
+        }
+        req
+    }
+
+    #[test]
+    fn a_stream_host_is_its_authority_else_its_host_field_without_port() {
+        assert_eq!(
+            stream_host(&stream("http://example.com:8443/a", None)),
+            "example.com"
+        );
+        assert_eq!(stream_host(&stream("/a", Some("api.test:80"))), "api.test");
+        assert_eq!(stream_host(&stream("http://[::1]:9/", None)), "::1");
+        assert_eq!(stream_host(&stream("/a", None)), "");
+        // What `request_host` reads for a stream pingora let through (the two agree).
+        let both = stream("http://example.com:8443/a", Some("example.com:8443"));
+        assert_eq!(
+            stream_host(&both),
+            crate::gateway::proxy::request_host(&both)
+        );
     }
 }

@@ -129,7 +129,10 @@ mod tests {
             - offset.expect("in the head");
         for value in header.headers.values() {
             let at = value.as_bytes().as_ptr() as usize;
-            assert!(at >= copy && at + value.len() <= copy + raw.len(), "{value:?}");
+            assert!(
+                at >= copy && at + value.len() <= copy + raw.len(),
+                "{value:?}"
+            );
         }
     }
 
