@@ -27,7 +27,8 @@ pub(super) struct RequestBuffers {
     pub(super) response: Vec<u8>,
     /// The response head (and first body bytes) as sent to an HTTP/1.1 client.
     pub(super) client: Vec<u8>,
-    /// The response head for an HTTP/2 client (given to its stream: nothing kept).
+    /// The response head for an HTTP/2 client (taken by its stream; let go of when the set
+    /// is given back).
     pub(super) stream_head: super::stream_head::StreamHead,
     /// Bytes the client sent while its request was served (a pipelined request).
     pub(super) early: Vec<u8>,
@@ -62,6 +63,8 @@ impl RequestBuffers {
             keep_within(buffer, MAX_KEPT_OTHER);
         }
         keep_within(&mut self.stream_body, MAX_KEPT_RESPONSE);
+        // A head a failed try left (its copy of the upstream's) is not kept either.
+        self.stream_head = Default::default();
         SETS.with_borrow_mut(|sets| {
             if sets.len() < KEPT {
                 sets.push(self);
