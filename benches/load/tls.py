@@ -149,8 +149,6 @@ def start_haproxy_tls(procs, work, workers, up, both):
     return Proxy("haproxy", tls_port, plain_port, h1_port, lambda: [p.pid], p)
 
 
-
-
 def wrk(url, conns, duration, close):
     extra = ["-H", "Connection: close"] if close else []
     out = subprocess.run(

@@ -56,7 +56,9 @@ impl StreamHead {
     fn shared(&self, value: &[u8]) -> Bytes {
         let at = value.as_ptr() as usize;
         match at.checked_sub(self.origin) {
-            Some(offset) if offset + value.len() <= self.source.len() => {
+            Some(offset)
+                if offset <= self.source.len() && value.len() <= self.source.len() - offset =>
+            {
                 self.source.slice(offset..offset + value.len())
             }
             _ => Bytes::copy_from_slice(value),
@@ -68,8 +70,8 @@ impl HeadOut for StreamHead {
     fn status(&mut self, status: u16, _reason: &str, head: &[u8], fields: usize) {
         self.source = Bytes::copy_from_slice(head);
         self.origin = head.as_ptr() as usize;
+        // `None` (not 100..=999) leaves the head without a status: `take_header` refuses it.
         self.status = StatusCode::from_u16(status).ok();
-        self.invalid |= self.status.is_none();
         // Room for the `Date` pingora adds when the upstream sent none.
         match HeaderMap::try_with_capacity(fields + 1) {
             Ok(headers) => self.headers = headers,
